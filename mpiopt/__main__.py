@@ -1,0 +1,7 @@
+"""``python -m mpiopt`` is the ``mpiopt`` command."""
+
+import sys
+
+from mpiopt.cli import main
+
+sys.exit(main())

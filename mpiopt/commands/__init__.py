@@ -1,0 +1,1 @@
+"""One module per ``mpiopt`` subcommand, each with ``register(subparsers)`` that sets ``handler``."""

@@ -1,0 +1,33 @@
+"""Methods by name, as ``mpiopt run --method NAME`` and ``mpiopt.minimize(method=NAME)`` take them.
+
+Each entry maps a name to a Method class and the options that name fixes, so that aliases such as
+``intdiana`` (= ``diana`` with the integer compressor) are one line here and one class in code.
+"""
+
+from typing import Any, Dict, Tuple, Type
+
+from mpiopt.errors import InputError
+from mpiopt.methods.base import Context, Method
+from mpiopt.methods.sgd import GD, SGD
+
+METHODS: Dict[str, Tuple[Type[Method], Dict[str, Any]]] = {
+    "gd": (GD, {}),
+    "sgd": (SGD, {}),
+}
+
+
+def make_method(name: str, ctx: Context, **options: Any) -> Method:
+    """Build the method called ``name``; an unknown name or option raises InputError."""
+    try:
+        cls, fixed = METHODS[name]
+    except KeyError:
+        raise InputError(f"unknown method '{name}'; choose one of: {', '.join(sorted(METHODS))}") from None
+    clash = sorted(set(fixed) & set(options))
+    if clash:
+        raise InputError(f"method '{name}' fixes {', '.join(f'{c}={fixed[c]!r}' for c in clash)}; drop that option")
+    method = cls(ctx, **fixed, **options)
+    method.name = name
+    return method
+
+
+__all__ = ["METHODS", "Context", "Method", "make_method"]

@@ -1,0 +1,116 @@
+"""Convergence figures from trace files: error against iterations, bits on the wire, and seconds.
+
+Traces that differ only in their seed form one line: the median over seeds with a min-max band.
+The error axis is f - f* when every trace knows f*, else ||x - x*||^2, else ||grad f||^2.
+"""
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from mpiopt.errors import InputError
+
+ERROR_COLUMNS = (("f_gap", "f(x) - f*"), ("dist_sq", "||x - x*||²"), ("grad_norm_sq", "||∇f(x)||²"))
+X_AXES = (("iteration", "iterations", 1.0), ("wire_bytes", "bits sent per rank", 8.0), ("seconds", "seconds", 1.0))
+
+
+def load_traces(paths: Sequence[str]) -> List[Dict]:
+    """Read trace JSON files; a missing or malformed file is an InputError naming it."""
+    traces = []
+    for path in paths:
+        try:
+            with open(path) as fh:
+                trace = json.load(fh)
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such trace file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not a trace JSON file ({exc})") from None
+        if not isinstance(trace, dict) or "history" not in trace or "method" not in trace:
+            raise InputError(f"{path}: no 'history'/'method' keys; is this a trace written by 'mpiopt run'?")
+        trace["_path"] = str(path)
+        traces.append(trace)
+    return traces
+
+
+def group_by_config(traces: List[Dict]) -> "OrderedDict[str, List[Dict]]":
+    """Traces with the same method, dataset, ranks and options except the seed share one label."""
+    groups: "OrderedDict[str, List[Dict]]" = OrderedDict()
+    for trace in traces:
+        config = {k: v for k, v in trace.get("config", {}).items() if k != "seed"}
+        key = json.dumps([trace["method"], trace.get("dataset"), trace.get("n_ranks"), config], sort_keys=True)
+        groups.setdefault(key, []).append(trace)
+    labels = OrderedDict()
+    methods = [g[0]["method"] for g in groups.values()]
+    for key, members in groups.items():
+        label = members[0]["method"]
+        if methods.count(label) > 1:
+            label += " " + _distinguishing_options(members[0], [g[0] for g in groups.values()])
+        labels[label if label not in labels else f"{label} ({len(labels)})"] = members
+    return labels
+
+
+def _distinguishing_options(trace: Dict, others: List[Dict]) -> str:
+    same_method = [o for o in others if o["method"] == trace["method"] and o is not trace]
+    config = trace.get("config", {})
+    diff = [k for k in sorted(config) if k != "seed" and any(o.get("config", {}).get(k) != config[k] for o in same_method)]
+    return "(" + ", ".join(f"{k}={config[k]}" for k in diff[:3]) + ")"
+
+
+def error_column(traces: List[Dict]):
+    """The most informative error column that every trace has."""
+    for column, label in ERROR_COLUMNS:
+        if all(any(v is not None for v in t["history"].get(column, [])) for t in traces):
+            return column, label
+    raise InputError("the traces share no error column (f_gap, dist_sq, grad_norm_sq)")
+
+
+def _stack(members: List[Dict], column: str, scale: float) -> np.ndarray:
+    n = min(len(m["history"][column]) for m in members)
+    rows = [[np.nan if v is None else v * scale for v in m["history"][column][:n]] for m in members]
+    return np.array(rows, dtype=float)
+
+
+def plot_traces(paths: Sequence[str], out: str, title: str = "") -> Path:
+    """Draw the three panels for the traces in ``paths`` and save to ``out`` (format from its suffix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    traces = load_traces(paths)
+    groups = group_by_config(traces)
+    column, ylabel = error_column(traces)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), constrained_layout=True)
+    colors = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    styles = ("-", "--", "-.", ":")
+    for i, (label, members) in enumerate(groups.items()):
+        err = _stack(members, column, 1.0)
+        err[err <= 0] = np.nan
+        med = np.nanmedian(err, axis=0)
+        seeds = f" ({len(members)} seeds)" if len(members) > 1 else ""
+        for ax, (xcol, _, scale) in zip(axes, X_AXES):
+            xs = np.nanmedian(_stack(members, xcol, scale), axis=0)
+            line, = ax.plot(xs, med, styles[(i // 10) % 4], color=colors(i % 20), lw=1.6, label=label + seeds)
+            if len(members) > 1:
+                ax.fill_between(xs, np.nanmin(err, axis=0), np.nanmax(err, axis=0), color=line.get_color(), alpha=0.2)
+    for ax, (_, xlabel, _) in zip(axes, X_AXES):
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].set_xscale("symlog", linthresh=1.0)
+    first = traces[0]
+    axes[0].set_title(title or f"{first.get('dataset', '')}, {first.get('n_ranks', '?')} ranks")
+    axes[2].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=9, frameon=False)
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(out_path, dpi=120)
+    except ValueError as exc:
+        raise InputError(f"--out {out}: {exc}") from None
+    finally:
+        plt.close(fig)
+    return out_path

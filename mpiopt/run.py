@@ -1,0 +1,253 @@
+"""The runner and the Python entry point ``mpiopt.minimize``.
+
+``minimize(problem, method=...)`` follows ``scipy.optimize.minimize``: one function, methods by name,
+and a result object that holds everything a user needs (x, status, trace). It runs in one process
+or, under ``mpiexec``, on every rank of the communicator (SPMD), each rank with its own ``problem``.
+"""
+
+import time
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+from mpi4py import MPI
+
+from mpiopt.checkpoint import Checkpointer
+from mpiopt.comm import Communicator, library_version
+from mpiopt.errors import InputError
+from mpiopt.methods import Context, Method, make_method
+from mpiopt.problems.base import Problem
+from mpiopt.trace import Trace, environment
+
+RNG_KEYS = ("sample_rng", "shared_rng")
+
+
+class OptimizeResult(dict):
+    """The outcome of :func:`minimize`; keys are also attributes (``res.x``, ``res.status``).
+
+    Keys: ``x`` (final iterate), ``status`` ('converged', 'max_iter' or an error), ``success``,
+    ``nit`` (iterations done), ``fun`` (f(x) at the last logged point), ``trace`` (the JSON record).
+    """
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        shown = {k: v for k, v in self.items() if k != "trace"}
+        return "OptimizeResult(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+def as_communicator(comm) -> Communicator:
+    """Accept None (COMM_WORLD: size 1 without mpiexec), an mpi4py communicator, or a Communicator."""
+    if isinstance(comm, Communicator):
+        return comm
+    return Communicator(comm if comm is not None else MPI.COMM_WORLD)
+
+
+def make_context(problem: Problem, comm: Communicator, seed: int, lr, batch, L, L_max) -> Context:
+    """Seeded streams and global smoothness constants, identical on every rank where they must be."""
+    streams = np.random.SeedSequence(seed).spawn(comm.size + 1)
+    if L is None or L_max is None:
+        local = np.array([problem.smoothness()])
+        total = comm.allreduce_float(local.copy(), count=False)[0]
+        L = total / comm.size if L is None else L
+        L_max = comm.allreduce_max(local, count=False)[0] if L_max is None else L_max
+    return Context(
+        problem=problem,
+        comm=comm,
+        seed=seed,
+        L=float(L),
+        L_max=float(L_max),
+        lr=lr,
+        batch=batch,
+        sample_rng=np.random.Generator(np.random.PCG64(streams[comm.rank])),
+        shared_rng=np.random.Generator(np.random.PCG64(streams[comm.size])),
+    )
+
+
+class Runner:
+    """The optimization loop: steps, logging, stopping, checkpoints, progress on rank 0."""
+
+    def __init__(self, method: Method, ctx: Context, trace: Trace, *, iters: int, tol: Optional[float],
+                 x_star, f_star, log_every: int, progress: bool, checkpointer: Optional[Checkpointer],
+                 checkpoint_every: Optional[int], callback: Optional[Callable[[int, np.ndarray], Any]] = None):
+        self.method, self.ctx, self.trace = method, ctx, trace
+        self.iters, self.tol, self.log_every = iters, tol, log_every
+        self.x_star = None if x_star is None else np.asarray(x_star, dtype=np.float64)
+        self.f_star = f_star
+        self.progress = progress and ctx.comm.rank == 0
+        self.checkpointer, self.checkpoint_every = checkpointer, checkpoint_every
+        self.callback = callback
+        self._eval = np.empty(ctx.problem.dim + 1)
+        self.seconds = 0.0
+
+    def evaluate(self, x: np.ndarray, k: int) -> Dict[str, Optional[float]]:
+        """Global f, ||grad f||^2 (one uncounted float Allreduce) and ||x - x*||^2, recorded in the trace."""
+        buf = self._eval
+        problem = self.ctx.problem
+        if hasattr(problem, "loss_and_grad"):
+            buf[0] = problem.loss_and_grad(x, buf[1:])
+        else:
+            buf[0] = problem.loss(x)
+            problem.grad(x, out=buf[1:])
+        self.ctx.comm.allreduce_float(buf, count=False)
+        buf /= self.ctx.comm.size
+        row = {
+            "iteration": k,
+            "loss": buf[0],
+            "f_gap": None if self.f_star is None else buf[0] - self.f_star,
+            "grad_norm_sq": float(np.dot(buf[1:], buf[1:])),
+            "dist_sq": self.dist_sq(x),
+            "wire_bytes": self.ctx.comm.bytes_sent,
+            "info_bits": self.method.info_bits,
+            "clipped": self.method.clipped,
+            "seconds": self.seconds,
+        }
+        self.trace.record(**row)
+        return row
+
+    def dist_sq(self, x: np.ndarray) -> Optional[float]:
+        if self.x_star is None:
+            return None
+        diff = x - self.x_star
+        return float(np.dot(diff, diff))
+
+    def converged(self, x: np.ndarray, row: Optional[Dict[str, Any]]) -> bool:
+        """--tol on ||x - x*||^2 every iteration when x* is known, else on ||grad f||^2 at logged rows."""
+        if self.tol is None:
+            return False
+        if self.x_star is not None:
+            return self.dist_sq(x) <= self.tol
+        return row is not None and row["grad_norm_sq"] <= self.tol
+
+    def run(self, x: np.ndarray, start: int) -> str:
+        """Iterate from ``start`` (0, or a checkpoint's iteration) to ``iters``; return the status."""
+        bar = self._progress_bar(start)
+        status = "max_iter"
+        if start == 0:
+            self.evaluate(x, 0)
+        for k in range(start, self.iters):
+            t0 = time.perf_counter()
+            self.method.step(x, k)
+            self.seconds += time.perf_counter() - t0
+            done = k + 1
+            logged = done % self.log_every == 0 or done == self.iters
+            row = self.evaluate(x, done) if logged else None
+            if self.converged(x, row):
+                status = "converged"
+            elif self.callback is not None and self.callback(done, x):
+                status = "callback"
+            if status != "max_iter" and row is None:
+                row = self.evaluate(x, done)
+            if bar is not None:
+                bar.update(1)
+                if row is not None:
+                    bar.set_postfix_str(self._postfix(row), refresh=False)
+            if self.checkpointer is not None and done % self.checkpoint_every == 0 and status == "max_iter":
+                self.save_checkpoint(x, done)
+            if status != "max_iter":
+                break
+        if bar is not None:
+            bar.close()
+        return status
+
+    def _progress_bar(self, start: int):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.iters, initial=start, desc=self.method.name, mininterval=0.5, unit="it")
+
+    @staticmethod
+    def _postfix(row: Dict[str, Any]) -> str:
+        shown = [(k, row[k]) for k in ("dist_sq", "f_gap", "grad_norm_sq") if row.get(k) is not None][:2]
+        return " ".join(f"{k}={v:.3e}" for k, v in shown)
+
+    def save_checkpoint(self, x: np.ndarray, k: int) -> None:
+        arrays = {"x": x, **{f"state/{n}": np.asarray(v) for n, v in self.method.state.items()}}
+        info = {
+            "rng": {key: getattr(self.ctx, key).bit_generator.state for key in RNG_KEYS},
+            "bytes_sent": self.ctx.comm.bytes_sent,
+            "info_bits": self.method.info_bits,
+            "clipped": self.method.clipped,
+            "seconds": self.seconds,
+            "history": self.trace.history if self.ctx.comm.rank == 0 else None,
+        }
+        self.checkpointer.save(k, arrays, info)
+
+    def restore(self, saved: Dict[str, Any], x: np.ndarray) -> int:
+        """Load a checkpoint into x, the method's state and the counters; return its iteration."""
+        arrays, info = saved["arrays"], saved["info"]
+        x[...] = arrays["x"]
+        for name, value in self.method.state.items():
+            value[...] = arrays[f"state/{name}"]
+        for key in RNG_KEYS:
+            _restore_rng(getattr(self.ctx, key), info["rng"][key])
+        self.ctx.comm.bytes_sent = info["bytes_sent"]
+        self.method.info_bits = info["info_bits"]
+        self.method.clipped = info["clipped"]
+        self.seconds = info["seconds"]
+        if info.get("history") is not None:
+            self.trace.restore(info["history"])
+        return saved["iteration"]
+
+
+def _restore_rng(rng: np.random.Generator, state: Dict[str, Any]) -> None:
+    rng.bit_generator.state = state
+
+
+def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.ndarray] = None, *,
+             iters: int = 1000, tol: Optional[float] = None, lr: Optional[float] = None,
+             batch: Optional[int] = None, seed: int = 0, x_star=None, f_star: Optional[float] = None,
+             L: Optional[float] = None, L_max: Optional[float] = None, log_every: Optional[int] = None,
+             progress: bool = False, checkpoint_dir=None, checkpoint_every: Optional[int] = None,
+             resume: bool = False, header: Optional[Dict[str, Any]] = None,
+             callback: Optional[Callable[[int, np.ndarray], Any]] = None, **options: Any) -> OptimizeResult:
+    """Minimize f = (1/n) sum_i f_i over the ranks of ``comm``; rank i passes its own ``problem`` f_i.
+
+    ``method`` is a name from ``mpiopt.methods.METHODS``; ``options`` are that method's options
+    (e.g. ``wire_dtype='auto'``). ``x_star``/``f_star`` enable the ``dist_sq``/``f_gap`` columns and
+    ``tol`` stops once ||x - x*||^2 <= tol (else ||grad f||^2 <= tol at a logged iteration). ``L``
+    and ``L_max`` (global and largest local smoothness) are computed from the problems when omitted.
+    ``callback(k, x)`` runs after each iteration k (1-based); a true return value stops the run
+    with status 'callback'. Every rank returns the same result; the trace is complete on every rank.
+    """
+    if iters < 0:
+        raise InputError(f"--iters must be >= 0, got {iters}")
+    if tol is not None and not tol > 0:
+        raise InputError(f"--tol must be a positive number, got {tol}")
+    comm = as_communicator(comm)
+    ctx = make_context(problem, comm, seed, lr, batch, L, L_max)
+    meth = make_method(method, ctx, **options)
+    x = np.zeros(problem.dim) if x0 is None else np.array(x0, dtype=np.float64)
+    if x.shape != (problem.dim,):
+        raise InputError(f"x0 has shape {x.shape}, expected ({problem.dim},)")
+    log_every = log_every or max(1, iters // 1000)
+    config = {**meth.config(), "batch": meth.batch, "seed": seed, "iters": iters, "tol": tol,
+              "log_every": log_every, "L": ctx.L, "L_max": ctx.L_max}
+    trace = Trace({"method": meth.name, "n_ranks": comm.size, "seed": seed, **(header or {}), "config": config,
+                   "env": environment(library_version(), comm.size)})
+    checkpointer = None
+    if checkpoint_dir is not None:
+        if not checkpoint_every or checkpoint_every < 1:
+            raise InputError("--checkpoint-dir needs --checkpoint-every K with K >= 1")
+        fingerprint = {"method": meth.name, "n_ranks": comm.size, "dim": problem.dim,
+                       "dataset": (header or {}).get("dataset"),
+                       **{k: v for k, v in config.items() if k not in ("iters", "tol", "log_every")}}
+        checkpointer = Checkpointer(checkpoint_dir, comm, fingerprint)
+    runner = Runner(meth, ctx, trace, iters=iters, tol=tol, x_star=x_star, f_star=f_star, log_every=log_every,
+                    progress=progress, checkpointer=checkpointer, checkpoint_every=checkpoint_every,
+                    callback=callback)
+    meth.start(x)
+    start = 0
+    if resume and checkpointer is not None:
+        saved = checkpointer.load_latest()
+        if saved is not None:
+            start = runner.restore(saved, x)
+    status = runner.run(x, start)
+    nit = trace.last("iteration") if status != "max_iter" else max(iters, start)
+    record = trace.to_dict(x, status, iterations=nit, resumed_from=start or None, seconds_total=runner.seconds)
+    return OptimizeResult(x=x, status=status, success=status == "converged", nit=nit,
+                          fun=trace.last("loss"), trace=record)
