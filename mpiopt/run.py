@@ -46,8 +46,12 @@ def as_communicator(comm) -> Communicator:
     return Communicator(comm if comm is not None else MPI.COMM_WORLD)
 
 
-def make_context(problem: Problem, comm: Communicator, seed: int, lr, batch, L, L_max) -> Context:
+def make_context(problem: Problem, comm: Communicator, seed: int, lr, batch, L, L_max,
+                 worker: Optional[int] = None) -> Context:
     """Seeded streams and global smoothness constants, identical on every rank where they must be."""
+    worker = comm.rank if worker is None else worker
+    if not 0 <= worker < comm.size:
+        raise InputError(f"worker must be in [0, {comm.size}), got {worker}")
     streams = np.random.SeedSequence(seed).spawn(comm.size + 1)
     if L is None or L_max is None:
         local = np.array([problem.smoothness()])
@@ -58,11 +62,12 @@ def make_context(problem: Problem, comm: Communicator, seed: int, lr, batch, L, 
         problem=problem,
         comm=comm,
         seed=seed,
+        worker=worker,
         L=float(L),
         L_max=float(L_max),
         lr=lr,
         batch=batch,
-        sample_rng=np.random.Generator(np.random.PCG64(streams[comm.rank])),
+        sample_rng=np.random.Generator(np.random.PCG64(streams[worker])),
         shared_rng=np.random.Generator(np.random.PCG64(streams[comm.size])),
     )
 
@@ -204,13 +209,15 @@ def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.nd
              L: Optional[float] = None, L_max: Optional[float] = None, log_every: Optional[int] = None,
              progress: bool = False, checkpoint_dir=None, checkpoint_every: Optional[int] = None,
              resume: bool = False, header: Optional[Dict[str, Any]] = None,
-             callback: Optional[Callable[[int, np.ndarray], Any]] = None, **options: Any) -> OptimizeResult:
+             callback: Optional[Callable[[int, np.ndarray], Any]] = None, worker: Optional[int] = None,
+             **options: Any) -> OptimizeResult:
     """Minimize f = (1/n) sum_i f_i over the ranks of ``comm``; rank i passes its own ``problem`` f_i.
 
     ``method`` is a name from ``mpiopt.methods.METHODS``; ``options`` are that method's options
     (e.g. ``wire_dtype='auto'``). ``x_star``/``f_star`` enable the ``dist_sq``/``f_gap`` columns and
     ``tol`` stops once ||x - x*||^2 <= tol (else ||grad f||^2 <= tol at a logged iteration). ``L``
     and ``L_max`` (global and largest local smoothness) are computed from the problems when omitted.
+    ``worker`` names the shard this rank holds when ranks were reordered (default: the comm rank).
     ``callback(k, x)`` runs after each iteration k (1-based); a true return value stops the run
     with status 'callback'. Every rank returns the same result; the trace is complete on every rank.
     """
@@ -219,7 +226,7 @@ def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.nd
     if tol is not None and not tol > 0:
         raise InputError(f"--tol must be a positive number, got {tol}")
     comm = as_communicator(comm)
-    ctx = make_context(problem, comm, seed, lr, batch, L, L_max)
+    ctx = make_context(problem, comm, seed, lr, batch, L, L_max, worker)
     meth = make_method(method, ctx, **options)
     x = np.zeros(problem.dim) if x0 is None else np.array(x0, dtype=np.float64)
     if x.shape != (problem.dim,):

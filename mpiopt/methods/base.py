@@ -23,6 +23,9 @@ class Context:
     problem: Problem
     comm: Communicator
     seed: int
+    worker: int
+    """Which shard this rank holds (its comm rank unless the communicator was reordered); rounding
+    noise and minibatch sampling are keyed on it, so reordering ranks cannot change any iterate."""
     L: float
     """Smoothness of the global objective f = mean_i f_i."""
     L_max: float
