@@ -51,7 +51,7 @@ def make_context(problem: Problem, comm: Communicator, seed: int, lr, batch, L, 
     """Seeded streams and global smoothness constants, identical on every rank where they must be."""
     worker = comm.rank if worker is None else worker
     if not 0 <= worker < comm.size:
-        raise InputError(f"worker must be in [0, {comm.size}), got {worker}")
+        raise InputError(f"worker must be in [0, {comm.size}), got {worker}", collective=True)
     streams = np.random.SeedSequence(seed).spawn(comm.size + 1)
     if L is None or L_max is None:
         local = np.array([problem.smoothness()])
@@ -150,7 +150,7 @@ class Runner:
                 bar.update(1)
                 if row is not None:
                     bar.set_postfix_str(self._postfix(row), refresh=False)
-            if self.checkpointer is not None and done % self.checkpoint_every == 0 and status == "max_iter":
+            if self.checkpointer is not None and done % self.checkpoint_every == 0:
                 self.save_checkpoint(x, done)
             if status != "max_iter":
                 break
@@ -222,15 +222,15 @@ def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.nd
     with status 'callback'. Every rank returns the same result; the trace is complete on every rank.
     """
     if iters < 0:
-        raise InputError(f"--iters must be >= 0, got {iters}")
+        raise InputError(f"--iters must be >= 0, got {iters}", collective=True)
     if tol is not None and not tol > 0:
-        raise InputError(f"--tol must be a positive number, got {tol}")
+        raise InputError(f"--tol must be a positive number, got {tol}", collective=True)
     comm = as_communicator(comm)
     ctx = make_context(problem, comm, seed, lr, batch, L, L_max, worker)
     meth = make_method(method, ctx, **options)
     x = np.zeros(problem.dim) if x0 is None else np.array(x0, dtype=np.float64)
     if x.shape != (problem.dim,):
-        raise InputError(f"x0 has shape {x.shape}, expected ({problem.dim},)")
+        raise InputError(f"x0 has shape {x.shape}, expected ({problem.dim},)", collective=True)
     log_every = log_every or max(1, iters // 1000)
     config = {**meth.config(), "batch": meth.batch, "seed": seed, "iters": iters, "tol": tol,
               "log_every": log_every, "L": ctx.L, "L_max": ctx.L_max}
@@ -239,7 +239,7 @@ def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.nd
     checkpointer = None
     if checkpoint_dir is not None:
         if not checkpoint_every or checkpoint_every < 1:
-            raise InputError("--checkpoint-dir needs --checkpoint-every K with K >= 1")
+            raise InputError("--checkpoint-dir needs --checkpoint-every K with K >= 1", collective=True)
         fingerprint = {"method": meth.name, "n_ranks": comm.size, "dim": problem.dim,
                        "dataset": (header or {}).get("dataset"),
                        **{k: v for k, v in config.items() if k not in ("iters", "tol", "log_every")}}

@@ -21,10 +21,12 @@ def make_method(name: str, ctx: Context, **options: Any) -> Method:
     try:
         cls, fixed = METHODS[name]
     except KeyError:
-        raise InputError(f"unknown method '{name}'; choose one of: {', '.join(sorted(METHODS))}") from None
+        choices = ", ".join(sorted(METHODS))
+        raise InputError(f"unknown method '{name}'; choose one of: {choices}", collective=True) from None
     clash = sorted(set(fixed) & set(options))
     if clash:
-        raise InputError(f"method '{name}' fixes {', '.join(f'{c}={fixed[c]!r}' for c in clash)}; drop that option")
+        fixes = ", ".join(f"{c}={fixed[c]!r}" for c in clash)
+        raise InputError(f"method '{name}' fixes {fixes}; drop that option", collective=True)
     method = cls(ctx, **fixed, **options)
     method.name = name
     return method

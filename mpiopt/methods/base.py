@@ -67,14 +67,14 @@ class Method:
         self.clipped = 0
         self.lr = float(ctx.lr) if ctx.lr is not None else self.default_lr()
         if not np.isfinite(self.lr) or self.lr <= 0:
-            raise InputError(f"step size must be a positive number, got --lr {self.lr}")
+            raise InputError(f"step size must be a positive number, got --lr {self.lr}", collective=True)
 
     @property
     def batch(self) -> int:
         m = self.ctx.problem.n_samples
         b = self.ctx.batch if self.ctx.batch is not None else max(1, m // 100)
         if not 1 <= b <= m:
-            raise InputError(f"--batch must be between 1 and the shard size {m}, got {b}")
+            raise InputError(f"--batch must be between 1 and the shard size {m}, got {b}", collective=True)
         return b
 
     def default_lr(self) -> float:
@@ -115,5 +115,5 @@ class Method:
 def float_dtype(name: str) -> np.dtype:
     """The float dtype named by ``--float-dtype``."""
     if name not in ("float32", "float64"):
-        raise InputError(f"--float-dtype must be float32 or float64, got {name!r}")
+        raise InputError(f"--float-dtype must be float32 or float64, got {name!r}", collective=True)
     return np.dtype(name)

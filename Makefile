@@ -1,0 +1,34 @@
+# The two commands a new user runs: `make demo` and `make test`. Each creates .venv when missing and
+# installs the package with the extras it needs (MPICH from PyPI gives a working mpiexec).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+MPIEXEC := $(VENV)/bin/mpiexec
+MPIOPT := $(VENV)/bin/mpiopt
+STAMP := $(VENV)/.installed
+DEMO := demo-out
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[mpich,test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m mpiopt.demo $(DEMO)/breast_cancer.svm
+	$(MPIOPT) preprocess --file $(DEMO)/breast_cancer.svm --workers 4 --l2 1e-3 --out $(DEMO)/shards
+	$(MPIEXEC) -n 4 $(MPIOPT) run --data $(DEMO)/shards --method gd --iters 500 --tol 1e-10 --no-progress --out $(DEMO)/gd.json
+	$(MPIEXEC) -n 4 $(MPIOPT) run --data $(DEMO)/shards --method sgd --iters 500 --batch 8 --no-progress --out $(DEMO)/sgd.json
+	$(MPIOPT) plot $(DEMO)/gd.json $(DEMO)/sgd.json --out $(DEMO)/demo.png
+	@echo "demo done: traces and figure in $(DEMO)/"
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra
+
+clean:
+	rm -rf $(DEMO) .pytest_cache
