@@ -66,7 +66,8 @@ class Checkpointer:
         if problems:
             raise InputError(
                 f"checkpoint in {self.dir} does not match this run ({problems[0]}); "
-                "use another --checkpoint-dir or drop --resume"
+                "use another --checkpoint-dir or drop --resume",
+                collective=True,
             )
         common = set(everyone[0][0]).intersection(*(set(its) for its, _ in everyone[1:]))
         if not common:
@@ -90,7 +91,9 @@ class Checkpointer:
 
 
 def _first_difference(saved: Dict[str, Any], current: Dict[str, Any]) -> str:
-    for key in sorted(set(saved) | set(current)):
+    """The most telling key that differs: method, dataset, ranks first, then options by name."""
+    first = ("method", "dataset", "n_ranks", "dim")
+    for key in (*first, *sorted(set(saved) | set(current) - set(first))):
         if saved.get(key) != current.get(key):
             return f"{key}={saved.get(key)!r}, this run has {key}={current.get(key)!r}"
     return "another configuration"

@@ -14,6 +14,13 @@ from mpiopt.errors import MpioptError
 SUBCOMMANDS = (preprocess, run, plot, datasets)
 
 
+def world_rank() -> int:
+    """This process's rank in an MPI job (0 outside one); only rank 0 reports collective errors."""
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.Get_rank() if MPI.Is_initialized() else 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with our error format: one line, prefixed, exit code 2."""
 
@@ -36,7 +43,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except MpioptError as exc:
-        sys.stderr.write(f"mpiopt: error: {exc}\n")
+        if not exc.collective or world_rank() == 0:
+            sys.stderr.write(f"mpiopt: error: {exc}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("mpiopt: error: interrupted\n")

@@ -6,6 +6,7 @@ number of workers the data was preprocessed for.
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -31,7 +32,9 @@ METHOD_OPTIONS = (
 )
 
 FAIL_ENV = "MPIOPT_FAIL_AT"
-"""Test hook: ``RANK:ITER`` makes that rank raise at that iteration (fault-injection tests)."""
+"""Fault-injection hook for tests: ``RANK:ITER[:MODE]`` makes that rank, after that iteration, raise
+an exception (MODE ``raise``, the default), die by SIGKILL (``kill``), or poison its iterate with NaN
+so its next gradient is non-finite (``nan``)."""
 
 
 def register(sub) -> None:
@@ -82,16 +85,22 @@ def load_problem(data_dir: str, comm: Communicator):
 
 
 def failure_injection(comm: Communicator):
-    """The callback behind ``MPIOPT_FAIL_AT=RANK:ITER``, or None when the variable is unset."""
+    """The callback behind ``MPIOPT_FAIL_AT``, or None when the variable is unset."""
     spec = os.environ.get(FAIL_ENV)
     if not spec:
         return None
-    rank, iteration = (int(v) for v in spec.split(":"))
+    rank, iteration, *mode = spec.split(":")
+    rank, iteration, mode = int(rank), int(iteration), (mode or ["raise"])[0]
 
     def fail(k: int, x: np.ndarray) -> bool:
-        if comm.rank == rank and k == iteration:
-            raise RuntimeError(f"injected failure at iteration {k} ({FAIL_ENV}={spec})")
-        return False
+        if comm.rank != rank or k != iteration:
+            return False
+        if mode == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if mode == "nan":
+            x[0] = np.nan
+            return False
+        raise RuntimeError(f"injected failure at iteration {k} ({FAIL_ENV}={spec})")
 
     return fail
 

@@ -1,0 +1,104 @@
+"""Faults over real mpiexec jobs: a failing rank, a killed rank, NaN on one rank, kill -9 + resume."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from conftest import run_mpi
+
+FAIL = "MPIOPT_FAIL_AT"
+
+
+def test_exception_on_rank_2_ends_every_rank_promptly(a5a_shards, tmp_path):
+    t0 = time.monotonic()
+    res = run_mpi(4, ["run", "--data", a5a_shards(4), "--method", "sgd", "--iters", 10**7, "--no-progress",
+                      "--out", tmp_path / "t.json"], env={FAIL: "2:50"}, timeout=60)
+    elapsed = time.monotonic() - t0
+    assert res.returncode != 0 and elapsed < 10 + 5  # 5 s allowance for starting 4 Pythons
+    assert "[rank 2] Traceback" in res.stderr and "mpiopt: error: [rank 2] RuntimeError: injected failure" in res.stderr
+    assert res.stderr.count("injected failure at iteration 50") == 2  # traceback's last line + summary, once each
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_sigkill_of_one_rank_ends_the_job(a5a_shards, tmp_path):
+    t0 = time.monotonic()
+    res = run_mpi(4, ["run", "--data", a5a_shards(4), "--method", "sgd", "--iters", 10**7, "--no-progress",
+                      "--out", tmp_path / "t.json"], env={FAIL: "1:100:kill"}, timeout=60)
+    assert res.returncode != 0 and time.monotonic() - t0 < 15
+
+
+def test_nan_on_one_rank_stops_all_naming_rank_and_iteration(a5a_shards, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    out = tmp_path / "t.json"
+    res = run_mpi(4, ["run", "--data", a5a_shards(4), "--method", "gd", "--iters", 1000, "--no-progress",
+                      "--checkpoint-every", 10, "--checkpoint-dir", ckpt, "--out", out],
+                  env={FAIL: "3:25:nan"}, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.count("non-finite gradient at iteration 25 on rank(s) [3]") == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    assert json.loads(out.read_text())["status"].startswith("error: non-finite gradient")
+    saved = sorted(p.name for p in ckpt.iterdir())
+    assert saved == [f"rank_{r:03d}_it{k:09d}.npz" for r in range(4) for k in (10, 20)]
+
+
+@pytest.mark.parametrize("method", ["sgd"])
+def test_kill_then_resume_is_bit_identical(a5a_shards, tmp_path, method):
+    data, k = a5a_shards(4), 200
+    common = ["run", "--data", data, "--method", method, "--iters", 2 * k, "--batch", 8, "--seed", 3,
+              "--no-progress", "--log-every", 10]
+    straight = run_mpi(4, [*common, "--out", tmp_path / "straight.json"])
+    assert straight.returncode == 0, straight.stderr
+    resumable = [*common, "--checkpoint-every", k // 2, "--out", tmp_path / "resumed.json"]
+    killed = run_mpi(4, resumable, env={FAIL: f"2:{k + 37}:kill"})
+    assert killed.returncode != 0 and not (tmp_path / "resumed.json").exists()
+    resumed = run_mpi(4, [*resumable, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "straight.json").read_text())
+    b = json.loads((tmp_path / "resumed.json").read_text())
+    assert b["resumed_from"] == k
+    assert a["x_final"] == b["x_final"]
+    assert a["history"]["dist_sq"] == b["history"]["dist_sq"]
+    assert a["history"]["wire_bytes"] == b["history"]["wire_bytes"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(a5a_shards, tmp_path):
+    args = ["run", "--data", a5a_shards(2), "--iters", 20, "--no-progress", "--checkpoint-every", 10,
+            "--checkpoint-dir", tmp_path / "ckpt"]
+    assert run_mpi(2, [*args, "--method", "sgd", "--out", tmp_path / "a.json"]).returncode == 0
+    res = run_mpi(2, [*args, "--method", "gd", "--resume", "--out", tmp_path / "b.json"], timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.count("does not match this run") == 1 and "method='sgd', this run has method='gd'" in res.stderr
+
+
+def test_sixteen_ranks_start_and_finish(libsvm_dir, tmp_path):
+    from conftest import run_cli
+
+    data = tmp_path / "a5a-16"
+    assert run_cli(["preprocess", "--file", libsvm_dir / "a5a", "--n-features", 123, "--workers", 16,
+                    "--l2", 5e-4, "--out", data]).returncode == 0
+    res = run_mpi(16, ["run", "--data", data, "--method", "sgd", "--iters", 200, "--no-progress",
+                       "--out", tmp_path / "t.json"], timeout=180)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "t.json").read_text())["n_ranks"] == 16
+
+
+def test_memory_does_not_grow_over_10000_iterations():
+    from sklearn.datasets import load_breast_cancer
+
+    import mpiopt
+    from mpiopt.problems import LogisticProblem
+
+    data = load_breast_cancer()
+    problem = LogisticProblem(data.data / np.linalg.norm(data.data, axis=1, keepdims=True), 2.0 * data.target - 1, 1e-2)
+    rss = {}
+
+    def sample_rss(k, x):
+        if k in (1000, 10000):
+            with open("/proc/self/statm") as fh:
+                rss[k] = int(fh.read().split()[1]) * 4096
+        return False
+
+    mpiopt.minimize(problem, "sgd", iters=10000, batch=8, callback=sample_rss)
+    assert rss[10000] - rss[1000] < 2 * 2**20, rss  # < 2 MiB over 9000 iterations
