@@ -13,10 +13,10 @@ DEMO := demo-out
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[mpich,test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[mpich,test,torch]'
 	touch $(STAMP)
 
 demo: $(STAMP)

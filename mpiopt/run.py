@@ -5,8 +5,9 @@ and a result object that holds everything a user needs (x, status, trace). It ru
 or, under ``mpiexec``, on every rank of the communicator (SPMD), each rank with its own ``problem``.
 """
 
+import sys
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 from mpi4py import MPI
@@ -19,6 +20,8 @@ from mpiopt.problems.base import Problem
 from mpiopt.trace import Trace, environment
 
 RNG_KEYS = ("sample_rng", "shared_rng")
+CLIP_WARN_RATE = 0.01
+"""Fraction of coordinates clipped (over the run so far) above which the run warns, once."""
 
 
 class OptimizeResult(dict):
@@ -85,33 +88,49 @@ class Runner:
         self.progress = progress and ctx.comm.rank == 0
         self.checkpointer, self.checkpoint_every = checkpointer, checkpoint_every
         self.callback = callback
-        self._eval = np.empty(ctx.problem.dim + 1)
+        self._eval = np.empty(ctx.problem.dim + 2)
         self.seconds = 0.0
+        self.warnings: List[str] = []
 
     def evaluate(self, x: np.ndarray, k: int) -> Dict[str, Optional[float]]:
-        """Global f, ||grad f||^2 (one uncounted float Allreduce) and ||x - x*||^2, recorded in the trace."""
+        """Global f, ||grad f||^2, clipped coordinates over all ranks (one uncounted float Allreduce)
+        and ||x - x*||^2, recorded in the trace."""
         buf = self._eval
-        problem = self.ctx.problem
+        problem, n = self.ctx.problem, self.ctx.comm.size
+        grad = buf[2:]
         if hasattr(problem, "loss_and_grad"):
-            buf[0] = problem.loss_and_grad(x, buf[1:])
+            buf[0] = problem.loss_and_grad(x, grad)
         else:
             buf[0] = problem.loss(x)
-            problem.grad(x, out=buf[1:])
+            problem.grad(x, out=grad)
+        buf[1] = self.method.clipped
         self.ctx.comm.allreduce_float(buf, count=False)
-        buf /= self.ctx.comm.size
+        grad /= n
         row = {
             "iteration": k,
-            "loss": buf[0],
-            "f_gap": None if self.f_star is None else buf[0] - self.f_star,
-            "grad_norm_sq": float(np.dot(buf[1:], buf[1:])),
+            "loss": buf[0] / n,
+            "f_gap": None if self.f_star is None else buf[0] / n - self.f_star,
+            "grad_norm_sq": float(np.dot(grad, grad)),
             "dist_sq": self.dist_sq(x),
             "wire_bytes": self.ctx.comm.bytes_sent,
             "info_bits": self.method.info_bits,
-            "clipped": self.method.clipped,
+            "clipped": int(buf[1]),
             "seconds": self.seconds,
         }
         self.trace.record(**row)
+        self._warn_if_clipping(k, int(buf[1]))
         return row
+
+    def _warn_if_clipping(self, k: int, clipped: int) -> None:
+        """Clipping biases an integer method: say so once, on rank 0, and in the trace."""
+        rate = clipped / max(1, k * self.ctx.problem.dim * self.ctx.comm.size)
+        if rate <= CLIP_WARN_RATE or self.warnings:
+            return
+        message = (f"{100 * rate:.1f}% of the coordinates sent so far were clipped to fit the wire dtype "
+                   f"(iteration {k}); use --wire-dtype auto or a wider dtype")
+        self.warnings.append(message)
+        if self.ctx.comm.rank == 0:
+            sys.stderr.write(f"mpiopt: warning: {message}\n")
 
     def dist_sq(self, x: np.ndarray) -> Optional[float]:
         if self.x_star is None:
@@ -255,6 +274,7 @@ def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.nd
             start = runner.restore(saved, x)
     status = runner.run(x, start)
     nit = trace.last("iteration") if status != "max_iter" else max(iters, start)
-    record = trace.to_dict(x, status, iterations=nit, resumed_from=start or None, seconds_total=runner.seconds)
+    record = trace.to_dict(x, status, iterations=nit, resumed_from=start or None, seconds_total=runner.seconds,
+                           warnings=runner.warnings)
     return OptimizeResult(x=x, status=status, success=status == "converged", nit=nit,
                           fun=trace.last("loss"), trace=record)
