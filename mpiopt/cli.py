@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with our error format: one line, prefixed, exit code 2."""
 
     def error(self, message: str):
-        sys.stderr.write(f"mpiopt: error: {message} (see 'mpiopt {self.prog.split()[-1]} --help')\n")
+        sys.stderr.write(f"mpiopt: error: {message} (see '{self.prog} --help')\n")
         raise SystemExit(2)
 
 

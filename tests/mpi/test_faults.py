@@ -6,14 +6,14 @@ import time
 import numpy as np
 import pytest
 
-from conftest import run_mpi
+from mpilaunch import run_mpi
 
 FAIL = "MPIOPT_FAIL_AT"
 
 
-def test_exception_on_rank_2_ends_every_rank_promptly(a5a_shards, tmp_path):
+def test_exception_on_rank_2_ends_every_rank_promptly(a5a_for, tmp_path):
     t0 = time.monotonic()
-    res = run_mpi(4, ["run", "--data", a5a_shards(4), "--method", "sgd", "--iters", 10**7, "--no-progress",
+    res = run_mpi(4, ["run", "--data", a5a_for(4), "--method", "sgd", "--iters", 10**7, "--no-progress",
                       "--out", tmp_path / "t.json"], env={FAIL: "2:50"}, timeout=60)
     elapsed = time.monotonic() - t0
     assert res.returncode != 0 and elapsed < 10 + 5  # 5 s allowance for starting 4 Pythons
@@ -22,17 +22,17 @@ def test_exception_on_rank_2_ends_every_rank_promptly(a5a_shards, tmp_path):
     assert not (tmp_path / "t.json").exists()
 
 
-def test_sigkill_of_one_rank_ends_the_job(a5a_shards, tmp_path):
+def test_sigkill_of_one_rank_ends_the_job(a5a_for, tmp_path):
     t0 = time.monotonic()
-    res = run_mpi(4, ["run", "--data", a5a_shards(4), "--method", "sgd", "--iters", 10**7, "--no-progress",
+    res = run_mpi(4, ["run", "--data", a5a_for(4), "--method", "sgd", "--iters", 10**7, "--no-progress",
                       "--out", tmp_path / "t.json"], env={FAIL: "1:100:kill"}, timeout=60)
     assert res.returncode != 0 and time.monotonic() - t0 < 15
 
 
-def test_nan_on_one_rank_stops_all_naming_rank_and_iteration(a5a_shards, tmp_path):
+def test_nan_on_one_rank_stops_all_naming_rank_and_iteration(a5a_for, tmp_path):
     ckpt = tmp_path / "ckpt"
     out = tmp_path / "t.json"
-    res = run_mpi(4, ["run", "--data", a5a_shards(4), "--method", "gd", "--iters", 1000, "--no-progress",
+    res = run_mpi(4, ["run", "--data", a5a_for(4), "--method", "gd", "--iters", 1000, "--no-progress",
                       "--checkpoint-every", 10, "--checkpoint-dir", ckpt, "--out", out],
                   env={FAIL: "3:25:nan"}, timeout=60)
     assert res.returncode == 1
@@ -44,8 +44,8 @@ def test_nan_on_one_rank_stops_all_naming_rank_and_iteration(a5a_shards, tmp_pat
 
 
 @pytest.mark.parametrize("method", ["sgd"])
-def test_kill_then_resume_is_bit_identical(a5a_shards, tmp_path, method):
-    data, k = a5a_shards(4), 200
+def test_kill_then_resume_is_bit_identical(a5a_for, tmp_path, method):
+    data, k = a5a_for(4), 200
     common = ["run", "--data", data, "--method", method, "--iters", 2 * k, "--batch", 8, "--seed", 3,
               "--no-progress", "--log-every", 10]
     straight = run_mpi(4, [*common, "--out", tmp_path / "straight.json"])
@@ -63,8 +63,8 @@ def test_kill_then_resume_is_bit_identical(a5a_shards, tmp_path, method):
     assert a["history"]["wire_bytes"] == b["history"]["wire_bytes"]
 
 
-def test_resume_refuses_a_checkpoint_of_another_configuration(a5a_shards, tmp_path):
-    args = ["run", "--data", a5a_shards(2), "--iters", 20, "--no-progress", "--checkpoint-every", 10,
+def test_resume_refuses_a_checkpoint_of_another_configuration(a5a_for, tmp_path):
+    args = ["run", "--data", a5a_for(2), "--iters", 20, "--no-progress", "--checkpoint-every", 10,
             "--checkpoint-dir", tmp_path / "ckpt"]
     assert run_mpi(2, [*args, "--method", "sgd", "--out", tmp_path / "a.json"]).returncode == 0
     res = run_mpi(2, [*args, "--method", "gd", "--resume", "--out", tmp_path / "b.json"], timeout=60)
@@ -72,12 +72,8 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(a5a_shards, tmp_pa
     assert res.stderr.count("does not match this run") == 1 and "method='sgd', this run has method='gd'" in res.stderr
 
 
-def test_sixteen_ranks_start_and_finish(libsvm_dir, tmp_path):
-    from conftest import run_cli
-
-    data = tmp_path / "a5a-16"
-    assert run_cli(["preprocess", "--file", libsvm_dir / "a5a", "--n-features", 123, "--workers", 16,
-                    "--l2", 5e-4, "--out", data]).returncode == 0
+def test_sixteen_ranks_start_and_finish(a5a_for, tmp_path):
+    data = a5a_for(16)
     res = run_mpi(16, ["run", "--data", data, "--method", "sgd", "--iters", 200, "--no-progress",
                        "--out", tmp_path / "t.json"], timeout=180)
     assert res.returncode == 0, res.stderr

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from conftest import run_mpi
+from mpilaunch import run_mpi
 from mpiopt.data import load_shard
 from mpiopt.problems import LogisticProblem
 
@@ -24,8 +24,8 @@ def numpy_gd(data_dir, n, iters, lr):
 
 
 @pytest.mark.parametrize("n", [1, 2, 4])
-def test_gd_over_ranks_matches_single_process_numpy_gd(a5a_shards, tmp_path, n):
-    data = a5a_shards(n)
+def test_gd_over_ranks_matches_single_process_numpy_gd(a5a_for, tmp_path, n):
+    data = a5a_for(n)
     out = tmp_path / "gd.json"
     res = run_mpi(n, ["run", "--data", data, "--method", "gd", "--iters", 200, "--lr", 2.0,
                       "--no-progress", "--out", out])
@@ -38,11 +38,11 @@ def test_gd_over_ranks_matches_single_process_numpy_gd(a5a_shards, tmp_path, n):
     assert "f - f*" in res.stdout and "trace written to" in res.stdout
 
 
-def test_same_seed_gives_bit_identical_traces(a5a_shards, tmp_path):
+def test_same_seed_gives_bit_identical_traces(a5a_for, tmp_path):
     traces = []
     for name in ("a", "b"):
         out = tmp_path / f"{name}.json"
-        res = run_mpi(4, ["run", "--data", a5a_shards(4), "--method", "sgd", "--iters", 300, "--batch", 4,
+        res = run_mpi(4, ["run", "--data", a5a_for(4), "--method", "sgd", "--iters", 300, "--batch", 4,
                           "--seed", 7, "--no-progress", "--out", out])
         assert res.returncode == 0, res.stderr
         traces.append(json.loads(out.read_text()))
@@ -52,34 +52,34 @@ def test_same_seed_gives_bit_identical_traces(a5a_shards, tmp_path):
         assert a["history"][column] == b["history"][column]
 
 
-def test_tol_stops_on_distance_to_x_star(a5a_shards, tmp_path):
+def test_tol_stops_on_distance_to_x_star(a5a_for, tmp_path):
     out = tmp_path / "gd.json"
-    res = run_mpi(2, ["run", "--data", a5a_shards(2), "--method", "gd", "--iters", 5000, "--tol", 1e-6,
+    res = run_mpi(2, ["run", "--data", a5a_for(2), "--method", "gd", "--iters", 5000, "--tol", 1e-6,
                       "--no-progress", "--out", out])
     assert res.returncode == 0, res.stderr
     trace = json.loads(out.read_text())
     assert trace["status"] == "converged" and trace["history"]["dist_sq"][-1] <= 1e-6 < trace["history"]["dist_sq"][-2]
 
 
-def test_wrong_rank_count_is_caught_before_any_iteration(a5a_shards, tmp_path):
-    res = run_mpi(3, ["run", "--data", a5a_shards(4), "--method", "gd", "--out", tmp_path / "t.json"], timeout=60)
+def test_wrong_rank_count_is_caught_before_any_iteration(a5a_for, tmp_path):
+    res = run_mpi(3, ["run", "--data", a5a_for(4), "--method", "gd", "--out", tmp_path / "t.json"], timeout=60)
     assert res.returncode == 2
     assert "mpiopt: error:" in res.stderr and "4 workers" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "t.json").exists()
 
 
-def test_a_missing_shard_on_one_rank_stops_every_rank(a5a_shards, tmp_path):
+def test_a_missing_shard_on_one_rank_stops_every_rank(a5a_for, tmp_path):
     import shutil
 
     data = tmp_path / "data"
-    shutil.copytree(a5a_shards(4), data)
+    shutil.copytree(a5a_for(4), data)
     (data / "shard_002.npz").unlink()
     res = run_mpi(4, ["run", "--data", data, "--method", "gd", "--out", tmp_path / "t.json"], timeout=60)
     assert res.returncode == 2
     assert "shard_002.npz" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_unknown_method_is_a_clear_error(a5a_shards, tmp_path):
-    res = run_mpi(2, ["run", "--data", a5a_shards(2), "--method", "bogus", "--out", tmp_path / "t.json"], timeout=60)
+def test_unknown_method_is_a_clear_error(a5a_for, tmp_path):
+    res = run_mpi(2, ["run", "--data", a5a_for(2), "--method", "bogus", "--out", tmp_path / "t.json"], timeout=60)
     assert res.returncode == 2
     assert res.stderr.count("unknown method 'bogus'") == 1 and "Traceback" not in res.stderr
