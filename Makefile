@@ -22,7 +22,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) -m mpiopt.demo $(DEMO)/breast_cancer.svm
 	$(MPIOPT) preprocess --file $(DEMO)/breast_cancer.svm --workers 4 --l2 1e-3 --out $(DEMO)/shards
-	$(MPIEXEC) -n 4 $(MPIOPT) run --data $(DEMO)/shards --method gd --iters 500 --tol 1e-10 --no-progress --out $(DEMO)/gd.json
+	$(MPIEXEC) -n 4 $(MPIOPT) run --data $(DEMO)/shards --method gd --iters 2000 --tol 1e-10 --no-progress --out $(DEMO)/gd.json
 	$(MPIEXEC) -n 4 $(MPIOPT) run --data $(DEMO)/shards --method sgd --iters 500 --batch 8 --no-progress --out $(DEMO)/sgd.json
 	$(MPIOPT) plot $(DEMO)/gd.json $(DEMO)/sgd.json --out $(DEMO)/demo.png
 	@echo "demo done: traces and figure in $(DEMO)/"

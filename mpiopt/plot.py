@@ -101,7 +101,7 @@ def plot_traces(paths: Sequence[str], out: str, title: str = "") -> Path:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-    axes[1].set_xscale("symlog", linthresh=1.0)
+    axes[1].ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
     first = traces[0]
     axes[0].set_title(title or f"{first.get('dataset', '')}, {first.get('n_ranks', '?')} ranks")
     axes[2].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=9, frameon=False)

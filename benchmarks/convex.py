@@ -1,0 +1,163 @@
+"""The IntSGD paper's convex experiment: l2-logistic regression over 12 ranks, heterogeneous shards.
+
+For each dataset (a5a, mushrooms, w8a by default) this preprocesses the LIBSVM file from a local
+folder into ``data/<dataset>-<R>`` (git-ignored), runs every method for several seeds with ``mpiexec -n R mpiopt run --tol 1e-8``, writes each
+trace under ``benchmarks/results/convex/<dataset>/``, one figure per dataset (PNG and PDF) and a
+markdown summary: iterations and bytes per rank to reach the tolerance (or the best reached), final
+error, seconds.
+
+    python benchmarks/convex.py [--datasets a5a mushrooms w8a] [--ranks 12] [--seeds 3]
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mpiopt.data import load_libsvm, preprocess  # noqa: E402
+from mpiopt.datasets import REGISTRY  # noqa: E402
+from mpiopt.plot import plot_traces  # noqa: E402
+
+METHODS = (
+    # label, method name, extra options
+    ("vr-intdiana", "vr-intdiana", []),
+    ("intdiana", "intdiana", []),
+    ("intsgd", "intsgd", []),
+    ("l-svrg", "l-svrg", []),
+    ("vr-hintdiana", "vr-diana", ["--compressor", "hint"]),
+    ("vr-natdiana", "vr-diana", ["--compressor", "nat"]),
+    ("diana", "diana", []),
+    ("sgd", "sgd", []),
+    ("hintsgd", "hintsgd", []),
+    ("natsgd", "natsgd", []),
+    ("qsgd", "qsgd", []),
+    ("ef-signsgd", "ef-signsgd", []),
+    ("dgc", "dgc", []),
+)
+
+
+def mpiexec() -> str:
+    local = Path(sys.executable).parent / "mpiexec"
+    return str(local) if local.exists() else "mpiexec"
+
+
+def shards_for(dataset: str, ranks: int, data_dir: Path, out: Path) -> Path:
+    """Preprocess ``dataset`` for ``ranks`` workers once (meta.json marks a finished folder)."""
+    target = out / f"{dataset}-{ranks}"
+    if (target / "meta.json").exists():
+        return target
+    info = REGISTRY[dataset]
+    X, y = load_libsvm(data_dir / info.filename, info.n_features)
+    meta = preprocess(X, y, ranks, info.l2, target, dataset=dataset, source_sha256=info.sha256)
+    print(f"{dataset}: {meta['n_samples']} rows x {meta['n_features']} for {ranks} workers, "
+          f"f* = {meta['f_star']:.12f}, ||grad f(x*)|| = {meta['grad_norm_at_x_star']:.1e}", flush=True)
+    return target
+
+
+def run_one(shards: Path, ranks: int, method: str, extra, seed: int, args, trace: Path) -> dict:
+    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpiopt", "run", "--data", str(shards),
+           "--method", method, *extra, "--iters", str(args.iters), "--tol", str(args.tol), "--batch", str(args.batch),
+           "--seed", str(seed), "--log-every", str(args.log_every), "--no-progress", "--out", str(trace)]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)}\nfailed with exit code {res.returncode}:\n{res.stderr}")
+    record = json.loads(trace.read_text())
+    record["_wall"] = time.perf_counter() - t0
+    return record
+
+
+def reached(record: dict, tol: float):
+    """(iteration, bytes per rank) at the first logged row with ||x - x*||^2 <= tol, else None."""
+    h = record["history"]
+    for it, dist, nbytes in zip(h["iteration"], h["dist_sq"], h["wire_bytes"]):
+        if dist is not None and dist <= tol:
+            return it, nbytes
+    return None
+
+
+def summarize(label: str, records, tol: float) -> dict:
+    hits = [reached(r, tol) for r in records]
+    finals = [r["history"]["dist_sq"][-1] for r in records]
+    ok = [h for h in hits if h is not None]
+    return {
+        "method": label,
+        "seeds": len(records),
+        "reached": f"{len(ok)}/{len(records)}",
+        "iterations": statistics.median(h[0] for h in ok) if ok else None,
+        "bytes_per_rank": statistics.median(h[1] for h in ok) if ok else None,
+        "final_dist_sq": statistics.median(finals),
+        "best_dist_sq": min(finals),
+        "seconds": statistics.median(r["seconds_total"] for r in records),
+        "bytes_per_iteration": statistics.median(r["history"]["wire_bytes"][-1] / max(1, r["iterations"])
+                                                 for r in records),
+    }
+
+
+def markdown(dataset: str, rows, tol: float, ranks: int) -> str:
+    lines = [f"### {dataset}, {ranks} ranks, tolerance ||x - x*||^2 <= {tol:g}", "",
+             "| method | reached | iterations | bytes/rank to tol | bytes/iter | final ||x-x*||^2 | seconds |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        it = "-" if r["iterations"] is None else f"{r['iterations']:.0f}"
+        nb = "-" if r["bytes_per_rank"] is None else f"{r['bytes_per_rank']:,.0f}"
+        lines.append(f"| {r['method']} | {r['reached']} | {it} | {nb} | {r['bytes_per_iteration']:,.0f} | "
+                     f"{r['final_dist_sq']:.2e} | {r['seconds']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=["a5a", "mushrooms", "w8a"])
+    p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "libsvm",
+                   help="folder holding the LIBSVM files (default ../shared/data/libsvm)")
+    p.add_argument("--ranks", type=int, default=12)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--iters", type=int, default=6000)
+    p.add_argument("--tol", type=float, default=1e-8)
+    p.add_argument("--batch", type=int, default=1, help="minibatch per rank")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--methods", nargs="+", help="labels to run (default: all)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "convex")
+    args = p.parse_args()
+    if not args.data_dir.is_dir():
+        print(f"benchmarks/convex.py: no LIBSVM folder at {args.data_dir}; pass --data-dir", file=sys.stderr)
+        return 2
+    chosen = [m for m in METHODS if not args.methods or m[0] in args.methods]
+    summary = {}
+    report = []
+    for dataset in args.datasets:
+        shards = shards_for(dataset, args.ranks, args.data_dir, REPO / "data")
+        folder = args.out / dataset
+        folder.mkdir(parents=True, exist_ok=True)
+        rows, traces = [], []
+        for label, method, extra in chosen:
+            records = []
+            for seed in range(args.seeds):
+                trace = folder / f"{label}-seed{seed}.json"
+                records.append(run_one(shards, args.ranks, method, extra, seed, args, trace))
+                traces.append(str(trace))
+            rows.append(summarize(label, records, args.tol))
+            r = rows[-1]
+            print(f"{dataset:10s} {label:13s} reached {r['reached']} iters={r['iterations']} "
+                  f"final={r['final_dist_sq']:.2e} bytes/iter={r['bytes_per_iteration']:.0f}", flush=True)
+        summary[dataset] = rows
+        report.append(markdown(dataset, rows, args.tol, args.ranks))
+        for suffix in ("png", "pdf"):
+            plot_traces(traces, str(args.out / f"{dataset}.{suffix}"),
+                        title=f"{dataset}: l2-logistic regression, {args.ranks} ranks, batch {args.batch}/rank")
+    (args.out / "summary.md").write_text("\n".join(report))
+    (args.out / "summary.json").write_text(json.dumps({"ranks": args.ranks, "seeds": args.seeds, "tol": args.tol,
+                                                       "batch": args.batch, "datasets": summary}, indent=1))
+    print("\n".join(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
