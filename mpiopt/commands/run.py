@@ -28,7 +28,13 @@ METHOD_OPTIONS = (
     ("--alpha", str, ("adaptive", "constant"), "scaling rule of the integer methods"),
     ("--block-size", int, None, "coordinates per alpha block (block alpha, Alg. 2)"),
     ("--compressor", str, ("none", "int", "hint", "nat", "qsgd"), "compressor of diana / vr-diana"),
-    ("--float-dtype", str, ("float32", "float64"), "float type on the wire (full-precision methods)"),
+    ("--float-dtype", str, ("float32", "float64"), "float type on the wire (full-precision methods, dgc values, powersgd matrices)"),
+    ("--momentum", float, None, "momentum factor (dgc: momentum correction, default 0.9; powersgd: default 0)"),
+    ("--density", float, None, "dgc: fraction of coordinates each rank sends per step (default 0.01, at least 1)"),
+    ("--warmup-iters", int, None, "dgc: iterations of sparsity warm-up (default 100; 0 turns it off)"),
+    ("--warmup-density", float, None, "dgc: density at iteration 0, decaying geometrically to --density (default 0.25)"),
+    ("--clip-norm", float, None, "dgc: clip each rank's stochastic gradient to this norm (default: no clipping)"),
+    ("--rank", int, None, "powersgd: rank r of the gradient approximation (default 2)"),
 )
 
 FAIL_ENV = "MPIOPT_FAIL_AT"

@@ -8,11 +8,17 @@ from typing import Any, Dict, Tuple, Type
 
 from mpiopt.errors import InputError
 from mpiopt.methods.base import Context, Method
+from mpiopt.methods.dgc import DGC
+from mpiopt.methods.efsign import EFSignSGD
+from mpiopt.methods.powersgd import PowerSGD
 from mpiopt.methods.sgd import GD, SGD
 
 METHODS: Dict[str, Tuple[Type[Method], Dict[str, Any]]] = {
     "gd": (GD, {}),
     "sgd": (SGD, {}),
+    "ef-signsgd": (EFSignSGD, {}),
+    "dgc": (DGC, {}),
+    "powersgd": (PowerSGD, {}),
 }
 
 
