@@ -275,6 +275,6 @@ def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.nd
     status = runner.run(x, start)
     nit = trace.last("iteration") if status != "max_iter" else max(iters, start)
     record = trace.to_dict(x, status, iterations=nit, resumed_from=start or None, seconds_total=runner.seconds,
-                           warnings=runner.warnings)
+                           warnings=runner.warnings, **meth.summary())
     return OptimizeResult(x=x, status=status, success=status == "converged", nit=nit,
                           fun=trace.last("loss"), trace=record)

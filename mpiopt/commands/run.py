@@ -35,6 +35,15 @@ METHOD_OPTIONS = (
     ("--warmup-density", float, None, "dgc: density at iteration 0, decaying geometrically to --density (default 0.25)"),
     ("--clip-norm", float, None, "dgc: clip each rank's stochastic gradient to this norm (default: no clipping)"),
     ("--rank", int, None, "powersgd: rank r of the gradient approximation (default 2)"),
+    ("--alpha0", float, None, "integer methods: alpha of the first step (else it sends floats) and of "
+                              "--alpha constant"),
+    ("--beta", float, None, "integer methods: moving-average factor of adaptive alpha's r_k (default 0.9)"),
+    ("--eps", float, None, "integer methods: eps of adaptive alpha = eta sqrt(d) / sqrt(2 n r_k + eta^2 eps^2) "
+                           "(default 1e-8)"),
+    ("--p", float, None, "l-svrg / vr-diana: probability of resetting the reference point "
+                         "(default batch / shard size)"),
+    ("--levels", int, None, "qsgd: number of levels s (default 127, int8 on the wire; up to 32767, int16)"),
+    ("--bits", int, None, "hintsgd / hint compressor: integer bits b on the wire, 8/16/32/64 (default 32)"),
 )
 
 FAIL_ENV = "MPIOPT_FAIL_AT"

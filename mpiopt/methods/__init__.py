@@ -9,7 +9,9 @@ from typing import Any, Dict, Tuple, Type
 from mpiopt.errors import InputError
 from mpiopt.methods.base import Context, Method
 from mpiopt.methods.dgc import DGC
+from mpiopt.methods.diana import DIANA, LSVRG, VRDIANA
 from mpiopt.methods.efsign import EFSignSGD
+from mpiopt.methods.intsgd import QSGD, HintSGD, IntSGD, NatSGD
 from mpiopt.methods.powersgd import PowerSGD
 from mpiopt.methods.sgd import GD, SGD
 
@@ -19,6 +21,15 @@ METHODS: Dict[str, Tuple[Type[Method], Dict[str, Any]]] = {
     "ef-signsgd": (EFSignSGD, {}),
     "dgc": (DGC, {}),
     "powersgd": (PowerSGD, {}),
+    "l-svrg": (LSVRG, {}),
+    "diana": (DIANA, {}),
+    "vr-diana": (VRDIANA, {}),
+    "intsgd": (IntSGD, {}),
+    "intdiana": (DIANA, {"compressor": "int"}),
+    "vr-intdiana": (VRDIANA, {"compressor": "int"}),
+    "hintsgd": (HintSGD, {}),
+    "natsgd": (NatSGD, {}),
+    "qsgd": (QSGD, {}),
 }
 
 

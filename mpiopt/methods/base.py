@@ -65,6 +65,9 @@ class Method:
         self.state: Dict[str, np.ndarray] = {}
         self.info_bits = 0
         self.clipped = 0
+        if ctx.lr is None and not (np.isfinite(ctx.L) and np.isfinite(ctx.L_max)):
+            raise InputError(f"method '{self.name}' needs a step size: the problem's smoothness is unknown "
+                             "(smoothness() is not finite), so pass lr", collective=True)
         self.lr = float(ctx.lr) if ctx.lr is not None else self.default_lr()
         if not np.isfinite(self.lr) or self.lr <= 0:
             raise InputError(f"step size must be a positive number, got --lr {self.lr}", collective=True)
@@ -84,6 +87,11 @@ class Method:
     def config(self) -> Dict[str, Any]:
         """The options actually in force, for the trace."""
         return {"lr": self.lr, **self.opts}
+
+    def summary(self) -> Dict[str, Any]:
+        """Run statistics for the trace (e.g. wire dtypes used), merged into its top level after the
+        run; collective: every rank calls it once."""
+        return {}
 
     def start(self, x: np.ndarray) -> None:
         """Allocate buffers and initialize the state at the starting point x."""

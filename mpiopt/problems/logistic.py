@@ -87,6 +87,13 @@ class LogisticProblem:
             self._L = 0.25 * spectral_norm_sq(self.A) / self.n_samples + self.l2
         return self._L
 
+    def sample_smoothness(self) -> float:
+        """max_j L_ij = max_j ||a_j||^2 / 4 + l2, the largest smoothness constant of one sample's loss
+        (for the expected smoothness of minibatches in the variance-reduced methods' step sizes)."""
+        A = self.A
+        sq = np.asarray(A.multiply(A).sum(axis=1)).ravel() if sp.issparse(A) else np.einsum("ij,ij->i", A, A)
+        return 0.25 * float(sq.max(initial=0.0)) + self.l2
+
 
 def spectral_norm_sq(A) -> float:
     """sigma_max(A)^2: exact eigenvalue of A^T A for small d, Lanczos (svds) otherwise."""

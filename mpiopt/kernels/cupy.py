@@ -1,0 +1,245 @@
+"""The CuPy quantizer kernel (extra ``[gpu]``): ``mpiopt.kernels.numpy``'s contract, fused on the GPU.
+
+``Quantizer`` here has the numpy Quantizer's interface and gives the same integers, bit for bit, for
+the same (seed, worker, step, coordinate): the SplitMix64 noise of ``mpiopt.kernels.numpy`` is drawn
+inside one elementwise kernel together with the scaling and the rounding, so no noise array is ever
+materialized. Each step is one fused kernel (scale, noise, round, |.|), one max-reduction (a single
+scalar read back: the bound check and the auto wire dtype need it), and one cast kernel (or a fused
+clip-and-cast kernel when something must be clipped).
+
+Bit-exactness with numpy rests on IEEE double arithmetic without contraction: the product alpha * v
+and the sum with u are written with ``__dmul_rn``/``__dadd_rn``, which NVRTC never fuses into an FMA
+(numpy does not fuse either). Inputs may be float32 or float64; they are widened to double first, as
+the contract says. Clipping uses the same largest double <= bound as numpy (``float_below``).
+
+``DeviceAllreduce`` hands CuPy buffers to a :class:`mpiopt.comm.Communicator`: directly when the MPI
+library is CUDA-aware (:func:`cuda_aware_mpi`), else through pinned host buffers (``cupyx.empty_pinned``),
+always after synchronizing the current stream, since MPI reads memory outside CUDA's stream order.
+"""
+
+import ctypes
+import os
+from typing import Dict, Optional, Tuple, Union
+
+import cupy
+import cupyx
+import numpy as np
+from mpi4py import MPI
+
+from mpiopt.comm import Communicator
+from mpiopt.kernels.numpy import GOLDEN, MUL1, MUL2, ROUNDINGS, float_below, int_bound, stream_key
+
+_PREAMBLE = f"""
+__device__ __forceinline__ unsigned long long mpiopt_mix64(unsigned long long z) {{
+    z = (z ^ (z >> 30)) * {MUL1:#x}ULL;
+    z = (z ^ (z >> 27)) * {MUL2:#x}ULL;
+    return z ^ (z >> 31);
+}}
+__device__ __forceinline__ double mpiopt_uniform(unsigned long long key, long long j) {{
+    unsigned long long z = mpiopt_mix64(key + (unsigned long long)(j + 1) * {GOLDEN:#x}ULL);
+    return ldexp((double)(z >> 11), -53);   /* exact: a 53-bit integer times 2**-53 */
+}}
+"""
+
+_FINISH = """
+    bool ok = isfinite(r);
+    t = ok ? r : 0.0;
+    a = ok ? fabs(r) : __longlong_as_double(0x7ff0000000000000LL);  /* +inf marks a non-finite input */
+"""
+
+_ROUND = {
+    "random": cupy.ElementwiseKernel(
+        "V v, float64 alpha, uint64 key", "float64 t, float64 a",
+        "double r = floor(__dadd_rn(__dmul_rn((double)v, alpha), mpiopt_uniform(key, i)));" + _FINISH,
+        name="mpiopt_round_random", preamble=_PREAMBLE),
+    "deterministic": cupy.ElementwiseKernel(
+        "V v, float64 alpha", "float64 t, float64 a",
+        "double r = rint(__dmul_rn((double)v, alpha));" + _FINISH,
+        name="mpiopt_round_deterministic"),
+}
+_NOISE = cupy.ElementwiseKernel("uint64 key", "float64 u", "u = mpiopt_uniform(key, i);",
+                                name="mpiopt_noise", preamble=_PREAMBLE)
+_DROP_INF = cupy.ElementwiseKernel("float64 a", "float64 b", "b = isinf(a) ? 0.0 : a;", name="mpiopt_drop_inf")
+_CLIP_CAST = cupy.ElementwiseKernel("float64 t, float64 bound", "float64 c, Q q",
+                                    "c = fmin(fmax(t, -bound), bound); q = (Q)c;", name="mpiopt_clip_cast")
+_DIV_SCALAR = cupy.ElementwiseKernel("S s, float64 n_alpha", "float64 out",
+                                     "out = __ddiv_rn((double)s, n_alpha);", name="mpiopt_decode_scalar")
+_DIV_ARRAY = cupy.ElementwiseKernel("S s, float64 alpha, float64 inv_n", "float64 out",
+                                    "out = __dmul_rn(__ddiv_rn((double)s, alpha), inv_n);", name="mpiopt_decode_array")
+_DIV_LOCAL = cupy.ElementwiseKernel("float64 s, float64 alpha", "float64 out",
+                                    "out = __ddiv_rn(s, alpha);", name="mpiopt_decode_local")
+
+Alpha = Union[float, np.floating, "cupy.ndarray"]
+
+
+class Quantizer:
+    """Int(alpha * v) on the GPU for vectors of ``size`` coordinates; the numpy Quantizer's contract.
+
+    ``encode(v, alpha, out, step=k)`` rounds alpha * v (alpha a scalar or a CuPy array of ``size``),
+    clips to the bound and writes the integers into the CuPy integer array ``out``; returns the number
+    clipped. After it, ``max_abs`` is max_j |Int(alpha v)_j| before clipping, ``finite`` whether v was
+    finite, and ``sent`` the values written (float64), for :meth:`decode_local`. All buffers live on
+    the current device and are allocated here, once.
+    """
+
+    def __init__(self, size: int, seed: int, worker: int, n_ranks: int = 1, rounding: str = "random"):
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+        self.size, self.seed, self.worker, self.n_ranks, self.rounding = size, seed, worker, n_ranks, rounding
+        self.noise_buf = cupy.empty(size)
+        self.rounded = cupy.empty(size)
+        """Int(alpha v) as doubles, before clipping."""
+        self._clipped_buf = cupy.empty(size)
+        self._abs = cupy.empty(size)
+        self._mask = cupy.empty(size, dtype=bool)
+        self._max = cupy.empty((), dtype=np.float64)
+        self.sent = self.rounded
+        self.max_abs = 0.0
+        self.finite = True
+
+    def _key(self, step: int) -> np.uint64:
+        return np.uint64(stream_key(self.seed, self.worker, step))
+
+    def noise(self, step: int) -> "cupy.ndarray":
+        """This worker's u_j for ``step`` (for checks; :meth:`round` draws them inside its kernel)."""
+        return _NOISE(self._key(step), self.noise_buf)
+
+    def round(self, v: "cupy.ndarray", alpha: Alpha, step: int) -> "cupy.ndarray":
+        """Int(alpha v) as doubles into ``rounded`` (no clipping); sets ``max_abs`` and ``finite``."""
+        alpha = alpha if isinstance(alpha, cupy.ndarray) else np.float64(alpha)
+        if self.rounding == "random":
+            _ROUND["random"](v, alpha, self._key(step), self.rounded, self._abs)
+        else:
+            _ROUND["deterministic"](v, alpha, self.rounded, self._abs)
+        m = self._reduce_max()
+        self.finite = bool(np.isfinite(m))
+        if not self.finite:
+            _DROP_INF(self._abs, self._abs)
+            m = self._reduce_max()
+        self.max_abs = m
+        return self.rounded
+
+    def _reduce_max(self) -> float:
+        if not self.size:
+            return 0.0
+        self._abs.max(out=self._max)
+        return float(self._max)
+
+    def pack(self, out: "cupy.ndarray", bound: Optional[int] = None) -> int:
+        """Cast the rounded values, clipped to ``bound`` (default floor(M / n) of ``out``'s dtype), into
+        ``out``; returns the number of clipped coordinates and points ``sent`` at what went out."""
+        if bound is None:
+            bound = int_bound(out.dtype, self.n_ranks)
+        if self.max_abs > bound:
+            cupy.greater(self._abs, float(bound), out=self._mask)
+            clipped = int(cupy.count_nonzero(self._mask))
+            _CLIP_CAST(self.rounded, float_below(bound), self._clipped_buf, out)
+            self.sent = self._clipped_buf
+            return clipped
+        cupy.copyto(out, self.rounded, casting="unsafe")
+        self.sent = self.rounded
+        return 0
+
+    def encode(self, v: "cupy.ndarray", alpha: Alpha, out: "cupy.ndarray", *, step: int,
+               bound: Optional[int] = None) -> int:
+        """Int(alpha v), clipped, into the integer array ``out``; returns the number clipped."""
+        self.round(v, alpha, step)
+        return self.pack(out, bound)
+
+    def decode_local(self, alpha: Alpha, out: "cupy.ndarray") -> "cupy.ndarray":
+        """This worker's own decoded C(v) = sent / alpha."""
+        alpha = alpha if isinstance(alpha, cupy.ndarray) else np.float64(alpha)
+        return _DIV_LOCAL(self.sent, alpha, out)
+
+    @staticmethod
+    def decode(sum_int: "cupy.ndarray", alpha: Alpha, n: int, out: "cupy.ndarray") -> "cupy.ndarray":
+        """S / (n alpha) into ``out`` (float64), with numpy's operation order (bit-identical)."""
+        if isinstance(alpha, cupy.ndarray) and alpha.ndim:
+            return _DIV_ARRAY(sum_int, alpha, np.float64(1.0 / n), out)
+        return _DIV_SCALAR(sum_int, np.float64(n * float(alpha)), out)
+
+
+def _loaded_mpi_library() -> Optional[ctypes.CDLL]:
+    """The MPI shared library mpi4py loaded into this process (found in /proc/self/maps), if any."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/libmpi" in line}
+    except OSError:
+        return None
+    for path in sorted(p for p in paths if os.path.basename(p).startswith(("libmpi.", "libmpi_abi."))):
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    return None
+
+
+def cuda_aware_mpi() -> bool:
+    """Whether the MPI library reads and writes CUDA device buffers itself.
+
+    In order: ``MPIOPT_CUDA_AWARE=0|1`` in the environment; ``MPI.Query_cuda_support()`` where mpi4py
+    has it; the library's ``MPIX_Query_cuda_support()`` (Open MPI, MPICH >= 4.1) or
+    ``MPIX_GPU_query_support(MPIX_GPU_SUPPORT_CUDA, ...)`` (MPICH), looked up with ctypes. Unknown
+    means False: staging through host memory is always correct, only slower.
+    """
+    forced = os.environ.get("MPIOPT_CUDA_AWARE")
+    if forced in ("0", "1"):
+        return forced == "1"
+    query = getattr(MPI, "Query_cuda_support", None)
+    if query is not None:
+        return bool(query())
+    lib = _loaded_mpi_library()
+    if lib is None:
+        return False
+    if hasattr(lib, "MPIX_Query_cuda_support"):
+        lib.MPIX_Query_cuda_support.restype = ctypes.c_int
+        return lib.MPIX_Query_cuda_support() == 1
+    if hasattr(lib, "MPIX_GPU_query_support"):
+        supported = ctypes.c_int(0)
+        return lib.MPIX_GPU_query_support(0, ctypes.byref(supported)) == 0 and supported.value == 1
+    return False
+
+
+class DeviceAllreduce:
+    """Allreduce of CuPy buffers through a Communicator (which counts the bytes sent, as for numpy).
+
+    CUDA-aware MPI gets the device buffer itself; otherwise each buffer is copied into a pinned host
+    buffer of the same shape and dtype (allocated on first use, then reused), reduced there and copied
+    back. Either way the current stream is synchronized before MPI touches the memory.
+    """
+
+    def __init__(self, comm: Communicator, cuda_aware: Optional[bool] = None):
+        self.comm = comm
+        self.cuda_aware = cuda_aware_mpi() if cuda_aware is None else bool(cuda_aware)
+        self._pinned: Dict[Tuple[Tuple[int, ...], np.dtype], np.ndarray] = {}
+
+    def _host(self, buf: "cupy.ndarray") -> np.ndarray:
+        key = (buf.shape, buf.dtype)
+        if key not in self._pinned:
+            self._pinned[key] = cupyx.empty_pinned(buf.shape, dtype=buf.dtype)
+        return self._pinned[key]
+
+    def _reduce(self, reduce, buf: "cupy.ndarray", count: bool) -> "cupy.ndarray":
+        stream = cupy.cuda.get_current_stream()
+        if self.cuda_aware:
+            stream.synchronize()
+            reduce(buf, count=count)
+            return buf
+        host = self._host(buf)
+        buf.get(stream=stream, out=host, blocking=False)
+        stream.synchronize()
+        reduce(host, count=count)
+        buf.set(host, stream=stream)
+        return buf
+
+    def allreduce_int(self, buf: "cupy.ndarray", count: bool = True) -> "cupy.ndarray":
+        """Sum an integer CuPy array over all ranks, in place (exact)."""
+        return self._reduce(self.comm.allreduce_int, buf, count)
+
+    def allreduce_float(self, buf: "cupy.ndarray", count: bool = True) -> "cupy.ndarray":
+        """Sum a float32/float64 CuPy array over all ranks, in place."""
+        return self._reduce(self.comm.allreduce_float, buf, count)
+
+    def allreduce_max(self, buf: "cupy.ndarray", count: bool = True) -> "cupy.ndarray":
+        """Element-wise maximum of a CuPy array over all ranks, in place."""
+        return self._reduce(self.comm.allreduce_max, buf, count)

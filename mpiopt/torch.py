@@ -1,0 +1,444 @@
+"""Drop-in torch optimizers over mpiopt's compressors and methods (extra ``[torch]``).
+
+Each rank runs the same ordinary training loop on its own data; ``step()`` communicates::
+
+    opt = mpiopt.torch.IntSGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for x, y in my_shard:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()              # one integer Allreduce; every rank applies the same update
+
+==============  ===========  ==========================================================================
+class           ``mpiopt run``  what crosses the wire each step
+==============  ===========  ==========================================================================
+``SGD``         sgd          the gradient, float Allreduce in the model's dtype (float32 for float32 models)
+``IntSGD``      intsgd       Int(alpha g_i), one integer Allreduce; alpha per layer (``block='layer'``,
+                             Alg. 2) or one scalar (``block=None``, Alg. 1)
+``HintSGD``     hintsgd      1-float MAX Allreduce, then b-bit integers (SwitchML's scaling)
+``NatSGD``      natsgd       one byte per coordinate (signed power of two), Allgather
+``QSGD``        qsgd         norm + one signed level per coordinate, Allgather
+``EFSignSGD``   ef-signsgd   bit-packed signs + one scale, Allgather, error feedback
+``DGC``         dgc          sparse (index, value) pairs, Allgatherv, momentum correction
+``PowerSGD``    powersgd     rank-r factors P, Q in two float Allreduces, error feedback
+==============  ===========  ==========================================================================
+
+The first five use the compressors of :mod:`mpiopt.methods.compressors` unchanged: with g_i this
+rank's gradient, each rank sends C(g_i + wd p) and receives the mean d = mean_i C(g_i + wd p),
+bitwise the same on every rank. **Weight decay is added to the local gradient before compression**,
+as in the IntSGD paper's ResNet experiments (``optimizer_wd_before_reduce`` in its reference code).
+**Heavy-ball momentum is applied after decoding**, to d, on every rank: m = mu m + d, p -= lr m
+(torch.optim.SGD's rule with dampening 0), so m is identical everywhere and never sent.
+
+IntSGD's alpha reads the iterate's last move (r_k tracks ||x^k - x^{k-1}||^2). With momentum after
+decoding, the parameters move by lr m, up to 1/(1 - mu) times the compressed vector, and an alpha
+sized to that move would round most integers to zero. So alpha reads the *compression iterate*
+x~ <- x~ - lr d: the IntSGD iterate without momentum, which moves by exactly the decoded vector (with
+momentum 0 it is the parameter vector itself, so the optimizer equals mpiopt's numpy IntSGD).
+
+The last three wrap the methods of ``mpiopt.methods`` (``efsign``, ``dgc``, ``powersgd``): the method
+takes one step from x = 0 on the bucket's gradient (+ weight decay), and -x is its update, which
+already includes lr. DGC's ``momentum`` is its own momentum correction (local, before sparsification)
+and PowerSGD's its own momentum; EF-signSGD gets heavy-ball momentum on its decoded update.
+
+All gradients live in one flat bucket (:class:`mpiopt.problems.torch.GradientBucket`); compressors
+read it through a zero-copy numpy view. The optimizer takes one parameter group. ``comm=None`` means
+``MPI.COMM_WORLD`` (one process without mpiexec). ``state_dict()`` holds this rank's whole state
+(method record, momentum, x~, step, random streams, byte counters): save it per rank together with
+the model, and ``load_state_dict`` resumes bit-identically.
+
+CPU tensors only, for now: the compressors are numpy code. The GPU pieces exist -- the bucket's
+zero-copy CuPy view (:func:`mpiopt.problems.torch.as_array`), the CuPy quantizer that reproduces the
+numpy integers bit for bit and the CUDA-aware / pinned-host Allreduce (:mod:`mpiopt.kernels.cupy`) --
+but the compressors would have to take an array module and a quantizer to run on them.
+"""
+
+import math
+from typing import Any, Callable, ClassVar, Dict, Iterable, Optional
+
+import numpy as np
+import torch
+
+from mpiopt.comm import Communicator
+from mpiopt.errors import InputError
+from mpiopt.methods import make_method
+from mpiopt.methods.base import Method
+from mpiopt.methods.compressors import IntCompressor, NoCompression
+from mpiopt.methods.intsgd import CompressedSGD, HintSGD as _HintSGD, IntSGD as _IntSGD
+from mpiopt.methods.intsgd import NatSGD as _NatSGD, QSGD as _QSGD
+from mpiopt.problems.torch import GradientBucket
+from mpiopt.run import RNG_KEYS, as_communicator, make_context
+
+
+class LayerIntCompressor(IntCompressor):
+    """IntSGD's compressor with alpha blocks at given offsets (Alg. 2 with one block per layer).
+
+    ``block_starts`` (ascending, starting at 0) replaces the fixed-size chunks of ``block_size``;
+    the alpha of block l is eta sqrt(d_l) / sqrt(2 n r_l + eta^2 (d_l / d) eps^2) as in IntCompressor.
+    """
+
+    OPTIONS = {**IntCompressor.OPTIONS, "block_starts": None}
+
+    def __init__(self, comm, dim, **kw):
+        super().__init__(comm, dim, **kw)
+        starts = self.opts["block_starts"]
+        if starts is not None:
+            self._lay_out(np.asarray(starts, dtype=np.intp))
+
+    def _lay_out(self, starts: np.ndarray) -> None:
+        d = self.dim
+        if starts.ndim != 1 or not starts.size or starts[0] != 0 or (np.diff(starts) <= 0).any() or starts[-1] >= d:
+            raise InputError(f"block_starts must ascend strictly from 0 below d = {d}, got {starts.tolist()}")
+        sizes = np.diff(np.append(starts, d)).astype(np.float64)
+        nb = starts.size
+        self.starts = starts
+        self._sqrt_dl = np.sqrt(sizes)
+        self._eps_term = (self.opts["eps"] ** 2) * sizes / d
+        self._alpha_blocks = np.empty(nb)
+        self._blocksq = np.empty(nb)
+        self._alpha_vec = np.empty(d) if nb > 1 else None
+        self._block_of = np.repeat(np.arange(nb, dtype=np.intp), sizes.astype(np.intp))
+        self.state["r"] = np.zeros(nb)
+
+
+class _LayerIntSGD(_IntSGD):
+    """mpiopt's IntSGD method with the layer-block compressor (the optimizer drives its exchange)."""
+
+    OPTIONS = dict(LayerIntCompressor.OPTIONS)
+
+    @property
+    def comp_cls(self):
+        return LayerIntCompressor
+
+
+class _FloatSGD(CompressedSGD):
+    """SGD as a compressed method with no compression, so that SGD shares the optimizers' code path."""
+
+    name = "sgd"
+    compressor = "none"
+    OPTIONS = dict(NoCompression.OPTIONS)
+
+
+class _BucketProblem:
+    """The Problem a wrapped method sees: its 'stochastic gradient' is this step's gradient vector.
+
+    The network's objective is not available to the method (``loss`` is NaN, smoothness unknown);
+    the optimizer sets ``v`` before each step.
+    """
+
+    n_samples = 1
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.v = np.zeros(dim)
+
+    def smoothness(self) -> float:
+        return math.nan
+
+    def loss(self, x: np.ndarray) -> float:
+        return math.nan
+
+    def grad(self, x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        return self.stochastic_grad(x, np.zeros(1, dtype=np.intp), out)
+
+    def stochastic_grad(self, x: np.ndarray, idx: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        if out is None:
+            return self.v.copy()
+        np.copyto(out, self.v)
+        return out
+
+
+class DistributedOptimizer(torch.optim.Optimizer):
+    """Base of the mpiopt torch optimizers: bucket, weight decay, the exchange, momentum, state.
+
+    Subclasses set ``method_name`` and implement :meth:`_build` (the mpiopt Method doing the
+    exchange) and :meth:`_direction` (write this step's move into ``self._move``).
+    """
+
+    method_name: ClassVar[str] = ""
+
+    def __init__(self, params: Iterable, comm=None, *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                 seed: int = 0, **options: Any):
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive number, got {lr}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if not (math.isfinite(weight_decay) and weight_decay >= 0.0):
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        if len(self.param_groups) != 1:
+            raise ValueError(f"{type(self).__name__} takes one parameter group (all parameters share lr, "
+                             f"momentum and weight decay); got {len(self.param_groups)}")
+        self.bucket = GradientBucket(self.param_groups[0]["params"])
+        if self.bucket.device.type != "cpu":
+            raise ValueError(f"{type(self).__name__} runs on CPU tensors (the compressors are numpy code); "
+                             f"the model is on {self.bucket.device}")
+        self.comm: Communicator = as_communicator(comm)
+        d = self.bucket.dim
+        self.problem = _BucketProblem(d)
+        self.ctx = make_context(self.problem, self.comm, seed, lr, 1, math.nan, math.nan)
+        self._grad = self.bucket.grad_array()
+        self._param = self.bucket.param_array()
+        self._move = np.empty(d)
+        """This step's move before momentum, float64, identical on every rank."""
+        self._momentum = np.zeros(d)
+        self.k = 0
+        self.method: Method = self._build(dict(options))
+
+    # ---- what subclasses provide -------------------------------------------------------------
+    def _build(self, options: Dict[str, Any]) -> Method:
+        raise NotImplementedError
+
+    def _direction(self, lr: float) -> None:
+        """Exchange ``self.problem.v`` (gradient + weight decay) and write the move into ``self._move``."""
+        raise NotImplementedError
+
+    def _state_arrays(self) -> Dict[str, np.ndarray]:
+        """Every array that must survive a checkpoint, by name (updated in place on restore)."""
+        return {**{f"method/{k}": v for k, v in self.method.state.items()}, "momentum": self._momentum}
+
+    # ---- the torch optimizer API -------------------------------------------------------------
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradient bucket in one op; the gradients stay views of it (``set_to_none`` is ignored)."""
+        self.bucket.zero_grad()
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None):
+        """One collective step from the gradients in the bucket (every rank must call it together)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        group = self.param_groups[0]
+        lr, mu, wd = float(group["lr"]), float(group["momentum"]), float(group["weight_decay"])
+        self.bucket.bind()
+        v = self.problem.v
+        if wd:
+            np.multiply(self._param, np.float64(wd), out=v)
+            v += self._grad
+        else:
+            np.copyto(v, self._grad)
+        self.method.lr = lr
+        self._direction(lr)
+        self._apply(lr, mu)
+        self.k += 1
+        return loss
+
+    def _apply(self, lr: float, mu: float) -> None:
+        """p -= lr (mu m + d) with m kept on every rank (heavy ball after decoding)."""
+        move = self._move
+        if mu:
+            m = self._momentum
+            m *= mu
+            m += move
+            move = m
+        np.multiply(move, np.float64(lr), out=self._move)
+        np.subtract(self._param, self._move, out=self._param, casting="same_kind")
+
+    @property
+    def wire_bytes(self) -> int:
+        """Bytes this rank has handed to MPI so far (all collectives of the method)."""
+        return self.comm.bytes_sent
+
+    @property
+    def info_bits(self) -> int:
+        """Information bits this rank sent so far (the method's count, e.g. 1 + log2 of max|Q| per int)."""
+        return self.method.info_bits
+
+    @property
+    def clipped(self) -> int:
+        """Coordinates clipped to the wire dtype's bound so far on this rank (integer methods)."""
+        return self.method.clipped
+
+    def state_dict(self) -> Dict[str, Any]:
+        """This rank's optimizer state: hyper-parameters, the method's record, momentum, step, streams."""
+        return {
+            "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups],
+            "mpiopt": {
+                "method": self.method_name,
+                "n_ranks": self.comm.size,
+                "rank": self.comm.rank,
+                "dim": self.bucket.dim,
+                "step": self.k,
+                "arrays": {name: torch.from_numpy(np.array(value)) for name, value in self._state_arrays().items()},
+                "rng": {key: getattr(self.ctx, key).bit_generator.state for key in RNG_KEYS},
+                "counters": {"bytes_sent": self.comm.bytes_sent, "info_bits": self.method.info_bits,
+                             "clipped": self.method.clipped},
+            },
+        }
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restore a state saved by the same optimizer class on the same rank of a same-size job."""
+        saved = state_dict["mpiopt"]
+        mine = {"method": self.method_name, "n_ranks": self.comm.size, "rank": self.comm.rank, "dim": self.bucket.dim}
+        wrong = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
+        if wrong:
+            raise ValueError("optimizer state does not match this optimizer: " +
+                             ", ".join(f"{k} saved {s!r}, here {h!r}" for k, (s, h) in wrong.items()))
+        arrays = self._state_arrays()
+        if set(arrays) != set(saved["arrays"]):
+            raise ValueError(f"optimizer state holds {sorted(saved['arrays'])}, expected {sorted(arrays)}")
+        for name, value in arrays.items():
+            value[...] = saved["arrays"][name].numpy()
+        for key in RNG_KEYS:
+            getattr(self.ctx, key).bit_generator.state = saved["rng"][key]
+        self.k = int(saved["step"])
+        self.comm.bytes_sent = int(saved["counters"]["bytes_sent"])
+        self.method.info_bits = int(saved["counters"]["info_bits"])
+        self.method.clipped = int(saved["counters"]["clipped"])
+        for group, hyper in zip(self.param_groups, state_dict["param_groups"]):
+            group.update(hyper)
+
+
+class _CompressorOptimizer(DistributedOptimizer):
+    """Optimizers whose exchange is one mpiopt compressor: the move is d = mean_i C(g_i + wd p)."""
+
+    method_cls: ClassVar[type] = CompressedSGD
+    reads_iterate: ClassVar[bool] = False
+    """True when the compressor's alpha reads the iterate (IntSGD): then x~ is kept."""
+
+    def _build(self, options: Dict[str, Any]) -> Method:
+        method = self.method_cls(self.ctx, **options)
+        method.comp = method.make_compressor()
+        if self.reads_iterate:
+            self._iterate = self._param.astype(np.float64)
+        return method
+
+    def _direction(self, lr: float) -> None:
+        comp = self.method.comp
+        comp.lr = lr
+        if self.reads_iterate:
+            comp.exchange(self.problem.v, self.k, self._iterate, self._move)
+            self._iterate -= lr * self._move
+        else:  # these compressors do not read the iterate
+            comp.exchange(self.problem.v, self.k, None, self._move)
+        self.method.count()
+
+    def _state_arrays(self) -> Dict[str, np.ndarray]:
+        arrays = super()._state_arrays()
+        if self.reads_iterate:
+            arrays["iterate"] = self._iterate
+        return arrays
+
+
+class SGD(_CompressorOptimizer):
+    """Data-parallel SGD: the gradient averaged by one float Allreduce in the model's dtype."""
+
+    method_name = "sgd"
+    method_cls = _FloatSGD
+
+    def __init__(self, params: Iterable, comm=None, *, lr: float, momentum: float = 0.0,
+                 weight_decay: float = 0.0, seed: int = 0, float_dtype: Optional[str] = None):
+        self._float_dtype = float_dtype
+        super().__init__(params, comm, lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed)
+
+    def _build(self, options: Dict[str, Any]) -> Method:
+        dtype = self._float_dtype or str(self.bucket.dtype).replace("torch.", "")
+        return super()._build({**options, "float_dtype": dtype})
+
+
+class IntSGD(_CompressorOptimizer):
+    """IntSGD (Mishchenko et al., ICLR 2022): Int(alpha g_i) in one integer Allreduce per step.
+
+    ``block='layer'``: one alpha per parameter tensor (Alg. 2); ``block=None``: one scalar alpha
+    (Alg. 1). ``wire_dtype`` ('int8', 'int16', 'int32', 'int64' or 'auto'), ``rounding``, ``alpha``,
+    ``alpha0``, ``beta`` and ``eps`` are the int compressor's options (:class:`IntCompressor`); without
+    ``alpha0`` the first step sends float64 (there is no previous move to size alpha by yet).
+    """
+
+    method_name = "intsgd"
+    method_cls = _LayerIntSGD
+    reads_iterate = True
+
+    def __init__(self, params: Iterable, comm=None, *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                 block: Optional[str] = "layer", seed: int = 0, **options: Any):
+        if block not in ("layer", None):
+            raise ValueError(f"block must be 'layer' (one alpha per parameter tensor) or None, got {block!r}")
+        self.block = block
+        super().__init__(params, comm, lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed, **options)
+
+    def _build(self, options: Dict[str, Any]) -> Method:
+        if self.block == "layer":
+            options["block_starts"] = [o for o, _ in self.bucket.blocks]
+        return super()._build(options)
+
+    @property
+    def alpha(self) -> np.ndarray:
+        """The alpha of the last step, per block (one per parameter tensor with ``block='layer'``)."""
+        return self.method.comp._alpha_blocks.copy()
+
+
+class HintSGD(_CompressorOptimizer):
+    """HintSGD: SwitchML's scaling from a 1-float MAX Allreduce, then ``bits``-bit integers."""
+
+    method_name = "hintsgd"
+    method_cls = _HintSGD
+
+
+class NatSGD(_CompressorOptimizer):
+    """SGD with natural compression: each coordinate an unbiased signed power of two (Allgather)."""
+
+    method_name = "natsgd"
+    method_cls = _NatSGD
+
+
+class QSGD(_CompressorOptimizer):
+    """QSGD with ``levels`` levels per vector (Allgather of the norm and the signed levels)."""
+
+    method_name = "qsgd"
+    method_cls = _QSGD
+
+
+class _MethodOptimizer(DistributedOptimizer):
+    """Optimizers that wrap a whole mpiopt method: its step from x = 0 gives -update in x."""
+
+    momentum_in_method: ClassVar[bool] = False
+    """True when ``momentum`` is the method's own option (then no heavy ball is added on top)."""
+
+    def _build(self, options: Dict[str, Any]) -> Method:
+        if self.momentum_in_method:
+            options["momentum"] = float(self.param_groups[0]["momentum"])
+        method = make_method(self.method_name, self.ctx, **options)
+        self._x = np.zeros(self.bucket.dim)
+        method.start(self._x)
+        return method
+
+    def _direction(self, lr: float) -> None:
+        x = self._x
+        x[...] = 0.0
+        self.method.step(x, self.k)
+        np.negative(x, out=self._move)
+
+    def _apply(self, lr: float, mu: float) -> None:
+        """p -= (mu m + u) for the method's update u (which already includes lr)."""
+        move = self._move
+        if mu and not self.momentum_in_method:
+            m = self._momentum
+            m *= mu
+            m += move
+            move = m
+        np.subtract(self._param, move, out=self._param, casting="same_kind")
+
+
+class EFSignSGD(_MethodOptimizer):
+    """EF-signSGD: scaled bit-packed signs with error feedback; heavy-ball momentum on the decoded update."""
+
+    method_name = "ef-signsgd"
+
+
+class DGC(_MethodOptimizer):
+    """Deep Gradient Compression: top-k sparsification with momentum correction (``momentum``),
+    masking, optional ``clip_norm``, sparsity warm-up (``density``, ``warmup_iters``, ``warmup_density``)."""
+
+    method_name = "dgc"
+    momentum_in_method = True
+
+
+class PowerSGD(_MethodOptimizer):
+    """PowerSGD of rank ``rank`` over the flattened gradient, error feedback, its own ``momentum``."""
+
+    method_name = "powersgd"
+    momentum_in_method = True
+
+
+OPTIMIZERS = {cls.method_name: cls for cls in (SGD, IntSGD, HintSGD, NatSGD, QSGD, EFSignSGD, DGC, PowerSGD)}
+"""Optimizer classes by their ``mpiopt run`` method name."""

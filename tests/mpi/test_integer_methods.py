@@ -1,0 +1,159 @@
+"""The integer methods over real ``mpiexec`` jobs on a5a (l2 = 5e-4, contiguous row-normalized shards).
+
+Checked: a sum that would overflow int8 over 4 ranks is never wrapped (clipped and counted with
+int8, promoted to int16 and exact with auto); the integer sum equals the sum of the Q_i; a NaN on one
+rank stops every rank with the same error; integer trajectories are bit-identical when rerun and
+when the ranks are reversed (each process keeping its shard and noise stream via ``worker=``);
+VR-IntDIANA resumes bit-identically after a kill; and the acceptance test of the IntSGD paper's
+convex setup: on 12 ranks VR-IntDIANA reaches ||x - x*||^2 <= 1e-8 within 1.1x the iterations of
+full-precision L-SVRG (same seed, same batch, same theory step size), sending only int8.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from mpilaunch import run_mpi, run_script
+
+HERE = Path(__file__).resolve().parent
+D = 123
+FAIL = "MPIOPT_FAIL_AT"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def yielding_mpich():
+    """Oversubscribed ranks (12 on 2 cores) waiting in a collective should give their core away:
+    MPICH's heavy yield makes these jobs about twice as fast on a loaded machine. Speed only."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MPIR_CVAR_ENABLE_HEAVY_YIELD", "1")
+    yield
+    mp.undo()
+
+
+def script(n, name, *args, timeout=120):
+    res = run_script(n, HERE / name, *args, timeout=timeout)
+    assert res.returncode == 0, f"{name} failed:\n{res.stdout}\n{res.stderr}"
+    return res
+
+
+@pytest.fixture(scope="module")
+def compress_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("int-compress") / "report.json"
+    script(4, "_int_compress.py", out)
+    return json.loads(out.read_text())
+
+
+def test_int8_sum_over_4_ranks_is_clipped_and_counted_never_wrapped(compress_report):
+    r = compress_report["int8"]
+    assert r["clipped_total"] == 4 * 50  # every coordinate of every rank is ~40 > floor(127 / 4) = 31
+    assert r["mean_min"] == r["mean_max"] == 31.0 and not r["exact"]  # clipped, not wrapped to negative
+    assert r["bytes"] == 50 + 3 and r["summary"]["redone_steps"] == 0 and r["same_everywhere"]
+
+
+def test_auto_promotes_to_int16_and_the_sum_is_exact(compress_report):
+    r = compress_report["auto"]
+    assert r["clipped_total"] == 0 and r["exact"] and r["same_everywhere"]
+    assert r["summary"]["steps_by_wire"] == {"int16": 1} and r["summary"]["redone_steps"] == 1
+    assert r["bytes"] == (50 + 3) * 1 + 8 + 50 * 2  # speculative int8 + MAX Allreduce + int16 sum
+    assert r["summary"]["wire_dtype_next"] == "int16"
+
+
+def test_integer_sum_is_the_exact_sum_of_the_Q_i(compress_report):
+    assert compress_report["random_sum_exact"] and compress_report["random_mean_is_S_over_n_alpha"]
+
+
+@pytest.mark.parametrize("name", ["nat", "qsgd", "hint", "none"])
+def test_other_compressors_mean_is_the_mean_of_each_ranks_decode(compress_report, name):
+    assert compress_report[f"{name}_mean"] == {"close": True, "same_everywhere": True}
+
+
+def test_nan_on_one_rank_raises_the_same_error_on_every_rank(compress_report):
+    for label, messages in compress_report["errors"].items():
+        assert len(messages) == 4 and len(set(messages)) == 1, (label, messages)
+        assert messages[0].startswith("collective=True: non-finite gradient at iteration 5 on rank(s) [2]"), label
+
+
+@pytest.fixture(scope="module")
+def trajectories(a5a_for, tmp_path_factory):
+    """Two jobs on 6 ranks (not a power of two, so reduction trees are not symmetric)."""
+    tmp = tmp_path_factory.mktemp("int-traj")
+    data = a5a_for(6)
+    script(6, "_int_traj.py", data, 100, tmp / "a.json", "all", "plain", "reversed")
+    script(6, "_int_traj.py", data, 100, tmp / "b.json", "intsgd,intdiana,vr-intdiana", "plain")
+    return json.loads((tmp / "a.json").read_text()), json.loads((tmp / "b.json").read_text())
+
+
+def test_same_seed_gives_bit_identical_integer_trajectories(trajectories):
+    a, b = trajectories
+    assert len(b) == 5  # intsgd (2 configurations), intdiana, vr-intdiana (2), rerun in a new job
+    for key, run in b.items():
+        assert a[key]["x"] == run["x"], key
+        assert a[key]["wire"] == run["wire"] and a[key]["wire_bytes"] == run["wire_bytes"], key
+        assert run["same_on_all_ranks"], key
+        assert run["loss"][-1] < 0.4, key  # it did optimize (f(0) = log 2)
+
+
+def test_reversed_rank_order_gives_bit_identical_iterates(trajectories):
+    a, _ = trajectories
+    plain = [k for k in a if k.endswith("|plain")]
+    assert {k.split(",")[0].split("|")[0] for k in plain} >= {"intsgd", "intdiana", "vr-intdiana"}
+    for key in plain:
+        rev = key.replace("|plain", "|reversed")
+        assert a[rev]["x"] == a[key]["x"], key
+        assert a[rev]["wire"] == a[key]["wire"] and a[rev]["same_on_all_ranks"], key
+
+
+def test_auto_wire_dtype_in_trajectories(trajectories):
+    a, _ = trajectories
+    assert a["vr-intdiana|plain"]["wire"]["steps_by_wire"] == {"float64": 1, "int8": 99}
+    assert a["vr-intdiana|plain"]["wire_bytes"] == 8 * D + 99 * (D + 3)
+    promoted = a["intsgd,alpha=constant,alpha0=3000.0|plain"]["wire"]
+    assert promoted["redone_steps"] >= 1 and "int8" not in promoted["steps_by_wire"]
+
+
+def test_vr_intdiana_resumes_bit_identically_after_a_kill(a5a_for, tmp_path):
+    data, k = a5a_for(4), 100
+    common = ["run", "--data", data, "--method", "vr-intdiana", "--iters", 2 * k, "--batch", 8, "--seed", 3,
+              "--no-progress", "--log-every", 10]
+    straight = run_mpi(4, [*common, "--out", tmp_path / "straight.json"])
+    assert straight.returncode == 0, straight.stderr
+    resumable = [*common, "--checkpoint-every", k // 2, "--out", tmp_path / "resumed.json"]
+    killed = run_mpi(4, resumable, env={FAIL: f"2:{k + 17}:kill"})
+    assert killed.returncode != 0 and not (tmp_path / "resumed.json").exists()
+    resumed = run_mpi(4, [*resumable, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "straight.json").read_text())
+    b = json.loads((tmp_path / "resumed.json").read_text())
+    assert b["resumed_from"] == k and a["x_final"] == b["x_final"]
+    for column in ("dist_sq", "wire_bytes", "info_bits", "clipped"):
+        assert a["history"][column] == b["history"][column], column
+    assert a["wire"] == b["wire"]
+
+
+def test_vr_intdiana_needs_at_most_1_1x_the_iterations_of_l_svrg_on_a5a_12_ranks(a5a_for, tmp_path):
+    """The IntSGD paper's convex setup: a5a over 12 ranks (heterogeneous contiguous shards, rows of
+    unit norm, l2 = 5e-4), minibatch N / (20 n) = 26 per rank, theory step size, same seed."""
+    data = a5a_for(12)
+    traces = {}
+    for method in ("l-svrg", "vr-intdiana"):
+        out = tmp_path / f"{method}.json"
+        res = run_mpi(12, ["run", "--data", data, "--method", method, "--batch", 26, "--tol", 1e-8,
+                           "--iters", 20000, "--seed", 0, "--log-every", 1000, "--no-progress", "--out", out],
+                      timeout=240)
+        assert res.returncode == 0, res.stderr
+        traces[method] = json.loads(out.read_text())
+    ref, vr = traces["l-svrg"], traces["vr-intdiana"]
+    for t in (ref, vr):
+        assert t["status"] == "converged" and t["history"]["dist_sq"][-1] <= 1e-8
+    assert vr["config"]["lr"] == ref["config"]["lr"] and vr["config"]["p"] == ref["config"]["p"]
+    n_ref, n_vr = ref["iterations"], vr["iterations"]
+    assert n_vr <= 1.1 * n_ref, (n_vr, n_ref)
+    wire = vr["wire"]  # after the float first step, every integer went out as int8, none clipped
+    assert wire["steps_by_wire"] == {"float64": 1, "int8": n_vr - 1} and wire["redone_steps"] == 0
+    assert wire["max_abs_q"] <= 127 // 12 and vr["history"]["clipped"][-1] == 0
+    assert vr["history"]["wire_bytes"][-1] == 8 * D + (n_vr - 1) * (D + 3)
+    assert ref["history"]["wire_bytes"][-1] == n_ref * 8 * D
+    per_coordinate = 1 + math.ceil(math.log2(wire["max_abs_q"] + 1))  # <= 5 bits, against 64
+    assert vr["history"]["info_bits"][-1] <= 64 * D + (n_vr - 1) * D * per_coordinate

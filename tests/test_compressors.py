@@ -1,0 +1,313 @@
+"""Compressors and the integer methods in one process (a communicator of size 1).
+
+Unbiasedness of NatSGD's and QSGD's compressors is checked by Monte Carlo over many steps (fixed
+seeds; tolerance 5 standard deviations of the mean, from each coordinate's exact variance). The int
+compressor's alpha is checked against the formulas of Alg. 1 and 2, its ``auto`` wire dtype against
+the bytes it sends. The multi-rank properties are in tests/mpi/test_integer_methods.py.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+from sklearn.datasets import load_breast_cancer
+
+import mpiopt
+from mpiopt.comm import Communicator
+from mpiopt.errors import InputError
+from mpiopt.methods import METHODS
+from mpiopt.methods.compressors import (SHRINK_AFTER, HintCompressor, IntCompressor, NatCompressor, NoCompression,
+                                        QSGDCompressor)
+from mpiopt.problems import LogisticProblem
+
+MINE = ("l-svrg", "diana", "vr-diana", "intsgd", "intdiana", "vr-intdiana", "hintsgd", "natsgd", "qsgd")
+
+
+class Failed(Exception):
+    pass
+
+
+def fail(k, local_bad):
+    raise Failed(k, local_bad)
+
+
+def make(cls, d, lr=0.5, seed=0, **opts):
+    return cls(Communicator(MPI.COMM_SELF), d, seed=seed, worker=0, lr=lr, fail=fail, **opts)
+
+
+def run_steps(comp, v, n_steps, x=None):
+    """C(v) at steps 0..n-1 (the local decode; with one rank it equals the mean)."""
+    out, mean = np.empty((n_steps, v.size)), np.empty(v.size)
+    x = np.zeros(v.size) if x is None else x
+    for k in range(n_steps):
+        comp.exchange(v, k, x, mean, out[k])
+        np.testing.assert_array_equal(mean, out[k])
+    return out
+
+
+@pytest.fixture(scope="module")
+def problem():
+    data = load_breast_cancer()
+    A = data.data / np.linalg.norm(data.data, axis=1, keepdims=True)
+    return LogisticProblem(A, 2.0 * data.target - 1.0, l2=1e-2)
+
+
+# ------------------------------------------------------------------------------------------------
+# Natural compression and QSGD: unbiased
+
+
+def test_nat_rounds_to_a_bracketing_power_of_two_without_bias():
+    n_steps = 20_000
+    tiny = 2.0 ** -130  # more than 126 binades below the largest: rounded between 0 and 2^(E-126)
+    v = np.array([3.0, -5.5, 0.7, 1e-3, -(2.0 ** -60), 0.0, 6.0, -7.99, 4.0, tiny])
+    comp = make(NatCompressor, v.size)
+    draws = run_steps(comp, v, n_steps)
+    a = np.abs(v)
+    top = math.frexp(7.99)[1]  # 7.99 = 0.99875 * 2^3 rounds to 4 or 8 = 2^top
+    small = 2.0 ** (top - 126)
+    lo = np.where(a >= small, 2.0 ** np.floor(np.log2(np.where(a > 0, a, 1))), 0.0)
+    hi = np.where(a >= small, 2 * lo, small)
+    lo[a == 0] = hi[a == 0] = 0.0
+    mags = np.abs(draws)
+    assert ((mags == lo) | (mags == hi)).all()
+    assert (np.sign(draws) * np.sign(v) >= 0).all()
+    var = (a - lo) * (hi - a)  # of a two-point unbiased rounding
+    assert (np.abs(draws.mean(axis=0) - v) <= 5 * np.sqrt(var / n_steps) + 1e-300).all()
+    assert comp.omega(v.size, {}) == 1 / 8
+    err = ((draws - v) ** 2).sum(axis=1).mean()
+    assert err <= (1 / 8) * (v @ v) * 1.05  # E||C(v) - v||^2 <= omega ||v||^2
+    assert comp.comm.bytes_sent == n_steps * (v.size + 4) and comp.bits == 8 * v.size + 16
+
+
+@pytest.mark.parametrize("levels,code_bytes", [(4, 1), (127, 1), (1000, 2)])
+def test_qsgd_is_unbiased_on_s_levels(levels, code_bytes):
+    n_steps = 20_000
+    v = np.array([0.3, -1.2, 0.0, 2.5, -0.01, 0.7, 1e-9])
+    comp = make(QSGDCompressor, v.size, levels=levels)
+    draws = run_steps(comp, v, n_steps)
+    norm = np.linalg.norm(v)
+    t = levels * np.abs(v) / norm
+    lv = np.abs(draws) * levels / norm
+    assert np.allclose(lv, np.round(lv), atol=1e-6) and (np.abs(np.round(lv) - t) < 1 + 1e-9).all()
+    f = t - np.floor(t)
+    sd = norm / levels * np.sqrt(f * (1 - f) / n_steps)
+    assert (np.abs(draws.mean(axis=0) - v) <= 5 * sd + 1e-15).all()
+    assert comp.comm.bytes_sent == n_steps * (v.size * code_bytes + 8)
+    assert QSGDCompressor.omega(v.size, {"levels": levels}) == min(v.size / levels**2, math.sqrt(v.size) / levels)
+
+
+def test_hint_is_unbiased_and_never_clips():
+    n_steps = 20_000
+    v = np.array([0.3, -1.2, 0.0, 2.5, -0.01])
+    comp = make(HintCompressor, v.size, bits=8)
+    draws = run_steps(comp, v, n_steps)
+    alpha = 127 / 2.0 ** math.ceil(math.log2(2.5))  # floor((2^7 - 1) / 1) / 2^e
+    assert np.allclose(draws * alpha, np.round(draws * alpha))
+    f = alpha * np.abs(v) % 1.0
+    assert (np.abs(draws.mean(axis=0) - v) <= 5 * np.sqrt(f * (1 - f) / n_steps) / alpha + 1e-15).all()
+    assert comp.clipped == 0 and comp.comm.bytes_sent == n_steps * (8 + v.size)
+
+
+# ------------------------------------------------------------------------------------------------
+# The int compressor: alpha, first step, auto dtype
+
+
+def test_adaptive_alpha_follows_alg1_and_first_step_sends_floats():
+    d, lr, beta, eps = 6, 0.7, 0.9, 1e-3
+    comp = make(IntCompressor, d, lr=lr, beta=beta, eps=eps, rounding="deterministic")
+    v = np.linspace(-1, 2, d)
+    mean, local = np.empty(d), np.empty(d)
+    x0, x1, x2 = np.zeros(d), np.full(d, 0.1), np.full(d, 0.25)
+    comp.exchange(v, 0, x0, mean, local)
+    np.testing.assert_array_equal(mean, v)  # no x^{k-1}: float64
+    assert comp.comm.bytes_sent == 8 * d and comp.bits == 64 * d
+    r = d * 0.1**2  # r starts at the first ||x^1 - x^0||^2
+    for k, x in ((1, x1), (2, x2)):
+        if k == 2:
+            r = beta * r + (1 - beta) * d * 0.15**2
+        alpha = lr * math.sqrt(d) / math.sqrt(2 * 1 * r + lr**2 * eps**2)
+        comp.exchange(v, k, x, mean, local)
+        np.testing.assert_allclose(local, np.rint(alpha * v) / alpha, rtol=1e-12)
+        np.testing.assert_array_equal(mean, local)
+    assert comp.comm.bytes_sent == 8 * d + 2 * (d + 3)  # then int8 + the 3 header slots
+    np.testing.assert_allclose(comp.state["r"], [r], rtol=1e-12)
+
+
+def test_block_alpha_follows_alg2():
+    d, lr, eps, n = 7, 0.3, 0.5, 1
+    comp = make(IntCompressor, d, lr=lr, eps=eps, block_size=3, rounding="deterministic", wire_dtype="int64")
+    v = np.linspace(-3, 3, d)
+    x0, x1 = np.zeros(d), np.array([0.1, 0.1, 0.1, 1.0, 1.0, 1.0, 0.01])
+    mean, local = np.empty(d), np.empty(d)
+    comp.exchange(v, 0, x0, mean, local)
+    comp.exchange(v, 1, x1, mean, local)
+    alphas = []
+    for lo, hi in ((0, 3), (3, 6), (6, 7)):
+        dl, r = hi - lo, float(np.sum(x1[lo:hi] ** 2))
+        alphas += [lr * math.sqrt(dl) / math.sqrt(2 * n * r + lr**2 * (dl / d) * eps**2)] * dl
+    alphas = np.array(alphas)
+    np.testing.assert_allclose(local, np.rint(alphas * v) / alphas, rtol=1e-12)
+
+
+def test_alpha0_makes_the_first_step_integer_and_constant_keeps_it():
+    d = 5
+    v = np.arange(d, dtype=float)
+    for alpha in ("adaptive", "constant"):
+        comp = make(IntCompressor, d, alpha=alpha, alpha0=4.0, rounding="deterministic")
+        mean, local = np.empty(d), np.empty(d)
+        comp.exchange(v, 0, np.zeros(d), mean, local)
+        np.testing.assert_array_equal(mean, v)
+        assert comp.comm.bytes_sent == d + 3
+        comp.exchange(v, 1, np.ones(d), mean, local)
+        if alpha == "constant":
+            np.testing.assert_array_equal(local, v)
+    assert IntCompressor.describe({})["first_step"].startswith("float64")
+    assert IntCompressor.describe({"alpha0": 2.0})["first_step"] == "int (alpha0)"
+
+
+def test_auto_promotes_then_shrinks_back_and_never_clips():
+    d = 4
+    comp = make(IntCompressor, d, alpha="constant", alpha0=1.0, rounding="deterministic")
+    mean, x = np.empty(d), np.zeros(d)
+    big, small = np.array([200.0, -3.0, 0.0, 1.0]), np.array([5.0, -3.0, 0.0, 1.0])
+    comp.exchange(big, 0, x, mean)  # int8 (max 127) overflows: MAX Allreduce, then int16
+    np.testing.assert_array_equal(mean, big)
+    assert comp.clipped == 0 and comp.comm.bytes_sent == (d + 3) + 8 + 2 * d
+    assert int(comp.state["redone_steps"]) == 1 and comp.summary()["wire_dtype_next"] == "int16"
+    sent = comp.comm.bytes_sent
+    for k in range(SHRINK_AFTER):  # fits int8 with a bit to spare: shrinks after SHRINK_AFTER steps
+        comp.exchange(small, 1 + k, x, mean)
+        np.testing.assert_array_equal(mean, small)
+    assert comp.comm.bytes_sent == sent + SHRINK_AFTER * 2 * (d + 3)
+    assert comp.summary() == {"steps_by_wire": {"int16": 1 + SHRINK_AFTER}, "max_abs_q": 200.0,
+                              "redone_steps": 1, "wire_dtype_next": "int8"}
+    huge = np.array([3e19, 1.0, 0.0, -1.0])  # beyond int64's floor(M / n): clipped and counted
+    comp.exchange(huge, 99, x, mean)
+    assert comp.clipped == 1 and mean[0] == 2.0**63 - 1024  # the largest double below 2^63 - 1, not a wrap
+
+
+def test_fixed_int8_clips_and_counts():
+    d = 3
+    comp = make(IntCompressor, d, alpha="constant", alpha0=1.0, wire_dtype="int8", rounding="deterministic")
+    mean = np.empty(d)
+    comp.exchange(np.array([300.0, -128.0, 5.0]), 0, np.zeros(d), mean)
+    assert comp.clipped == 2 and mean.tolist() == [127.0, -127.0, 5.0]
+    assert comp.comm.bytes_sent == d + 3 and int(comp.state["redone_steps"]) == 0
+
+
+@pytest.mark.parametrize("cls,opts", [(IntCompressor, {"alpha0": 1.0}), (IntCompressor, {}),
+                                      (IntCompressor, {"alpha0": 1.0, "wire_dtype": "int8"}),
+                                      (HintCompressor, {}), (NatCompressor, {}), (QSGDCompressor, {}),
+                                      (NoCompression, {})])
+def test_non_finite_values_call_fail_with_the_local_flag(cls, opts):
+    comp = make(cls, 4, **opts)
+    with pytest.raises(Failed) as err:
+        comp.exchange(np.array([1.0, np.nan, 2.0, np.inf]), 3, np.zeros(4), np.empty(4), np.empty(4))
+    assert err.value.args == (3, True)
+
+
+def test_option_checks_say_what_to_do():
+    with pytest.raises(InputError, match="cannot carry a sum over 200 ranks"):
+        IntCompressor.validate({**IntCompressor.OPTIONS, "wire_dtype": "int8"}, 200)
+    with pytest.raises(InputError, match="--alpha constant needs --alpha0"):
+        make(IntCompressor, 3, alpha="constant")
+    with pytest.raises(InputError, match="--beta must be in"):
+        make(IntCompressor, 3, beta=1.0)
+    with pytest.raises(InputError, match="--block-size must be a positive integer"):
+        make(IntCompressor, 3, block_size=0)
+    with pytest.raises(InputError, match="--bits must be 8, 16, 32 or 64"):
+        make(HintCompressor, 3, bits=12)
+    with pytest.raises(InputError, match="--levels must be an integer"):
+        make(QSGDCompressor, 3, levels=40000)
+
+
+# ------------------------------------------------------------------------------------------------
+# The methods through mpiopt.minimize
+
+
+def test_every_method_is_registered():
+    assert set(MINE) <= set(METHODS)
+    assert METHODS["intdiana"][1] == {"compressor": "int"} and METHODS["vr-intdiana"][1] == {"compressor": "int"}
+
+
+@pytest.mark.parametrize("method,opts", [(m, {}) for m in MINE] + [
+    ("vr-diana", {"compressor": c}) for c in ("int", "hint", "nat", "qsgd")] + [
+    ("diana", {"compressor": "nat"}), ("intsgd", {"block_size": 8}), ("intsgd", {"rounding": "deterministic"}),
+    ("hintsgd", {"bits": 16}), ("qsgd", {"levels": 16}), ("l-svrg", {"float_dtype": "float32"})])
+def test_method_decreases_the_loss(problem, method, opts):
+    res = mpiopt.minimize(problem, method, iters=300, batch=16, seed=2, log_every=300, **opts)
+    loss = res.trace["history"]["loss"]
+    assert loss[-1] < loss[0] - 0.03, (method, loss)
+    assert res.trace["wire"]["compressor"] == res.trace["config"]["compressor"]
+
+
+def test_vr_methods_share_one_theory_step_size(problem):
+    lrs = {m: mpiopt.minimize(problem, m, iters=0, batch=16).trace["config"]["lr"]
+           for m in ("l-svrg", "vr-intdiana", "vr-diana")}
+    m, b, Li = problem.n_samples, 16, problem.smoothness()
+    Lb = (1 - 1 / b) * Li + problem.sample_smoothness() / b
+    expected = 1 / (2 * (Li + 3 * Lb / 2 + 3 * Lb / 16))  # n = 1, L = L_1
+    assert lrs == pytest.approx({k: expected for k in lrs}, rel=1e-12)
+    nat = mpiopt.minimize(problem, "vr-diana", compressor="nat", iters=0, batch=16).trace["config"]
+    assert nat["lr"] == pytest.approx(expected / (1 + 2 / 8)) and nat["omega"] == 1 / 8
+    sgd = mpiopt.minimize(problem, "sgd", iters=0).trace["config"]["lr"]
+    assert mpiopt.minimize(problem, "intsgd", iters=0).trace["config"]["lr"] == sgd
+    assert mpiopt.minimize(problem, "natsgd", iters=0).trace["config"]["lr"] == pytest.approx(sgd / 1.25)
+
+
+def test_trace_counts_bytes_and_wire_dtypes(problem):
+    d, iters = problem.dim, 50
+    res = mpiopt.minimize(problem, "vr-intdiana", iters=iters, batch=16, log_every=10)
+    assert res.trace["history"]["wire_bytes"][-1] == 8 * d + (iters - 1) * (d + 3)
+    assert res.trace["config"]["first_step"].startswith("float64")
+    wire = res.trace["wire"]
+    assert wire["steps_by_wire"] == {"float64": 1, "int8": iters - 1} and 0 < wire["max_abs_q"] <= 127
+    res = mpiopt.minimize(problem, "l-svrg", iters=iters, batch=16, log_every=10)
+    assert res.trace["history"]["wire_bytes"][-1] == iters * 8 * d
+
+
+def test_diana_shift_h_is_the_mean_of_the_h_i(problem):
+    from mpiopt.methods import make_method
+    from mpiopt.run import as_communicator, make_context
+
+    ctx = make_context(problem, as_communicator(None), 0, None, 16, None, None)
+    meth = make_method("vr-intdiana", ctx)
+    x = np.zeros(problem.dim)
+    meth.start(x)
+    for k in range(40):
+        meth.step(x, k)
+        assert np.array_equal(meth.state["h"], meth.state["h_local"])  # one rank: h == h_1 bit for bit
+
+
+@pytest.mark.parametrize("method,opts", [("vr-intdiana", {}), ("intsgd", {"alpha": "constant", "alpha0": 3e4}),
+                                         ("vr-diana", {"compressor": "nat"}), ("hintsgd", {})])
+def test_checkpoint_resume_is_bit_identical(problem, tmp_path, method, opts):
+    common = dict(iters=60, batch=8, seed=4, log_every=10, **opts)
+    straight = mpiopt.minimize(problem, method, **common)
+    ckpt = dict(checkpoint_dir=tmp_path, checkpoint_every=10)
+    first = mpiopt.minimize(problem, method, callback=lambda k, x: k == 30, **ckpt, **common)
+    assert first.status == "callback"
+    resumed = mpiopt.minimize(problem, method, resume=True, **ckpt, **common)
+    assert resumed.trace["resumed_from"] == 30
+    assert np.array_equal(resumed.x, straight.x)
+    for column in ("loss", "wire_bytes", "info_bits", "clipped"):
+        assert resumed.trace["history"][column] == straight.trace["history"][column]
+    assert resumed.trace["wire"] == straight.trace["wire"]
+
+
+def test_options_of_another_compressor_are_refused(problem):
+    with pytest.raises(InputError, match="compressor nat does not use option.*wire_dtype"):
+        mpiopt.minimize(problem, "vr-diana", compressor="nat", wire_dtype="int8", iters=1)
+    with pytest.raises(InputError, match="does not take option"):
+        mpiopt.minimize(problem, "natsgd", wire_dtype="int8", iters=1)
+    with pytest.raises(InputError, match="fixes compressor='int'"):
+        mpiopt.minimize(problem, "intdiana", compressor="nat", iters=1)
+    with pytest.raises(InputError, match=r"--p .* must be in \(0, 1\]"):
+        mpiopt.minimize(problem, "l-svrg", p=1.5, iters=1)
+    with pytest.raises(InputError, match="unknown compressor"):
+        mpiopt.minimize(problem, "diana", compressor="zip", iters=1)
+    with pytest.raises(InputError, match="--levels must be an integer"):
+        mpiopt.minimize(problem, "qsgd", levels=0, iters=1)
+    with pytest.raises(InputError, match="--eps must be a positive number"):
+        mpiopt.minimize(problem, "intsgd", eps=0.0, lr=0.1, iters=1)
