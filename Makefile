@@ -23,8 +23,9 @@ demo: $(STAMP)
 	$(PY) -m mpiopt.demo $(DEMO)/breast_cancer.svm
 	$(MPIOPT) preprocess --file $(DEMO)/breast_cancer.svm --workers 4 --l2 1e-3 --out $(DEMO)/shards
 	$(MPIEXEC) -n 4 $(MPIOPT) run --data $(DEMO)/shards --method gd --iters 2000 --tol 1e-10 --no-progress --out $(DEMO)/gd.json
-	$(MPIEXEC) -n 4 $(MPIOPT) run --data $(DEMO)/shards --method sgd --iters 500 --batch 8 --no-progress --out $(DEMO)/sgd.json
-	$(MPIOPT) plot $(DEMO)/gd.json $(DEMO)/sgd.json --out $(DEMO)/demo.png
+	$(MPIEXEC) -n 4 $(MPIOPT) run --data $(DEMO)/shards --method l-svrg --iters 2000 --batch 8 --no-progress --out $(DEMO)/l-svrg.json
+	$(MPIEXEC) -n 4 $(MPIOPT) run --data $(DEMO)/shards --method vr-intdiana --iters 2000 --batch 8 --no-progress --out $(DEMO)/vr-intdiana.json
+	$(MPIOPT) plot $(DEMO)/gd.json $(DEMO)/l-svrg.json $(DEMO)/vr-intdiana.json --out $(DEMO)/demo.png
 	@echo "demo done: traces and figure in $(DEMO)/"
 
 test: $(STAMP)

@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from mpiopt.data import load_libsvm, preprocess  # noqa: E402
 from mpiopt.datasets import REGISTRY  # noqa: E402
+from mpiopt.launch import mpi_env, mpiexec_path  # noqa: E402
 from mpiopt.plot import plot_traces  # noqa: E402
 
 METHODS = (
@@ -42,11 +43,6 @@ METHODS = (
 )
 
 
-def mpiexec() -> str:
-    local = Path(sys.executable).parent / "mpiexec"
-    return str(local) if local.exists() else "mpiexec"
-
-
 def shards_for(dataset: str, ranks: int, data_dir: Path, out: Path) -> Path:
     """Preprocess ``dataset`` for ``ranks`` workers once (meta.json marks a finished folder)."""
     target = out / f"{dataset}-{ranks}"
@@ -61,11 +57,11 @@ def shards_for(dataset: str, ranks: int, data_dir: Path, out: Path) -> Path:
 
 
 def run_one(shards: Path, ranks: int, method: str, extra, seed: int, args, trace: Path) -> dict:
-    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpiopt", "run", "--data", str(shards),
+    cmd = [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "mpiopt", "run", "--data", str(shards),
            "--method", method, *extra, "--iters", str(args.iters), "--tol", str(args.tol), "--batch", str(args.batch),
            "--seed", str(seed), "--log-every", str(args.log_every), "--no-progress", "--out", str(trace)]
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env())
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)}\nfailed with exit code {res.returncode}:\n{res.stderr}")
     record = json.loads(trace.read_text())

@@ -28,7 +28,6 @@ shared machine: compare them within one run only.
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -39,6 +38,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from mpiopt.launch import mpi_env, mpiexec_path  # noqa: E402
 
 METHODS: Dict[str, Dict[str, Any]] = {
     # method name (as in ``mpiopt run``) -> options of its torch optimizer
@@ -63,11 +64,6 @@ TASKS = {
     "w8a": {"model": "mlp", "batch": 64, "lr": 0.05, "n_features": 300},
 }
 MOMENTUM, WEIGHT_DECAY, SPLIT_SEED = 0.9, 1e-4, 0
-
-
-def mpiexec() -> str:
-    local = Path(sys.executable).parent / "mpiexec"
-    return str(local) if local.exists() else "mpiexec"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -274,11 +270,11 @@ def drive(args) -> None:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     raw = out.with_name(out.stem + "-raw.json")
-    cmd = [mpiexec(), "-n", str(args.ranks), sys.executable, str(Path(__file__).resolve()), "--worker",
+    cmd = [mpiexec_path(), "-n", str(args.ranks), sys.executable, str(Path(__file__).resolve()), "--worker",
            "--worker-out", str(raw), "--epochs", str(args.epochs), "--mlp-epochs", str(args.mlp_epochs or args.epochs),
            "--seeds", str(args.seeds), "--libsvm-dir", str(args.libsvm_dir), "--datasets", *args.datasets,
            "--methods", *args.methods]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = mpi_env({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     t0 = time.perf_counter()
     res = subprocess.run(cmd, env=env)
     if res.returncode != 0:

@@ -34,6 +34,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from mpiopt.launch import mpi_env, mpiexec_path  # noqa: E402
 LIBSVM = REPO.parent / "shared" / "data" / "libsvm"
 OUT = REPO / "benchmarks" / "results" / "step_overhead.json"
 
@@ -59,11 +61,6 @@ TRIED = [
 ]
 
 
-def mpiexec() -> str:
-    local = Path(sys.executable).parent / "mpiexec"
-    return str(local) if local.exists() else "mpiexec"
-
-
 def launch(args: argparse.Namespace) -> int:
     """Outer process: preprocess if needed, then run this file under mpiexec."""
     with tempfile.TemporaryDirectory(prefix="step-overhead-") as tmp:
@@ -77,10 +74,10 @@ def launch(args: argparse.Namespace) -> int:
             X, y = load_libsvm(path, n_features=123)
             data = str(Path(tmp) / f"a5a-{args.ranks}")
             preprocess(X, y, args.ranks, 5e-4, data, dataset="a5a", source_sha256=None)
-        cmd = [mpiexec(), "-n", str(args.ranks), sys.executable, __file__, "--inner", "--data", data,
+        cmd = [mpiexec_path(), "-n", str(args.ranks), sys.executable, __file__, "--inner", "--data", data,
                "--blocks", str(args.blocks), "--steps", str(args.steps), "--batch", str(args.batch),
                "--out", str(args.out)]
-        return subprocess.call(cmd)
+        return subprocess.call(cmd, env=mpi_env())
 
 
 def measure(args: argparse.Namespace) -> None:

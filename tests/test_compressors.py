@@ -245,7 +245,7 @@ def test_method_decreases_the_loss(problem, method, opts):
 def test_vr_methods_share_one_theory_step_size(problem):
     lrs = {m: mpiopt.minimize(problem, m, iters=0, batch=16).trace["config"]["lr"]
            for m in ("l-svrg", "vr-intdiana", "vr-diana")}
-    m, b, Li = problem.n_samples, 16, problem.smoothness()
+    b, Li = 16, problem.smoothness()
     Lb = (1 - 1 / b) * Li + problem.sample_smoothness() / b
     expected = 1 / (2 * (Li + 3 * Lb / 2 + 3 * Lb / 16))  # n = 1, L = L_1
     assert lrs == pytest.approx({k: expected for k in lrs}, rel=1e-12)

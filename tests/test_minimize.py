@@ -96,3 +96,18 @@ def test_checkpoint_from_another_configuration_is_refused(problem, tmp_path):
     mpiopt.minimize(problem, "sgd", iters=10, batch=4, checkpoint_dir=tmp_path, checkpoint_every=5)
     with pytest.raises(InputError, match="does not match this run.*batch=4, this run has batch=8"):
         mpiopt.minimize(problem, "sgd", iters=10, batch=8, checkpoint_dir=tmp_path, checkpoint_every=5, resume=True)
+
+
+def test_adversarial_alpha_is_clipped_never_wrapped_and_warns_once(problem, capsys):
+    """A constant alpha far too large for int8: every coordinate would overflow the wire dtype."""
+    res = mpiopt.minimize(problem, "intsgd", iters=20, batch=4, wire_dtype="int8", alpha="constant", alpha0=1e9)
+    h = res.trace["history"]
+    assert h["clipped"][-1] > 0.5 * 20 * problem.dim  # counted, cumulatively
+    assert np.all(np.abs(res.x) < 1e3)  # clipped steps are bounded: no wrapped sum sent x flying
+    assert len(res.trace["warnings"]) == 1 and "clipped" in res.trace["warnings"][0]
+    assert capsys.readouterr().err.count("mpiopt: warning:") == 1
+
+
+def test_auto_wire_dtype_promotes_instead_of_clipping(problem):
+    res = mpiopt.minimize(problem, "intsgd", iters=20, batch=4, wire_dtype="auto", alpha="constant", alpha0=1e9)
+    assert res.trace["history"]["clipped"][-1] == 0 and res.trace["warnings"] == []

@@ -8,12 +8,14 @@ is the mean of what the ranks' states say they sent.
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from mpilaunch import mpiexec_path
+
+from mpiopt.launch import mpi_env
 
 HERE = Path(__file__).resolve().parent
 LIBSVM = Path(__file__).resolve().parents[2].parent / "shared/data/libsvm"
@@ -28,18 +30,9 @@ def data_file() -> Path:
     return path
 
 
-def mpiexec_path() -> str:
-    """The venv's mpiexec (next to this Python), else the one on PATH."""
-    local = Path(sys.executable).parent / "mpiexec"
-    found = str(local) if local.exists() else shutil.which("mpiexec")
-    if not found:
-        pytest.skip("no mpiexec next to this Python or on PATH (pip install mpich)")
-    return found
-
-
 def launch(n: int, script: str, args, timeout: float = 180) -> None:
     cmd = [mpiexec_path(), "-n", str(n), sys.executable, str(HERE / script), *map(str, args)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE, env=mpi_env())
     assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
 
 

@@ -43,7 +43,7 @@ def test_nan_on_one_rank_stops_all_naming_rank_and_iteration(a5a_for, tmp_path):
     assert saved == [f"rank_{r:03d}_it{k:09d}.npz" for r in range(4) for k in (10, 20)]
 
 
-@pytest.mark.parametrize("method", ["sgd"])
+@pytest.mark.parametrize("method", ["sgd", "intsgd", "vr-intdiana"])
 def test_kill_then_resume_is_bit_identical(a5a_for, tmp_path, method):
     data, k = a5a_for(4), 200
     common = ["run", "--data", data, "--method", method, "--iters", 2 * k, "--batch", 8, "--seed", 3,

@@ -22,16 +22,6 @@ D = 123
 FAIL = "MPIOPT_FAIL_AT"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def yielding_mpich():
-    """Oversubscribed ranks (12 on 2 cores) waiting in a collective should give their core away:
-    MPICH's heavy yield makes these jobs about twice as fast on a loaded machine. Speed only."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MPIR_CVAR_ENABLE_HEAVY_YIELD", "1")
-    yield
-    mp.undo()
-
-
 def script(n, name, *args, timeout=120):
     res = run_script(n, HERE / name, *args, timeout=timeout)
     assert res.returncode == 0, f"{name} failed:\n{res.stdout}\n{res.stderr}"

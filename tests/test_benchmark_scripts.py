@@ -1,0 +1,119 @@
+"""Smoke tests of the speed benchmarks: tiny dims, shared memory only, real mpiexec; the JSON schema.
+
+The network test bed itself needs root and minutes, so only its pure parts are tested here (rate
+parsing, the MPMD command line, the refusal to run without permission).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import allreduce_step  # noqa: E402
+import netbed  # noqa: E402
+
+
+
+def _mpiexec_or_skip():
+    local = Path(sys.executable).parent / "mpiexec"
+    if not local.exists() and not any((Path(p) / "mpiexec").exists() for p in os.environ.get("PATH", "").split(":")):
+        pytest.skip("no mpiexec: install the [mpich] extra (pip install mpich)")
+
+
+def _run(args, timeout=240):
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_allreduce_step_writes_the_contracted_json(tmp_path):
+    _mpiexec_or_skip()
+    out = tmp_path / "step.json"
+    proc = _run([BENCH / "allreduce_step.py", "--dims", "1000", "2e3", "--ranks", "2", "--net", "shm",
+                 "--json", out, "--seconds", "0.1", "--rounds", "2", "--max-steps", "3"])
+    res = json.loads(out.read_text())
+    assert isinstance(res["machine"], dict) and res["machine"]["cores"] >= 1
+    rows = res["results"]
+    assert {r["method"] for r in rows} == {"intsgd", "sgd", "raw-allreduce"}
+    for r in rows:
+        for key in ("method", "dtype", "dim", "ranks", "net", "seconds_per_step"):
+            assert key in r, (key, r)
+        assert r["dim"] in (1000, 2000) and r["ranks"] == 2 and r["net"] == "shm"
+        assert r["seconds_per_step"] > 0 and r["steps"] >= 2
+    raw = {r["dtype"] for r in rows if r["method"] == "raw-allreduce"}
+    assert raw == {"int8", "float32", "float64"}
+    assert {r["dtype"] for r in rows if r["method"] == "sgd"} == {"float32", "float64"}
+    ints = [r for r in rows if r["method"] == "intsgd"]
+    assert ints and all(r["dtype"] == "auto" and r["wire_dtype"] == "int8" for r in ints)
+    assert "numpy" in {r["kernel"] for r in ints}
+    assert res["ratios"] and all(q["speedup_vs_sgd_float32"] > 0 for q in res["ratios"])
+    assert "vs sgd f32" in proc.stdout  # the ratio table
+
+
+def test_readme_sections_are_generated_from_json(tmp_path):
+    step = {"machine": {"date": "now", "cpu": "cpu", "cores": 2, "loadavg": [0.1, 0.2, 0.3]},
+            "results": [{"method": m, "dtype": dt, "dim": 1000, "ranks": 2, "net": "shm", "seconds_per_step": s,
+                         **extra}
+                        for m, dt, s, extra in (("intsgd", "auto", 1e-4, {"kernel": "numba", "impl": "fused"}),
+                                                ("sgd", "float32", 2e-4, {"impl": "lean"}),
+                                                ("raw-allreduce", "int8", 5e-5, {}))]}
+    step["ratios"] = allreduce_step.ratios(step["results"])
+    assert step["ratios"][0]["speedup_vs_sgd_float32"] == pytest.approx(2.0)
+    assert step["ratios"][0]["slowdown_vs_raw_int8"] == pytest.approx(2.0)
+    path = tmp_path / "allreduce_step_x.json"
+    path.write_text(json.dumps(step))
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n\nhand-written text\n")
+    allreduce_step.update_readme([path], readme)
+    allreduce_step.update_readme([path], readme)  # idempotent: replaced, not appended twice
+    text = readme.read_text()
+    assert text.count(allreduce_step.BEGIN) == 1 and "hand-written text" in text
+    assert "| shm | 2 | 1e+03 | numba fused | - | 2.00x |" in text
+
+
+def test_kernels_benchmark_writes_json(tmp_path):
+    out = tmp_path / "kernels.json"
+    _run([BENCH / "kernels.py", "--dims", "1000", "--reps", "2", "--json", out])
+    res = json.loads(out.read_text())
+    ops = {(r["op"], r["kernel"]) for r in res["results"]}
+    assert ("memcpy", "numpy.copyto") in ops and ("quantize", "numpy") in ops and ("decode", "numpy") in ops
+    for r in res["results"]:
+        assert r["seconds"] > 0 and r["gb_per_s_input"] > 0
+        if r["op"] != "memcpy":
+            assert r["fraction_of_memcpy"] > 0
+
+
+def test_rate_parsing():
+    assert netbed.rate_bits("1gbit") == 1e9
+    assert netbed.rate_bits("10gbit") == 1e10
+    assert netbed.rate_bits("500mbit") == 5e8
+    with pytest.raises(netbed.NetBedError, match="rate"):
+        netbed.rate_bits("fast")
+
+
+def test_mpmd_command_runs_each_rank_in_its_namespace():
+    bed = netbed.NetBed(3, "1gbit")
+    cmd = bed.mpmd("mpiexec", ["python", "w.py"])
+    assert cmd[0] == "mpiexec" and cmd.count(":") == 2
+    for r in range(3):
+        assert f"{netbed.PREFIX}r{r}" in cmd
+    assert bed.env()["MPIR_CVAR_NOLOCAL"] == "1" and bed.env()["FI_PROVIDER"] == "tcp"
+    assert netbed.ring_seconds(4, 40_000_000, 1e9) == pytest.approx(0.48)
+
+
+def test_network_run_without_permission_fails_loudly(monkeypatch, capsys, tmp_path):
+    def refuse():
+        raise netbed.NetBedError("network namespaces need root (test)")
+
+    monkeypatch.setattr(netbed, "preflight", refuse)
+    rc = allreduce_step.main(["--dims", "1000", "--ranks", "2", "--net", "1gbit", "--json", str(tmp_path / "x.json")])
+    assert rc != 0
+    assert "need root" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

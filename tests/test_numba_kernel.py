@@ -1,0 +1,251 @@
+"""The numba kernel gives the numpy kernel's integers and decoded floats, bit for bit.
+
+Skipped (with the reason) where numba is not installed; the numpy kernel is the reference.
+"""
+
+import numpy as np
+import pytest
+
+from mpiopt.kernels import numpy as npk
+
+nbk = pytest.importorskip("mpiopt.kernels.numba")
+if not nbk.AVAILABLE:
+    pytest.skip("numba is not installed (pip install numba); the numpy kernel is used instead",
+                allow_module_level=True)
+
+INT_DTYPES = (np.int8, np.int16, np.int32, np.int64)
+
+
+def gradient(d, dtype, seed=0, scale=1.0):
+    return (scale * np.random.default_rng(seed).standard_normal(d)).astype(dtype)
+
+
+def both(d, seed=7, worker=3, n=4, rounding="random"):
+    return npk.Quantizer(d, seed, worker, n, rounding), nbk.Quantizer(d, seed, worker, n, rounding)
+
+
+def ref_alpha(alpha):
+    """The numpy kernel multiplies in double only when alpha is a numpy float64 or an array (NumPy 2
+    promotes float32 * Python float to float32); the contract is the double product."""
+    return np.float64(alpha) if np.ndim(alpha) == 0 else alpha
+
+
+@pytest.mark.parametrize("step", [0, 1, 12345, 2 ** 64 - 1])
+def test_noise_matches(step):
+    a, b = both(1000)
+    np.testing.assert_array_equal(a.noise(step), b.noise(step))
+
+
+@pytest.mark.parametrize("vdtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rounding", ["random", "deterministic"])
+@pytest.mark.parametrize("alpha", [0.3, 2.5, 40.0, 3e3, 1e12])
+@pytest.mark.parametrize("out_dtype", INT_DTYPES)
+def test_integers_and_clipping_match(vdtype, rounding, alpha, out_dtype):
+    d = 4099  # not a multiple of any vector width
+    v = gradient(d, vdtype, seed=1)
+    a, b = both(d, rounding=rounding)
+    qa, qb = np.empty(d, dtype=out_dtype), np.empty(d, dtype=out_dtype)
+    for step in (0, 5):
+        ca = a.encode(v, ref_alpha(alpha), qa, step=step)
+        cb = b.encode(v, alpha, qb, step=step)
+        np.testing.assert_array_equal(qa, qb)
+        assert ca == cb
+        assert a.max_abs == b.max_abs
+        assert a.finite and b.finite
+        np.testing.assert_array_equal(a.rounded, b.rounded)
+        np.testing.assert_array_equal(a.sent, b.sent)
+
+
+@pytest.mark.parametrize("bound", [1, 3, 100, 2 ** 20])
+def test_explicit_bound(bound):
+    d = 1000
+    v = gradient(d, np.float64, scale=50.0)
+    a, b = both(d)
+    qa, qb = np.empty(d, dtype=np.int32), np.empty(d, dtype=np.int32)
+    assert a.encode(v, 1.0, qa, step=3, bound=bound) == b.encode(v, 1.0, qb, step=3, bound=bound)
+    np.testing.assert_array_equal(qa, qb)
+
+
+@pytest.mark.parametrize("rounding", ["random", "deterministic"])
+def test_block_alpha_matches(rounding):
+    d = 3001
+    v = gradient(d, np.float32, seed=2)
+    alpha = np.repeat([0.5, 7.0, 300.0], [1000, 1000, 1001])
+    a, b = both(d, rounding=rounding)
+    qa, qb = np.empty(d, dtype=np.int16), np.empty(d, dtype=np.int16)
+    assert a.encode(v, alpha, qa, step=9) == b.encode(v, alpha, qb, step=9)
+    np.testing.assert_array_equal(qa, qb)
+    oa, ob = np.empty(d), np.empty(d)
+    np.testing.assert_array_equal(a.decode_local(alpha, oa), b.decode_local(alpha, ob))
+    for out_dtype in (np.float32, np.float64):
+        da, db = np.empty(d, dtype=out_dtype), np.empty(d, dtype=out_dtype)
+        npk.Quantizer.decode(qa, alpha, 3, da)
+        nbk.Quantizer.decode(qb, alpha, 3, db)
+        np.testing.assert_array_equal(da, db)
+
+
+def test_non_finite_inputs_are_zeroed_and_reported():
+    d = 500
+    v = gradient(d, np.float64, scale=3.0)
+    v[[3, 100, 499]] = [np.nan, np.inf, -np.inf]
+    a, b = both(d)
+    qa, qb = np.empty(d, dtype=np.int8), np.empty(d, dtype=np.int8)
+    assert a.encode(v, 2.0, qa, step=1) == b.encode(v, 2.0, qb, step=1)
+    np.testing.assert_array_equal(qa, qb)
+    assert not a.finite and not b.finite
+    assert a.max_abs == b.max_abs
+    assert qb[3] == qb[100] == qb[499] == 0
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_overflowing_product_is_non_finite():
+    v = np.array([1e300, -1e300, 1.0])
+    a, b = both(3)
+    qa, qb = np.empty(3, dtype=np.int64), np.empty(3, dtype=np.int64)
+    assert a.encode(v, 1e10, qa, step=0) == b.encode(v, 1e10, qb, step=0)
+    np.testing.assert_array_equal(qa, qb)
+    assert not b.finite
+
+
+def test_huge_values_keep_exact_max():
+    v = np.array([3e19, -1.0, 5e18])  # beyond int64 and beyond the fast pass's saturation
+    a, b = both(3)
+    qa, qb = np.empty(3, dtype=np.int64), np.empty(3, dtype=np.int64)
+    assert a.encode(v, 1.0, qa, step=0) == b.encode(v, 1.0, qb, step=0)
+    assert a.max_abs == b.max_abs == 3e19
+    np.testing.assert_array_equal(qa, qb)
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 12])
+@pytest.mark.parametrize("out_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("int_dtype", INT_DTYPES)
+def test_decode_matches(n, out_dtype, int_dtype):
+    d = 2049
+    s = np.random.default_rng(n).integers(-120, 120, d).astype(int_dtype)
+    alpha = 0.37
+    da, db = np.empty(d, dtype=out_dtype), np.empty(d, dtype=out_dtype)
+    npk.Quantizer.decode(s, alpha, n, da)
+    nbk.Quantizer.decode(s, alpha, n, db)
+    np.testing.assert_array_equal(da, db)
+
+
+def test_decode_local_after_clipping_matches():
+    d = 1000
+    v = gradient(d, np.float64, scale=10.0)
+    a, b = both(d, n=4)
+    qa, qb = np.empty(d, dtype=np.int8), np.empty(d, dtype=np.int8)
+    ca = a.encode(v, 20.0, qa, step=2)
+    assert ca > 0 and ca == b.encode(v, 20.0, qb, step=2)
+    oa, ob = np.empty(d), np.empty(d)
+    np.testing.assert_array_equal(a.decode_local(20.0, oa), b.decode_local(20.0, ob))
+
+
+def test_round_then_pack_into_two_dtypes():
+    """The int compressor's auto wire dtype packs the same rounded values again, wider, after a
+    speculative narrow pack; no new noise is drawn."""
+    d = 777
+    v = gradient(d, np.float32, scale=30.0)
+    a, b = both(d, n=4)
+    a.round(v, np.float64(1.5), 4)
+    b.round(v, 1.5, 4)
+    for dt in (np.int8, np.int16):
+        qa, qb = np.empty(d, dtype=dt), np.empty(d, dtype=dt)
+        assert a.pack(qa) == b.pack(qb)
+        np.testing.assert_array_equal(qa, qb)
+        np.testing.assert_array_equal(a.sent, b.sent)
+
+
+def test_workers_and_steps_draw_different_noise():
+    b0 = nbk.Quantizer(100, 1, 0)
+    b1 = nbk.Quantizer(100, 1, 1)
+    assert not np.array_equal(b0.noise(0).copy(), b1.noise(0))
+    assert not np.array_equal(b0.noise(0).copy(), b0.noise(1))
+
+
+def test_wrong_shapes_are_refused():
+    b = nbk.Quantizer(10, 0, 0)
+    with pytest.raises(ValueError, match="shape"):
+        b.round(np.zeros(11), 1.0, 0)
+    with pytest.raises(ValueError, match="alpha"):
+        b.round(np.zeros(10), np.ones(3), 0)
+
+
+@pytest.mark.parametrize("x_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("block", [False, True])
+@pytest.mark.parametrize("n", [3, 4])
+def test_decode_update_is_decode_then_numpy_update(x_dtype, block, n):
+    """IntSGD's x -= lr * S / (n alpha) fused in one pass gives the bits of decode + ``x -= lr * mean``."""
+    d = 3001
+    rng = np.random.default_rng(5)
+    s = rng.integers(-100, 100, d).astype(np.int8)
+    alpha = np.repeat([0.3, 7.0, 0.011], [1000, 1000, 1001]) if block else 0.37
+    lr = 0.123
+    x_ref = rng.standard_normal(d).astype(x_dtype)
+    x_fused = x_ref.copy()
+    mean = np.empty(d, dtype=x_dtype)
+    npk.Quantizer.decode(s, alpha, n, mean)
+    x_ref -= lr * mean
+    nbk.decode_update(s, alpha, n, lr, x_fused)
+    np.testing.assert_array_equal(x_fused, x_ref)
+
+
+@pytest.mark.parametrize("x_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("int_dtype", [np.int8, np.int16])
+def test_decode_by_product_keeps_numpy_bits_over_every_sum(x_dtype, int_dtype):
+    """The decode multiplies by 1 / (n alpha) only when that gives the division's bits for every
+    possible sum; over the whole int8/int16 range and many alphas the result is numpy's."""
+    info = np.iinfo(int_dtype)
+    s = np.arange(info.min, info.max + 1).astype(int_dtype)
+    s = np.tile(s, max(1, (1 << 20) // s.size + 1))  # long enough for the int16 check to be taken
+    rng = np.random.default_rng(11)
+    for alpha in [0.7, 3.0, 1e-3, 12345.678, *rng.uniform(0.01, 10, 4)]:
+        for n in (3, 4):
+            ref, got = np.empty(s.size, dtype=x_dtype), np.empty(s.size, dtype=x_dtype)
+            npk.Quantizer.decode(s, alpha, n, ref)
+            nbk.Quantizer.decode(s, alpha, n, got)
+            np.testing.assert_array_equal(got, ref)
+            x_ref = np.ones(s.size, dtype=x_dtype)
+            x_got = x_ref.copy()
+            x_ref -= 0.1 * ref
+            nbk.decode_update(s, alpha, n, 0.1, x_got)
+            np.testing.assert_array_equal(x_got, x_ref)
+
+
+@pytest.mark.parametrize("scale", [0.5, 5.0, 30.0, 300.0])
+def test_round_into_the_wire_buffer(scale):
+    """round(into=wire) writes the int8 values straight into the wire buffer (no copy in pack); after
+    the buffer is summed in place, packing wider, ``sent``, ``rounded`` and ``decode_local`` still
+    give numpy's values (recomputed from v), and a stale buffer is never taken for fresh values."""
+    d = 2001
+    v = scale * np.random.default_rng(3).standard_normal(d)
+    a, b = both(d)
+    wire = np.zeros(d + 3, dtype=np.int8)
+    ref = np.zeros(d, dtype=np.int8)
+    a.round(v, 1.0, 5)
+    b.round(v, 1.0, 5, into=wire[:d])
+    assert a.pack(ref) == b.pack(wire[:d])
+    np.testing.assert_array_equal(wire[:d], ref)
+    assert a.max_abs == b.max_abs
+    wire[:d] = wire[:d] // 2 + 1  # what the in-place Allreduce does to the buffer
+    for dt in (np.int8, np.int16, np.int32):
+        ra, rb = np.empty(d, dt), np.empty(d, dt)
+        assert a.pack(ra) == b.pack(rb)
+        np.testing.assert_array_equal(ra, rb)
+        np.testing.assert_array_equal(a.sent, b.sent)
+    np.testing.assert_array_equal(a.rounded, b.rounded)
+    oa, ob = np.empty(d), np.empty(d)
+    np.testing.assert_array_equal(a.decode_local(1.0, oa), b.decode_local(1.0, ob))
+    a.round(v, 1.0, 6)
+    b.round(v, 1.0, 6, into=wire[:d])
+    b.pack(wire[:d])
+    wire[:d] = 0
+    ra = np.empty(d, np.int8)
+    a.pack(ra)
+    b.pack(wire[:d])  # a second pack into the changed buffer recomputes
+    np.testing.assert_array_equal(wire[:d], ra)
+
+
+def test_into_must_be_an_int8_buffer_of_the_right_size():
+    b = nbk.Quantizer(10, 0, 0)
+    with pytest.raises(ValueError, match="into"):
+        b.round(np.zeros(10), 1.0, 0, into=np.zeros(10, dtype=np.int16))
