@@ -19,7 +19,6 @@ from mpilaunch import run_mpi, run_script
 
 HERE = Path(__file__).resolve().parent
 D = 123
-FAIL = "MPIOPT_FAIL_AT"
 
 
 def script(n, name, *args, timeout=120):
