@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[mpich,test,torch]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[mpich,test,torch,numba]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,0 +1,695 @@
+"""Seconds per optimizer step: IntSGD (integers on the wire) vs float SGD vs the raw Allreduce alone.
+
+    python benchmarks/allreduce_step.py --dims 1e5 1e6 1e7 --ranks 2 4 --net shm --json benchmarks/results/allreduce_step_shm.json
+    python benchmarks/allreduce_step.py --dims 1e6 1e7 --ranks 4 --net 1gbit --json benchmarks/results/allreduce_step_1gbit.json
+    python benchmarks/allreduce_step.py --readme    # rewrite this script's section of benchmarks/README.md from the JSON
+
+It launches ``mpiexec`` itself. ``--net shm`` is a plain ``mpiexec -n R`` on this machine (MPICH moves
+the bytes through shared memory); ``--net 1gbit`` / ``10gbit`` builds the namespace test bed of
+``benchmarks/netbed.py`` (one network namespace per rank, links shaped with tc, MPI on TCP only),
+checks with a raw float32 Allreduce that the traffic crosses the shaped links, runs the ranks there
+and tears it down (root needed; without it the script says why and exits non-zero).
+
+What one step is, per variant (the gradient itself is not computed: a fresh synthetic gradient,
+Gaussian, different on every rank, is copied into the method's gradient buffer before each step,
+untimed, then all ranks meet at a barrier, untimed, and the step is timed on every rank):
+
+* ``intsgd`` (dtype ``auto``): the package's ``IntCompressor.exchange`` -- Int(alpha g) into a
+  preallocated integer buffer with the ``wire_dtype='auto'`` header (speculating on int8), one
+  ``Communicator.allreduce_int``, decode S / (n alpha) into the mean -- then the update
+  x <- x - eta mean. ``kernel`` says which quantizer the compressor ran (``numpy``: the package's
+  reference kernel; ``numba``: ``mpiopt.kernels.numba``, the same integers). alpha is the adaptive
+  formula's value for this data (eta sqrt(d) / sqrt(2 n r + eta^2 eps^2) with r = ||eta mean_i g_i||^2),
+  fixed, so the integers fit int8 as in a real run; ``wire_dtype`` records what was sent.
+* ``sgd`` (dtype float32 / float64): ``impl='package'`` is the package's float path
+  (``NoCompression.exchange``: copy into the wire buffer, float Allreduce, finiteness check, mean)
+  then the same update; ``impl='lean'`` is the least a float SGD step can do: the float Allreduce
+  in place on the gradient buffer, then x <- x - (eta / n) S.
+* ``raw-allreduce`` (dtype int8 / float32 / float64): ``Communicator.allreduce_*`` of d values
+  alone -- the floor of any step that sends them.
+
+Model, gradient and mean are float32 for ``intsgd`` and float32 SGD, float64 for float64 SGD. The
+update is one in-place BLAS axpy for every variant (the package's methods write
+``x -= lr * mean``, which allocates a temporary). Variants are interleaved step by step (each variant
+takes one step in turn, in a rotating order) so they share the machine's noise; ``seconds_per_step``
+is the median over steps of the slowest rank's time. Output::
+
+    {"machine": {...}, "netbed": {...} (network runs), "results": [{"method", "dtype", "dim", "ranks",
+     "net", "seconds_per_step", "kernel" | "impl", "wire_dtype", "steps", "seconds_p10",
+     "seconds_p90", "bytes_per_rank"}, ...], "ratios": [...]}
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+NETS = ("shm", "1gbit", "10gbit")
+README = HERE / "README.md"
+RESULTS = HERE / "results"
+SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                     "NUMBA_NUM_THREADS": "1"}
+"""Each rank computes on one thread (the ranks already share the cores)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# machine description (shared with kernels.py)
+
+def _first_line(cmd: Sequence[str]) -> Optional[str]:
+    try:
+        out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=10).stdout
+        return out.strip().splitlines()[0] if out.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info() -> Dict[str, object]:
+    """What ran the benchmark: CPU, cores, memory, OS, versions, load."""
+    import numpy as np
+
+    cpu = None
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = round(int(line.split()[1]) / 2 ** 20, 1)
+                break
+    except OSError:
+        pass
+    flags = set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    try:
+        import numba
+        numba_version = numba.__version__
+    except ImportError:
+        numba_version = None
+    try:
+        import mpi4py
+        mpi4py_version = mpi4py.__version__
+    except ImportError:
+        mpi4py_version = None
+    mpichversion = Path(sys.executable).parent / "mpichversion"
+    return {
+        "hostname": platform.node(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "simd": sorted(f for f in flags if f in ("avx2", "avx512f", "avx512dq", "neon", "sve")),
+        "memory_gib": mem,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba_version,
+        "mpi4py": mpi4py_version,
+        "mpi_library": _first_line([str(mpichversion)]) if mpichversion.exists() else None,
+        "loadavg": list(os.getloadavg()),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# the MPI worker
+
+class Variant:
+    """One thing to time: ``refresh()`` (untimed: a fresh gradient) then ``step(k)`` (timed)."""
+
+    def __init__(self, row: Dict[str, object], step: Callable[[int], None], refresh: Callable[[], None],
+                 info: Optional[Callable[[], Dict[str, object]]] = None):
+        self.row, self.step, self.refresh, self.info = row, step, refresh, info
+        self.times: List[float] = []
+
+
+def _axpy(dtype):
+    import numpy as np
+    from scipy.linalg import blas
+
+    fn = blas.saxpy if np.dtype(dtype) == np.float32 else blas.daxpy
+
+    def update(x, y, a):
+        fn(y, x, a=a)  # x += a * y, in place (x is contiguous and of fn's dtype)
+
+    return update
+
+
+def fused_intsgd(d: int, comm, seed: int, alpha: float, lr: float, src, base) -> Variant:
+    """IntSGD's step from the package's kernels alone: the numba Quantizer rounds straight into the
+    same preallocated ``wire_dtype='auto'`` buffer as the int compressor (d int8 values + its 3 header
+    slots, one ``Communicator.allreduce_int``, the same MAX-Allreduce-and-resend when a rank
+    overflows), then ``mpiopt.kernels.numba.decode_update`` applies x -= eta S / (n alpha) in one pass
+    (the bits of decode + ``x -= eta * mean``). What it leaves out of ``IntCompressor.exchange`` is
+    bookkeeping a constant alpha does not need: the copy of x into x_prev and the state counters."""
+    import numpy as np
+
+    from mpiopt.kernels.numba import Quantizer, decode_update
+    from mpiopt.methods.compressors import FITS_SMALLER, INT_DTYPES, NON_FINITE, OVER, int_bound
+
+    n = comm.size
+    q = Quantizer(d, seed, comm.rank, n, "random")
+    bounds = [int_bound(t, n) for t in INT_DTYPES]
+    bufs = [np.zeros(d + 3, dtype=t) for t in INT_DTYPES[:1]] + [None] * (len(INT_DTYPES) - 1)
+    g = np.empty(d, dtype=np.float32)
+    x = np.zeros(d, dtype=np.float32)
+    big = np.empty(1)
+    used = {}
+
+    def step(k):
+        buf = bufs[0]
+        q.round(g, alpha, k, into=buf[:d])  # the int8 values go straight into the wire buffer
+        m = q.max_abs
+        q.pack(buf[:d], bounds[0])  # nothing to copy unless something must be clipped
+        hdr = buf[d:]
+        hdr[OVER] = m > bounds[0]
+        hdr[FITS_SMALLER] = 0
+        hdr[NON_FINITE] = not q.finite
+        comm.allreduce_int(buf)
+        if hdr[NON_FINITE] > 0:
+            raise RuntimeError(f"non-finite values at step {k}")
+        level = 0
+        if hdr[OVER] > 0:  # some rank needs a wider dtype: agree on it and send again
+            big[0] = m
+            top = float(comm.allreduce_max(big)[0])
+            level = next((lv for lv, b in enumerate(bounds) if top <= b), len(bounds) - 1)
+            if bufs[level] is None:
+                bufs[level] = np.zeros(d + 3, dtype=INT_DTYPES[level])
+            buf = bufs[level]
+            q.pack(buf[:d], bounds[level])
+            comm.allreduce_int(buf[:d])
+        used[level] = used.get(level, 0) + 1
+        decode_update(buf[:d], alpha, n, lr, x)
+
+    def info():
+        wires = {str(INT_DTYPES[lv]): c for lv, c in sorted(used.items())}
+        wire = max(wires, key=wires.get) if wires else None
+        return {"wire_dtype": wire, "wire_steps": wires, "alpha": alpha,
+                "bytes_per_rank": (d + 3) * np.dtype(wire).itemsize if wire else None}
+
+    return Variant({**base, "method": "intsgd", "dtype": "auto", "kernel": "numba", "impl": "fused"}, step,
+                   lambda: np.copyto(g, src), info)
+
+
+def make_variants(d: int, comm, kernels: Sequence[str], seed: int) -> List[Variant]:
+    import numpy as np
+
+    from mpiopt.methods.compressors import WIRE_NAMES, IntCompressor, NoCompression
+
+    n, rank = comm.size, comm.rank
+    lr = 0.1
+    rng = np.random.default_rng([seed, rank, d])
+    src32 = rng.standard_normal(d, dtype=np.float32)
+
+    def fail(k, local_bad):
+        raise RuntimeError(f"non-finite values at step {k} (this rank: {local_bad})")
+
+    # alpha of IntSGD's adaptive formula for this data: r = ||x^k - x^{k-1}||^2 = ||eta mean_i g_i||^2.
+    mean = src32.astype(np.float64)
+    comm.allreduce_float(mean, count=False)
+    mean /= n
+    r = float(np.dot(mean, mean)) * lr * lr
+    eps = IntCompressor.OPTIONS["eps"]
+    alpha = lr * math.sqrt(d) / math.sqrt(2 * n * r + lr * lr * eps * eps)
+    del mean
+
+    variants: List[Variant] = []
+    base = {"dim": d, "ranks": n}
+
+    for kernel in kernels:
+        g = np.empty(d, dtype=np.float32)
+        x = np.zeros(d, dtype=np.float32)
+        m = np.empty(d, dtype=np.float32)
+        comp = IntCompressor(comm, d, seed=seed, worker=rank, lr=lr, fail=fail, wire_dtype="auto",
+                             alpha="constant", alpha0=alpha)
+        if kernel == "numba":
+            from mpiopt.kernels.numba import Quantizer as NumbaQuantizer
+            comp.quant = NumbaQuantizer(d, seed, rank, n, comp.opts["rounding"])
+        update = _axpy(np.float32)
+
+        def step(k, comp=comp, g=g, x=x, m=m, update=update):
+            comp.exchange(g, k, x, m)
+            update(x, m, -lr)
+
+        def info(comp=comp):
+            wires = {name: int(c) for name, c in zip(WIRE_NAMES, comp.state["steps_by_wire"]) if c}
+            wire = max(wires, key=wires.get) if wires else None
+            return {"wire_dtype": wire, "wire_steps": wires, "alpha": alpha,
+                    "bytes_per_rank": (d + 3) * np.dtype(wire).itemsize if wire else None,
+                    "max_abs_q": float(comp.state["max_abs_q"])}
+
+        variants.append(Variant({**base, "method": "intsgd", "dtype": "auto", "kernel": kernel, "impl": "package"},
+                                step, lambda g=g: np.copyto(g, src32), info))
+        if kernel == "numba":
+            variants.append(fused_intsgd(d, comm, seed, alpha, lr, src32, base))
+    for dtype in (np.float32, np.float64):
+        src = src32 if dtype == np.float32 else src32.astype(np.float64)
+        name = np.dtype(dtype).name
+        update = _axpy(dtype)
+        # the package's float path
+        g = np.empty(d, dtype=dtype)
+        x = np.zeros(d, dtype=dtype)
+        m = np.empty(d, dtype=dtype)
+        comp = NoCompression(comm, d, seed=seed, worker=rank, lr=lr, fail=fail, float_dtype=name)
+
+        def step_pkg(k, comp=comp, g=g, x=x, m=m, update=update):
+            comp.exchange(g, k, x, m)
+            update(x, m, -lr)
+
+        variants.append(Variant({**base, "method": "sgd", "dtype": name, "impl": "package"}, step_pkg,
+                                lambda g=g, src=src: np.copyto(g, src),
+                                lambda dtype=dtype: {"bytes_per_rank": d * np.dtype(dtype).itemsize}))
+        # the lean float step
+        g2 = np.empty(d, dtype=dtype)
+        x2 = np.zeros(d, dtype=dtype)
+
+        def step_lean(k, g=g2, x=x2, update=update):
+            comm.allreduce_float(g)
+            update(x, g, -lr / n)
+
+        variants.append(Variant({**base, "method": "sgd", "dtype": name, "impl": "lean"}, step_lean,
+                                lambda g=g2, src=src: np.copyto(g, src),
+                                lambda dtype=dtype: {"bytes_per_rank": d * np.dtype(dtype).itemsize}))
+
+    for dtype in (np.int8, np.float32, np.float64):
+        name = np.dtype(dtype).name
+        buf = np.empty(d, dtype=dtype)
+        src = (np.clip(np.rint(src32), -1, 1).astype(np.int8) if dtype == np.int8 else src32.astype(dtype))
+        reduce = comm.allreduce_int if dtype == np.int8 else comm.allreduce_float
+
+        def step_raw(k, buf=buf, reduce=reduce):
+            reduce(buf)
+
+        variants.append(Variant({**base, "method": "raw-allreduce", "dtype": name}, step_raw,
+                                lambda buf=buf, src=src: np.copyto(buf, src),
+                                lambda dtype=dtype: {"bytes_per_rank": d * np.dtype(dtype).itemsize}))
+    return variants
+
+
+def worker(args) -> int:
+    import numpy as np
+    from mpi4py import MPI
+
+    from mpiopt.comm import Communicator, library_version
+
+    comm = Communicator()
+    if "numba" in args.kernels:
+        from mpiopt.kernels.numba import warm_up
+        warm_up()
+    rows = []
+    t_start = time.perf_counter()
+    for d in args.dims:
+        variants = make_variants(d, comm, args.kernels, args.seed)
+        # warm-up (compilation, page faults) and a per-step estimate: the slowest variant sets the pace
+        est = []
+        for v in variants:
+            for k in range(2):
+                v.refresh()
+                comm.barrier()
+                t = time.perf_counter()
+                v.step(k)
+                dt = time.perf_counter() - t
+            est.append(dt)
+        est_arr = np.array(est)
+        comm.comm.Allreduce(MPI.IN_PLACE, est_arr, op=MPI.MAX)
+        total_per_round = float(est_arr.sum()) + len(variants) * 1e-3
+        steps = int(max(1, min(args.max_steps, args.seconds / args.rounds / max(total_per_round, 1e-9))))
+        steps = comm.bcast(steps)
+        # Interleaved step by step: every variant takes one step in turn (in a rotating order), so a
+        # burst of load from elsewhere on the machine hits all of them alike.
+        k = 2
+        for rnd in range(args.rounds * steps):
+            shift = rnd % len(variants)
+            for v in variants[shift:] + variants[:shift]:
+                v.refresh()
+                comm.barrier()
+                t = time.perf_counter()
+                v.step(k)
+                v.times.append(time.perf_counter() - t)
+            k += 1
+        for v in variants:
+            times = np.array(v.times)
+            comm.comm.Allreduce(MPI.IN_PLACE, times, op=MPI.MAX)  # the slowest rank's time of each step
+            row = dict(v.row)
+            row["net"] = args.net
+            row["seconds_per_step"] = float(np.median(times))
+            row["seconds_p10"] = float(np.percentile(times, 10))
+            row["seconds_p90"] = float(np.percentile(times, 90))
+            row["steps"] = int(times.size)
+            if v.info:
+                row.update(v.info())
+            rows.append(row)
+        if comm.rank == 0:
+            print(f"  d={d:.0e} ranks={comm.size} net={args.net}: {len(variants)} variants x {args.rounds * steps} "
+                  f"steps, interleaved ({time.perf_counter() - t_start:.0f} s so far)", flush=True)
+        del variants
+    if comm.rank == 0:
+        with open(args.worker_out, "w") as f:
+            json.dump({"rows": rows, "mpi_library": library_version(), "mpi_vendor": list(MPI.get_vendor())}, f)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# the driver
+
+def mpiexec_path() -> str:
+    local = Path(sys.executable).parent / "mpiexec"
+    if local.exists():
+        return str(local)
+    import shutil
+    found = shutil.which("mpiexec")
+    if not found:
+        raise SystemExit("no mpiexec: install the [mpich] extra (pip install mpich)")
+    return found
+
+
+def _run_mpi(cmd: List[str], env: Dict[str, str], timeout: float) -> None:
+    """Run an mpiexec job in its own process group; on any failure or signal, end that group."""
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        rc = proc.wait(timeout=timeout)
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        except ProcessLookupError:
+            pass
+        raise
+    if rc != 0:
+        raise RuntimeError(f"the MPI job failed (exit {rc}): {' '.join(cmd[:8])} ...")
+
+
+def worker_argv(args, net: str, out: str) -> List[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--worker", "--worker-out", out, "--net", net,
+            "--dims", *[str(d) for d in args.dims], "--kernels", *args.kernels, "--seconds", str(args.seconds),
+            "--rounds", str(args.rounds), "--max-steps", str(args.max_steps), "--seed", str(args.seed)]
+
+
+def run_one(args, net: str, ranks: int) -> Dict[str, object]:
+    """One mpiexec job: every dim and variant for ``ranks`` ranks on ``net``."""
+    env = {**os.environ, **SINGLE_THREAD_ENV}
+    with tempfile.TemporaryDirectory(prefix="allreduce_step-") as tmp:
+        out = os.path.join(tmp, "rows.json")
+        argv = worker_argv(args, net, out)
+        info: Dict[str, object] = {}
+        print(f"{net}, {ranks} ranks: dims {', '.join(f'{d:.0e}' for d in args.dims)}", flush=True)
+        if net == "shm":
+            _run_mpi([mpiexec_path(), "-n", str(ranks), *argv], env, args.timeout)
+        else:
+            import netbed
+            with netbed.NetBed(ranks, net, delay_ms=args.delay_ms) as bed:
+                check = netbed.check_links(bed)
+                print(f"  link check: float32 Allreduce of {check['allreduce_bytes']} bytes took "
+                      f"{check['median_seconds']:.3f} s ({check['ratio_to_link_bound']:.2f}x the link bound of "
+                      f"{check['link_bound_seconds']:.3f} s); {check['nic_tx_bytes']} bytes crossed the NICs",
+                      flush=True)
+                before = bed.counters()
+                _run_mpi(bed.mpmd(mpiexec_path(), argv), {**env, **bed.env()}, args.timeout)
+                after = bed.counters()
+                info = {**bed.describe(), "link_check": check,
+                        "benchmark_nic_tx_bytes": sum(a["tx_bytes"] - b["tx_bytes"] for a, b in zip(after, before))}
+        with open(out) as f:
+            got = json.load(f)
+    return {"rows": got["rows"], "mpi_library": got["mpi_library"], "netbed": info}
+
+
+def _find(rows, **want):
+    for r in rows:
+        if all(r.get(k) == v for k, v in want.items()):
+            return r
+    return None
+
+
+def ratios(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
+    """Per (net, ranks, dim, kernel): IntSGD's speed-up over each baseline (baseline time / IntSGD time)."""
+    out = []
+    keys = sorted({(r["net"], r["ranks"], r["dim"]) for r in rows}, key=lambda k: (NETS.index(k[0]) if k[0] in NETS
+                                                                                   else 9, k[1], k[2]))
+    for net, ranks, dim in keys:
+        sel = [r for r in rows if (r["net"], r["ranks"], r["dim"]) == (net, ranks, dim)]
+        for r in sel:
+            if r["method"] != "intsgd":
+                continue
+            t = r["seconds_per_step"]
+
+            def over(**w):
+                b = _find(sel, **w)
+                return None if b is None else b["seconds_per_step"] / t
+
+            out.append({
+                "net": net, "ranks": ranks, "dim": dim, "kernel": r["kernel"], "impl": r["impl"],
+                "wire_dtype": r.get("wire_dtype"),
+                "intsgd_seconds": t,
+                "speedup_vs_sgd_float32": over(method="sgd", dtype="float32", impl="lean"),
+                "speedup_vs_sgd_float32_package": over(method="sgd", dtype="float32", impl="package"),
+                "speedup_vs_sgd_float64": over(method="sgd", dtype="float64", impl="lean"),
+                "slowdown_vs_raw_int8": (None if _find(sel, method="raw-allreduce", dtype="int8") is None
+                                         else t / _find(sel, method="raw-allreduce", dtype="int8")["seconds_per_step"]),
+                "speedup_vs_raw_float32": over(method="raw-allreduce", dtype="float32"),
+            })
+    return out
+
+
+def goals(ratio_rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
+    """The issue's goals, checked for each IntSGD implementation on what this run measured."""
+    out = []
+    for q in ratio_rows:
+        impl = f"{q['kernel']} {q['impl']}"
+        sp, raw = q["speedup_vs_sgd_float32"], q["slowdown_vs_raw_int8"]
+        if q["net"] == "shm" and 1e5 <= q["dim"] <= 1e7 and q["ranks"] in (2, 4) and sp is not None:
+            out.append({"goal": "shm: IntSGD step never slower than a float32 SGD step (d 1e5..1e7, 2 and 4 ranks)",
+                        "intsgd": impl, "net": q["net"], "ranks": q["ranks"], "dim": q["dim"],
+                        "measured": f"{sp:.2f}x", "met": sp >= 1.0})
+        if q["net"] == "shm" and q["dim"] == 10 ** 7 and q["ranks"] == 4:
+            if sp is not None:
+                out.append({"goal": "shm, d=1e7, 4 ranks: IntSGD >= 1.5x faster than float32 SGD", "intsgd": impl,
+                            "net": q["net"], "ranks": 4, "dim": q["dim"], "measured": f"{sp:.2f}x", "met": sp >= 1.5})
+            if raw is not None:
+                out.append({"goal": "shm, d=1e7, 4 ranks: IntSGD within 2x of a raw int8 Allreduce", "intsgd": impl,
+                            "net": q["net"], "ranks": 4, "dim": q["dim"], "measured": f"{raw:.2f}x", "met": raw <= 2.0})
+        if q["net"] == "1gbit" and q["dim"] == 10 ** 7 and q["ranks"] == 4 and sp is not None:
+            out.append({"goal": "1gbit, d=1e7, 4 ranks: IntSGD >= 3x faster than float32 SGD", "intsgd": impl,
+                        "net": q["net"], "ranks": 4, "dim": q["dim"], "measured": f"{sp:.2f}x", "met": sp >= 3.0})
+    return out
+
+
+def goals_table(rows: List[Dict[str, object]]) -> str:
+    if not rows:
+        return ""
+    lines = ["| goal | IntSGD | ranks | d | measured | met |", "|---|---|---:|---:|---:|---|"]
+    for g in rows:
+        lines.append(f"| {g['goal']} | {g['intsgd']} | {g['ranks']} | {g['dim']:.0e} | {g['measured']} | "
+                     f"{'yes' if g['met'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def _fmt_ms(s: Optional[float]) -> str:
+    return "-" if s is None else f"{s * 1e3:.2f}"
+
+
+def _fmt_x(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def table(result: Dict[str, object]) -> str:
+    """Markdown: ms per step of every variant, and IntSGD's ratios."""
+    rows = result["results"]
+    cols = [("intsgd numba fused", dict(method="intsgd", kernel="numba", impl="fused")),
+            ("intsgd numba (pkg)", dict(method="intsgd", kernel="numba", impl="package")),
+            ("intsgd numpy (pkg)", dict(method="intsgd", kernel="numpy", impl="package")),
+            ("sgd f32", dict(method="sgd", dtype="float32", impl="lean")),
+            ("sgd f32 (pkg)", dict(method="sgd", dtype="float32", impl="package")),
+            ("sgd f64", dict(method="sgd", dtype="float64", impl="lean")),
+            ("sgd f64 (pkg)", dict(method="sgd", dtype="float64", impl="package")),
+            ("raw int8", dict(method="raw-allreduce", dtype="int8")),
+            ("raw f32", dict(method="raw-allreduce", dtype="float32")),
+            ("raw f64", dict(method="raw-allreduce", dtype="float64"))]
+    cols = [c for c in cols if any(_find([r], **c[1]) for r in rows)]
+    lines = ["| net | ranks | d | " + " | ".join(c[0] for c in cols) + " |",
+             "|---|---:|---:|" + "---:|" * len(cols)]
+    keys = sorted({(r["net"], r["ranks"], r["dim"]) for r in rows},
+                  key=lambda k: (NETS.index(k[0]) if k[0] in NETS else 9, k[1], k[2]))
+    for net, ranks, dim in keys:
+        sel = [r for r in rows if (r["net"], r["ranks"], r["dim"]) == (net, ranks, dim)]
+        cells = []
+        for _, w in cols:
+            r = _find(sel, **w)
+            cells.append(_fmt_ms(r["seconds_per_step"] if r else None))
+        lines.append(f"| {net} | {ranks} | {dim:.0e} | " + " | ".join(cells) + " |")
+    lines += ["", "ms per step (median over steps of the slowest rank). IntSGD's ratios (speed-up = baseline time / "
+              "IntSGD time; vs raw int8 = IntSGD time / raw int8 Allreduce time):", "",
+              "| net | ranks | d | IntSGD | wire | vs sgd f32 | vs sgd f32 (pkg) | vs sgd f64 | vs raw int8 | vs raw f32 |",
+              "|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
+    for q in result.get("ratios", []):
+        lines.append(f"| {q['net']} | {q['ranks']} | {q['dim']:.0e} | {q['kernel']} {q['impl']} | {q['wire_dtype'] or '-'} | "
+                     f"{_fmt_x(q['speedup_vs_sgd_float32'])} | {_fmt_x(q['speedup_vs_sgd_float32_package'])} | "
+                     f"{_fmt_x(q['speedup_vs_sgd_float64'])} | {_fmt_x(q['slowdown_vs_raw_int8'])} | "
+                     f"{_fmt_x(q['speedup_vs_raw_float32'])} |")
+    g = goals_table(result.get("goals", []))
+    if g:
+        lines += ["", "The issue's goals, on this run:", "", g]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# README section
+
+BEGIN = "<!-- allreduce_step: generated by `python benchmarks/allreduce_step.py --readme`; do not edit by hand -->"
+END = "<!-- allreduce_step: end -->"
+
+
+def replace_section(text: str, begin: str, end: str, body: str) -> str:
+    """Put ``body`` between the ``begin`` and ``end`` marker lines (appending them when absent)."""
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        pre, rest = text.split(begin, 1)
+        _, post = rest.split(end, 1)
+        return pre + block + post
+    return text.rstrip() + "\n\n" + block + "\n"
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def readme_body(files: Sequence[Path]) -> str:
+    parts = []
+    for path in files:
+        res = json.loads(Path(path).read_text())
+        m = res["machine"]
+        parts.append(f"**`{shown(path)}`** -- {m.get('date')}, {m.get('cpu')}, {m.get('cores')} cores, "
+                     f"{m.get('memory_gib')} GiB, {m.get('os')}, Python {m.get('python')}, numpy {m.get('numpy')}, "
+                     f"numba {m.get('numba')}, {' '.join(str(m.get('mpi_library')).split())}; load average at start "
+                     f"{', '.join(f'{x:.2f}' for x in m.get('loadavg', []))}.")
+        for net, bed in (res.get("netbed") or {}).items():
+            chk = bed.get("link_check", {})
+            parts.append(f"Test bed `{net}`: {bed.get('kind')}; `{bed.get('tbf')}`. Link check: a float32 Allreduce "
+                         f"of {chk.get('allreduce_bytes')} bytes over {bed.get('ranks')} ranks took "
+                         f"{chk.get('median_seconds', float('nan')):.3f} s, "
+                         f"{chk.get('ratio_to_link_bound', float('nan')):.2f}x the link bound "
+                         f"({chk.get('link_bound_seconds', float('nan')):.3f} s); {chk.get('nic_tx_bytes')} bytes "
+                         f"crossed the NICs (at least {chk.get('min_expected_tx_bytes', 0):.0f} needed).")
+        parts.append("")
+        parts.append(table(res))
+        parts.append("")
+    return "\n".join(parts)
+
+
+def update_readme(files: Optional[Sequence[Path]] = None, readme: Path = README) -> None:
+    files = sorted(files or RESULTS.glob("allreduce_step*.json"))
+    if not files:
+        raise SystemExit(f"no results to show: run the benchmark first (writes {RESULTS}/allreduce_step*.json)")
+    text = readme.read_text() if readme.exists() else "# Benchmarks\n"
+    readme.write_text(replace_section(text, BEGIN, END, readme_body(files)))
+    print(f"updated {shown(readme)} from {', '.join(shown(f) for f in files)}")
+
+
+# ----------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dims", type=float, nargs="+", default=[1e5, 1e6, 1e7], help="vector lengths d (1e7 is fine)")
+    p.add_argument("--ranks", type=int, nargs="+", default=[4], help="number of MPI ranks (several: one job each)")
+    p.add_argument("--net", nargs="+", default=["shm"], choices=NETS,
+                   help="shm: plain mpiexec on this machine; 1gbit/10gbit: the namespace test bed (root)")
+    p.add_argument("--json", type=Path, help="where to write the results")
+    p.add_argument("--kernels", nargs="+", choices=("numba", "numpy"), default=None,
+                   help="IntSGD quantizer kernels to time (default: numba when installed, and numpy)")
+    p.add_argument("--seconds", type=float, default=60.0,
+                   help="about how long the timed steps of one dimension take, all variants together")
+    p.add_argument("--rounds", type=int, default=10,
+                   help="at least this many timed steps per variant (more at small d, within --seconds)")
+    p.add_argument("--max-steps", type=int, default=40, help="most steps per variant per round")
+    p.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay per link on the test bed (netem)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=3600, help="seconds one mpiexec job may take")
+    p.add_argument("--readme", action="store_true", help="rewrite this script's section of benchmarks/README.md "
+                   "from benchmarks/results/allreduce_step*.json (or the --json file) and exit")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.dims = [int(d) for d in args.dims]
+    if any(d < 1 for d in args.dims):
+        p.error("--dims must be positive")
+    if args.kernels is None:
+        try:
+            from mpiopt.kernels.numba import AVAILABLE
+        except ImportError:
+            AVAILABLE = False
+        args.kernels = (["numba"] if AVAILABLE else []) + ["numpy"]
+    if args.worker:
+        args.net = args.net[0]
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return worker(args)
+    if args.readme:
+        update_readme([args.json] if args.json else None)
+        return 0
+    if not args.json:
+        raise SystemExit("--json OUT is required")
+    machine = machine_info()
+    rows: List[Dict[str, object]] = []
+    beds: Dict[str, object] = {}
+    try:
+        for net in args.net:
+            for ranks in args.ranks:
+                got = run_one(args, net, ranks)
+                rows += got["rows"]
+                machine["mpi_library"] = got["mpi_library"]
+                if got["netbed"]:
+                    beds[f"{net}/{ranks}"] = got["netbed"]
+    except Exception as e:  # the network bed's errors included: say why, exit non-zero
+        print(f"allreduce_step: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    machine["loadavg_end"] = list(os.getloadavg())
+    result = {"machine": machine, "config": {"dims": args.dims, "ranks": args.ranks, "net": args.net,
+                                             "kernels": args.kernels, "seconds": args.seconds,
+                                             "rounds": args.rounds, "seed": args.seed},
+              "results": rows, "ratios": ratios(rows)}
+    result["goals"] = goals(result["ratios"])
+    if beds:
+        result["netbed"] = beds
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    print()
+    print(table(result))
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,445 @@
+"""An emulated cluster network on one machine: one network namespace per MPI rank, shaped links.
+
+On one machine MPI moves bytes through shared memory at memcpy speed, so communication compression
+cannot show what it does on a cluster. This test bed builds, with ``ip`` and ``tc`` (root or
+CAP_NET_ADMIN needed)::
+
+    namespace mpbnet-r0: nic 10.231.7.10/24 ──veth── p0 ┐
+    namespace mpbnet-r1: nic 10.231.7.11/24 ──veth── p1 ├─ bridge "br0" in namespace mpbnet-sw
+    ...                                                  ┘
+
+Every rank's NIC and every switch port is shaped by a token bucket (``tc qdisc ... tbf``) to the
+link rate in its egress direction, so each emulated host has one full-duplex link of that rate to a
+switch, as in a cluster. The rank namespaces hold only their NIC and a loopback, without any route
+out: traffic can only reach the other ranks' addresses inside the bed.
+
+MPI is forced onto TCP through those NICs: each rank runs inside its own namespace (an MPMD launch
+``mpiexec -n 1 ip netns exec mpbnet-r0 python ... : -n 1 ip netns exec mpbnet-r1 python ...``; the
+process manager's control connection is an inherited socket, so it needs no network), MPICH's
+shared-memory transport is switched off (``MPIR_CVAR_NOLOCAL=1``, ``MPIR_CVAR_CH4_SHM_ENABLE=0``),
+its netmod is OFI with libfabric's ``tcp`` provider bound to the bed's NIC (``FI_PROVIDER=tcp``,
+``FI_TCP_IFACE``). :func:`NetBed.counters` reads the bytes each NIC sent, so a run can check that
+its traffic really crossed the shaped links (see :func:`check_links`).
+
+Everything is torn down at the end, also on failure: :class:`NetBed` is a context manager whose exit
+kills what still runs inside its namespaces and deletes them; SIGINT/SIGTERM/SIGHUP are turned into
+exceptions while it is up, so ``finally`` blocks run; leftovers of a crashed earlier run (namespaces
+named ``mpbnet-*``) are removed before a new bed is built. A lock file keeps two beds from
+fighting over the names.
+
+    python benchmarks/netbed.py check [--ranks 4] [--rate 1gbit]   # build, verify with a raw Allreduce, tear down
+    python benchmarks/netbed.py cleanup                             # remove leftovers of a crashed run
+"""
+
+import argparse
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+PREFIX = "mpbnet-"
+SWITCH = PREFIX + "sw"
+NIC = "mpbnic"
+BRIDGE = "br0"
+SUBNET = "10.231.7"
+HOST0 = 10
+LOCK = Path(os.environ.get("MPIOPT_NETBED_LOCK", "/tmp/mpiopt-netbed.lock"))
+
+RATES = {"1gbit": 1e9, "10gbit": 1e10}
+"""The link rates the benchmarks name (bits per second); any tc rate string works with NetBed."""
+
+MPI_ENV = {
+    # Treat every rank as remote: no shared-memory transport, no node-local collective shortcuts.
+    "MPIR_CVAR_NOLOCAL": "1",
+    "MPIR_CVAR_CH4_SHM_ENABLE": "0",
+    # The OFI netmod over libfabric's TCP provider on the bed's NIC (the UCX netmod, MPICH's default
+    # in this build, would pick its own transports).
+    "MPIR_CVAR_CH4_NETMOD": "ofi",
+    "FI_PROVIDER": "tcp",
+    "FI_TCP_IFACE": NIC,
+    "FI_SOCKETS_IFACE": NIC,
+}
+"""Environment that keeps MPICH (ch4, OFI netmod) off shared memory and on the bed's TCP links."""
+
+
+class NetBedError(RuntimeError):
+    """The test bed cannot be built or used; the message says why."""
+
+
+def _run(args: Sequence[str], check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise NetBedError(f"`{' '.join(args)}` failed (exit {proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def rate_bits(rate: str) -> float:
+    """'1gbit' -> 1e9 (tc's units: bit, kbit, mbit, gbit; decimal multiples)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmg]?)bit", rate.strip().lower())
+    if not m:
+        raise NetBedError(f"rate must look like 100mbit, 1gbit or 10gbit, got {rate!r}")
+    return float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
+
+
+def namespaces() -> List[str]:
+    """Names of the bed's namespaces that exist now (ours start with ``mpbnet-``)."""
+    out = _run(["ip", "netns", "list"], check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.split() and line.split()[0].startswith(PREFIX)]
+
+
+def _pids_in(ns: str) -> List[int]:
+    out = _run(["ip", "netns", "pids", ns], check=False).stdout
+    return [int(p) for p in out.split() if p.isdigit()]
+
+
+def cleanup() -> List[str]:
+    """Remove every ``mpbnet-*`` namespace (idempotent): end the processes the bed started in them,
+    by id (SIGTERM, then SIGKILL after 2 s), then delete the namespaces, which deletes their veths
+    and bridge. Returns the names removed."""
+    names = namespaces()
+    pids = sorted({p for ns in names for p in _pids_in(ns) if p != os.getpid()})
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = []
+        for p in pids:
+            try:
+                os.kill(p, sig)
+                alive.append(p)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            break
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and any(_alive(p) for p in alive):
+            time.sleep(0.05)
+        pids = [p for p in alive if _alive(p)]
+    for ns in names:
+        _run(["ip", "netns", "del", ns], check=False)
+    left = namespaces()
+    if left:
+        raise NetBedError(f"could not delete namespaces {left}")
+    return names
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def preflight() -> None:
+    """Raise NetBedError, saying why, when this machine cannot host the bed."""
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            raise NetBedError(f"`{tool}` not found on PATH (iproute2 is needed: apt-get install iproute2)")
+    if os.geteuid() != 0:
+        raise NetBedError("network namespaces, veth pairs and tc shaping need root (or CAP_NET_ADMIN); "
+                          "run as root, e.g. `sudo .venv/bin/python benchmarks/allreduce_step.py ...`")
+
+
+class _Signals:
+    """While active, SIGINT/SIGTERM/SIGHUP raise SystemExit(128 + signum) so ``finally`` runs."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self):
+        self._old: Dict[int, object] = {}
+
+    def __enter__(self):
+        def handler(signum, frame):
+            raise SystemExit(128 + signum)
+
+        for s in self.SIGNALS:
+            try:
+                self._old[s] = signal.signal(s, handler)
+            except ValueError:  # not the main thread: leave the handlers alone
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
+
+
+class NetBed:
+    """``ranks`` namespaces behind one switch, links of ``rate`` (a tc rate such as '1gbit').
+
+    Use as a context manager (``with NetBed(4, '1gbit') as bed: ...``): entering builds it (after
+    removing leftovers), leaving tears it down whatever happened. ``mpmd(argv)`` gives the mpiexec
+    command line that runs ``argv`` once in each rank's namespace; ``env()`` the MPI environment.
+    ``delay_ms`` adds a one-way delay per link with netem (where the kernel has sch_netem).
+    """
+
+    def __init__(self, ranks: int, rate: str = "1gbit", delay_ms: float = 0.0, mtu: int = 1500):
+        if ranks < 1:
+            raise NetBedError(f"ranks must be >= 1, got {ranks}")
+        if ranks > 200:
+            raise NetBedError(f"at most 200 ranks fit the bed's /24 subnet, got {ranks}")
+        self.ranks, self.rate, self.delay_ms, self.mtu = ranks, rate, float(delay_ms), int(mtu)
+        self.bits_per_s = rate_bits(rate)
+        self._lock_file = None
+        self._signals = _Signals()
+        self.up = False
+
+    # names and addresses
+    def ns(self, rank: int) -> str:
+        return f"{PREFIX}r{rank}"
+
+    def address(self, rank: int) -> str:
+        return f"{SUBNET}.{HOST0 + rank}"
+
+    def _tbf(self) -> List[str]:
+        # Bucket: 1 ms of traffic, at least two 64 KiB GSO packets; queue: 20 ms of traffic.
+        bps = self.bits_per_s / 8
+        burst = max(int(bps * 1e-3), 2 * 65536 + 2 * self.mtu)
+        limit = max(int(bps * 20e-3), 4 * burst)
+        return ["tbf", "rate", self.rate, "burst", str(burst), "limit", str(limit)]
+
+    def _shape(self, ns: str, dev: str) -> None:
+        if self.delay_ms > 0:
+            _run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "netem", "delay",
+                  f"{self.delay_ms}ms"])
+            _run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", *self._tbf()])
+        else:
+            _run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", *self._tbf()])
+
+    # lifecycle
+    def __enter__(self) -> "NetBed":
+        self._signals.__enter__()
+        try:
+            self.build()
+        except BaseException:
+            self.teardown()
+            self._signals.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        try:
+            self.teardown()
+        finally:
+            self._signals.__exit__(*exc)
+        return False
+
+    def build(self) -> None:
+        preflight()
+        LOCK.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(LOCK, "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise NetBedError(f"another test bed is up (lock {LOCK} is held); wait for it to finish") from None
+        removed = cleanup()
+        if removed:
+            print(f"netbed: removed leftovers of an earlier run: {', '.join(removed)}", file=sys.stderr)
+        self.up = True
+        try:
+            _run(["ip", "netns", "add", SWITCH])
+        except NetBedError as e:
+            raise NetBedError(f"cannot create a network namespace ({e}); the bed needs root or CAP_NET_ADMIN "
+                              "and a kernel with network namespaces") from None
+        sw = ["ip", "-n", SWITCH]
+        _run([*sw, "link", "add", BRIDGE, "type", "bridge"])
+        _run([*sw, "link", "set", BRIDGE, "up"])
+        _run([*sw, "link", "set", "lo", "up"])
+        for r in range(self.ranks):
+            ns, port = self.ns(r), f"p{r}"
+            _run(["ip", "netns", "add", ns])
+            _run(["ip", "link", "add", NIC, "netns", ns, "mtu", str(self.mtu), "type", "veth",
+                  "peer", "name", port, "netns", SWITCH, "mtu", str(self.mtu)])
+            _run([*sw, "link", "set", port, "master", BRIDGE])
+            _run([*sw, "link", "set", port, "up"])
+            rn = ["ip", "-n", ns]
+            _run([*rn, "addr", "add", f"{self.address(r)}/24", "dev", NIC])
+            _run([*rn, "link", "set", NIC, "up"])
+            _run([*rn, "link", "set", "lo", "up"])
+            try:
+                self._shape(ns, NIC)
+                self._shape(SWITCH, port)
+            except NetBedError as e:
+                what = "netem (for --delay-ms)" if self.delay_ms > 0 else "tbf"
+                raise NetBedError(f"cannot shape the links with tc {what}: {e}") from None
+        self._wait_links()
+
+    def _wait_links(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            states = [self._operstate(self.ns(r), NIC) for r in range(self.ranks)]
+            states += [self._operstate(SWITCH, f"p{r}") for r in range(self.ranks)]
+            if all(s == "UP" for s in states):
+                return
+            if time.monotonic() > deadline:
+                raise NetBedError(f"links did not come up within {timeout} s: {states}")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _operstate(ns: str, dev: str) -> str:
+        out = _run(["ip", "-n", ns, "-j", "link", "show", dev]).stdout
+        return json.loads(out)[0].get("operstate", "?")
+
+    def teardown(self) -> None:
+        """Remove the bed (idempotent; also removes any other ``mpbnet-*`` leftovers)."""
+        try:
+            if self.up:
+                cleanup()
+        finally:
+            self.up = False
+            if self._lock_file is not None:
+                self._lock_file.close()
+                self._lock_file = None
+
+    # using it
+    def counters(self) -> List[Dict[str, int]]:
+        """Bytes and packets each rank's NIC has sent and received so far."""
+        out = []
+        for r in range(self.ranks):
+            j = json.loads(_run(["ip", "-n", self.ns(r), "-j", "-s", "link", "show", NIC]).stdout)[0]
+            st = j.get("stats64") or j["stats"]
+            out.append({"tx_bytes": int(st["tx"]["bytes"]), "rx_bytes": int(st["rx"]["bytes"]),
+                        "tx_packets": int(st["tx"]["packets"]), "rx_packets": int(st["rx"]["packets"])})
+        return out
+
+    def env(self) -> Dict[str, str]:
+        return dict(MPI_ENV)
+
+    def mpmd(self, mpiexec: str, argv: Sequence[str]) -> List[str]:
+        """``mpiexec -n 1 ip netns exec NS0 ARGV : -n 1 ip netns exec NS1 ARGV : ...``."""
+        cmd = [mpiexec]
+        for r in range(self.ranks):
+            if r:
+                cmd.append(":")
+            cmd += ["-n", "1", "ip", "netns", "exec", self.ns(r), *argv]
+        return cmd
+
+    def describe(self) -> Dict[str, object]:
+        """What the bed is, for a results file."""
+        return {
+            "kind": "network namespaces, one per rank, veth links to a bridge, tc tbf on both directions",
+            "ranks": self.ranks,
+            "rate": self.rate,
+            "rate_bits_per_s": self.bits_per_s,
+            "delay_ms": self.delay_ms,
+            "mtu": self.mtu,
+            "tbf": " ".join(self._tbf()),
+            "addresses": [self.address(r) for r in range(self.ranks)],
+            "mpi_env": self.env(),
+        }
+
+
+def mpiexec_path() -> str:
+    local = Path(sys.executable).parent / "mpiexec"
+    found = str(local) if local.exists() else shutil.which("mpiexec")
+    if not found:
+        raise NetBedError("no mpiexec: install the [mpich] extra (pip install mpich)")
+    return found
+
+
+def allreduce_time(ranks: int, nbytes: int, dtype: str = "float32", reps: int = 3) -> str:
+    """Python source of a tiny MPI program timing ``reps`` in-place Allreduces of ``nbytes``."""
+    return (
+        "import json, time, numpy as np\n"
+        "from mpi4py import MPI\n"
+        "c = MPI.COMM_WORLD\n"
+        f"a = np.ones({nbytes} // np.dtype('{dtype}').itemsize, dtype='{dtype}')\n"
+        "c.Allreduce(MPI.IN_PLACE, a)\n"
+        "ts = []\n"
+        f"for _ in range({reps}):\n"
+        "    c.Barrier(); t = time.perf_counter(); c.Allreduce(MPI.IN_PLACE, a); ts.append(time.perf_counter() - t)\n"
+        "ts = c.gather(ts)\n"
+        "if c.rank == 0: print('RESULT', json.dumps(sorted(max(r[i] for r in ts) for i in range(len(ts[0])))))\n"
+    )
+
+
+def ring_seconds(ranks: int, nbytes: int, bits_per_s: float) -> float:
+    """Time a bandwidth-optimal Allreduce needs on links of ``bits_per_s``: each rank sends
+    2 (n - 1) / n of the buffer (reduce-scatter + allgather)."""
+    return 2 * (ranks - 1) / ranks * nbytes * 8 / bits_per_s if ranks > 1 else 0.0
+
+
+def check_links(bed: NetBed, nbytes: int = 40_000_000, reps: int = 3, timeout: float = 300) -> Dict[str, object]:
+    """Time a raw float32 Allreduce of ``nbytes`` in the bed and count the bytes on its NICs.
+
+    Raises NetBedError when the traffic did not cross the shaped links (NIC counters below the
+    bytes the Allreduces must move) or ran much faster than the links allow (a hidden shared-memory
+    path). Returns the measurements for the results file."""
+    before = bed.counters()
+    src = allreduce_time(bed.ranks, nbytes, "float32", reps)
+    cmd = bed.mpmd(mpiexec_path(), [sys.executable, "-c", src])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **bed.env()})
+    if proc.returncode != 0:
+        raise NetBedError(f"MPI across the bed failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not line:
+        raise NetBedError(f"the link check printed no result:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    times = json.loads(line[0][7:])
+    after = bed.counters()
+    sent = sum(a["tx_bytes"] - b["tx_bytes"] for a, b in zip(after, before))
+    # Each Allreduce (the warm-up and the timed ones) must move at least 2 (n-1)/n * nbytes per rank.
+    expect_bytes = (reps + 1) * bed.ranks * 2 * (bed.ranks - 1) / bed.ranks * nbytes
+    median = sorted(times)[len(times) // 2]
+    ideal = ring_seconds(bed.ranks, nbytes, bed.bits_per_s)
+    info = {
+        "allreduce_bytes": nbytes,
+        "dtype": "float32",
+        "seconds": times,
+        "median_seconds": median,
+        "link_bound_seconds": ideal,
+        "ratio_to_link_bound": median / ideal if ideal else None,
+        "nic_tx_bytes": sent,
+        "min_expected_tx_bytes": expect_bytes,
+    }
+    if bed.ranks > 1:
+        if sent < 0.95 * expect_bytes:
+            raise NetBedError(f"only {sent} bytes crossed the bed's NICs where the Allreduces need {expect_bytes:.0f}: "
+                              f"MPI is not using the shaped links ({info})")
+        if median < 0.8 * ideal:
+            raise NetBedError(f"a {nbytes}-byte Allreduce took {median:.3f} s, faster than the links allow "
+                              f"({ideal:.3f} s): some traffic bypasses the shaping ({info})")
+    return info
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check", help="build the bed, time a raw float32 Allreduce across it, tear it down")
+    c.add_argument("--ranks", type=int, default=4)
+    c.add_argument("--rate", default="1gbit")
+    c.add_argument("--delay-ms", type=float, default=0.0)
+    c.add_argument("--bytes", type=float, default=4e7)
+    sub.add_parser("cleanup", help="remove the namespaces a crashed run left behind")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "cleanup":
+            preflight()
+            removed = cleanup()
+            print(f"removed: {', '.join(removed) or 'nothing'}")
+            return 0
+        with NetBed(args.ranks, args.rate, args.delay_ms) as bed:
+            info = check_links(bed, int(args.bytes))
+        print(json.dumps(info, indent=1))
+        print(f"{args.ranks} ranks at {args.rate}: float32 Allreduce of {int(args.bytes)} bytes took "
+              f"{info['median_seconds']:.3f} s, {info['ratio_to_link_bound']:.2f}x the link bound "
+              f"{info['link_bound_seconds']:.3f} s; {info['nic_tx_bytes']} bytes crossed the NICs")
+        return 0
+    except NetBedError as e:
+        print(f"netbed: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
