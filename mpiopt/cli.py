@@ -25,7 +25,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse with our error format: one line, prefixed, exit code 2."""
 
     def error(self, message: str):
-        sys.stderr.write(f"mpiopt: error: {message} (see '{self.prog} --help')\n")
+        if world_rank() == 0:  # under mpiexec every rank parses the same arguments: report once
+            sys.stderr.write(f"mpiopt: error: {message} (see '{self.prog} --help')\n")
         raise SystemExit(2)
 
 

@@ -83,3 +83,10 @@ def test_unknown_method_is_a_clear_error(a5a_for, tmp_path):
     res = run_mpi(2, ["run", "--data", a5a_for(2), "--method", "bogus", "--out", tmp_path / "t.json"], timeout=60)
     assert res.returncode == 2
     assert res.stderr.count("unknown method 'bogus'") == 1 and "Traceback" not in res.stderr
+
+
+def test_a_bad_option_value_is_reported_once_not_per_rank(a5a_for, tmp_path):
+    res = run_mpi(4, ["run", "--data", a5a_for(4), "--method", "intsgd", "--wire-dtype", "int9",
+                      "--out", tmp_path / "t.json"], timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.count("mpiopt: error: argument --wire-dtype: invalid choice: 'int9'") == 1
