@@ -59,55 +59,13 @@ import numpy as np
 import torch
 
 from mpiopt.comm import Communicator
-from mpiopt.errors import InputError
 from mpiopt.methods import make_method
 from mpiopt.methods.base import Method
-from mpiopt.methods.compressors import IntCompressor, NoCompression
+from mpiopt.methods.compressors import NoCompression
 from mpiopt.methods.intsgd import CompressedSGD, HintSGD as _HintSGD, IntSGD as _IntSGD
 from mpiopt.methods.intsgd import NatSGD as _NatSGD, QSGD as _QSGD
 from mpiopt.problems.torch import GradientBucket
 from mpiopt.run import RNG_KEYS, as_communicator, make_context
-
-
-class LayerIntCompressor(IntCompressor):
-    """IntSGD's compressor with alpha blocks at given offsets (Alg. 2 with one block per layer).
-
-    ``block_starts`` (ascending, starting at 0) replaces the fixed-size chunks of ``block_size``;
-    the alpha of block l is eta sqrt(d_l) / sqrt(2 n r_l + eta^2 (d_l / d) eps^2) as in IntCompressor.
-    """
-
-    OPTIONS = {**IntCompressor.OPTIONS, "block_starts": None}
-
-    def __init__(self, comm, dim, **kw):
-        super().__init__(comm, dim, **kw)
-        starts = self.opts["block_starts"]
-        if starts is not None:
-            self._lay_out(np.asarray(starts, dtype=np.intp))
-
-    def _lay_out(self, starts: np.ndarray) -> None:
-        d = self.dim
-        if starts.ndim != 1 or not starts.size or starts[0] != 0 or (np.diff(starts) <= 0).any() or starts[-1] >= d:
-            raise InputError(f"block_starts must ascend strictly from 0 below d = {d}, got {starts.tolist()}")
-        sizes = np.diff(np.append(starts, d)).astype(np.float64)
-        nb = starts.size
-        self.starts = starts
-        self._sqrt_dl = np.sqrt(sizes)
-        self._eps_term = (self.opts["eps"] ** 2) * sizes / d
-        self._alpha_blocks = np.empty(nb)
-        self._blocksq = np.empty(nb)
-        self._alpha_vec = np.empty(d) if nb > 1 else None
-        self._block_of = np.repeat(np.arange(nb, dtype=np.intp), sizes.astype(np.intp))
-        self.state["r"] = np.zeros(nb)
-
-
-class _LayerIntSGD(_IntSGD):
-    """mpiopt's IntSGD method with the layer-block compressor (the optimizer drives its exchange)."""
-
-    OPTIONS = dict(LayerIntCompressor.OPTIONS)
-
-    @property
-    def comp_cls(self):
-        return LayerIntCompressor
 
 
 class _FloatSGD(CompressedSGD):
@@ -346,7 +304,7 @@ class IntSGD(_CompressorOptimizer):
     """
 
     method_name = "intsgd"
-    method_cls = _LayerIntSGD
+    method_cls = _IntSGD
     reads_iterate = True
 
     def __init__(self, params: Iterable, comm=None, *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,

@@ -311,3 +311,14 @@ def test_options_of_another_compressor_are_refused(problem):
         mpiopt.minimize(problem, "qsgd", levels=0, iters=1)
     with pytest.raises(InputError, match="--eps must be a positive number"):
         mpiopt.minimize(problem, "intsgd", eps=0.0, lr=0.1, iters=1)
+
+
+def test_block_starts_layouts_run_and_bad_ones_are_refused(problem):
+    d = problem.dim
+    res = mpiopt.minimize(problem, "intsgd", iters=3, batch=4, block_starts=[0, 10, d - 1])
+    assert res.status == "max_iter"
+    for bad, match in (([5], "ascend strictly from 0"), ([0, 7, 7], "ascend strictly"), ([0, d], "below d")):
+        with pytest.raises(InputError, match=match):
+            mpiopt.minimize(problem, "intsgd", iters=1, block_starts=bad)
+    with pytest.raises(InputError, match="not both"):
+        mpiopt.minimize(problem, "intsgd", iters=1, block_size=8, block_starts=[0, 8])

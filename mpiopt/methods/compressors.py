@@ -151,6 +151,17 @@ class NoCompression(Compressor):
         self.bits, self.clipped = self._bits, 0
 
 
+def block_layout(d: int, block_size: Optional[int], starts) -> np.ndarray:
+    """The first coordinate of each alpha block: ``starts`` as given (e.g. one block per layer),
+    else chunks of ``block_size``, else one block of all d coordinates."""
+    if starts is None:
+        return np.arange(0, d, block_size if block_size else max(d, 1), dtype=np.intp)
+    starts = np.asarray(starts, dtype=np.intp)
+    if starts.ndim != 1 or not starts.size or starts[0] != 0 or (np.diff(starts) <= 0).any() or starts[-1] >= d:
+        raise _bad_option(f"block_starts must ascend strictly from 0 below d = {d}, got {starts.tolist()}")
+    return starts
+
+
 class IntCompressor(Compressor):
     """IntSGD's compressor: Q_i = Int(alpha v_i), S = Allreduce(SUM) of the Q_i, mean = S / (n alpha).
 
@@ -175,7 +186,7 @@ class IntCompressor(Compressor):
 
     name = "int"
     OPTIONS = {"wire_dtype": "auto", "rounding": "random", "alpha": "adaptive", "alpha0": None, "beta": 0.9,
-               "eps": 1e-8, "block_size": None}
+               "eps": 1e-8, "block_size": None, "block_starts": None}
 
     def __init__(self, comm, dim, **kw):
         super().__init__(comm, dim, **kw)
@@ -186,8 +197,7 @@ class IntCompressor(Compressor):
         start_level = first if self.auto else INT_DTYPES.index(np.dtype(o["wire_dtype"]))
         self.quant = quantizer(d, self.seed, self.worker, n, o["rounding"])
         self._bufs: List[Optional[tuple]] = [None] * len(INT_DTYPES)
-        bs = o["block_size"]
-        self.starts = np.arange(0, d, bs if bs else max(d, 1), dtype=np.intp)
+        self.starts = block_layout(d, o["block_size"], o["block_starts"])
         nb = len(self.starts)
         sizes = np.diff(np.append(self.starts, d)).astype(np.float64)
         self._sqrt_dl = np.sqrt(sizes)
@@ -237,6 +247,8 @@ class IntCompressor(Compressor):
         bs = o["block_size"]
         if bs is not None and not (isinstance(bs, (int, np.integer)) and bs >= 1):
             raise _bad_option(f"--block-size must be a positive integer, got {bs!r}")
+        if bs is not None and o["block_starts"] is not None:
+            raise _bad_option("give block_size (equal chunks) or block_starts (e.g. one block per layer), not both")
 
     @classmethod
     def describe(cls, opts):
