@@ -39,7 +39,7 @@ def group_by_config(traces: List[Dict]) -> "OrderedDict[str, List[Dict]]":
     """Traces with the same method, dataset, ranks and options except the seed share one label."""
     groups: "OrderedDict[str, List[Dict]]" = OrderedDict()
     for trace in traces:
-        config = {k: v for k, v in trace.get("config", {}).items() if k != "seed"}
+        config = {k: v for k, v in trace.get("config", {}).items() if k != "seed" and v is not None}
         key = json.dumps([trace["method"], trace.get("dataset"), trace.get("n_ranks"), config], sort_keys=True)
         groups.setdefault(key, []).append(trace)
     labels = OrderedDict()
@@ -56,7 +56,11 @@ def _distinguishing_options(trace: Dict, others: List[Dict]) -> str:
     same_method = [o for o in others if o["method"] == trace["method"] and o is not trace]
     config = trace.get("config", {})
     diff = [k for k in sorted(config) if k != "seed" and any(o.get("config", {}).get(k) != config[k] for o in same_method)]
-    return "(" + ", ".join(f"{k}={config[k]}" for k in diff[:3]) + ")"
+    return "(" + ", ".join(f"{k}={_short(config[k])}" for k in diff[:3]) + ")"
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def error_column(traces: List[Dict]):

@@ -59,3 +59,9 @@ def test_a_file_that_is_not_a_trace_is_named(tmp_path):
 def test_an_unknown_figure_format_is_an_input_error(traces, tmp_path):
     with pytest.raises(InputError, match="--out"):
         plot_traces(traces, str(tmp_path / "fig.nope"))
+
+
+def test_a_missing_option_and_a_null_one_are_the_same_config(traces, tmp_path):
+    loaded = load_traces(traces[:2])
+    loaded[1]["config"]["block_starts"] = None
+    assert [len(m) for m in group_by_config(loaded).values()] == [2]
