@@ -57,6 +57,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
+from mpiopt import launch  # noqa: E402
+
 NETS = ("shm", "1gbit", "10gbit")
 README = HERE / "README.md"
 RESULTS = HERE / "results"
@@ -374,14 +376,11 @@ def worker(args) -> int:
 # the driver
 
 def mpiexec_path() -> str:
-    local = Path(sys.executable).parent / "mpiexec"
-    if local.exists():
-        return str(local)
-    import shutil
-    found = shutil.which("mpiexec")
-    if not found:
-        raise SystemExit("no mpiexec: install the [mpich] extra (pip install mpich)")
-    return found
+    """mpiopt's mpiexec lookup (the venv's MPICH first); without one the benchmark cannot run."""
+    try:
+        return launch.mpiexec_path()
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _run_mpi(cmd: List[str], env: Dict[str, str], timeout: float) -> None:

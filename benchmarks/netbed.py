@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from mpiopt import launch
+
 PREFIX = "mpbnet-"
 SWITCH = PREFIX + "sw"
 NIC = "mpbnic"
@@ -342,11 +344,11 @@ class NetBed:
 
 
 def mpiexec_path() -> str:
-    local = Path(sys.executable).parent / "mpiexec"
-    found = str(local) if local.exists() else shutil.which("mpiexec")
-    if not found:
-        raise NetBedError("no mpiexec: install the [mpich] extra (pip install mpich)")
-    return found
+    """mpiopt's mpiexec lookup (the venv's MPICH first), failing as the test bed does."""
+    try:
+        return launch.mpiexec_path()
+    except FileNotFoundError as exc:
+        raise NetBedError(str(exc)) from None
 
 
 def allreduce_time(ranks: int, nbytes: int, dtype: str = "float32", reps: int = 3) -> str:
