@@ -14,25 +14,26 @@ What one step is, per variant (the gradient itself is not computed: a fresh synt
 Gaussian, different on every rank, is copied into the method's gradient buffer before each step,
 untimed, then all ranks meet at a barrier, untimed, and the step is timed on every rank):
 
-* ``intsgd`` (dtype ``auto``): the package's ``IntCompressor.exchange`` -- Int(alpha g) into a
-  preallocated integer buffer with the ``wire_dtype='auto'`` header (speculating on int8), one
-  ``Communicator.allreduce_int``, decode S / (n alpha) into the mean -- then the update
-  x <- x - eta mean. ``kernel`` says which quantizer the compressor ran (``numpy``: the package's
-  reference kernel; ``numba``: ``mpiopt.kernels.numba``, the same integers). alpha is the adaptive
-  formula's value for this data (eta sqrt(d) / sqrt(2 n r + eta^2 eps^2) with r = ||eta mean_i g_i||^2),
-  fixed, so the integers fit int8 as in a real run; ``wire_dtype`` records what was sent.
-* ``sgd`` (dtype float32 / float64): ``impl='package'`` is the package's float path
-  (``NoCompression.exchange``: copy into the wire buffer, float Allreduce, finiteness check, mean)
-  then the same update; ``impl='lean'`` is the least a float SGD step can do: the float Allreduce
-  in place on the gradient buffer, then x <- x - (eta / n) S.
+* ``intsgd`` (dtype ``auto``): the package's IntSGD step, ``IntCompressor.exchange_update`` --
+  Int(alpha g) rounded straight into the preallocated int8 wire buffer with the ``wire_dtype='auto'``
+  header, one ``Communicator.allreduce_int``, then x <- x - eta S / (n alpha) decoded straight into
+  x. ``kernel`` says which quantizer the compressor ran (``numba``: the default when numba is
+  installed; ``numpy``: the reference kernel; the same integers). alpha is the adaptive formula's
+  value for this data (eta sqrt(d) / sqrt(2 n r + eta^2 eps^2) with r = ||eta mean_i g_i||^2),
+  fixed (``alpha='constant'``), so the integers fit int8 as in a real run; ``wire_dtype`` records
+  what was sent.
+* ``sgd`` (dtype float32 / float64): ``impl='package'`` is the package's float step
+  (``NoCompression.exchange_update``: copy into the wire buffer, float Allreduce, finiteness check,
+  x <- x - eta mean); ``impl='lean'`` is the least a float SGD step can do: the float Allreduce in
+  place on the gradient buffer, then one BLAS axpy x <- x - (eta / n) S. The goals are checked
+  against the lean step.
 * ``raw-allreduce`` (dtype int8 / float32 / float64): ``Communicator.allreduce_*`` of d values
   alone -- the floor of any step that sends them.
 
-Model, gradient and mean are float32 for ``intsgd`` and float32 SGD, float64 for float64 SGD. The
-update is one in-place BLAS axpy for every variant (the package's methods write
-``x -= lr * mean``, which allocates a temporary). Variants are interleaved step by step (each variant
-takes one step in turn, in a rotating order) so they share the machine's noise; ``seconds_per_step``
-is the median over steps of the slowest rank's time. Output::
+Model, gradient and mean are float32 for ``intsgd`` and float32 SGD, float64 for float64 SGD.
+Variants are interleaved step by step (each variant takes one step in turn, in a rotating order) so
+they share the machine's noise; ``seconds_per_step`` is the median over steps of the slowest rank's
+time. Output::
 
     {"machine": {...}, "netbed": {...} (network runs), "results": [{"method", "dtype", "dim", "ranks",
      "net", "seconds_per_step", "kernel" | "impl", "wire_dtype", "steps", "seconds_p10",
@@ -40,6 +41,7 @@ is the median over steps of the slowest rank's time. Output::
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -158,60 +160,20 @@ def _axpy(dtype):
     return update
 
 
-def fused_intsgd(d: int, comm, seed: int, alpha: float, lr: float, src, base) -> Variant:
-    """IntSGD's step from the package's kernels alone: the numba Quantizer rounds straight into the
-    same preallocated ``wire_dtype='auto'`` buffer as the int compressor (d int8 values + its 3 header
-    slots, one ``Communicator.allreduce_int``, the same MAX-Allreduce-and-resend when a rank
-    overflows), then ``mpiopt.kernels.numba.decode_update`` applies x -= eta S / (n alpha) in one pass
-    (the bits of decode + ``x -= eta * mean``). What it leaves out of ``IntCompressor.exchange`` is
-    bookkeeping a constant alpha does not need: the copy of x into x_prev and the state counters."""
-    import numpy as np
+@contextlib.contextmanager
+def kernel_forced(kernel: str):
+    """Compressors created inside use this CPU quantizer kernel (``MPIOPT_KERNEL``, then restored)."""
+    from mpiopt.kernels import KERNEL_ENV
 
-    from mpiopt.kernels.numba import Quantizer, decode_update
-    from mpiopt.methods.compressors import FITS_SMALLER, INT_DTYPES, NON_FINITE, OVER, int_bound
-
-    n = comm.size
-    q = Quantizer(d, seed, comm.rank, n, "random")
-    bounds = [int_bound(t, n) for t in INT_DTYPES]
-    bufs = [np.zeros(d + 3, dtype=t) for t in INT_DTYPES[:1]] + [None] * (len(INT_DTYPES) - 1)
-    g = np.empty(d, dtype=np.float32)
-    x = np.zeros(d, dtype=np.float32)
-    big = np.empty(1)
-    used = {}
-
-    def step(k):
-        buf = bufs[0]
-        q.round(g, alpha, k, into=buf[:d])  # the int8 values go straight into the wire buffer
-        m = q.max_abs
-        q.pack(buf[:d], bounds[0])  # nothing to copy unless something must be clipped
-        hdr = buf[d:]
-        hdr[OVER] = m > bounds[0]
-        hdr[FITS_SMALLER] = 0
-        hdr[NON_FINITE] = not q.finite
-        comm.allreduce_int(buf)
-        if hdr[NON_FINITE] > 0:
-            raise RuntimeError(f"non-finite values at step {k}")
-        level = 0
-        if hdr[OVER] > 0:  # some rank needs a wider dtype: agree on it and send again
-            big[0] = m
-            top = float(comm.allreduce_max(big)[0])
-            level = next((lv for lv, b in enumerate(bounds) if top <= b), len(bounds) - 1)
-            if bufs[level] is None:
-                bufs[level] = np.zeros(d + 3, dtype=INT_DTYPES[level])
-            buf = bufs[level]
-            q.pack(buf[:d], bounds[level])
-            comm.allreduce_int(buf[:d])
-        used[level] = used.get(level, 0) + 1
-        decode_update(buf[:d], alpha, n, lr, x)
-
-    def info():
-        wires = {str(INT_DTYPES[lv]): c for lv, c in sorted(used.items())}
-        wire = max(wires, key=wires.get) if wires else None
-        return {"wire_dtype": wire, "wire_steps": wires, "alpha": alpha,
-                "bytes_per_rank": (d + 3) * np.dtype(wire).itemsize if wire else None}
-
-    return Variant({**base, "method": "intsgd", "dtype": "auto", "kernel": "numba", "impl": "fused"}, step,
-                   lambda: np.copyto(g, src), info)
+    old = os.environ.get(KERNEL_ENV)
+    os.environ[KERNEL_ENV] = kernel
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[KERNEL_ENV]
+        else:
+            os.environ[KERNEL_ENV] = old
 
 
 def make_variants(d: int, comm, kernels: Sequence[str], seed: int) -> List[Variant]:
@@ -243,16 +205,12 @@ def make_variants(d: int, comm, kernels: Sequence[str], seed: int) -> List[Varia
         g = np.empty(d, dtype=np.float32)
         x = np.zeros(d, dtype=np.float32)
         m = np.empty(d, dtype=np.float32)
-        comp = IntCompressor(comm, d, seed=seed, worker=rank, lr=lr, fail=fail, wire_dtype="auto",
-                             alpha="constant", alpha0=alpha)
-        if kernel == "numba":
-            from mpiopt.kernels.numba import Quantizer as NumbaQuantizer
-            comp.quant = NumbaQuantizer(d, seed, rank, n, comp.opts["rounding"])
-        update = _axpy(np.float32)
+        with kernel_forced(kernel):
+            comp = IntCompressor(comm, d, seed=seed, worker=rank, lr=lr, fail=fail, wire_dtype="auto",
+                                 alpha="constant", alpha0=alpha)
 
-        def step(k, comp=comp, g=g, x=x, m=m, update=update):
-            comp.exchange(g, k, x, m)
-            update(x, m, -lr)
+        def step(k, comp=comp, g=g, x=x, m=m):
+            comp.exchange_update(g, k, x, lr, m)
 
         def info(comp=comp):
             wires = {name: int(c) for name, c in zip(WIRE_NAMES, comp.state["steps_by_wire"]) if c}
@@ -263,8 +221,6 @@ def make_variants(d: int, comm, kernels: Sequence[str], seed: int) -> List[Varia
 
         variants.append(Variant({**base, "method": "intsgd", "dtype": "auto", "kernel": kernel, "impl": "package"},
                                 step, lambda g=g: np.copyto(g, src32), info))
-        if kernel == "numba":
-            variants.append(fused_intsgd(d, comm, seed, alpha, lr, src32, base))
     for dtype in (np.float32, np.float64):
         src = src32 if dtype == np.float32 else src32.astype(np.float64)
         name = np.dtype(dtype).name
@@ -275,9 +231,8 @@ def make_variants(d: int, comm, kernels: Sequence[str], seed: int) -> List[Varia
         m = np.empty(d, dtype=dtype)
         comp = NoCompression(comm, d, seed=seed, worker=rank, lr=lr, fail=fail, float_dtype=name)
 
-        def step_pkg(k, comp=comp, g=g, x=x, m=m, update=update):
-            comp.exchange(g, k, x, m)
-            update(x, m, -lr)
+        def step_pkg(k, comp=comp, g=g, x=x, m=m):
+            comp.exchange_update(g, k, x, lr, m)
 
         variants.append(Variant({**base, "method": "sgd", "dtype": name, "impl": "package"}, step_pkg,
                                 lambda g=g, src=src: np.copyto(g, src),
@@ -518,9 +473,8 @@ def _fmt_x(v: Optional[float]) -> str:
 def table(result: Dict[str, object]) -> str:
     """Markdown: ms per step of every variant, and IntSGD's ratios."""
     rows = result["results"]
-    cols = [("intsgd numba fused", dict(method="intsgd", kernel="numba", impl="fused")),
-            ("intsgd numba (pkg)", dict(method="intsgd", kernel="numba", impl="package")),
-            ("intsgd numpy (pkg)", dict(method="intsgd", kernel="numpy", impl="package")),
+    cols = [("intsgd numba", dict(method="intsgd", kernel="numba", impl="package")),
+            ("intsgd numpy", dict(method="intsgd", kernel="numpy", impl="package")),
             ("sgd f32", dict(method="sgd", dtype="float32", impl="lean")),
             ("sgd f32 (pkg)", dict(method="sgd", dtype="float32", impl="package")),
             ("sgd f64", dict(method="sgd", dtype="float64", impl="lean")),

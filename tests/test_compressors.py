@@ -16,9 +16,11 @@ from sklearn.datasets import load_breast_cancer
 import mpiopt
 from mpiopt.comm import Communicator
 from mpiopt.errors import InputError
+from mpiopt.kernels import KERNEL_ENV
 from mpiopt.methods import METHODS
+from mpiopt.methods.base import all_finite
 from mpiopt.methods.compressors import (SHRINK_AFTER, HintCompressor, IntCompressor, NatCompressor, NoCompression,
-                                        QSGDCompressor)
+                                        QSGDCompressor, kernel_name)
 from mpiopt.problems import LogisticProblem
 
 MINE = ("l-svrg", "diana", "vr-diana", "intsgd", "intdiana", "vr-intdiana", "hintsgd", "natsgd", "qsgd")
@@ -181,7 +183,7 @@ def test_auto_promotes_then_shrinks_back_and_never_clips():
         np.testing.assert_array_equal(mean, small)
     assert comp.comm.bytes_sent == sent + SHRINK_AFTER * 2 * (d + 3)
     assert comp.summary() == {"steps_by_wire": {"int16": 1 + SHRINK_AFTER}, "max_abs_q": 200.0,
-                              "redone_steps": 1, "wire_dtype_next": "int8"}
+                              "redone_steps": 1, "wire_dtype_next": "int8", "kernel": kernel_name(comp.quant)}
     huge = np.array([3e19, 1.0, 0.0, -1.0])  # beyond int64's floor(M / n): clipped and counted
     comp.exchange(huge, 99, x, mean)
     assert comp.clipped == 1 and mean[0] == 2.0**63 - 1024  # the largest double below 2^63 - 1, not a wrap
@@ -205,6 +207,44 @@ def test_non_finite_values_call_fail_with_the_local_flag(cls, opts):
     with pytest.raises(Failed) as err:
         comp.exchange(np.array([1.0, np.nan, 2.0, np.inf]), 3, np.zeros(4), np.empty(4), np.empty(4))
     assert err.value.args == (3, True)
+
+
+def test_a_sum_that_overflows_is_not_mistaken_for_a_non_finite_value():
+    comp = make(NoCompression, 2, float_dtype="float32")
+    big = np.array([3e38, 3e38], dtype=np.float32)  # finite, but their float32 sum is inf
+    mean = np.empty(2, dtype=np.float32)
+    comp.exchange(big, 0, np.zeros(2), mean)
+    np.testing.assert_array_equal(mean, big)
+    assert all_finite(big) and not all_finite(np.array([1.0, np.nan])) and not all_finite(np.array([-np.inf]))
+
+
+@pytest.mark.parametrize("kernel", ["numba", "numpy"])
+@pytest.mark.parametrize("cls,opts", [(IntCompressor, {}), (IntCompressor, {"alpha0": 40.0}),
+                                      (IntCompressor, {"alpha": "constant", "alpha0": 3.0}),
+                                      (IntCompressor, {"block_size": 5, "wire_dtype": "int16"}),
+                                      (HintCompressor, {}), (NatCompressor, {}), (QSGDCompressor, {}),
+                                      (NoCompression, {}), (NoCompression, {"float_dtype": "float32"})])
+@pytest.mark.parametrize("x_dtype", [np.float64, np.float32])
+def test_exchange_update_is_exchange_then_the_numpy_update(monkeypatch, kernel, cls, opts, x_dtype):
+    """The SGD step every compressor offers (IntSGD decodes straight into x) has the bits of
+    ``exchange`` followed by ``x -= lr * mean``, over steps that send floats, int8 and wider ints."""
+    pytest.importorskip(kernel)
+    monkeypatch.setenv(KERNEL_ENV, kernel)
+    d, lr = 13, 0.3
+    rng = np.random.default_rng(4)
+    fused, plain = make(cls, d, **opts), make(cls, d, **opts)
+    x1 = rng.standard_normal(d).astype(x_dtype)
+    x2 = x1.copy()
+    mean1, mean2 = np.empty(d, dtype=x_dtype), np.empty(d, dtype=x_dtype)
+    for k in range(40):
+        v = rng.standard_normal(d) * (1.0 if k % 7 else 30.0)
+        fused.exchange_update(v, k, x1, lr, mean1)
+        plain.exchange(v, k, x2, mean2)
+        x2 -= lr * mean2
+        np.testing.assert_array_equal(x1, x2)
+        assert fused.bits == plain.bits and fused.clipped == plain.clipped
+    if cls is IntCompressor:
+        assert fused.summary() == plain.summary() and fused.summary()["kernel"] == kernel
 
 
 def test_option_checks_say_what_to_do():

@@ -199,3 +199,24 @@ def test_noise_drawn_for_several_steps_at_once_is_the_same_in_any_order(d):
     steps = [0, 1, 2, 15, 16, 17, 40, 3, 3, 2**33, 2**33 + 1, 7]
     for k in steps:
         assert q.noise(k).tolist() == reference_noise(11, 2, k, d), k
+
+
+def test_cpu_kernel_is_numba_when_installed_and_the_environment_can_force_one(monkeypatch):
+    from mpiopt.kernels import KERNEL_ENV, cpu_kernel, cpu_quantizer
+    from mpiopt.kernels import numba as numba_kernel
+
+    monkeypatch.delenv(KERNEL_ENV, raising=False)
+    assert cpu_kernel() == ("numba" if numba_kernel.AVAILABLE else "numpy")
+    monkeypatch.setenv(KERNEL_ENV, "numpy")
+    assert cpu_kernel() == "numpy" and isinstance(cpu_quantizer(4, 0, 0), Quantizer)
+    monkeypatch.setenv(KERNEL_ENV, "fortran")
+    with pytest.raises(ValueError, match="MPIOPT_KERNEL must be one of numba, numpy, got 'fortran'"):
+        cpu_kernel()
+    if numba_kernel.AVAILABLE:
+        monkeypatch.setenv(KERNEL_ENV, "numba")
+        assert type(cpu_quantizer(4, 0, 0)) is numba_kernel.Quantizer
+        assert type(cpu_quantizer(4, 0, 0, kernel="numpy")) is Quantizer  # an argument beats the environment
+    else:
+        monkeypatch.setenv(KERNEL_ENV, "numba")
+        with pytest.raises(ImportError, match="pip install numba"):
+            cpu_kernel()

@@ -187,6 +187,11 @@ def test_decode_update_is_decode_then_numpy_update(x_dtype, block, n):
     x_ref -= lr * mean
     nbk.decode_update(s, alpha, n, lr, x_fused)
     np.testing.assert_array_equal(x_fused, x_ref)
+    x_numpy = x_ref.copy()
+    x_numba = x_ref.copy()
+    npk.Quantizer(d, 0, 0).decode_update(s, alpha, n, lr, x_numpy)  # both kernels' method
+    nbk.Quantizer(d, 0, 0).decode_update(s, alpha, n, lr, x_numba)
+    np.testing.assert_array_equal(x_numba, x_numpy)
 
 
 @pytest.mark.parametrize("x_dtype", [np.float32, np.float64])

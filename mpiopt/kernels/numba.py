@@ -393,6 +393,12 @@ class Quantizer:
             _decode_vec(sum_int, np.ascontiguousarray(alpha, dtype=np.float64), out.dtype.type(1.0 / n), out)
         return out
 
+    @staticmethod
+    def decode_update(sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, lr: float,
+                      x: np.ndarray) -> np.ndarray:
+        """x -= lr * S / (n alpha) in one pass (see :func:`decode_update`)."""
+        return decode_update(sum_int, alpha, n, lr, x)
+
 
 def decode_update(sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, lr: float,
                   x: np.ndarray) -> np.ndarray:

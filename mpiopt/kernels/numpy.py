@@ -29,7 +29,7 @@ reported through ``finite``, so the caller can stop every rank collectively.
 """
 
 import math
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import numpy as np
 
@@ -135,6 +135,7 @@ class Quantizer:
         self.sent = self.rounded
         self.max_abs = 0.0
         self.finite = True
+        self._means: Dict[np.dtype, np.ndarray] = {}
 
     def noise(self, step: int) -> np.ndarray:
         """This worker's u_j for ``step`` (a view of an internal buffer, valid until the next call).
@@ -155,8 +156,12 @@ class Quantizer:
             self._first, row = step, 0
         return buf[row]
 
-    def round(self, v: np.ndarray, alpha: Union[float, np.ndarray], step: int) -> np.ndarray:
-        """Int(alpha v) as doubles into ``self.rounded`` (no clipping); sets ``max_abs`` and ``finite``."""
+    def round(self, v: np.ndarray, alpha: Union[float, np.ndarray], step: int,
+              into: Optional[np.ndarray] = None) -> np.ndarray:
+        """Int(alpha v) as doubles into ``self.rounded`` (no clipping); sets ``max_abs`` and ``finite``.
+
+        ``into`` (the int8 wire buffer the next ``pack`` fills) lets the numba kernel write the
+        integers there in the same pass; here ``pack`` copies them, so it is accepted and not needed."""
         t = np.multiply(v, alpha, out=self.rounded, dtype=np.float64)  # in double even for float32 v
         if self.rounding == "random":
             t += self.noise(step)
@@ -205,3 +210,15 @@ class Quantizer:
         np.divide(sum_int, alpha, out=out)
         out *= 1.0 / n
         return out
+
+    def decode_update(self, sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, lr: float,
+                      x: np.ndarray) -> np.ndarray:
+        """x -= lr * S / (n alpha) in place: ``decode`` into a mean of x's dtype, then ``x -= lr * mean``
+        (IntSGD's update; the numba kernel does it in one pass with these bits)."""
+        mean = self._means.get(x.dtype)
+        if mean is None:
+            mean = self._means[x.dtype] = np.empty(x.shape, dtype=x.dtype)
+        self.decode(sum_int, alpha, n, mean)
+        mean *= x.dtype.type(lr)
+        x -= mean
+        return x

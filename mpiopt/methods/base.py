@@ -120,6 +120,14 @@ class Method:
         )
 
 
+def all_finite(a: np.ndarray) -> bool:
+    """Whether every value of ``a`` is finite: a sum is finite only if they all are (one pass, no
+    boolean temporary); only a non-finite sum, which may be an overflow, is checked value by value."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(a)
+    return bool(np.isfinite(total)) or bool(np.isfinite(a).all())
+
+
 def float_dtype(name: str) -> np.dtype:
     """The float dtype named by ``--float-dtype``."""
     if name not in ("float32", "float64"):

@@ -33,6 +33,8 @@ import numpy as np
 
 from mpiopt.comm import Communicator
 from mpiopt.errors import InputError
+from mpiopt.kernels import cpu_quantizer
+from mpiopt.methods.base import all_finite
 from mpiopt.kernels.numpy import Quantizer, float_below, int_bound
 
 INT_DTYPES = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.int64))
@@ -54,9 +56,21 @@ def _bad_option(msg: str) -> InputError:
 
 
 def quantizer(size: int, seed: int, worker: int, n_ranks: int, rounding: str = "random") -> Quantizer:
-    """The quantizer kernel every compressor uses (the numpy reference; the one place to pick another
-    kernel with the same contract)."""
-    return Quantizer(size, seed, worker, n_ranks, rounding)
+    """The quantizer every compressor uses: numba's when installed, else numpy's (``MPIOPT_KERNEL``
+    forces one; see :mod:`mpiopt.kernels`). Both give the same integers."""
+    return cpu_quantizer(size, seed, worker, n_ranks, rounding)
+
+
+def kernel_name(quant) -> str:
+    """Which kernel a quantizer is (``numba`` or ``numpy``), for the trace."""
+    return type(quant).__module__.rsplit(".", 1)[-1]
+
+
+def apply_step(x: np.ndarray, lr: float, mean: np.ndarray) -> None:
+    """x -= lr * mean in place, with ``mean`` as the scratch for the product (the bits of
+    ``x -= lr * mean``, without its temporary array)."""
+    mean *= x.dtype.type(lr)
+    x -= mean
 
 
 def worker_order(comm: Communicator, worker: int) -> List[int]:
@@ -113,6 +127,13 @@ class Compressor:
                  out_local: Optional[np.ndarray] = None) -> None:
         raise NotImplementedError
 
+    def exchange_update(self, v: np.ndarray, k: int, x: np.ndarray, lr: float, mean: np.ndarray) -> None:
+        """An SGD step with this exchange: x -= lr * mean_i C(v_i), in place, bit for bit ``exchange``
+        then ``x -= lr * mean``. ``mean`` (x's shape and dtype) is scratch. Compressors that can decode
+        straight into x override it."""
+        self.exchange(v, k, x, mean)
+        apply_step(x, lr, mean)
+
     def summary(self) -> Dict[str, Any]:
         """Statistics for the trace after the run (collective: every rank calls it)."""
         return {}
@@ -139,8 +160,8 @@ class NoCompression(Compressor):
         wire = self._wire
         np.copyto(wire, v, casting="same_kind")
         self.comm.allreduce_float(wire)
-        if not np.isfinite(wire).all():
-            self.fail(k, not bool(np.isfinite(v).all()))
+        if not all_finite(wire):
+            self.fail(k, not all_finite(v))
         np.multiply(wire, 1.0 / self.n, out=out_mean)
         if out_local is not None:
             if wire.dtype == np.float64:
@@ -312,30 +333,55 @@ class IntCompressor(Compressor):
         v64 = np.ascontiguousarray(v, dtype=np.float64)
         self.comm.allgather(v64, self._rows)
         sum_rows(self._rows, self._order, out_mean)
-        if not np.isfinite(out_mean).all():
-            self.fail(k, not bool(np.isfinite(v).all()))
+        if not all_finite(out_mean):
+            self.fail(k, not all_finite(v))
         out_mean *= 1.0 / self.n
         if out_local is not None:
             np.copyto(out_local, v)
         self.bits, self.clipped = 64 * self.dim, 0
         self.state["steps_by_wire"][0] += 1
 
-    def exchange(self, v, k, x, out_mean, out_local=None):
-        st = self.state
+    def _next_alpha(self, x: np.ndarray):
+        """This step's alpha (see ``_alpha``), remembering x as x^{k-1} for the next one."""
         alpha = self._alpha(x)
-        np.copyto(st["x_prev"], x)
-        st["have_prev"][...] = 1
+        if self.opts["alpha"] != "constant":
+            np.copyto(self.state["x_prev"], x)
+            self.state["have_prev"][...] = 1
+        return alpha
+
+    def exchange(self, v, k, x, out_mean, out_local=None):
+        alpha = self._next_alpha(x)
         if alpha is None:
             self._float_step(v, k, out_mean, out_local)
             return
-        d, n, q = self.dim, self.n, self.quant
-        q.round(v, alpha, k)
-        m = q.max_abs
+        ints = self._sum_ints(v, k, alpha, round_into_wire=out_local is None)
+        self.quant.decode(ints, alpha, self.n, out_mean)
+        if out_local is not None:
+            self.quant.decode_local(alpha, out_local)
+
+    def exchange_update(self, v, k, x, lr, mean):
+        alpha = self._next_alpha(x)
+        if alpha is None:
+            self._float_step(v, k, mean, None)
+            apply_step(x, lr, mean)
+            return
+        self.quant.decode_update(self._sum_ints(v, k, alpha, round_into_wire=True), alpha, self.n, lr, x)
+
+    def _sum_ints(self, v: np.ndarray, k: int, alpha, round_into_wire: bool) -> np.ndarray:
+        """Int(alpha v) summed over ranks (exact with ``auto``: redone in a wider dtype if a rank
+        overflowed); returns the integer sum and updates the counters. ``round_into_wire``: the
+        quantizer may round straight into an int8 wire buffer (nothing needs this rank's own values
+        afterwards, which would cost a second pass)."""
+        st, n, q = self.state, self.n, self.quant
         level = int(st["level"])
         bound = self.bounds[level]
         buf, ints, hdr = self._buffer(level)
+        q.round(v, alpha, k, into=ints if round_into_wire and ints.dtype == np.int8 else None)
+        m = q.max_abs
         clipped = q.pack(ints, bound)
-        hdr[:] = (m > bound, self.auto and level > 0 and m <= self.bounds[level - 1] // 2, not q.finite)
+        hdr[OVER] = m > bound
+        hdr[FITS_SMALLER] = self.auto and level > 0 and m <= self.bounds[level - 1] // 2
+        hdr[NON_FINITE] = not q.finite
         self.comm.allreduce_int(buf)
         if hdr[NON_FINITE] > 0:
             self.fail(k, not q.finite)
@@ -359,16 +405,14 @@ class IntCompressor(Compressor):
                     streak[...] = 0
             else:
                 st["fit_streak"][...] = 0
-        q.decode(ints, alpha, n, out_mean)
-        if out_local is not None:
-            q.decode_local(alpha, out_local)
         sent_max = min(m, self.bounds[level])
-        self.bits = info_bits_int(d, sent_max)
+        self.bits = info_bits_int(self.dim, sent_max)
         self.clipped = clipped
         st["steps_by_wire"][1 + level] += 1
         seen = st["max_abs_q"]
         if sent_max > seen:
             seen[...] = sent_max
+        return ints
 
     def summary(self):
         st = self.state
@@ -379,6 +423,7 @@ class IntCompressor(Compressor):
             "max_abs_q": float(buf[0]),
             "redone_steps": int(st["redone_steps"]),
             "wire_dtype_next": str(INT_DTYPES[int(st["level"])]),
+            "kernel": kernel_name(self.quant),
         }
 
 
@@ -444,7 +489,7 @@ class HintCompressor(Compressor):
     def summary(self):
         buf = np.array([float(self.state["max_abs_q"])])
         self.comm.allreduce_max(buf, count=False)
-        return {"wire_dtype": str(self.dtype), "max_abs_q": float(buf[0])}
+        return {"wire_dtype": str(self.dtype), "max_abs_q": float(buf[0]), "kernel": kernel_name(self.quant)}
 
 
 class _GatherCompressor(Compressor):
@@ -583,7 +628,8 @@ class QSGDCompressor(_GatherCompressor):
         scale = s / norm if finite and norm > 0 else 1.0
         if not finite:
             a[...] = 0.0
-        levels = q.round(a, scale, k)  # Int(s |v_j| / ||v||) in [0, s] (s + 1 only by a rounding slip)
+        q.round(a, scale, k)
+        levels = q.rounded  # Int(s |v_j| / ||v||) in [0, s] (s + 1 only by a rounding slip); read-only
         self.clipped = 0
         if q.max_abs > s:
             self.clipped = int(np.count_nonzero(levels > s))

@@ -135,9 +135,8 @@ class CompressedSGD(CompressedMethod):
 
     def step(self, x: np.ndarray, k: int) -> None:
         g = self.local_gradient(x, self._g)
-        self.comp.exchange(g, k, x, self._mean)
+        self.comp.exchange_update(g, k, x, self.lr, self._mean)
         self.count()
-        x -= self.lr * self._mean
 
 
 class IntSGD(CompressedSGD):

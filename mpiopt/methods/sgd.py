@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from mpiopt.methods.base import Method, float_dtype
+from mpiopt.methods.base import Method, all_finite, float_dtype
 
 
 class GD(Method):
@@ -24,10 +24,11 @@ class GD(Method):
         wire = self._wire
         wire[...] = g
         self.ctx.comm.allreduce_float(wire)
-        if not np.isfinite(wire).all():
-            self.raise_non_finite(k, not np.isfinite(g).all())
+        if not all_finite(wire):
+            self.raise_non_finite(k, not all_finite(g))
         self.info_bits += self._bits
-        x -= (self.lr / self.ctx.comm.size) * wire
+        wire *= self.lr / self.ctx.comm.size
+        x -= wire
 
 
 class SGD(GD):
