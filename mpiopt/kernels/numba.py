@@ -27,12 +27,11 @@ fall back to ``mpiopt.kernels.numpy``.
 """
 
 import math
-import struct as _struct
 from typing import Optional, Union
 
 import numpy as np
 
-from mpiopt.kernels.numpy import GOLDEN, MUL1, MUL2, ROUNDINGS, float_below, int_bound, stream_key
+from mpiopt.kernels.numpy import GOLDEN, MASK, MUL1, MUL2, ROUNDINGS, float_below, int_bound, mix64, worker_key
 
 try:
     import numba as _nb
@@ -44,8 +43,6 @@ except ImportError:  # pragma: no cover - exercised where numba is absent
 
 AVAILABLE = _nb is not None
 
-_INF_BITS = int(np.array(np.inf).view(np.int64))
-"""The bits of +inf: a masked |t| at or above them is not finite."""
 _SPEC_MAX = 127
 """The fast pass stores Int(alpha v) as int8, exact while max |Int| <= 127."""
 
@@ -83,10 +80,21 @@ if AVAILABLE:
 
         return _types.int64(_types.float64), codegen
 
+    @_intrinsic
+    def _from_bits(typingctx, b):
+        """The double whose IEEE bits are the int64 ``b`` (the inverse of _bits)."""
+        if b != _types.int64:
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(args[0], _ir.DoubleType())
+
+        return _types.float64(_types.int64), codegen
+
     @_jit
     def _round_fast(v, alpha, alpha_vec, key, random, out):
-        """Int(alpha v) clamped to +-127 into int8 ``out``; returns the bits of max |Int| (exact,
-        as _bits; >= _INF_BITS when some coordinate is not finite, whose ``out`` is then garbage)."""
+        """Int(alpha v) clamped to +-127 into int8 ``out``; returns max |Int| (exact; inf or NaN
+        when some coordinate is not finite, whose ``out`` is then garbage)."""
         mx = np.int64(0)
         n = v.shape[0]
         if alpha_vec.shape[0] == 0:
@@ -111,7 +119,7 @@ if AVAILABLE:
                     t = np.rint(np.float64(v[j]) * alpha_vec[j])
                     mx = max(mx, _bits(t) & _ABS)
                     out[j] = np.int64(min(max(t, -127.0), 127.0))
-        return mx
+        return _from_bits(mx)
 
     @_jit
     def _round_exact(v, alpha, alpha_vec, key, random, out):
@@ -265,6 +273,8 @@ class Quantizer:
         if rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
         self.size, self.seed, self.worker, self.n_ranks, self.rounding = size, seed, worker, n_ranks, rounding
+        self._worker_key = worker_key(seed, worker)
+        self._checked_into: Optional[np.ndarray] = None
         self._spec = np.zeros(size, dtype=np.int8)
         self._wide: Optional[np.ndarray] = None
         self._src = self._spec
@@ -280,8 +290,12 @@ class Quantizer:
 
     def noise(self, step: int) -> np.ndarray:
         """This worker's u_j for ``step`` (a view of an internal buffer, overwritten by the next call)."""
-        _noise(np.uint64(stream_key(self.seed, self.worker, step)), self.noise_buf)
+        _noise(self._key(step), self.noise_buf)
         return self.noise_buf
+
+    def _key(self, step: int) -> np.uint64:
+        """key(seed, worker, step) of the noise formula (= ``stream_key``; the worker's part cached)."""
+        return np.uint64(mix64(self._worker_key + (step & MASK) + GOLDEN))
 
     def round(self, v: np.ndarray, alpha: Union[float, np.ndarray], step: int,
               into: Optional[np.ndarray] = None) -> "Quantizer":
@@ -296,19 +310,19 @@ class Quantizer:
         from v, so v must stay unchanged until then (the numpy kernel has no such condition)."""
         if v.shape != (self.size,):
             raise ValueError(f"v must have shape ({self.size},), got {v.shape}")
-        if into is not None and (into.dtype != np.int8 or into.shape != (self.size,)
-                                 or not into.flags.c_contiguous):
-            raise ValueError(f"into must be a contiguous int8 array of shape ({self.size},), got "
-                             f"{into.dtype} {into.shape}")
+        if into is not None and into is not self._checked_into:
+            if into.dtype != np.int8 or into.shape != (self.size,) or not into.flags.c_contiguous:
+                raise ValueError(f"into must be a contiguous int8 array of shape ({self.size},), got "
+                                 f"{into.dtype} {into.shape}")
+            self._checked_into = into
         a, avec = (float(alpha), _EMPTY) if isinstance(alpha, float) else _alpha_args(alpha, self.size)
-        key = np.uint64(stream_key(self.seed, self.worker, step))
+        key = self._key(step)
         random = self.rounding == "random"
         target = self._spec if into is None else into
-        bits = int(_round_fast(v, a, avec, key, random, target))
+        mx = float(_round_fast(v, a, avec, key, random, target))
         self._rounded_ok = self._sent_ok = False
         self._sent_bound = float("inf")
         self._pending = None
-        mx = _struct.unpack("<d", _struct.pack("<q", bits))[0] if bits < _INF_BITS else np.inf
         if mx <= _SPEC_MAX:
             self._src, self.max_abs, self.finite = target, mx, True
             if into is not None:
@@ -341,8 +355,7 @@ class Quantizer:
         self._sent_ok = False
         if self.max_abs <= bound:
             self._sent_bound = float("inf")
-            if (self._pending is not None and self._into_fresh and out.dtype == np.int8
-                    and out.__array_interface__["data"][0] == self._src.__array_interface__["data"][0]):
+            if self._pending is not None and self._into_fresh and out is self._src:
                 self._into_fresh = False
                 return 0  # round(into=out) has just written exactly these values there
             np.copyto(out, self._exact(), casting="unsafe")
@@ -408,7 +421,7 @@ def decode_update(sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, 
     if x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
         raise ValueError(f"x must be a contiguous float32 or float64 array, got {x.dtype}")
     lr_t = x.dtype.type(lr)
-    if np.ndim(alpha) == 0:
+    if isinstance(alpha, float) or np.ndim(alpha) == 0:
         c = n * float(alpha)
         _decode_update_scalar(sum_int, c, 1.0 / c, _may_multiply(sum_int, c, x), lr_t, x)
     else:

@@ -383,10 +383,11 @@ class IntCompressor(Compressor):
         hdr[FITS_SMALLER] = self.auto and level > 0 and m <= self.bounds[level - 1] // 2
         hdr[NON_FINITE] = not q.finite
         self.comm.allreduce_int(buf)
-        if hdr[NON_FINITE] > 0:
+        summed = hdr.tolist()
+        if summed[NON_FINITE] > 0:
             self.fail(k, not q.finite)
         if self.auto:
-            if hdr[OVER] > 0:
+            if summed[OVER] > 0:
                 self._max[0] = m
                 big = float(self.comm.allreduce_max(self._max)[0])
                 fits = [lv for lv, b in enumerate(self.bounds) if big <= b]
@@ -397,7 +398,7 @@ class IntCompressor(Compressor):
                 st["redone_steps"] += 1
                 st["level"][...] = level
                 st["fit_streak"][...] = 0
-            elif hdr[FITS_SMALLER] == n:
+            elif summed[FITS_SMALLER] == n:
                 streak = st["fit_streak"]
                 streak += 1
                 if streak >= SHRINK_AFTER:
