@@ -103,6 +103,25 @@ def test_reversed_rank_order_gives_bit_identical_iterates(trajectories):
         assert a[rev]["wire"] == a[key]["wire"] and a[rev]["same_on_all_ranks"], key
 
 
+def test_ranks_compiling_the_numba_kernel_at_once_into_an_empty_cache_agree_with_numpy(a5a_for, tmp_path):
+    """Every rank compiles the kernel on first use and writes numba's cache: 4 ranks doing it at the
+    same time into an empty cache run, and give the numpy kernel's iterates bit for bit."""
+    pytest.importorskip("numba")
+    data = a5a_for(4)
+    traces = {}
+    for kernel in ("numba", "numpy"):
+        out = tmp_path / f"{kernel}.json"
+        env = {KERNEL_ENV: kernel, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+        res = run_mpi(4, ["run", "--data", data, "--method", "intsgd", "--iters", 60, "--batch", 16,
+                          "--log-every", 20, "--no-progress", "--out", out], env=env)
+        assert res.returncode == 0, res.stderr
+        traces[kernel] = json.loads(out.read_text())
+    assert any((tmp_path / "numba-cache").rglob("*.nbi"))  # the cache was written
+    assert traces["numba"]["wire"]["kernel"] == "numba" and traces["numpy"]["wire"]["kernel"] == "numpy"
+    assert traces["numba"]["x_final"] == traces["numpy"]["x_final"]
+    assert traces["numba"]["history"]["loss"] == traces["numpy"]["history"]["loss"]
+
+
 def test_auto_wire_dtype_in_trajectories(trajectories):
     a, _ = trajectories
     assert a["vr-intdiana|plain"]["wire"]["steps_by_wire"] == {"float64": 1, "int8": 99}
