@@ -1,12 +1,14 @@
 """The IntSGD paper's convex experiment: l2-logistic regression over 12 ranks, heterogeneous shards.
 
 For each dataset (a5a, mushrooms, w8a by default) this preprocesses the LIBSVM file from a local
-folder into ``data/<dataset>-<R>`` (git-ignored), runs every method for several seeds with ``mpiexec -n R mpiopt run --tol 1e-8``, writes each
-trace under ``benchmarks/results/convex/<dataset>/``, one figure per dataset (PNG and PDF) and a
-markdown and JSON summary beside the traces: iterations and bytes per rank to reach the tolerance (or the best reached), final
-error, seconds.
+folder into ``data/<dataset>-<R>`` (git-ignored), runs every method for several seeds with
+``mpiexec -n R mpiopt run --tol 1e-8 --label <method label>``, writes each trace under
+``benchmarks/results/convex/<dataset>/``, one figure per dataset (PNG and PDF) and a markdown and
+JSON summary beside the traces: iterations and bytes per rank to reach the tolerance (or the best
+reached), final error, seconds.
 
-    python benchmarks/convex.py [--datasets a5a mushrooms w8a] [--ranks 12] [--seeds 3]
+    python benchmarks/convex.py [--datasets a5a mushrooms w8a] [--ranks 12] [--seeds 3] [--iters 6000]
+    python benchmarks/convex.py --datasets w8a --no-run     # summaries and figures from the traces there
 """
 
 import argparse
@@ -14,7 +16,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,17 +63,23 @@ def default_batch(shards: Path) -> int:
     return max(1, meta["n_samples"] // meta["n_workers"] // 20)
 
 
-def run_one(shards: Path, ranks: int, method: str, extra, seed: int, batch: int, args, trace: Path) -> dict:
+def run_one(shards: Path, ranks: int, label: str, method: str, extra, seed: int, batch: int, args,
+            trace: Path) -> dict:
     cmd = [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "mpiopt", "run", "--data", str(shards),
            "--method", method, *extra, "--iters", str(args.iters), "--tol", str(args.tol), "--batch", str(batch),
-           "--seed", str(seed), "--log-every", str(args.log_every), "--no-progress", "--out", str(trace)]
-    t0 = time.perf_counter()
+           "--seed", str(seed), "--log-every", str(args.log_every), "--no-progress", "--label", label,
+           "--out", str(trace)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env())
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)}\nfailed with exit code {res.returncode}:\n{res.stderr}")
-    record = json.loads(trace.read_text())
-    record["_wall"] = time.perf_counter() - t0
-    return record
+    return json.loads(trace.read_text())
+
+
+def stored(trace: Path) -> dict:
+    """A trace an earlier run wrote (``--no-run``)."""
+    if not trace.exists():
+        raise SystemExit(f"benchmarks/convex.py --no-run: {trace} is missing; run without --no-run first")
+    return json.loads(trace.read_text())
 
 
 def reached(record: dict, tol: float):
@@ -115,7 +122,7 @@ def markdown(dataset: str, rows, tol: float, ranks: int, batch: int, seeds: int)
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=["a5a", "mushrooms", "w8a"])
     p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "libsvm",
@@ -128,23 +135,33 @@ def main() -> int:
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--methods", nargs="+", help="labels to run (default: all)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "convex")
-    args = p.parse_args()
-    if not args.data_dir.is_dir():
+    p.add_argument("--shards-dir", type=Path, default=REPO / "data",
+                   help="where the preprocessed shards are kept (default data/, git-ignored)")
+    p.add_argument("--no-run", action="store_true",
+                   help="run nothing: rebuild the summaries and figures from the traces under --out")
+    args = p.parse_args(argv)
+    if not args.no_run and not args.data_dir.is_dir():
         print(f"benchmarks/convex.py: no LIBSVM folder at {args.data_dir}; pass --data-dir", file=sys.stderr)
         return 2
     chosen = [m for m in METHODS if not args.methods or m[0] in args.methods]
     for dataset in args.datasets:
-        shards = shards_for(dataset, args.ranks, args.data_dir, REPO / "data")
-        batch = args.batch or default_batch(shards)
         folder = args.out / dataset
         folder.mkdir(parents=True, exist_ok=True)
-        rows, traces = [], []
+        if args.no_run:
+            first = stored(folder / f"{chosen[0][0]}-seed0.json")
+            batch, args.iters = first["config"]["batch"], first["config"]["iters"]
+        else:
+            shards = shards_for(dataset, args.ranks, args.data_dir, args.shards_dir)
+            batch = args.batch or default_batch(shards)
+        rows, traces, labels = [], [], {}
         for label, method, extra in chosen:
             records = []
             for seed in range(args.seeds):
                 trace = folder / f"{label}-seed{seed}.json"
-                records.append(run_one(shards, args.ranks, method, extra, seed, batch, args, trace))
+                records.append(stored(trace) if args.no_run else
+                               run_one(shards, args.ranks, label, method, extra, seed, batch, args, trace))
                 traces.append(str(trace))
+                labels[str(trace)] = label
             rows.append(summarize(label, records, args.tol))
             r = rows[-1]
             print(f"{dataset:10s} {label:13s} reached {r['reached']} iters={r['iterations']} "
@@ -155,7 +172,7 @@ def main() -> int:
             {"dataset": dataset, "ranks": args.ranks, "seeds": args.seeds, "tol": args.tol, "iters": args.iters,
              "batch": batch, "methods": rows}, indent=1))
         for suffix in ("png", "pdf"):
-            plot_traces(traces, str(args.out / f"{dataset}.{suffix}"),
+            plot_traces(traces, str(args.out / f"{dataset}.{suffix}"), labels=labels,
                         title=f"{dataset}: l2-logistic regression, {args.ranks} ranks, batch {batch}/rank")
         print(report, flush=True)
     return 0

@@ -1,13 +1,15 @@
 """Convergence figures from trace files: error against iterations, bits on the wire, and seconds.
 
 Traces that differ only in their seed form one line: the median over seeds with a min-max band.
+A line is labelled with the trace's ``label`` (``mpiopt run --label``) when it has one, else with
+the method and the options that tell it apart from the other lines of that method.
 The error axis is f - f* when every trace knows f*, else ||x - x*||^2, else ||grad f||^2.
 """
 
 import json
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -17,8 +19,9 @@ ERROR_COLUMNS = (("f_gap", "f(x) - f*"), ("dist_sq", "||x - x*||²"), ("grad_nor
 X_AXES = (("iteration", "iterations", 1.0), ("wire_bytes", "bits sent per rank", 8.0), ("seconds", "seconds", 1.0))
 
 
-def load_traces(paths: Sequence[str]) -> List[Dict]:
-    """Read trace JSON files; a missing or malformed file is an InputError naming it."""
+def load_traces(paths: Sequence[str], labels: Optional[Dict[str, str]] = None) -> List[Dict]:
+    """Read trace JSON files; a missing or malformed file is an InputError naming it. ``labels`` maps
+    a path to its line's label, over the trace's own ``label``."""
     traces = []
     for path in paths:
         try:
@@ -31,6 +34,8 @@ def load_traces(paths: Sequence[str]) -> List[Dict]:
         if not isinstance(trace, dict) or "history" not in trace or "method" not in trace:
             raise InputError(f"{path}: no 'history'/'method' keys; is this a trace written by 'mpiopt run'?")
         trace["_path"] = str(path)
+        if labels and str(path) in labels:
+            trace["label"] = labels[str(path)]
         traces.append(trace)
     return traces
 
@@ -40,14 +45,16 @@ def group_by_config(traces: List[Dict]) -> "OrderedDict[str, List[Dict]]":
     groups: "OrderedDict[str, List[Dict]]" = OrderedDict()
     for trace in traces:
         config = {k: v for k, v in trace.get("config", {}).items() if k != "seed" and v is not None}
-        key = json.dumps([trace["method"], trace.get("dataset"), trace.get("n_ranks"), config], sort_keys=True)
+        key = json.dumps([trace.get("label"), trace["method"], trace.get("dataset"), trace.get("n_ranks"), config],
+                         sort_keys=True)
         groups.setdefault(key, []).append(trace)
     labels = OrderedDict()
-    methods = [g[0]["method"] for g in groups.values()]
+    unlabelled = [g[0] for g in groups.values() if not g[0].get("label")]
+    methods = [t["method"] for t in unlabelled]
     for key, members in groups.items():
-        label = members[0]["method"]
-        if methods.count(label) > 1:
-            label += " " + _distinguishing_options(members[0], [g[0] for g in groups.values()])
+        label = members[0].get("label") or members[0]["method"]
+        if not members[0].get("label") and methods.count(label) > 1:
+            label += " " + _distinguishing_options(members[0], unlabelled)
         labels[label if label not in labels else f"{label} ({len(labels)})"] = members
     return labels
 
@@ -77,14 +84,16 @@ def _stack(members: List[Dict], column: str, scale: float) -> np.ndarray:
     return np.array(rows, dtype=float)
 
 
-def plot_traces(paths: Sequence[str], out: str, title: str = "") -> Path:
-    """Draw the three panels for the traces in ``paths`` and save to ``out`` (format from its suffix)."""
+def plot_traces(paths: Sequence[str], out: str, title: str = "",
+                labels: Optional[Dict[str, str]] = None) -> Path:
+    """Draw the three panels for the traces in ``paths`` and save to ``out`` (format from its suffix);
+    ``labels`` as for :func:`load_traces`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    traces = load_traces(paths)
+    traces = load_traces(paths, labels)
     groups = group_by_config(traces)
     column, ylabel = error_column(traces)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), constrained_layout=True)

@@ -58,6 +58,27 @@ def test_allreduce_step_writes_the_contracted_json(tmp_path):
     assert "vs sgd f32" in proc.stdout  # the ratio table
 
 
+def test_convex_benchmark_writes_traces_summary_and_figures_and_rebuilds_them(libsvm_dir, tmp_path):
+    _mpiexec_or_skip()
+    out = tmp_path / "convex"
+    common = ["--datasets", "a5a", "--data-dir", libsvm_dir, "--ranks", 2, "--seeds", 2, "--iters", 60,
+              "--methods", "vr-intdiana", "l-svrg", "--out", out, "--shards-dir", tmp_path / "shards"]
+    proc = _run([BENCH / "convex.py", *common])
+    assert "| vr-intdiana |" in proc.stdout and "| l-svrg |" in proc.stdout
+    summary = json.loads((out / "a5a" / "summary.json").read_text())
+    assert [m["method"] for m in summary["methods"]] == ["vr-intdiana", "l-svrg"]
+    trace = json.loads((out / "a5a" / "vr-intdiana-seed1.json").read_text())
+    assert summary["iters"] == 60 and summary["seeds"] == 2 and summary["batch"] == trace["config"]["batch"] == 160
+    assert trace["label"] == "vr-intdiana" and trace["n_ranks"] == 2 and trace["config"]["iters"] == 60
+    assert trace["wire"]["steps_by_wire"]["int8"] == 59  # the first step sends floats
+    for suffix in ("png", "pdf"):
+        (out / f"a5a.{suffix}").unlink()
+    md = (out / "a5a" / "summary.md").read_text()
+    _run([BENCH / "convex.py", *common, "--no-run"])
+    assert (out / "a5a.png").stat().st_size > 10_000 and (out / "a5a.pdf").exists()
+    assert (out / "a5a" / "summary.md").read_text() == md
+
+
 def test_readme_sections_are_generated_from_json(tmp_path):
     step = {"machine": {"date": "now", "cpu": "cpu", "cores": 2, "loadavg": [0.1, 0.2, 0.3]},
             "results": [{"method": m, "dtype": dt, "dim": 1000, "ranks": 2, "net": "shm", "seconds_per_step": s,

@@ -65,3 +65,27 @@ def test_a_missing_option_and_a_null_one_are_the_same_config(traces, tmp_path):
     loaded = load_traces(traces[:2])
     loaded[1]["config"]["block_starts"] = None
     assert [len(m) for m in group_by_config(loaded).values()] == [2]
+
+
+def test_a_trace_label_names_its_line_and_keeps_seed_bands(traces):
+    loaded = load_traces(traces)
+    for trace in loaded[:3]:
+        trace["label"] = "my sgd"
+    loaded[3]["label"] = "my gd"
+    groups = group_by_config(loaded)
+    assert {label: len(members) for label, members in groups.items()} == {"my sgd": 3, "my gd": 1}
+
+
+def test_same_method_lines_are_told_apart_by_their_options_unless_labelled(traces):
+    loaded = load_traces(traces[:2])
+    loaded[1]["config"]["lr"] = 0.25
+    assert set(group_by_config(loaded)) == {f"sgd (lr={loaded[0]['config']['lr']:.3g})", "sgd (lr=0.25)"}
+    loaded[1]["label"] = "sgd, big steps"
+    assert set(group_by_config(loaded)) == {"sgd", "sgd, big steps"}
+
+
+def test_labels_given_by_path_override_the_traces(traces, tmp_path):
+    loaded = load_traces(traces, labels={traces[3]: "full gradient"})
+    assert list(group_by_config(loaded)) == ["sgd", "full gradient"]
+    out = plot_traces(traces, str(tmp_path / "fig.png"), labels={traces[3]: "full gradient"})
+    assert out.stat().st_size > 10_000

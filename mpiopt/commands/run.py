@@ -66,6 +66,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="TRACE.json", help="where rank 0 writes the trace")
     p.add_argument("--log-every", type=int, metavar="K", help="evaluate f and ||grad f|| every K iterations")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on rank 0")
+    p.add_argument("--label", metavar="TEXT",
+                   help="this run's name in 'mpiopt plot' legends (default: the method and the options that tell "
+                        "it apart)")
     p.add_argument("--checkpoint-every", type=int, metavar="K", help="save every rank's state every K iterations")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="where checkpoints go (default: TRACE.json.ckpt)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint, if any")
@@ -128,6 +131,8 @@ def handle(args: argparse.Namespace) -> int:
         checkpoint_dir = args.checkpoint_dir or (str(out) + ".ckpt" if args.checkpoint_every else None)
         header = {"problem": "logistic", "dataset": meta["dataset"], "data_dir": str(args.data),
                   "meta": {k: meta[k] for k in ("n_samples", "n_features", "l2", "L", "f_star") if k in meta}}
+        if args.label:
+            header["label"] = args.label
         try:
             res = minimize(problem, args.method, comm, iters=args.iters, tol=args.tol, lr=args.lr,
                            batch=args.batch, seed=args.seed, x_star=meta.get("x_star"), f_star=meta.get("f_star"),

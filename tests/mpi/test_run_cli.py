@@ -55,10 +55,11 @@ def test_same_seed_gives_bit_identical_traces(a5a_for, tmp_path):
 def test_tol_stops_on_distance_to_x_star(a5a_for, tmp_path):
     out = tmp_path / "gd.json"
     res = run_mpi(2, ["run", "--data", a5a_for(2), "--method", "gd", "--iters", 5000, "--tol", 1e-6,
-                      "--no-progress", "--out", out])
+                      "--no-progress", "--label", "GD, theory step", "--out", out])
     assert res.returncode == 0, res.stderr
     trace = json.loads(out.read_text())
     assert trace["status"] == "converged" and trace["history"]["dist_sq"][-1] <= 1e-6 < trace["history"]["dist_sq"][-2]
+    assert trace["label"] == "GD, theory step"  # the legend of 'mpiopt plot'
 
 
 def test_wrong_rank_count_is_caught_before_any_iteration(a5a_for, tmp_path):
