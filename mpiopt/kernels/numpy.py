@@ -111,7 +111,8 @@ class Quantizer:
     max_j |Int(alpha v)_j| before clipping, ``finite`` whether v was finite, and ``sent`` (float64)
     the values actually written, so that ``decode_local`` gives this worker's own C(v) = sent / alpha.
     ``pack(out, bound)`` re-casts the same rounded values into another buffer (a wider dtype) without
-    drawing new noise. ``decode(sum_int, alpha, n, out)`` is S / (n alpha).
+    drawing new noise. ``decode(sum_int, alpha, n, out)`` is S / (n alpha), and
+    ``decode_update(sum_int, alpha, n, lr, x)`` IntSGD's x -= lr * S / (n alpha).
     """
 
     def __init__(self, size: int, seed: int, worker: int, n_ranks: int = 1, rounding: str = "random"):
