@@ -34,8 +34,8 @@ import numpy as np
 from mpiopt.comm import Communicator
 from mpiopt.errors import InputError
 from mpiopt.kernels import cpu_quantizer
-from mpiopt.methods.base import all_finite
 from mpiopt.kernels.numpy import Quantizer, float_below, int_bound
+from mpiopt.methods.base import all_finite
 
 INT_DTYPES = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.int64))
 WIRE_DTYPES = ("int8", "int16", "int32", "int64", "auto")
