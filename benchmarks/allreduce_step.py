@@ -1,7 +1,7 @@
 """Seconds per optimizer step: IntSGD (integers on the wire) vs float SGD vs the raw Allreduce alone.
 
-    python benchmarks/allreduce_step.py --dims 1e5 1e6 1e7 --ranks 2 4 --net shm --json benchmarks/results/allreduce_step_shm.json
-    python benchmarks/allreduce_step.py --dims 1e6 1e7 --ranks 4 --net 1gbit --json benchmarks/results/allreduce_step_1gbit.json
+    python benchmarks/allreduce_step.py --dims 1e5 2e5 5e5 1e6 1e7 --ranks 2 4 --net shm --json benchmarks/results/allreduce_step_shm.json
+    python benchmarks/allreduce_step.py --dims 1e5 1e6 1e7 --ranks 4 --net 1gbit --json benchmarks/results/allreduce_step_1gbit.json
     python benchmarks/allreduce_step.py --readme    # rewrite this script's section of benchmarks/README.md from the JSON
 
 It launches ``mpiexec`` itself. ``--net shm`` is a plain ``mpiexec -n R`` on this machine (MPICH moves
