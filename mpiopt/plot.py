@@ -1,6 +1,7 @@
 """Convergence figures from trace files: error against iterations, bits on the wire, and seconds.
 
 Traces that differ only in their seed form one line: the median over seeds with a min-max band.
+Lines are drawn in reverse order, so the first configuration given is on top of any it coincides with.
 A line is labelled with the trace's ``label`` (``mpiopt run --label``) when it has one, else with
 the method and the options that tell it apart from the other lines of that method.
 The error axis is f - f* when every trace knows f*, else ||x - x*||^2, else ||grad f||^2.
@@ -84,10 +85,9 @@ def _stack(members: List[Dict], column: str, scale: float) -> np.ndarray:
     return np.array(rows, dtype=float)
 
 
-def plot_traces(paths: Sequence[str], out: str, title: str = "",
-                labels: Optional[Dict[str, str]] = None) -> Path:
-    """Draw the three panels for the traces in ``paths`` and save to ``out`` (format from its suffix);
-    ``labels`` as for :func:`load_traces`."""
+def convergence_figure(paths: Sequence[str], title: str = "", labels: Optional[Dict[str, str]] = None):
+    """The three panels (error against iterations, bits sent per rank, seconds) for the traces in
+    ``paths``, as a matplotlib Figure to adjust or save; ``labels`` as for :func:`load_traces`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,11 +104,14 @@ def plot_traces(paths: Sequence[str], out: str, title: str = "",
         err[err <= 0] = np.nan
         med = np.nanmedian(err, axis=0)
         seeds = f" ({len(members)} seeds)" if len(members) > 1 else ""
+        on_top = 2 + len(groups) - i  # the first configuration is drawn last, over lines that coincide with it
         for ax, (xcol, _, scale) in zip(axes, X_AXES):
             xs = np.nanmedian(_stack(members, xcol, scale), axis=0)
-            line, = ax.plot(xs, med, styles[(i // 10) % 4], color=colors(i % 20), lw=1.6, label=label + seeds)
+            line, = ax.plot(xs, med, styles[(i // 10) % 4], color=colors(i % 20), lw=1.6, label=label + seeds,
+                            zorder=on_top)
             if len(members) > 1:
-                ax.fill_between(xs, np.nanmin(err, axis=0), np.nanmax(err, axis=0), color=line.get_color(), alpha=0.2)
+                ax.fill_between(xs, np.nanmin(err, axis=0), np.nanmax(err, axis=0), color=line.get_color(), alpha=0.2,
+                                zorder=on_top)
     for ax, (_, xlabel, _) in zip(axes, X_AXES):
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
@@ -118,6 +121,15 @@ def plot_traces(paths: Sequence[str], out: str, title: str = "",
     first = traces[0]
     axes[0].set_title(title or f"{first.get('dataset', '')}, {first.get('n_ranks', '?')} ranks")
     axes[2].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=9, frameon=False)
+    return fig
+
+
+def plot_traces(paths: Sequence[str], out: str, title: str = "",
+                labels: Optional[Dict[str, str]] = None) -> Path:
+    """Draw :func:`convergence_figure` and save it to ``out`` (format from its suffix)."""
+    import matplotlib.pyplot as plt
+
+    fig = convergence_figure(paths, title, labels)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -10,7 +10,7 @@ from sklearn.datasets import load_breast_cancer
 
 import mpiopt
 from mpiopt.errors import InputError
-from mpiopt.plot import error_column, group_by_config, load_traces, plot_traces
+from mpiopt.plot import convergence_figure, error_column, group_by_config, load_traces, plot_traces
 from mpiopt.problems import LogisticProblem
 
 
@@ -89,3 +89,18 @@ def test_labels_given_by_path_override_the_traces(traces, tmp_path):
     assert list(group_by_config(loaded)) == ["sgd", "full gradient"]
     out = plot_traces(traces, str(tmp_path / "fig.png"), labels={traces[3]: "full gradient"})
     assert out.stat().st_size > 10_000
+
+
+def test_the_first_configuration_is_drawn_over_the_others(traces):
+    """A method whose line coincides with a later one's (equal iterations) stays visible."""
+    import matplotlib.pyplot as plt
+
+    fig = convergence_figure(traces)
+    try:
+        for ax in fig.axes:
+            lines = {line.get_label(): line.get_zorder() for line in ax.get_lines()}
+            assert lines["sgd (3 seeds)"] > lines["gd"]
+        assert [t.get_text() for t in fig.axes[2].get_legend().get_texts()] == ["sgd (3 seeds)", "gd"]
+        assert [ax.get_xlabel() for ax in fig.axes[:3]] == ["iterations", "bits sent per rank", "seconds"]
+    finally:
+        plt.close(fig)
