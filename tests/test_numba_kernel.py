@@ -254,3 +254,36 @@ def test_into_must_be_an_int8_buffer_of_the_right_size():
     b = nbk.Quantizer(10, 0, 0)
     with pytest.raises(ValueError, match="into"):
         b.round(np.zeros(10), 1.0, 0, into=np.zeros(10, dtype=np.int16))
+
+
+@pytest.mark.parametrize("x_dtype", [np.float32, np.float64])
+def test_step_squares_are_numpys_and_remember_x(x_dtype):
+    """Adaptive alpha's (x^k - x^{k-1})^2 in one pass: numpy's subtract-then-square bits, x_prev <- x."""
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal(5001) * 10.0 ** rng.integers(-8, 8, 5001)).astype(x_dtype)
+    prev = rng.standard_normal(5001)
+    prev_np, prev_nb = prev.copy(), prev.copy()
+    sq_np, sq_nb = np.empty(5001), np.empty(5001)
+    npk.Quantizer.step_squares(x, prev_np, sq_np)
+    nbk.Quantizer.step_squares(x, prev_nb, sq_nb)
+    np.testing.assert_array_equal(sq_nb, sq_np)
+    np.testing.assert_array_equal(sq_np, (x.astype(np.float64) - prev) ** 2)
+    np.testing.assert_array_equal(prev_nb, x)
+    np.testing.assert_array_equal(prev_np, x)
+
+
+@pytest.mark.parametrize("x_dtype", [np.float32, np.float64])
+def test_step_squares_sum_has_numpys_pairwise_bits_at_every_length(x_dtype):
+    """The one-pass ||x - x_prev||^2 of adaptive alpha adds in numpy's pairwise order, so alpha -- and
+    every iterate -- is the same with either kernel (lengths around the 8-unroll and 128-block edges)."""
+    rng = np.random.default_rng(9)
+    sizes = list(range(0, 300)) + [1023, 1024, 1025, 4097, 100_003, (1 << 17) + 1, (1 << 20) + 7]
+    for n in sizes:
+        x = (rng.standard_normal(n) * 10.0 ** rng.integers(-6, 6, n)).astype(x_dtype)
+        prev = rng.standard_normal(n)
+        prev_np, prev_nb = prev.copy(), prev.copy()
+        ref = npk.Quantizer(n, 0, 0).step_squares_sum(x, prev_np)
+        got = nbk.Quantizer(n, 0, 0).step_squares_sum(x, prev_nb)  # scratch path below 2^17, one pass above
+        assert got == ref, n
+        assert ref == float(((x.astype(np.float64) - prev) ** 2).sum())
+        np.testing.assert_array_equal(prev_nb, x)

@@ -1,7 +1,7 @@
 """The numba quantizer kernel (optional dependency ``numba``): ``mpiopt.kernels.numpy``'s contract, fused.
 
 ``Quantizer`` here has the numpy Quantizer's interface (``round``, ``pack``, ``encode``, ``decode``,
-``decode_local``, ``decode_update``, ``noise``, and ``max_abs``, ``finite``, ``rounded``, ``sent``)
+``decode_local``, ``decode_update``, ``step_squares``, ``step_squares_sum``, ``noise``, and ``max_abs``, ``finite``, ``rounded``, ``sent``)
 and gives the same integers, bit for bit, for the same (seed, worker, step, coordinate): the
 SplitMix64 noise, the double product alpha * v (never contracted into an FMA: numba compiles
 without fast-math), the addition of u and the floor (or rint) are the formula of
@@ -45,6 +45,8 @@ except ImportError:  # pragma: no cover - exercised where numba is absent
 
 AVAILABLE = _nb is not None
 
+_SCRATCH_SUM_MAX = 1 << 17
+"""Up to this length (1 MiB of float64 squares) ``step_squares_sum`` squares into a scratch, then sums."""
 _SPEC_MAX = 127
 """The fast pass stores Int(alpha v) as int8, exact while max |Int| <= 127."""
 
@@ -216,6 +218,61 @@ if AVAILABLE:
             x[j] = x[j] - lr * m
 
     @_jit
+    def _step_squares(x, x_prev, out):
+        """out = (x - x_prev)^2 (in double, as numpy's subtract then multiply) and x_prev = x, one pass."""
+        for j in range(x.shape[0]):
+            t = np.float64(x[j]) - x_prev[j]
+            out[j] = t * t
+            x_prev[j] = x[j]
+
+    @_jit
+    def _sq(x, x_prev, j):
+        """(x_j - x_prev_j)^2 in double, then x_prev_j = x_j."""
+        t = np.float64(x[j]) - x_prev[j]
+        x_prev[j] = x[j]
+        return t * t
+
+    @_jit
+    def _pairwise_step_squares(x, x_prev, lo, n):
+        """sum of (x_j - x_prev_j)^2 over j in [lo, lo + n), added in numpy's pairwise order (its
+        ``add.reduce`` of a contiguous float64 array: blocks of at most 128 in 8 interleaved partial
+        sums, halves split at multiples of 8), so the sum has numpy's bits; x_prev_j = x_j on the way."""
+        if n < 8:
+            res = -0.0
+            for j in range(lo, lo + n):
+                res += _sq(x, x_prev, j)
+            return res
+        if n <= 128:
+            r0 = _sq(x, x_prev, lo)
+            r1 = _sq(x, x_prev, lo + 1)
+            r2 = _sq(x, x_prev, lo + 2)
+            r3 = _sq(x, x_prev, lo + 3)
+            r4 = _sq(x, x_prev, lo + 4)
+            r5 = _sq(x, x_prev, lo + 5)
+            r6 = _sq(x, x_prev, lo + 6)
+            r7 = _sq(x, x_prev, lo + 7)
+            i = lo + 8
+            end8 = lo + n - n % 8
+            while i < end8:
+                r0 += _sq(x, x_prev, i)
+                r1 += _sq(x, x_prev, i + 1)
+                r2 += _sq(x, x_prev, i + 2)
+                r3 += _sq(x, x_prev, i + 3)
+                r4 += _sq(x, x_prev, i + 4)
+                r5 += _sq(x, x_prev, i + 5)
+                r6 += _sq(x, x_prev, i + 6)
+                r7 += _sq(x, x_prev, i + 7)
+                i += 8
+            res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+            while i < lo + n:
+                res += _sq(x, x_prev, i)
+                i += 1
+            return res
+        half = n // 2
+        half -= half % 8
+        return _pairwise_step_squares(x, x_prev, lo, half) + _pairwise_step_squares(x, x_prev, lo + half, n - half)
+
+    @_jit
     def _materialize(src, bound, out):
         b = np.float64(bound)
         for j in range(src.shape[0]):
@@ -277,6 +334,7 @@ class Quantizer:
         self.size, self.seed, self.worker, self.n_ranks, self.rounding = size, seed, worker, n_ranks, rounding
         self._worker_key = worker_key(seed, worker)
         self._checked_into: Optional[np.ndarray] = None
+        self._squares: Optional[np.ndarray] = None
         self._spec = np.zeros(size, dtype=np.int8)
         self._wide: Optional[np.ndarray] = None
         self._src = self._spec
@@ -407,6 +465,26 @@ class Quantizer:
         else:
             _decode_vec(sum_int, np.ascontiguousarray(alpha, dtype=np.float64), out.dtype.type(1.0 / n), out)
         return out
+
+    @staticmethod
+    def step_squares(x: np.ndarray, x_prev: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out = (x - x_prev)^2 and x_prev <- x in one pass: the numpy kernel's bits (float64
+        ``x_prev`` and ``out``; x float32 or float64)."""
+        _step_squares(x, x_prev, out)
+        return out
+
+    def step_squares_sum(self, x: np.ndarray, x_prev: np.ndarray) -> float:
+        """||x - x_prev||^2 with the bits of ``step_squares`` then numpy's ``sum``, and x_prev <- x.
+
+        Short vectors (in cache) take the vectorized squares into a scratch and numpy's sum; long ones
+        one pass that adds in numpy's order without the scratch (memory traffic decides there)."""
+        n = x.shape[0]
+        if n <= _SCRATCH_SUM_MAX:
+            if self._squares is None:
+                self._squares = np.empty(n)
+            _step_squares(x, x_prev, self._squares)
+            return float(self._squares.sum())
+        return float(0.0 + _pairwise_step_squares(x, x_prev, 0, n))  # 0.0 +: numpy's sum of none is +0.0
 
     @staticmethod
     def decode_update(sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, lr: float,

@@ -137,6 +137,7 @@ class Quantizer:
         self.max_abs = 0.0
         self.finite = True
         self._means: Dict[np.dtype, np.ndarray] = {}
+        self._squares: Optional[np.ndarray] = None
 
     def noise(self, step: int) -> np.ndarray:
         """This worker's u_j for ``step`` (a view of an internal buffer, valid until the next call).
@@ -211,6 +212,21 @@ class Quantizer:
         np.divide(sum_int, alpha, out=out)
         out *= 1.0 / n
         return out
+
+    @staticmethod
+    def step_squares(x: np.ndarray, x_prev: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out = (x - x_prev)^2 in float64 (x_prev float64), then x_prev <- x: the squares whose sum is
+        adaptive alpha's ||x^k - x^{k-1}||^2, and the iterate remembered for the next step."""
+        np.subtract(x, x_prev, out=out)
+        np.multiply(out, out, out=out)
+        np.copyto(x_prev, x)
+        return out
+
+    def step_squares_sum(self, x: np.ndarray, x_prev: np.ndarray) -> float:
+        """||x - x_prev||^2 (the sum of ``step_squares``, numpy's pairwise order), and x_prev <- x."""
+        if self._squares is None:
+            self._squares = np.empty(self.size)
+        return float(self.step_squares(x, x_prev, self._squares).sum())
 
     def decode_update(self, sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, lr: float,
                       x: np.ndarray) -> np.ndarray:

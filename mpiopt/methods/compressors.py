@@ -229,7 +229,7 @@ class IntCompressor(Compressor):
         self._lr2_eps2 = (self.lr * o["eps"]) ** 2
         self._block_of = np.repeat(np.arange(nb, dtype=np.intp), sizes.astype(np.intp))
         self._blocksq = np.empty(nb)
-        self._diff = np.empty(d)
+        self._diff = np.empty(d) if nb > 1 else None
         self._max = np.empty(1)
         self._order: Optional[List[int]] = None
         self.state = {
@@ -290,24 +290,26 @@ class IntCompressor(Compressor):
             views = self._bufs[level] = (buf, buf[:self.dim], buf[self.dim:])
         return views
 
-    def _alpha(self, x: np.ndarray):
-        """This step's alpha (a float, or a per-coordinate array with blocks); None: send floats."""
+    def _next_alpha(self, x: np.ndarray):
+        """This step's alpha (a float, or a per-coordinate array with blocks; None: send floats),
+        remembering x as x^{k-1} for the next step."""
         st, o = self.state, self.opts
         if o["alpha"] == "constant":
             return float(o["alpha0"])
         if not st["have_prev"]:
+            np.copyto(st["x_prev"], x)
+            st["have_prev"][...] = 1
             return None if o["alpha0"] is None else float(o["alpha0"])
-        diff = np.subtract(x, st["x_prev"], out=self._diff)
-        np.multiply(diff, diff, out=diff)
         r = st["r"]
         if self._alpha_vec is None:  # one block: Python floats, the same IEEE operations
-            sq = float(diff.sum())
+            sq = self.quant.step_squares_sum(x, st["x_prev"])  # ||x^k - x^{k-1}||^2; x_prev <- x
             if st["have_r"]:
                 sq = o["beta"] * float(r[0]) + (1.0 - o["beta"]) * sq
             else:
                 st["have_r"][...] = 1
             r[0] = sq
             return self.lr * self._sqrt_d / math.sqrt(2.0 * self.n * sq + self._lr2_eps2)
+        diff = self.quant.step_squares(x, st["x_prev"], self._diff)  # (x^k - x^{k-1})^2; x_prev <- x
         sq = np.add.reduceat(diff, self.starts, out=self._blocksq)
         if st["have_r"]:
             r *= o["beta"]
@@ -322,8 +324,6 @@ class IntCompressor(Compressor):
         np.sqrt(a, out=a)
         np.divide(self._sqrt_dl, a, out=a)
         a *= lr
-        if self._alpha_vec is None:
-            return float(a[0])
         return np.take(a, self._block_of, out=self._alpha_vec)
 
     def _float_step(self, v, k, out_mean, out_local):
@@ -340,14 +340,6 @@ class IntCompressor(Compressor):
             np.copyto(out_local, v)
         self.bits, self.clipped = 64 * self.dim, 0
         self.state["steps_by_wire"][0] += 1
-
-    def _next_alpha(self, x: np.ndarray):
-        """This step's alpha (see ``_alpha``), remembering x as x^{k-1} for the next one."""
-        alpha = self._alpha(x)
-        if self.opts["alpha"] != "constant":
-            np.copyto(self.state["x_prev"], x)
-            self.state["have_prev"][...] = 1
-        return alpha
 
     def exchange(self, v, k, x, out_mean, out_local=None):
         alpha = self._next_alpha(x)
