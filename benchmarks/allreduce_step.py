@@ -20,8 +20,10 @@ untimed, then all ranks meet at a barrier, untimed, and the step is timed on eve
   x. ``kernel`` says which quantizer the compressor ran (``numba``: the default when numba is
   installed; ``numpy``: the reference kernel; the same integers). alpha is the adaptive formula's
   value for this data (eta sqrt(d) / sqrt(2 n r + eta^2 eps^2) with r = ||eta mean_i g_i||^2),
-  fixed (``alpha='constant'``), so the integers fit int8 as in a real run; ``wire_dtype`` records
-  what was sent.
+  fixed (``alpha='constant'``, ``alpha_mode: constant``), so the integers fit int8 as in a real
+  run; ``wire_dtype`` records what was sent. ``alpha_mode: adaptive`` (numba kernel) is the default
+  IntSGD: the same step plus Alg. 1's alpha from ||x^k - x^{k-1}||^2 (one more pass over x and the
+  float64 x^{k-1}), starting from that value.
 * ``sgd`` (dtype float32 / float64): ``impl='package'`` is the package's float step
   (``NoCompression.exchange_update``: copy into the wire buffer, float Allreduce, finiteness check,
   x <- x - eta mean); ``impl='lean'`` is the least a float SGD step can do: the float Allreduce in
@@ -201,13 +203,13 @@ def make_variants(d: int, comm, kernels: Sequence[str], seed: int) -> List[Varia
     variants: List[Variant] = []
     base = {"dim": d, "ranks": n}
 
-    for kernel in kernels:
+    for kernel, alpha_mode in [(k, "constant") for k in kernels] + [("numba", "adaptive")] * ("numba" in kernels):
         g = np.empty(d, dtype=np.float32)
         x = np.zeros(d, dtype=np.float32)
         m = np.empty(d, dtype=np.float32)
         with kernel_forced(kernel):
             comp = IntCompressor(comm, d, seed=seed, worker=rank, lr=lr, fail=fail, wire_dtype="auto",
-                                 alpha="constant", alpha0=alpha)
+                                 alpha=alpha_mode, alpha0=alpha)
 
         def step(k, comp=comp, g=g, x=x, m=m):
             comp.exchange_update(g, k, x, lr, m)
@@ -219,8 +221,8 @@ def make_variants(d: int, comm, kernels: Sequence[str], seed: int) -> List[Varia
                     "bytes_per_rank": (d + 3) * np.dtype(wire).itemsize if wire else None,
                     "max_abs_q": float(comp.state["max_abs_q"])}
 
-        variants.append(Variant({**base, "method": "intsgd", "dtype": "auto", "kernel": kernel, "impl": "package"},
-                                step, lambda g=g: np.copyto(g, src32), info))
+        variants.append(Variant({**base, "method": "intsgd", "dtype": "auto", "kernel": kernel, "impl": "package",
+                                 "alpha_mode": alpha_mode}, step, lambda g=g: np.copyto(g, src32), info))
     for dtype in (np.float32, np.float64):
         src = src32 if dtype == np.float32 else src32.astype(np.float64)
         name = np.dtype(dtype).name
@@ -417,6 +419,7 @@ def ratios(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
 
             out.append({
                 "net": net, "ranks": ranks, "dim": dim, "kernel": r["kernel"], "impl": r["impl"],
+                "alpha_mode": r.get("alpha_mode", "constant"),
                 "wire_dtype": r.get("wire_dtype"),
                 "intsgd_seconds": t,
                 "speedup_vs_sgd_float32": over(method="sgd", dtype="float32", impl="lean"),
@@ -433,7 +436,7 @@ def goals(ratio_rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
     """The issue's goals, checked for each IntSGD implementation on what this run measured."""
     out = []
     for q in ratio_rows:
-        impl = f"{q['kernel']} {q['impl']}"
+        impl = f"{q['kernel']} {q['impl']}" + (", adaptive alpha" if q["alpha_mode"] == "adaptive" else "")
         sp, raw = q["speedup_vs_sgd_float32"], q["slowdown_vs_raw_int8"]
         if q["net"] == "shm" and 1e5 <= q["dim"] <= 1e7 and q["ranks"] in (2, 4) and sp is not None:
             out.append({"goal": "shm: IntSGD step never slower than a float32 SGD step (d 1e5..1e7, 2 and 4 ranks)",
@@ -473,8 +476,9 @@ def _fmt_x(v: Optional[float]) -> str:
 def table(result: Dict[str, object]) -> str:
     """Markdown: ms per step of every variant, and IntSGD's ratios."""
     rows = result["results"]
-    cols = [("intsgd numba", dict(method="intsgd", kernel="numba", impl="package")),
-            ("intsgd numpy", dict(method="intsgd", kernel="numpy", impl="package")),
+    cols = [("intsgd numba", dict(method="intsgd", kernel="numba", impl="package", alpha_mode="constant")),
+            ("intsgd numba, adaptive alpha", dict(method="intsgd", kernel="numba", alpha_mode="adaptive")),
+            ("intsgd numpy", dict(method="intsgd", kernel="numpy", impl="package", alpha_mode="constant")),
             ("sgd f32", dict(method="sgd", dtype="float32", impl="lean")),
             ("sgd f32 (pkg)", dict(method="sgd", dtype="float32", impl="package")),
             ("sgd f64", dict(method="sgd", dtype="float64", impl="lean")),
@@ -499,7 +503,8 @@ def table(result: Dict[str, object]) -> str:
               "| net | ranks | d | IntSGD | wire | vs sgd f32 | vs sgd f32 (pkg) | vs sgd f64 | vs raw int8 | vs raw f32 |",
               "|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
     for q in result.get("ratios", []):
-        lines.append(f"| {q['net']} | {q['ranks']} | {q['dim']:.0e} | {q['kernel']} {q['impl']} | {q['wire_dtype'] or '-'} | "
+        how = f"{q['kernel']} {q['impl']}" + (", adaptive alpha" if q["alpha_mode"] == "adaptive" else "")
+        lines.append(f"| {q['net']} | {q['ranks']} | {q['dim']:.0e} | {how} | {q['wire_dtype'] or '-'} | "
                      f"{_fmt_x(q['speedup_vs_sgd_float32'])} | {_fmt_x(q['speedup_vs_sgd_float32_package'])} | "
                      f"{_fmt_x(q['speedup_vs_sgd_float64'])} | {_fmt_x(q['slowdown_vs_raw_int8'])} | "
                      f"{_fmt_x(q['speedup_vs_raw_float32'])} |")

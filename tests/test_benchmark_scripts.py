@@ -54,6 +54,7 @@ def test_allreduce_step_writes_the_contracted_json(tmp_path):
     ints = [r for r in rows if r["method"] == "intsgd"]
     assert ints and all(r["dtype"] == "auto" and r["wire_dtype"] == "int8" for r in ints)
     assert {r["kernel"] for r in ints} == ({"numba", "numpy"} if numba_kernel.AVAILABLE else {"numpy"})
+    assert {r["alpha_mode"] for r in ints} == ({"constant", "adaptive"} if numba_kernel.AVAILABLE else {"constant"})
     assert res["ratios"] and all(q["speedup_vs_sgd_float32"] > 0 for q in res["ratios"])
     assert "vs sgd f32" in proc.stdout  # the ratio table
 
