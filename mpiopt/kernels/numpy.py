@@ -102,6 +102,13 @@ def float_below(bound: int) -> float:
     return f if f <= bound else math.nextafter(f, 0.0)
 
 
+def apply_step(x: np.ndarray, lr: float, mean: np.ndarray) -> None:
+    """x -= lr * mean in place, with ``mean`` as the scratch for the product (the bits of
+    ``x -= lr * mean``, without its temporary array)."""
+    mean *= x.dtype.type(lr)
+    x -= mean
+
+
 class Quantizer:
     """Int(alpha * v) for vectors of ``size`` coordinates on one worker, all in preallocated buffers.
 
@@ -236,6 +243,5 @@ class Quantizer:
         if mean is None:
             mean = self._means[x.dtype] = np.empty(x.shape, dtype=x.dtype)
         self.decode(sum_int, alpha, n, mean)
-        mean *= x.dtype.type(lr)
-        x -= mean
+        apply_step(x, lr, mean)
         return x

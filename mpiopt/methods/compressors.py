@@ -34,7 +34,7 @@ import numpy as np
 from mpiopt.comm import Communicator
 from mpiopt.errors import InputError
 from mpiopt.kernels import cpu_quantizer
-from mpiopt.kernels.numpy import Quantizer, float_below, int_bound
+from mpiopt.kernels.numpy import Quantizer, apply_step, float_below, int_bound
 from mpiopt.methods.base import all_finite
 
 INT_DTYPES = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.int64))
@@ -64,13 +64,6 @@ def quantizer(size: int, seed: int, worker: int, n_ranks: int, rounding: str = "
 def kernel_name(quant) -> str:
     """Which kernel a quantizer is (``numba`` or ``numpy``), for the trace."""
     return type(quant).__module__.rsplit(".", 1)[-1]
-
-
-def apply_step(x: np.ndarray, lr: float, mean: np.ndarray) -> None:
-    """x -= lr * mean in place, with ``mean`` as the scratch for the product (the bits of
-    ``x -= lr * mean``, without its temporary array)."""
-    mean *= x.dtype.type(lr)
-    x -= mean
 
 
 def worker_order(comm: Communicator, worker: int) -> List[int]:
