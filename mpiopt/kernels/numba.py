@@ -1,12 +1,12 @@
 """The numba quantizer kernel (optional dependency ``numba``): ``mpiopt.kernels.numpy``'s contract, fused.
 
 ``Quantizer`` here has the numpy Quantizer's interface (``round``, ``pack``, ``encode``, ``decode``,
-``decode_local``, ``decode_update``, ``step_squares``, ``step_squares_sum``, ``noise``, and ``max_abs``, ``finite``, ``rounded``, ``sent``)
-and gives the same integers, bit for bit, for the same (seed, worker, step, coordinate): the
-SplitMix64 noise, the double product alpha * v (never contracted into an FMA: numba compiles
-without fast-math), the addition of u and the floor (or rint) are the formula of
-``mpiopt.kernels.numpy``'s docstring, done per coordinate in one compiled, vectorized loop that never
-materializes the noise. The compressors use this kernel by default when numba is installed (see
+``decode_local``, ``decode_update``, ``step_squares``, ``step_squares_sum``, ``noise``, and
+``max_abs``, ``finite``, ``rounded``, ``sent``) and gives the same integers, bit for bit, for the
+same (seed, worker, step, coordinate): the SplitMix64 noise, the double product alpha * v (never
+contracted into an FMA: numba compiles without fast-math), the addition of u and the floor (or
+rint) are the formula of ``mpiopt.kernels.numpy``'s docstring, done per coordinate in one compiled,
+vectorized loop that never materializes the noise. The compressors use this kernel by default when numba is installed (see
 :mod:`mpiopt.kernels`).
 
 Where the numpy kernel makes about twenty passes over 8-byte temporaries, one ``round`` here is one

@@ -531,7 +531,7 @@ class NatCompressor(_GatherCompressor):
 
     def _encode(self, v: np.ndarray, k: int) -> bool:
         a = np.abs(v, out=self._a)
-        finite = bool(np.isfinite(a).all())
+        finite = all_finite(a)
         if not finite:
             np.nan_to_num(a, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         mant, ex = np.frexp(a, out=(self._mant, self._exp))
