@@ -1,11 +1,17 @@
-"""The Communicator: the only place mpiopt talks to MPI.
+"""The Communicator protocol, and its mpi4py implementation: the only place mpiopt talks to MPI.
 
-Every collective here is an uppercase mpi4py buffer call on a caller-owned array, so nothing on the
-hot path is pickled or allocated. Each call adds the bytes this rank contributes to ``bytes_sent``,
-so that every trace can report the bits a method really put on the wire.
+Compressors, methods and the runner talk to a :class:`Communicator` only: ``rank``, ``size``, the
+in-place collectives on caller-owned arrays (``allreduce_int``, ``allreduce_float``, ``allreduce_max``,
+``allgather``, ``allgatherv``), ``allgather_object`` for small control messages, and ``bytes_sent``,
+the bytes this rank handed to the collectives, so that every trace reports bytes on the wire.
+``int_dtypes`` lists the integer types the backend can SUM (gloo and NCCL have no int16), which is
+the ladder the int compressor's ``auto`` wire dtype climbs.
+
+:class:`MPICommunicator` does every collective with an uppercase mpi4py buffer call, so nothing on
+the hot path is pickled or allocated.
 """
 
-from typing import Optional
+from typing import Any, List, Optional, Protocol, Tuple, runtime_checkable
 
 import numpy as np
 from mpi4py import MPI
@@ -17,7 +23,10 @@ _MPI_INT = {
     np.dtype(np.int64): MPI.INT64_T,
     np.dtype(np.uint8): MPI.UINT8_T,
 }
-_MPI_FLOAT = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}
+INT_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64))
+"""The integer types MPI sums (all of them), narrowest first."""
+_MPI_FLOAT = {np.dtype(np.float16): MPI.Datatype.fromcode("e"), np.dtype(np.float32): MPI.FLOAT,
+              np.dtype(np.float64): MPI.DOUBLE}
 
 
 def _mpi_type(buf: np.ndarray, table: dict) -> MPI.Datatype:
@@ -27,8 +36,32 @@ def _mpi_type(buf: np.ndarray, table: dict) -> MPI.Datatype:
         raise TypeError(f"no MPI type for dtype {buf.dtype}; expected one of {sorted(map(str, table))}") from None
 
 
-class Communicator:
-    """Wraps an mpi4py communicator (COMM_WORLD by default) and counts the bytes each rank sends.
+@runtime_checkable
+class Communicator(Protocol):
+    """What mpiopt needs from a communication backend (collectives are in place, over all ranks)."""
+
+    rank: int
+    size: int
+    bytes_sent: int
+    int_dtypes: Tuple[np.dtype, ...]
+
+    def allreduce_int(self, buf, count: bool = True): ...
+
+    def allreduce_float(self, buf, count: bool = True): ...
+
+    def allreduce_max(self, buf, count: bool = True): ...
+
+    def allgather(self, sendbuf, recvbuf, count: bool = True): ...
+
+    def allgatherv(self, sendbuf, recvbuf, counts: np.ndarray, count: bool = True): ...
+
+    def allgather_object(self, obj: Any) -> List[Any]: ...
+
+    def abort(self, code: int = 1) -> None: ...
+
+
+class MPICommunicator:
+    """The mpi4py Communicator: wraps an mpi4py communicator (COMM_WORLD by default) and counts the bytes each rank sends.
 
     ``bytes_sent`` counts this rank's contribution to each collective (the buffer it hands to MPI),
     which is what a compressed method saves; the MPI library's own fan-in/fan-out is not counted.
@@ -39,6 +72,7 @@ class Communicator:
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.bytes_sent = 0
+        self.int_dtypes = INT_DTYPES
 
     def _count(self, nbytes: int, count: bool) -> None:
         if count:
@@ -58,7 +92,7 @@ class Communicator:
         return buf
 
     def allreduce_float(self, buf: np.ndarray, count: bool = True) -> np.ndarray:
-        """Sum a float32/float64 array over all ranks, in place."""
+        """Sum a float16/float32/float64 array over all ranks, in place."""
         self.comm.Allreduce(MPI.IN_PLACE, [buf, _mpi_type(buf, _MPI_FLOAT)], op=MPI.SUM)
         self._count(buf.nbytes, count)
         return buf
@@ -76,6 +110,10 @@ class Communicator:
         self.comm.Allgatherv(sendbuf, [recvbuf, (counts, displs)])
         self._count(sendbuf.nbytes, count)
         return recvbuf
+
+    def allgather_object(self, obj: Any) -> List[Any]:
+        """Every rank's small Python object, in rank order (control messages only, never the hot path)."""
+        return self.comm.allgather(obj)
 
     def bcast(self, obj, root: int = 0):
         """Broadcast a small Python object (control messages only, never the hot path)."""

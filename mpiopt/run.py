@@ -13,10 +13,11 @@ import numpy as np
 from mpi4py import MPI
 
 from mpiopt.checkpoint import Checkpointer
-from mpiopt.comm import Communicator, library_version
+from mpiopt.comm import Communicator, MPICommunicator, library_version
 from mpiopt.errors import InputError
 from mpiopt.methods import Context, Method, make_method
 from mpiopt.problems.base import Problem
+from mpiopt.state import capture, restore
 from mpiopt.trace import Trace, environment
 
 RNG_KEYS = ("sample_rng", "shared_rng")
@@ -46,7 +47,7 @@ def as_communicator(comm) -> Communicator:
     """Accept None (COMM_WORLD: size 1 without mpiexec), an mpi4py communicator, or a Communicator."""
     if isinstance(comm, Communicator):
         return comm
-    return Communicator(comm if comm is not None else MPI.COMM_WORLD)
+    return MPICommunicator(comm if comm is not None else MPI.COMM_WORLD)
 
 
 def make_context(problem: Problem, comm: Communicator, seed: int, lr, batch, L, L_max,
@@ -127,7 +128,7 @@ class Runner:
         if rate <= CLIP_WARN_RATE or self.warnings:
             return
         message = (f"{100 * rate:.1f}% of the coordinates sent so far were clipped to fit the wire dtype "
-                   f"(iteration {k}); use --wire-dtype auto or a wider dtype")
+                   f"(iteration {k}); {self.method.clip_advice()}")
         self.warnings.append(message)
         if self.ctx.comm.rank == 0:
             sys.stderr.write(f"mpiopt: warning: {message}\n")
@@ -189,37 +190,26 @@ class Runner:
         shown = [(k, row[k]) for k in ("dist_sq", "f_gap", "grad_norm_sq") if row.get(k) is not None][:2]
         return " ".join(f"{k}={v:.3e}" for k, v in shown)
 
+    def rngs(self) -> Dict[str, np.random.Generator]:
+        return {key: getattr(self.ctx, key) for key in RNG_KEYS}
+
     def save_checkpoint(self, x: np.ndarray, k: int) -> None:
-        arrays = {"x": x, **{f"state/{n}": np.asarray(v) for n, v in self.method.state.items()}}
-        info = {
-            "rng": {key: getattr(self.ctx, key).bit_generator.state for key in RNG_KEYS},
-            "bytes_sent": self.ctx.comm.bytes_sent,
-            "info_bits": self.method.info_bits,
-            "clipped": self.method.clipped,
-            "seconds": self.seconds,
-            "history": self.trace.history if self.ctx.comm.rank == 0 else None,
-        }
+        record = capture(self.method, self.rngs(), self.ctx.comm)
+        arrays = {"x": x, **{f"state/{n}": v for n, v in record.pop("arrays").items()}}
+        info = {**record, "seconds": self.seconds,
+                "history": self.trace.history if self.ctx.comm.rank == 0 else None}
         self.checkpointer.save(k, arrays, info)
 
     def restore(self, saved: Dict[str, Any], x: np.ndarray) -> int:
-        """Load a checkpoint into x, the method's state and the counters; return its iteration."""
+        """Load a checkpoint into x, the method's state record and the counters; return its iteration."""
         arrays, info = saved["arrays"], saved["info"]
         x[...] = arrays["x"]
-        for name, value in self.method.state.items():
-            value[...] = arrays[f"state/{name}"]
-        for key in RNG_KEYS:
-            _restore_rng(getattr(self.ctx, key), info["rng"][key])
-        self.ctx.comm.bytes_sent = info["bytes_sent"]
-        self.method.info_bits = info["info_bits"]
-        self.method.clipped = info["clipped"]
+        record = {**info, "arrays": {n[len("state/"):]: v for n, v in arrays.items() if n.startswith("state/")}}
+        restore(record, self.method, self.rngs(), self.ctx.comm)
         self.seconds = info["seconds"]
         if info.get("history") is not None:
             self.trace.restore(info["history"])
         return saved["iteration"]
-
-
-def _restore_rng(rng: np.random.Generator, state: Dict[str, Any]) -> None:
-    rng.bit_generator.state = state
 
 
 def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.ndarray] = None, *,
@@ -261,12 +251,15 @@ def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.nd
             raise InputError("--checkpoint-dir needs --checkpoint-every K with K >= 1", collective=True)
         fingerprint = {"method": meth.name, "n_ranks": comm.size, "dim": problem.dim,
                        "dataset": (header or {}).get("dataset"),
-                       **{k: v for k, v in config.items() if k not in ("iters", "tol", "log_every")}}
+                       **{k: v for k, v in config.items() if k not in ("iters", "tol", "log_every", "kernel")}}
         checkpointer = Checkpointer(checkpoint_dir, comm, fingerprint)
     runner = Runner(meth, ctx, trace, iters=iters, tol=tol, x_star=x_star, f_star=f_star, log_every=log_every,
                     progress=progress, checkpointer=checkpointer, checkpoint_every=checkpoint_every,
                     callback=callback)
     meth.start(x)
+    t0 = time.perf_counter()
+    meth.prepare(x)
+    compile_seconds = time.perf_counter() - t0
     start = 0
     if resume and checkpointer is not None:
         saved = checkpointer.load_latest()
@@ -275,6 +268,7 @@ def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.nd
     status = runner.run(x, start)
     nit = trace.last("iteration") if status != "max_iter" else max(iters, start)
     record = trace.to_dict(x, status, iterations=nit, resumed_from=start or None, seconds_total=runner.seconds,
+                           compile_seconds=compile_seconds,
                            warnings=runner.warnings, **meth.summary())
     return OptimizeResult(x=x, status=status, success=status == "converged", nit=nit,
                           fun=trace.last("loss"), trace=record)

@@ -22,7 +22,7 @@ class           ``mpiopt run``  what crosses the wire each step
 ``PowerSGD``    powersgd     rank-r factors P, Q in two float Allreduces, error feedback
 ==============  ===========  ==========================================================================
 
-The first five use the compressors of :mod:`mpiopt.methods.compressors` unchanged: with g_i this
+The first five use the compressors of :mod:`mpiopt.compressors` unchanged: with g_i this
 rank's gradient, each rank sends C(g_i + wd p) and receives the mean d = mean_i C(g_i + wd p),
 bitwise the same on every rank. **Weight decay is added to the local gradient before compression**,
 as in the IntSGD paper's ResNet experiments (``optimizer_wd_before_reduce`` in its reference code).
@@ -35,7 +35,7 @@ sized to that move would round most integers to zero. So alpha reads the *compre
 x~ <- x~ - lr d: the IntSGD iterate without momentum, which moves by exactly the decoded vector (with
 momentum 0 it is the parameter vector itself, so the optimizer equals mpiopt's numpy IntSGD).
 
-The last three wrap the methods of ``mpiopt.methods`` (``efsign``, ``dgc``, ``powersgd``): the method
+The last three wrap the methods ``ef-signsgd``, ``dgc`` and ``powersgd`` of :mod:`mpiopt.methods`: the method
 takes one step from x = 0 on the bucket's gradient (+ weight decay), and -x is its update, which
 already includes lr. DGC's ``momentum`` is its own momentum correction (local, before sparsification)
 and PowerSGD's its own momentum; EF-signSGD gets heavy-ball momentum on its decoded update.
@@ -59,21 +59,13 @@ import numpy as np
 import torch
 
 from mpiopt.comm import Communicator
+from mpiopt.compressors import Compressor, compressor_class
+from mpiopt.errors import RunError
 from mpiopt.methods import make_method
 from mpiopt.methods.base import Method
-from mpiopt.methods.compressors import NoCompression
-from mpiopt.methods.intsgd import CompressedSGD, HintSGD as _HintSGD, IntSGD as _IntSGD
-from mpiopt.methods.intsgd import NatSGD as _NatSGD, QSGD as _QSGD
 from mpiopt.problems.torch import GradientBucket
 from mpiopt.run import RNG_KEYS, as_communicator, make_context
-
-
-class _FloatSGD(CompressedSGD):
-    """SGD as a compressed method with no compression, so that SGD shares the optimizers' code path."""
-
-    name = "sgd"
-    compressor = "none"
-    OPTIONS = dict(NoCompression.OPTIONS)
+from mpiopt.state import capture, restore
 
 
 class _BucketProblem:
@@ -105,11 +97,26 @@ class _BucketProblem:
         return out
 
 
+class _CompressorEngine:
+    """One compressor with the counters and state record a method would have (for the optimizers)."""
+
+    def __init__(self, comp: Compressor):
+        self.comp = comp
+        self.state: Dict[str, Any] = {f"comp/{k}": v for k, v in comp.state.items()}
+        self.info_bits = 0
+        self.clipped = 0
+
+    def count(self) -> None:
+        self.info_bits += self.comp.bits
+        self.clipped += self.comp.clipped
+
+
 class DistributedOptimizer(torch.optim.Optimizer):
     """Base of the mpiopt torch optimizers: bucket, weight decay, the exchange, momentum, state.
 
-    Subclasses set ``method_name`` and implement :meth:`_build` (the mpiopt Method doing the
-    exchange) and :meth:`_direction` (write this step's move into ``self._move``).
+    Subclasses set ``method_name`` and implement :meth:`_build` (the engine doing the exchange: a
+    compressor, or a whole mpiopt Method; it holds the state record) and :meth:`_direction` (write
+    this step's move into ``self._move``).
     """
 
     method_name: ClassVar[str] = ""
@@ -140,19 +147,16 @@ class DistributedOptimizer(torch.optim.Optimizer):
         """This step's move before momentum, float64, identical on every rank."""
         self._momentum = np.zeros(d)
         self.k = 0
-        self.method: Method = self._build(dict(options))
+        self.engine = self._build(dict(options))
+        self.engine.state["momentum"] = self._momentum
 
     # ---- what subclasses provide -------------------------------------------------------------
-    def _build(self, options: Dict[str, Any]) -> Method:
+    def _build(self, options: Dict[str, Any]):
         raise NotImplementedError
 
     def _direction(self, lr: float) -> None:
         """Exchange ``self.problem.v`` (gradient + weight decay) and write the move into ``self._move``."""
         raise NotImplementedError
-
-    def _state_arrays(self) -> Dict[str, np.ndarray]:
-        """Every array that must survive a checkpoint, by name (updated in place on restore)."""
-        return {**{f"method/{k}": v for k, v in self.method.state.items()}, "momentum": self._momentum}
 
     # ---- the torch optimizer API -------------------------------------------------------------
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -175,7 +179,6 @@ class DistributedOptimizer(torch.optim.Optimizer):
             v += self._grad
         else:
             np.copyto(v, self._grad)
-        self.method.lr = lr
         self._direction(lr)
         self._apply(lr, mu)
         self.k += 1
@@ -200,28 +203,25 @@ class DistributedOptimizer(torch.optim.Optimizer):
     @property
     def info_bits(self) -> int:
         """Information bits this rank sent so far (the method's count, e.g. 1 + log2 of max|Q| per int)."""
-        return self.method.info_bits
+        return self.engine.info_bits
 
     @property
     def clipped(self) -> int:
         """Coordinates clipped to the wire dtype's bound so far on this rank (integer methods)."""
-        return self.method.clipped
+        return self.engine.clipped
+
+    def _rngs(self) -> Dict[str, np.random.Generator]:
+        return {key: getattr(self.ctx, key) for key in RNG_KEYS}
 
     def state_dict(self) -> Dict[str, Any]:
-        """This rank's optimizer state: hyper-parameters, the method's record, momentum, step, streams."""
+        """This rank's optimizer state: hyper-parameters and the state record (:mod:`mpiopt.state`):
+        the engine's arrays (method or compressor state, momentum, ...), step, streams, counters."""
+        record = capture(self.engine, self._rngs(), self.comm)
+        record["arrays"] = {name: torch.from_numpy(value) for name, value in record["arrays"].items()}
         return {
             "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups],
-            "mpiopt": {
-                "method": self.method_name,
-                "n_ranks": self.comm.size,
-                "rank": self.comm.rank,
-                "dim": self.bucket.dim,
-                "step": self.k,
-                "arrays": {name: torch.from_numpy(np.array(value)) for name, value in self._state_arrays().items()},
-                "rng": {key: getattr(self.ctx, key).bit_generator.state for key in RNG_KEYS},
-                "counters": {"bytes_sent": self.comm.bytes_sent, "info_bits": self.method.info_bits,
-                             "clipped": self.method.clipped},
-            },
+            "mpiopt": {"method": self.method_name, "n_ranks": self.comm.size, "rank": self.comm.rank,
+                       "dim": self.bucket.dim, "step": self.k, **record},
         }
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -232,17 +232,9 @@ class DistributedOptimizer(torch.optim.Optimizer):
         if wrong:
             raise ValueError("optimizer state does not match this optimizer: " +
                              ", ".join(f"{k} saved {s!r}, here {h!r}" for k, (s, h) in wrong.items()))
-        arrays = self._state_arrays()
-        if set(arrays) != set(saved["arrays"]):
-            raise ValueError(f"optimizer state holds {sorted(saved['arrays'])}, expected {sorted(arrays)}")
-        for name, value in arrays.items():
-            value[...] = saved["arrays"][name].numpy()
-        for key in RNG_KEYS:
-            getattr(self.ctx, key).bit_generator.state = saved["rng"][key]
+        record = {**saved, "arrays": {name: value.numpy() for name, value in saved["arrays"].items()}}
+        restore(record, self.engine, self._rngs(), self.comm)
         self.k = int(saved["step"])
-        self.comm.bytes_sent = int(saved["counters"]["bytes_sent"])
-        self.method.info_bits = int(saved["counters"]["info_bits"])
-        self.method.clipped = int(saved["counters"]["clipped"])
         for group, hyper in zip(self.param_groups, state_dict["param_groups"]):
             group.update(hyper)
 
@@ -250,46 +242,49 @@ class DistributedOptimizer(torch.optim.Optimizer):
 class _CompressorOptimizer(DistributedOptimizer):
     """Optimizers whose exchange is one mpiopt compressor: the move is d = mean_i C(g_i + wd p)."""
 
-    method_cls: ClassVar[type] = CompressedSGD
+    compressor: ClassVar[str] = ""
     reads_iterate: ClassVar[bool] = False
     """True when the compressor's alpha reads the iterate (IntSGD): then x~ is kept."""
 
-    def _build(self, options: Dict[str, Any]) -> Method:
-        method = self.method_cls(self.ctx, **options)
-        method.comp = method.make_compressor()
+    def _build(self, options: Dict[str, Any]) -> _CompressorEngine:
+        ctx = self.ctx
+        comp = compressor_class(self.compressor)(self.comm, self.bucket.dim, seed=ctx.seed, worker=ctx.worker,
+                                                 fail=self._fail, **options)
+        comp.prepare(self._param)
+        engine = _CompressorEngine(comp)
         if self.reads_iterate:
-            self._iterate = self._param.astype(np.float64)
-        return method
+            self._iterate = engine.state["iterate"] = self._param.astype(np.float64)
+        return engine
+
+    def _fail(self, k: int, local_bad: bool) -> None:
+        """A non-finite gradient on some rank: every rank raises, naming the ranks."""
+        flags = np.zeros(self.comm.size, dtype=np.int8)
+        self.comm.allgather(np.array([int(local_bad)], dtype=np.int8), flags, count=False)
+        raise RunError(f"non-finite gradient at step {k} on rank(s) {np.flatnonzero(flags).tolist()}",
+                       collective=True)
 
     def _direction(self, lr: float) -> None:
-        comp = self.method.comp
-        comp.lr = lr
+        comp = self.engine.comp
         if self.reads_iterate:
-            comp.exchange(self.problem.v, self.k, self._iterate, self._move)
+            comp.exchange(self.problem.v, self.k, self._iterate, lr, self._move)
             self._iterate -= lr * self._move
         else:  # these compressors do not read the iterate
-            comp.exchange(self.problem.v, self.k, None, self._move)
-        self.method.count()
-
-    def _state_arrays(self) -> Dict[str, np.ndarray]:
-        arrays = super()._state_arrays()
-        if self.reads_iterate:
-            arrays["iterate"] = self._iterate
-        return arrays
+            comp.exchange(self.problem.v, self.k, None, lr, self._move)
+        self.engine.count()
 
 
 class SGD(_CompressorOptimizer):
     """Data-parallel SGD: the gradient averaged by one float Allreduce in the model's dtype."""
 
     method_name = "sgd"
-    method_cls = _FloatSGD
+    compressor = "none"
 
     def __init__(self, params: Iterable, comm=None, *, lr: float, momentum: float = 0.0,
                  weight_decay: float = 0.0, seed: int = 0, float_dtype: Optional[str] = None):
         self._float_dtype = float_dtype
         super().__init__(params, comm, lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed)
 
-    def _build(self, options: Dict[str, Any]) -> Method:
+    def _build(self, options: Dict[str, Any]) -> _CompressorEngine:
         dtype = self._float_dtype or str(self.bucket.dtype).replace("torch.", "")
         return super()._build({**options, "float_dtype": dtype})
 
@@ -299,12 +294,14 @@ class IntSGD(_CompressorOptimizer):
 
     ``block='layer'``: one alpha per parameter tensor (Alg. 2); ``block=None``: one scalar alpha
     (Alg. 1). ``wire_dtype`` ('int8', 'int16', 'int32', 'int64' or 'auto'), ``rounding``, ``alpha``,
-    ``alpha0``, ``beta`` and ``eps`` are the int compressor's options (:class:`IntCompressor`); without
-    ``alpha0`` the first step sends float64 (there is no previous move to size alpha by yet).
+    ``alpha0``, ``beta``, ``eps`` and ``kernel`` are the int compressor's options
+    (:class:`mpiopt.compressors.integer.IntCompressor`); without ``alpha0`` the first step sends
+    float64 (there is no previous move to size alpha by yet). Alpha follows the current ``lr`` of
+    the parameter group at every step, so LR schedules are followed.
     """
 
     method_name = "intsgd"
-    method_cls = _IntSGD
+    compressor = "int"
     reads_iterate = True
 
     def __init__(self, params: Iterable, comm=None, *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
@@ -314,36 +311,37 @@ class IntSGD(_CompressorOptimizer):
         self.block = block
         super().__init__(params, comm, lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed, **options)
 
-    def _build(self, options: Dict[str, Any]) -> Method:
+    def _build(self, options: Dict[str, Any]) -> _CompressorEngine:
         if self.block == "layer":
             options["block_starts"] = [o for o, _ in self.bucket.blocks]
         return super()._build(options)
 
     @property
     def alpha(self) -> np.ndarray:
-        """The alpha of the last step, per block (one per parameter tensor with ``block='layer'``)."""
-        return self.method.comp._alpha_blocks.copy()
+        """The alpha of the last step, per block (one per parameter tensor with ``block='layer'``,
+        one value with ``block=None``); zeros before the first integer step."""
+        return self.engine.comp.alpha_blocks.copy()
 
 
 class HintSGD(_CompressorOptimizer):
     """HintSGD: SwitchML's scaling from a 1-float MAX Allreduce, then ``bits``-bit integers."""
 
     method_name = "hintsgd"
-    method_cls = _HintSGD
+    compressor = "hint"
 
 
 class NatSGD(_CompressorOptimizer):
     """SGD with natural compression: each coordinate an unbiased signed power of two (Allgather)."""
 
     method_name = "natsgd"
-    method_cls = _NatSGD
+    compressor = "nat"
 
 
 class QSGD(_CompressorOptimizer):
     """QSGD with ``levels`` levels per vector (Allgather of the norm and the signed levels)."""
 
     method_name = "qsgd"
-    method_cls = _QSGD
+    compressor = "qsgd"
 
 
 class _MethodOptimizer(DistributedOptimizer):
@@ -358,12 +356,14 @@ class _MethodOptimizer(DistributedOptimizer):
         method = make_method(self.method_name, self.ctx, **options)
         self._x = np.zeros(self.bucket.dim)
         method.start(self._x)
+        method.prepare(self._x)
         return method
 
     def _direction(self, lr: float) -> None:
         x = self._x
         x[...] = 0.0
-        self.method.step(x, self.k)
+        self.engine.lr = lr
+        self.engine.step(x, self.k)
         np.negative(x, out=self._move)
 
     def _apply(self, lr: float, mu: float) -> None:

@@ -5,51 +5,22 @@ number of workers the data was preprocessed for.
 """
 
 import argparse
-import os
-import signal
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from mpiopt.comm import Communicator
+from mpiopt.comm import Communicator, MPICommunicator
+from mpiopt.compressors import REGISTRY, Option, all_options
 from mpiopt.errors import InputError, RunError
 from mpiopt.failfast import abort_on_error, agree_or_raise
 from mpiopt.methods import METHODS
+from mpiopt.methods.composed import own_options
+from mpiopt.methods.memory import MEMORIES
 from mpiopt.problems.logistic import LogisticProblem
 from mpiopt.run import minimize
 from mpiopt.trace import write_json
-
-METHOD_OPTIONS = (
-    # flag, type, choices, help; passed to the method only when given, as flag_with_underscores.
-    ("--wire-dtype", str, ("int8", "int16", "int32", "int64", "auto"), "integer type on the wire (integer methods)"),
-    ("--rounding", str, ("random", "deterministic"), "integer rounding: unbiased random or round-half-even"),
-    ("--alpha", str, ("adaptive", "constant"), "scaling rule of the integer methods"),
-    ("--block-size", int, None, "coordinates per alpha block (block alpha, Alg. 2)"),
-    ("--compressor", str, ("none", "int", "hint", "nat", "qsgd"), "compressor of diana / vr-diana"),
-    ("--float-dtype", str, ("float32", "float64"), "float type on the wire (full-precision methods, dgc values, powersgd matrices)"),
-    ("--momentum", float, None, "momentum factor (dgc: momentum correction, default 0.9; powersgd: default 0)"),
-    ("--density", float, None, "dgc: fraction of coordinates each rank sends per step (default 0.01, at least 1)"),
-    ("--warmup-iters", int, None, "dgc: iterations of sparsity warm-up (default 100; 0 turns it off)"),
-    ("--warmup-density", float, None, "dgc: density at iteration 0, decaying geometrically to --density (default 0.25)"),
-    ("--clip-norm", float, None, "dgc: clip each rank's stochastic gradient to this norm (default: no clipping)"),
-    ("--rank", int, None, "powersgd: rank r of the gradient approximation (default 2)"),
-    ("--alpha0", float, None, "integer methods: alpha of the first step (else it sends floats) and of "
-                              "--alpha constant"),
-    ("--beta", float, None, "integer methods: moving-average factor of adaptive alpha's r_k (default 0.9)"),
-    ("--eps", float, None, "integer methods: eps of adaptive alpha = eta sqrt(d) / sqrt(2 n r_k + eta^2 eps^2) "
-                           "(default 1e-8)"),
-    ("--p", float, None, "l-svrg / vr-diana: probability of resetting the reference point "
-                         "(default batch / shard size)"),
-    ("--levels", int, None, "qsgd: number of levels s (default 127, int8 on the wire; up to 32767, int16)"),
-    ("--bits", int, None, "hintsgd / hint compressor: integer bits b on the wire, 8/16/32/64 (default 32)"),
-)
-
-FAIL_ENV = "MPIOPT_FAIL_AT"
-"""Fault-injection hook for tests: ``RANK:ITER[:MODE]`` makes that rank, after that iteration, raise
-an exception (MODE ``raise``, the default), die by SIGKILL (``kill``), or poison its iterate with NaN
-so its next gradient is non-finite (``nan``)."""
 
 
 def register(sub) -> None:
@@ -72,20 +43,48 @@ def register(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, metavar="K", help="save every rank's state every K iterations")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="where checkpoints go (default: TRACE.json.ckpt)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint, if any")
-    group = p.add_argument_group("method options (only for the methods that take them)")
-    for flag, kind, choices, text in METHOD_OPTIONS:
-        group.add_argument(flag, type=kind, choices=choices, help=text)
+    group = p.add_argument_group("method options (generated from the registered compressors and memories; "
+                                 "only for the methods that take them)")
+    for option in cli_options():
+        group.add_argument(option.flag, type=option.kind, choices=option.choices, metavar=_metavar(option),
+                           help=_help(option))
     p.set_defaults(handler=handle)
+
+
+def cli_options() -> List[Option]:
+    """Every option a method, memory or registered compressor declares, once each by name."""
+    found: Dict[str, Option] = {}
+    for recipe, _ in METHODS.values():
+        for option in own_options(recipe):
+            found.setdefault(option.name, option)
+    for memory in MEMORIES.values():
+        for option in memory.options:
+            found.setdefault(option.name, option)
+    for option in all_options().values():
+        found.setdefault(option.name, option)
+    return [o for o in found.values() if o.cli]
+
+
+def _users(option: Option) -> str:
+    """Which compressors declare an option (for its help line)."""
+    names = [name for name, cls in REGISTRY.items() if any(o.name == option.name for o in cls.options)]
+    return f" [{', '.join(names)}]" if names else ""
+
+
+def _help(option: Option) -> str:
+    default = "" if option.default is None else f" (default {option.default})"
+    return option.help + default + _users(option)
+
+
+def _metavar(option: Option) -> Optional[str]:
+    if option.choices is not None:
+        return "{" + ",".join(map(str, option.choices)) + "}"
+    return option.name.upper()
 
 
 def method_options(args: argparse.Namespace) -> Dict[str, Any]:
     """The method options the user gave (others keep the method's defaults)."""
-    chosen = {}
-    for flag, *_ in METHOD_OPTIONS:
-        key = flag[2:].replace("-", "_")
-        if getattr(args, key) is not None:
-            chosen[key] = getattr(args, key)
-    return chosen
+    return {o.name: getattr(args, o.name) for o in cli_options() if getattr(args, o.name) is not None}
 
 
 def load_problem(data_dir: str, comm: Communicator):
@@ -102,29 +101,9 @@ def load_problem(data_dir: str, comm: Communicator):
     return problem, meta
 
 
-def failure_injection(comm: Communicator):
-    """The callback behind ``MPIOPT_FAIL_AT``, or None when the variable is unset."""
-    spec = os.environ.get(FAIL_ENV)
-    if not spec:
-        return None
-    rank, iteration, *mode = spec.split(":")
-    rank, iteration, mode = int(rank), int(iteration), (mode or ["raise"])[0]
-
-    def fail(k: int, x: np.ndarray) -> bool:
-        if comm.rank != rank or k != iteration:
-            return False
-        if mode == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        if mode == "nan":
-            x[0] = np.nan
-            return False
-        raise RuntimeError(f"injected failure at iteration {k} ({FAIL_ENV}={spec})")
-
-    return fail
-
-
-def handle(args: argparse.Namespace) -> int:
-    comm = Communicator()
+def handle(args: argparse.Namespace, callback: Optional[Callable[[int, np.ndarray], Any]] = None) -> int:
+    """Run the job; ``callback(k, x)`` is minimize's callback (the test suite injects faults with it)."""
+    comm = MPICommunicator()
     with abort_on_error(comm):
         out = Path(args.out)
         problem, meta = load_problem(args.data, comm)
@@ -139,7 +118,7 @@ def handle(args: argparse.Namespace) -> int:
                            L=meta["L"], L_max=max(meta["L_workers"]), log_every=args.log_every,
                            progress=not args.no_progress, checkpoint_dir=checkpoint_dir,
                            checkpoint_every=args.checkpoint_every, resume=args.resume, header=header,
-                           callback=failure_injection(comm), **method_options(args))
+                           callback=callback, **method_options(args))
         except RunError as exc:
             if comm.rank == 0 and exc.collective:
                 write_json(out, {**header, "method": args.method, "status": f"error: {exc}"})
@@ -156,7 +135,8 @@ def print_summary(trace: Dict[str, Any], out: Path) -> None:
     gap, dist = h["f_gap"][-1], h["dist_sq"][-1]
     cols = [("method", trace["method"]), ("ranks", str(trace["n_ranks"])), ("iterations", str(trace["iterations"])),
             ("f - f*", _fmt(gap)), ("||x - x*||^2", _fmt(dist)), ("wire bytes/rank", str(h["wire_bytes"][-1])),
-            ("seconds", f"{trace['seconds_total']:.3f}"), ("status", trace["status"])]
+            ("step seconds", f"{trace['seconds_total']:.3f}"),
+            ("compile seconds", f"{trace.get('compile_seconds', 0.0):.3f}"), ("status", trace["status"])]
     width = [max(len(a), len(b)) for a, b in cols]
     print("  ".join(a.ljust(w) for (a, _), w in zip(cols, width)))
     print("  ".join(b.ljust(w) for (_, b), w in zip(cols, width)))

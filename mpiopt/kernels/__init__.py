@@ -46,5 +46,24 @@ def cpu_quantizer(size: int, seed: int, worker: int, n_ranks: int = 1, rounding:
     return Quantizer(size, seed, worker, n_ranks, rounding)
 
 
-__all__ = ["CPU_KERNELS", "KERNEL_ENV", "ROUNDINGS", "Quantizer", "cpu_kernel", "cpu_quantizer", "int_bound",
+def make_quantizer(xp, kernel: Optional[str], size: int, seed: int, worker: int, n_ranks: int = 1,
+                   rounding: str = "random"):
+    """The quantizer for arrays of module ``xp``: CuPy's kernel for CuPy arrays, else the CPU ``kernel``
+    (numba / numpy; None picks as :func:`cpu_kernel`). All of them give the same integers."""
+    if getattr(xp, "__name__", "numpy") == "cupy":
+        from mpiopt.kernels.cupy import Quantizer as CupyQuantizer
+
+        return CupyQuantizer(size, seed, worker, n_ranks, rounding)
+    return cpu_quantizer(size, seed, worker, n_ranks, rounding, kernel)
+
+
+def warm_up(kernel: str) -> None:
+    """Compile (or load from cache) a kernel's specializations before any timed step."""
+    if kernel == "numba":
+        from mpiopt.kernels.numba import warm_up as numba_warm_up
+
+        numba_warm_up()
+
+
+__all__ = ["CPU_KERNELS", "make_quantizer", "warm_up", "KERNEL_ENV", "ROUNDINGS", "Quantizer", "cpu_kernel", "cpu_quantizer", "int_bound",
            "stream_key", "uniform"]

@@ -1,42 +1,44 @@
 """Methods by name, as ``mpiopt run --method NAME`` and ``mpiopt.minimize(method=NAME)`` take them.
 
-Each entry maps a name to a Method class and the options that name fixes, so that aliases such as
-``intdiana`` (= ``diana`` with the integer compressor) are one line here and one class in code.
+Each name is a :class:`~mpiopt.methods.composed.Recipe` (estimator, shift, memory, compressor) and the
+options the name fixes, so that an alias such as ``intdiana`` (= ``diana --compressor int``) is one
+line here. ``sgd``, ``ef-sgd``, ``diana`` and ``vr-diana`` take any registered ``--compressor``.
 """
 
-from typing import Any, Dict, Tuple, Type
+from typing import Any, Dict, Tuple
 
 from mpiopt.errors import InputError
 from mpiopt.methods.base import Context, Method
-from mpiopt.methods.dgc import DGC
-from mpiopt.methods.diana import DIANA, LSVRG, VRDIANA
-from mpiopt.methods.efsign import EFSignSGD
-from mpiopt.methods.intsgd import QSGD, HintSGD, IntSGD, NatSGD
-from mpiopt.methods.powersgd import PowerSGD
-from mpiopt.methods.sgd import GD, SGD
+from mpiopt.methods.composed import CompressedMethod, Recipe
 
-METHODS: Dict[str, Tuple[Type[Method], Dict[str, Any]]] = {
-    "gd": (GD, {}),
+SGD = Recipe("minibatch")
+EF_SGD = Recipe("minibatch", memory="residual", default_compressor="sign")
+DIANA = Recipe("minibatch", shift="diana")
+VR_DIANA = Recipe("l-svrg", shift="diana")
+
+METHODS: Dict[str, Tuple[Recipe, Dict[str, Any]]] = {
+    "gd": (Recipe("full", compressor="none"), {}),
     "sgd": (SGD, {}),
-    "ef-signsgd": (EFSignSGD, {}),
-    "dgc": (DGC, {}),
-    "powersgd": (PowerSGD, {}),
-    "l-svrg": (LSVRG, {}),
+    "ef-sgd": (EF_SGD, {}),
+    "l-svrg": (Recipe("l-svrg", compressor="none"), {}),
     "diana": (DIANA, {}),
-    "vr-diana": (VRDIANA, {}),
-    "intsgd": (IntSGD, {}),
+    "vr-diana": (VR_DIANA, {}),
+    "intsgd": (SGD, {"compressor": "int"}),
     "intdiana": (DIANA, {"compressor": "int"}),
-    "vr-intdiana": (VRDIANA, {"compressor": "int"}),
-    "hintsgd": (HintSGD, {}),
-    "natsgd": (NatSGD, {}),
-    "qsgd": (QSGD, {}),
+    "vr-intdiana": (VR_DIANA, {"compressor": "int"}),
+    "hintsgd": (SGD, {"compressor": "hint"}),
+    "natsgd": (SGD, {"compressor": "nat"}),
+    "qsgd": (SGD, {"compressor": "qsgd"}),
+    "ef-signsgd": (EF_SGD, {"compressor": "sign"}),
+    "powersgd": (EF_SGD, {"compressor": "powersgd"}),
+    "dgc": (Recipe("minibatch", memory="dgc", compressor="dgc"), {}),
 }
 
 
 def make_method(name: str, ctx: Context, **options: Any) -> Method:
     """Build the method called ``name``; an unknown name or option raises InputError."""
     try:
-        cls, fixed = METHODS[name]
+        recipe, fixed = METHODS[name]
     except KeyError:
         choices = ", ".join(sorted(METHODS))
         raise InputError(f"unknown method '{name}'; choose one of: {choices}", collective=True) from None
@@ -44,9 +46,7 @@ def make_method(name: str, ctx: Context, **options: Any) -> Method:
     if clash:
         fixes = ", ".join(f"{c}={fixed[c]!r}" for c in clash)
         raise InputError(f"method '{name}' fixes {fixes}; drop that option", collective=True)
-    method = cls(ctx, **fixed, **options)
-    method.name = name
-    return method
+    return CompressedMethod(ctx, name, recipe, **fixed, **options)
 
 
-__all__ = ["METHODS", "Context", "Method", "make_method"]
+__all__ = ["METHODS", "Context", "Method", "Recipe", "make_method"]

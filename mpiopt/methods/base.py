@@ -1,13 +1,14 @@
-"""What every method shares: the run context, option checking, and the explicit state record.
+"""What every method shares: the run context, the step size, and the explicit state record.
 
-A method keeps *all* of its memory (shifts h_i, reference point, alpha's running average, error
-feedback, ...) in ``self.state``, a dict of numpy arrays (scalars as 0-d arrays). Checkpointing is
-then "save the record" and a resumed run continues bit-identically, as with optax's explicit states.
-Scratch buffers that are overwritten every step live outside the record.
+A method keeps *all* of its memory (shifts h_i, reference point, error feedback, its compressor's
+alpha and wire state, ...) in ``self.state``, a dict of arrays (scalars as 0-d arrays), and its
+cumulative counters in ``info_bits`` and ``clipped``. Checkpoints and the torch optimizers'
+``state_dict`` save that record (:mod:`mpiopt.state`), so a resumed run continues bit-identically,
+as with optax's explicit states. Scratch buffers that are overwritten every step live outside it.
 """
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -43,28 +44,20 @@ class Context:
 class Method:
     """Base class of the optimization methods; ``step`` moves the shared iterate x in place.
 
-    Subclasses set ``name``, ``OPTIONS`` (option name -> default) and implement ``start`` and
-    ``step``. ``info_bits`` and ``clipped`` are cumulative per-rank counters for the trace.
+    ``name`` is the name the user chose (an alias such as ``intdiana`` included), used in every
+    message. ``info_bits`` and ``clipped`` are cumulative per-rank counters for the trace.
     """
 
-    name: ClassVar[str] = ""
-    OPTIONS: ClassVar[Dict[str, Any]] = {}
-    identical_iterates: ClassVar[bool] = True
-    """True when every rank computes bit-identical iterates (so stopping tests need no vote)."""
-
-    def __init__(self, ctx: Context, **options: Any):
-        unknown = sorted(set(options) - set(self.OPTIONS))
-        if unknown:
-            takes = ", ".join(sorted(self.OPTIONS)) or "no options"
-            raise InputError(
-                f"method '{self.name}' does not take option(s) {', '.join(unknown)}; it takes: {takes}",
-                collective=True,
-            )
+    def __init__(self, ctx: Context, name: str):
         self.ctx = ctx
-        self.opts: Dict[str, Any] = {**self.OPTIONS, **options}
-        self.state: Dict[str, np.ndarray] = {}
+        self.name = name
+        self.state: Dict[str, Any] = {}
         self.info_bits = 0
         self.clipped = 0
+
+    def init_lr(self) -> None:
+        """The step size: the user's, else the method's theory value (needs the smoothness)."""
+        ctx = self.ctx
         if ctx.lr is None and not (np.isfinite(ctx.L) and np.isfinite(ctx.L_max)):
             raise InputError(f"method '{self.name}' needs a step size: the problem's smoothness is unknown "
                              "(smoothness() is not finite), so pass lr", collective=True)
@@ -86,7 +79,7 @@ class Method:
 
     def config(self) -> Dict[str, Any]:
         """The options actually in force, for the trace."""
-        return {"lr": self.lr, **self.opts}
+        return {"lr": self.lr}
 
     def summary(self) -> Dict[str, Any]:
         """Run statistics for the trace (e.g. wire dtypes used), merged into its top level after the
@@ -96,9 +89,16 @@ class Method:
     def start(self, x: np.ndarray) -> None:
         """Allocate buffers and initialize the state at the starting point x."""
 
+    def prepare(self, x: np.ndarray) -> None:
+        """Compile kernels and warm up before the first timed step (after ``start``)."""
+
     def step(self, x: np.ndarray, k: int) -> None:
         """Advance x (identical on every rank) by one iteration, in place."""
         raise NotImplementedError
+
+    def clip_advice(self) -> str:
+        """What to do when coordinates were clipped to fit the wire (for the runner's warning)."""
+        return "use --wire-dtype auto or a wider dtype"
 
     def sample(self) -> np.ndarray:
         """A minibatch of this rank's sample indices (with replacement, from this rank's stream)."""
@@ -118,18 +118,3 @@ class Method:
             "(the last checkpoint, if any, is kept)",
             collective=True,
         )
-
-
-def all_finite(a: np.ndarray) -> bool:
-    """Whether every value of ``a`` is finite: a sum is finite only if they all are (one pass, no
-    boolean temporary); only a non-finite sum, which may be an overflow, is checked value by value."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = np.add.reduce(a)
-    return bool(np.isfinite(total)) or bool(np.isfinite(a).all())
-
-
-def float_dtype(name: str) -> np.dtype:
-    """The float dtype named by ``--float-dtype``."""
-    if name not in ("float32", "float64"):
-        raise InputError(f"--float-dtype must be float32 or float64, got {name!r}", collective=True)
-    return np.dtype(name)

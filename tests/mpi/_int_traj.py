@@ -1,4 +1,4 @@
-"""Helper of test_integer_methods.py (run under mpiexec): integer trajectories, plain and rank-reversed.
+"""Helper of test_integer_methods.py (run under mpiexec): trajectories, plain and rank-reversed.
 
     mpiexec -n N python _int_traj.py DATA_DIR ITERS OUT.json METHODS VARIANT [VARIANT ...]
 
@@ -16,7 +16,7 @@ import numpy as np
 from mpi4py import MPI
 
 import mpiopt
-from mpiopt.comm import Communicator
+from mpiopt.comm import MPICommunicator
 from mpiopt.data import load_shard
 from mpiopt.problems import LogisticProblem
 
@@ -30,6 +30,10 @@ CONFIGS = (
     ("natsgd", {}),
     ("qsgd", {}),
     ("vr-diana", {"compressor": "nat"}),
+    ("ef-signsgd", {}),  # biased compressors sum their decoded messages in worker order too
+    ("dgc", {}),
+    ("ef-sgd", {"compressor": "topk", "density": 0.05}),
+    ("sgd", {"compressor": "bf16"}),
 )
 
 world = MPI.COMM_WORLD
@@ -44,7 +48,7 @@ for method, opts in CONFIGS:
         continue
     label = method + "".join(f",{k}={v}" for k, v in opts.items())
     for variant in variants:
-        comm = Communicator(comms[variant])
+        comm = MPICommunicator(comms[variant])
         problem = LogisticProblem(A, b, meta["l2"], smoothness=meta["L_workers"][rank])
         res = mpiopt.minimize(problem, method, comm, iters=iters, batch=8, seed=5, L=meta["L"],
                               L_max=max(meta["L_workers"]), log_every=iters, worker=rank, **opts)

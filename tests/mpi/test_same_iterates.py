@@ -2,9 +2,13 @@
 
 ``tests/data/same_iterates_a5a_6ranks.json`` holds x_final (hex floats) of every configuration in
 ``_same_iterates.py`` (a5a, 6 ranks, 400 iterations, seed 3) as computed by the code before the
-redesign (commit 889d26b), except ``ef-signsgd`` and ``dgc``, whose sums were moved from rank order
-to worker order and whose DGC threshold sampling got its own noise stream (see the entries' note in
-the test below); a change of any other entry is a change of the maths and must be explained.
+redesign (commit 889d26b), except four entries the redesign changed on purpose: ``ef-signsgd`` and
+``dgc`` now sum the decoded messages in worker order (the old code took np.dot over rank order for
+EF-signSGD and a rank-order scatter for DGC; relative change of x_final 4e-16 and 1e-16 here), and
+``powersgd`` (both entries) is now ef-sgd with the powersgd compressor: error feedback on the step
+(p = lr g + e on the d coordinates, not on the padded matrix) and its first Q from its own generator
+(relative change 1.8% and 5.3%). A change of any other entry is a change of the maths and must be
+explained.
 """
 
 import json

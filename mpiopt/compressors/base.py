@@ -1,0 +1,277 @@
+"""What every compressor shares: declared options, the registry, and the exchange templates.
+
+A compressor's one job is ``exchange(v, k, x, lr, out_mean, out_local=None)``: communicate this rank's
+vector v = v_i, write the mean over ranks of the decoded C(v_i) into ``out_mean`` (bitwise identical
+on every rank) and, when asked, this rank's own decoded C(v_i) into ``out_local`` (what DIANA adds to
+its shift h_i and error feedback subtracts). ``x`` is the current iterate and ``lr`` the current step
+size (the int compressor's adaptive alpha reads both), ``k`` the iteration (it keys the rounding
+noise). After each exchange ``bits`` and ``clipped`` hold that exchange's information bits and
+clipped coordinates. A compressor talks to the network only through its
+:class:`~mpiopt.comm.Communicator`, and keeps all memory that must survive a checkpoint in ``state``
+(arrays updated in place); everything else is scratch. Float sums over ranks are taken in *worker*
+order (the shard id, not the comm rank), so reordering the ranks changes nothing.
+
+A compressor declares its ``options`` (:class:`Option`: default, type, check, help; the CLI's flags
+and ``mpiopt run --help`` are generated from them), whether it is ``unbiased`` and its ``omega``
+(E||C(v) - v||^2 <= omega ||v||^2), and the ``collective`` it needs. :func:`register` adds a class
+to the registry by its ``name``; ``mpiopt run --compressor`` offers every registered name.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Type
+
+import numpy as np
+
+from mpiopt.comm import Communicator
+from mpiopt.errors import InputError
+from mpiopt.kernels import CPU_KERNELS, make_quantizer
+from mpiopt.kernels.numpy import apply_step
+
+FailFn = Callable[[int, bool], None]
+"""fail(k, local_bad): stop every rank because a value at iteration k was not finite."""
+COLLECTIVES = ("allreduce_int", "allreduce_float", "allgather")
+
+
+def bad_option(message: str) -> InputError:
+    """An option error every rank raises together (so it is reported once and no rank hangs)."""
+    return InputError(message, collective=True)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a compressor, memory or method: its default, CLI type, check and help."""
+
+    name: str
+    default: Any
+    kind: type
+    help: str
+    choices: Optional[Tuple[Any, ...]] = None
+    valid: Optional[Callable[[Any], bool]] = None
+    rule: str = ""
+    """What a valid value is, for the error message (e.g. 'a positive number')."""
+    cli: bool = True
+    """False for options only the Python API can give (e.g. arrays)."""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def check(self, value: Any) -> None:
+        """Raise a collective InputError naming the flag when ``value`` is not allowed."""
+        if value is None and self.default is None:
+            return
+        if self.choices is not None and value not in self.choices:
+            raise bad_option(f"{self.flag} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
+        if self.valid is not None and not _safely(self.valid, value):
+            raise bad_option(f"{self.flag} must be {self.rule}, got {value!r}")
+
+
+def _safely(test: Callable[[Any], bool], value: Any) -> bool:
+    try:
+        return bool(test(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def positive(v: Any) -> bool:
+    return is_number(v) and v > 0
+
+
+def positive_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+
+
+def fraction(v: Any) -> bool:
+    """In (0, 1]."""
+    return is_number(v) and 0 < v <= 1
+
+
+FLOAT_DTYPE = Option("float_dtype", "float64", str, "float type on the wire", choices=("float32", "float64"))
+KERNEL = Option("kernel", None, str, "quantizer kernel (default: numba when installed, else numpy; "
+                "MPIOPT_KERNEL overrides the default)", choices=CPU_KERNELS)
+
+
+def resolve_options(owner: str, options: Tuple[Option, ...], given: Dict[str, Any]) -> Dict[str, Any]:
+    """Defaults filled in and each value checked; unknown names refused, naming the known ones."""
+    known = {o.name for o in options}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        takes = ", ".join(sorted(known)) or "no options"
+        raise bad_option(f"{owner} does not take option(s) {', '.join(unknown)}; it takes: {takes}")
+    resolved = {o.name: given.get(o.name, o.default) for o in options}
+    for o in options:
+        o.check(resolved[o.name])
+    return resolved
+
+
+class Compressor:
+    """Base class; subclasses set ``name``, ``options``, ``unbiased``, ``collective`` and implement
+    ``exchange`` (or one of the templates' hooks below)."""
+
+    name: ClassVar[str] = ""
+    options: ClassVar[Tuple[Option, ...]] = ()
+    unbiased: ClassVar[bool] = True
+    collective: ClassVar[str] = "allreduce_float"
+
+    def __init__(self, comm: Communicator, dim: int, *, seed: int, worker: int, fail: FailFn, xp: Any = np,
+                 **opts: Any):
+        self.comm, self.dim, self.seed, self.worker, self.fail, self.xp = comm, dim, seed, worker, fail, xp
+        self.n = comm.size
+        self.opts = self.resolve(opts, comm)
+        self.state: Dict[str, Any] = {}
+        self.bits = 0
+        self.clipped = 0
+
+    @classmethod
+    def resolve(cls, given: Dict[str, Any], comm: Communicator) -> Dict[str, Any]:
+        """The options in force: defaults filled in, each checked, then the cross-option ``check``."""
+        opts = resolve_options(f"compressor '{cls.name}'", cls.options, given)
+        if "kernel" in opts and opts["kernel"] is None:
+            from mpiopt.kernels import cpu_kernel
+
+            opts["kernel"] = cpu_kernel()
+        cls.check(opts, comm)
+        return opts
+
+    @classmethod
+    def check(cls, opts: Dict[str, Any], comm: Communicator) -> None:
+        """Raise a collective InputError, saying what to do, for options that do not work together."""
+
+    @classmethod
+    def omega(cls, dim: int, opts: Dict[str, Any]) -> float:
+        """Relative variance bound of an unbiased compressor (0 when it has only an additive one)."""
+        return 0.0
+
+    @classmethod
+    def describe(cls, opts: Dict[str, Any]) -> Dict[str, Any]:
+        """Facts for the trace's config (filled before any buffer exists)."""
+        return {}
+
+    def quantizer(self, size: int, rounding: str = "random"):
+        """The counter-based rounding kernel of this compressor's array module and ``kernel`` option."""
+        return make_quantizer(self.xp, self.opts.get("kernel"), size, self.seed, self.worker, self.n, rounding)
+
+    def prepare(self, x: np.ndarray) -> None:
+        """Compile whatever the first exchange would compile (called before the timed loop)."""
+
+    def exchange(self, v, k: int, x, lr: float, out_mean, out_local=None) -> None:
+        raise NotImplementedError
+
+    def exchange_update(self, v, k: int, x, lr: float, mean) -> None:
+        """An SGD step with this exchange: x -= lr * mean_i C(v_i), in place, bit for bit ``exchange``
+        then ``x -= lr * mean``. ``mean`` (x's shape and dtype) is scratch. Compressors that can decode
+        straight into x override it."""
+        self.exchange(v, k, x, lr, mean)
+        apply_step(x, lr, mean)
+
+    def summary(self) -> Dict[str, Any]:
+        """Statistics for the trace after the run (collective: every rank calls it)."""
+        return {}
+
+
+REGISTRY: Dict[str, Type[Compressor]] = {}
+
+
+def register(cls: Type[Compressor]) -> Type[Compressor]:
+    """Add a compressor class to the registry under its ``name`` (usable as a class decorator)."""
+    if not cls.name or not isinstance(cls.name, str):
+        raise ValueError(f"{cls.__name__} needs a non-empty string 'name' to be registered")
+    if cls.collective not in COLLECTIVES:
+        raise ValueError(f"{cls.__name__}.collective must be one of {COLLECTIVES}, got {cls.collective!r}")
+    known = REGISTRY.get(cls.name)
+    if known is not None and known is not cls:
+        raise ValueError(f"a compressor named {cls.name!r} is registered already ({known.__module__}.{known.__name__})")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def compressor_class(name: str) -> Type[Compressor]:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise bad_option(f"unknown compressor {name!r}; choose one of: {', '.join(REGISTRY)}") from None
+
+
+def all_options() -> Dict[str, Option]:
+    """Every registered compressor's options by name (the first declaration of a shared name)."""
+    merged: Dict[str, Option] = {}
+    for cls in REGISTRY.values():
+        for o in cls.options:
+            merged.setdefault(o.name, o)
+    return merged
+
+
+# ---- helpers the templates and several compressors share ---------------------------------------
+
+def worker_order(comm: Communicator, worker: int) -> List[int]:
+    """Comm ranks listed in worker (shard id) order; one uncounted Allgather at setup."""
+    ids = np.empty(comm.size, dtype=np.int64)
+    comm.allgather(np.array([worker], dtype=np.int64), ids, count=False)
+    return [int(r) for r in np.argsort(ids, kind="stable")]
+
+
+def sum_rows(rows, order: List[int], out):
+    """Sum of ``rows[r]`` over r in ``order``, left to right (the same bits on every rank)."""
+    out[...] = rows[order[0]]
+    for r in order[1:]:
+        out += rows[r]
+    return out
+
+
+def all_finite(a) -> bool:
+    """Whether every value of ``a`` is finite: a sum is finite only if they all are (one pass, no
+    boolean temporary); only a non-finite sum, which may be an overflow, is checked value by value."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(a.sum())
+    return math.isfinite(total) or bool(np.isfinite(a).all())
+
+
+def info_bits_int(d: int, max_abs: float) -> int:
+    """d * (1 + ceil(log2(max|Q| + 1))): sign plus magnitude bits of the largest integer sent."""
+    return d * (1 + math.ceil(math.log2(max_abs + 1.0)))
+
+
+class GatherCompressor(Compressor):
+    """Template of compressors whose messages go by Allgather: each rank encodes a fixed-size message,
+    every rank decodes all n messages and takes their mean in worker order.
+
+    Subclasses call ``setup_gather`` in their constructor and implement ``encode`` (fill
+    ``self.send``; return whether v was finite; the message must tell a non-finite v apart),
+    ``decode_rows`` (all messages into ``vals``, one row per rank; False when any message reports a
+    non-finite v) and ``message_bits``.
+    """
+
+    collective = "allgather"
+
+    def setup_gather(self, dtype, items: int) -> None:
+        xp = self.xp
+        self.send = xp.zeros(items, dtype=dtype)
+        self.recv = xp.empty((self.n, items), dtype=dtype)
+        self.vals = xp.empty((self.n, self.dim))
+        self.order = worker_order(self.comm, self.worker)
+
+    def encode(self, v, k: int) -> bool:
+        raise NotImplementedError
+
+    def decode_rows(self, recv, vals) -> bool:
+        raise NotImplementedError
+
+    def message_bits(self) -> int:
+        raise NotImplementedError
+
+    def exchange(self, v, k, x, lr, out_mean, out_local=None):
+        self.clipped = 0
+        finite = self.encode(v, k)
+        self.comm.allgather(self.send, self.recv)
+        if not self.decode_rows(self.recv, self.vals):
+            self.fail(k, not finite)
+        sum_rows(self.vals, self.order, out_mean)
+        out_mean *= 1.0 / self.n
+        if out_local is not None:
+            out_local[...] = self.vals[self.comm.rank]
+        self.bits = self.message_bits()

@@ -1,0 +1,284 @@
+"""int: IntSGD's compressor. Q_i = Int(alpha v_i), S = one integer Allreduce(SUM), mean = S / (n alpha).
+
+alpha is :func:`mpiopt.compressors.alpha.adaptive_alpha` of the iterate's movement (Alg. 1, or Alg. 2
+per block with ``block_size``/``block_starts``); r starts at the first ||x^1 - x^0||^2, as in the
+reference code. The first step has no x^{k-1}: unless ``alpha0`` is given it sends v in float64 (an
+Allgather summed in worker order, so it is exact and independent of the rank order).
+``alpha='constant'`` uses ``alpha0`` throughout.
+
+``wire_dtype='auto'`` costs one collective per step in the common case: the integers go out in a
+speculative dtype (the narrowest the communicator sums whose bound floor(M / n) is >= 1, then the one
+chosen last step) with three header slots summed with them: [ranks whose max|Q_i| exceeds
+floor(M / n), ranks whose max fits the next smaller dtype with a bit to spare, ranks with non-finite
+values]. If any rank overflowed, all ranks redo the step: a 1-element MAX Allreduce of max|Q_i| and
+the sum again in the smallest dtype with n max <= M, so nothing is clipped and the sum is exact. After
+``SHRINK_AFTER`` steps in a row that every rank fitted the next smaller dtype, the next step speculates
+on it -- never on a dtype whose bound is below 1 (at 128+ ranks, int8: its header could not count
+the ranks either). Fixed dtypes clip to floor(M / n) and count the clipped coordinates.
+"""
+
+import math
+from typing import List, Optional
+
+import numpy as np
+
+from mpiopt.compressors.alpha import adaptive_alpha, block_layout
+from mpiopt.compressors.base import (KERNEL, Compressor, Option, all_finite, bad_option, info_bits_int, is_number,
+                                     positive, positive_int, register, sum_rows, worker_order)
+from mpiopt.kernels import int_bound, warm_up
+from mpiopt.kernels.numpy import apply_step
+
+INT_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64))
+WIRE_NAMES = ("float64",) + tuple(str(t) for t in INT_DTYPES)
+"""Index of ``steps_by_wire``: 0 = a float step, 1 + i = INT_DTYPES[i]."""
+HEADER = 3
+"""Slots summed with the integers: [ranks over the bound, ranks that would fit the next smaller
+dtype with a bit to spare, ranks with non-finite values]."""
+OVER, FITS_SMALLER, NON_FINITE = 0, 1, 2
+SHRINK_AFTER = 16
+"""Steps in a row that every rank must fit the smaller dtype before ``auto`` speculates on it."""
+
+ROUNDING = Option("rounding", "random", str, "integer rounding: unbiased random or round-half-even",
+                  choices=("random", "deterministic"))
+
+
+@register
+class IntCompressor(Compressor):
+    """IntSGD's integers in one Allreduce; alpha from the iterate's movement (see the module docstring)."""
+
+    name = "int"
+    collective = "allreduce_int"
+    options = (
+        Option("wire_dtype", "auto", str, "integer type on the wire; auto promotes instead of clipping",
+               choices=("int8", "int16", "int32", "int64", "auto")),
+        ROUNDING,
+        Option("alpha", "adaptive", str, "scaling rule of the integers", choices=("adaptive", "constant")),
+        Option("alpha0", None, float, "alpha of the first step (else it sends floats) and of --alpha constant",
+               valid=positive, rule="a positive number"),
+        Option("beta", 0.9, float, "moving-average factor of adaptive alpha's r_k",
+               valid=lambda b: is_number(b) and 0 <= b < 1, rule="in [0, 1)"),
+        Option("eps", 1e-8, float, "eps of adaptive alpha = eta sqrt(d) / sqrt(2 n r_k + eta^2 eps^2)",
+               valid=positive, rule="a positive number (it bounds alpha once x stops moving)"),
+        Option("block_size", None, int, "coordinates per alpha block (block alpha, Alg. 2)",
+               valid=positive_int, rule="a positive integer"),
+        Option("block_starts", None, list, "first coordinate of each alpha block (e.g. one per layer)",
+               cli=False),
+        KERNEL,
+    )
+
+    def __init__(self, comm, dim, **kw):
+        super().__init__(comm, dim, **kw)
+        o, d, n = self.opts, dim, self.n
+        self.auto = o["wire_dtype"] == "auto"
+        self.dtypes = [t for t in INT_DTYPES if t in comm.int_dtypes]
+        self.bounds = [int_bound(t, n) for t in self.dtypes]
+        self.first = min(lv for lv, b in enumerate(self.bounds) if b >= 1)
+        start_level = self.first if self.auto else self.dtypes.index(np.dtype(o["wire_dtype"]))
+        self.quant = self.quantizer(d, o["rounding"])
+        self._bufs: List[Optional[tuple]] = [None] * len(self.dtypes)
+        self.starts = block_layout(d, o["block_size"], o["block_starts"])
+        nb = len(self.starts)
+        self.sizes = np.diff(np.append(self.starts, d)).astype(np.float64)
+        self.alpha_blocks = np.zeros(nb)
+        """The alpha of the last step, per block."""
+        xp = self.xp
+        self._alpha_vec = xp.empty(d) if nb > 1 else None
+        self._block_of = xp.asarray(np.repeat(np.arange(nb, dtype=np.intp), self.sizes.astype(np.intp)))
+        self._blocksq = np.empty(nb)
+        self._diff = xp.empty(d) if nb > 1 else None
+        self._max = np.empty(1)
+        self._order: Optional[List[int]] = None
+        self.state = {
+            "x_prev": xp.zeros(d),
+            "have_prev": np.zeros((), dtype=np.int8),
+            "r": np.zeros(nb),
+            "have_r": np.zeros((), dtype=np.int8),
+            "level": np.array(start_level, dtype=np.int64),
+            "max_abs_q": np.zeros(()),
+            "steps_by_wire": np.zeros(len(WIRE_NAMES), dtype=np.int64),
+            "redone_steps": np.zeros((), dtype=np.int64),
+            "fit_streak": np.zeros((), dtype=np.int64),
+        }
+
+    @classmethod
+    def check(cls, o, comm):
+        n, wire = comm.size, o["wire_dtype"]
+        if wire != "auto" and np.dtype(wire) not in comm.int_dtypes:
+            sums = ", ".join(map(str, comm.int_dtypes))
+            raise bad_option(f"--wire-dtype {wire}: this communicator cannot sum {wire} (it sums {sums}); "
+                             "use one of those or auto")
+        if wire != "auto" and int_bound(wire, n) < 1:
+            raise bad_option(f"--wire-dtype {wire} cannot carry a sum over {n} ranks without "
+                             f"wrapping (its max is below {n}); use a wider dtype or auto")
+        if o["alpha"] == "constant" and o["alpha0"] is None:
+            raise bad_option("--alpha constant needs --alpha0 (the scaling factor to use at every step)")
+        if o["block_size"] is not None and o["block_starts"] is not None:
+            raise bad_option("give block_size (equal chunks) or block_starts (e.g. one block per layer), not both")
+
+    @classmethod
+    def describe(cls, o):
+        if o["alpha"] == "constant":
+            first = "int (constant alpha0)"
+        elif o["alpha0"] is not None:
+            first = "int (alpha0)"
+        else:
+            first = "float64 (no x^{k-1} yet: Allgather of v, summed in worker order)"
+        return {"first_step": first}
+
+    def prepare(self, x):
+        warm_up(self.opts["kernel"])
+
+    def clip_advice(self) -> str:
+        """What to do about clipped coordinates: with auto only an alpha too large for int64 clips."""
+        if self.auto:
+            return ("alpha * v exceeds even int64's bound, so alpha is too large: lower --alpha0 "
+                    "(or use --alpha adaptive)")
+        return "use --wire-dtype auto or a wider dtype"
+
+    def _host(self, a) -> np.ndarray:
+        """A numpy copy of a small device array (the per-block sums alpha needs); numpy arrays as they are."""
+        return a if isinstance(a, np.ndarray) else self.xp.asnumpy(a)
+
+    def _buffer(self, level: int):
+        """(whole buffer, its d integers, its header) for ``level``, allocated on first use."""
+        views = self._bufs[level]
+        if views is None:
+            buf = self.xp.zeros(self.dim + HEADER, dtype=self.dtypes[level])
+            views = self._bufs[level] = (buf, buf[:self.dim], buf[self.dim:])
+        return views
+
+    def _next_alpha(self, x: np.ndarray, lr: float):
+        """This step's alpha (a float, or a per-coordinate array with blocks; None: send floats),
+        remembering x as x^{k-1} for the next step."""
+        st, o = self.state, self.opts
+        if o["alpha"] == "constant":
+            self.alpha_blocks[...] = o["alpha0"]
+            return float(o["alpha0"])
+        if not st["have_prev"]:
+            st["x_prev"][...] = x
+            st["have_prev"][...] = 1
+            if o["alpha0"] is not None:
+                self.alpha_blocks[...] = o["alpha0"]
+                return float(o["alpha0"])
+            return None
+        r = st["r"]
+        if self._alpha_vec is None:  # one block: Python floats, the same IEEE operations
+            sq = self.quant.step_squares_sum(x, st["x_prev"])  # ||x^k - x^{k-1}||^2; x_prev <- x
+            if st["have_r"]:
+                sq = o["beta"] * float(r[0]) + (1.0 - o["beta"]) * sq
+            else:
+                st["have_r"][...] = 1
+            r[0] = sq
+            alpha = adaptive_alpha(lr, r, self.sizes, self.n, o["eps"])
+            self.alpha_blocks[0] = alpha
+            return alpha
+        diff = self.quant.step_squares(x, st["x_prev"], self._diff)  # (x^k - x^{k-1})^2; x_prev <- x
+        sq = np.add.reduceat(self._host(diff), self.starts, out=self._blocksq)
+        if st["have_r"]:
+            r *= o["beta"]
+            r += (1.0 - o["beta"]) * sq
+        else:
+            r[...] = sq
+            st["have_r"][...] = 1
+        a = adaptive_alpha(lr, r, self.sizes, self.n, o["eps"], out=self.alpha_blocks)
+        return self.xp.take(self.xp.asarray(a), self._block_of, out=self._alpha_vec)
+
+    def _float_step(self, v, k, out_mean, out_local):
+        if self._order is None:
+            self._order = worker_order(self.comm, self.worker)
+            self._rows = self.xp.empty((self.n, self.dim))
+        v64 = self.xp.ascontiguousarray(v, dtype=np.float64)
+        self.comm.allgather(v64, self._rows)
+        sum_rows(self._rows, self._order, out_mean)
+        if not all_finite(out_mean):
+            self.fail(k, not all_finite(v))
+        out_mean *= 1.0 / self.n
+        if out_local is not None:
+            out_local[...] = v
+        self.bits, self.clipped = 64 * self.dim, 0
+        self.state["steps_by_wire"][0] += 1
+
+    def exchange(self, v, k, x, lr, out_mean, out_local=None):
+        alpha = self._next_alpha(x, lr)
+        if alpha is None:
+            self._float_step(v, k, out_mean, out_local)
+            return
+        ints = self._sum_ints(v, k, alpha, round_into_wire=out_local is None)
+        self.quant.decode(ints, alpha, self.n, out_mean)
+        if out_local is not None:
+            self.quant.decode_local(alpha, out_local)
+
+    def exchange_update(self, v, k, x, lr, mean):
+        alpha = self._next_alpha(x, lr)
+        if alpha is None:
+            self._float_step(v, k, mean, None)
+            apply_step(x, lr, mean)
+            return
+        self.quant.decode_update(self._sum_ints(v, k, alpha, round_into_wire=True), alpha, self.n, lr, x)
+
+    def _sum_ints(self, v: np.ndarray, k: int, alpha, round_into_wire: bool) -> np.ndarray:
+        """Int(alpha v) summed over ranks (exact with ``auto``: redone in a wider dtype if a rank
+        overflowed); returns the integer sum and updates the counters. ``round_into_wire``: the
+        quantizer may round straight into an int8 wire buffer (nothing needs this rank's own values
+        afterwards, which would cost a second pass)."""
+        st, n, q = self.state, self.n, self.quant
+        level = int(st["level"])
+        bound = self.bounds[level]
+        buf, ints, hdr = self._buffer(level)
+        q.round(v, alpha, k, into=ints if round_into_wire and ints.dtype == np.int8 else None)
+        m = q.max_abs
+        clipped = q.pack(ints, bound)
+        hdr[OVER] = m > bound
+        hdr[FITS_SMALLER] = self.auto and level > self.first and m <= self.bounds[level - 1] // 2
+        hdr[NON_FINITE] = not q.finite
+        self.comm.allreduce_int(buf)
+        summed = hdr.tolist()
+        if summed[NON_FINITE] > 0:
+            self.fail(k, not q.finite)
+        if self.auto:
+            if summed[OVER] > 0:
+                level, ints, clipped = self._redo(m)
+            elif summed[FITS_SMALLER] == n:
+                streak = st["fit_streak"]
+                streak += 1
+                if streak >= SHRINK_AFTER:
+                    st["level"][...] = level - 1
+                    streak[...] = 0
+            else:
+                st["fit_streak"][...] = 0
+        sent_max = min(m, self.bounds[level])
+        self.bits = info_bits_int(self.dim, sent_max)
+        self.clipped = clipped
+        st["steps_by_wire"][1 + INT_DTYPES.index(self.dtypes[level])] += 1
+        seen = st["max_abs_q"]
+        if sent_max > seen:
+            seen[...] = sent_max
+        return ints
+
+    def _redo(self, m: float):
+        """The step again in the smallest dtype whose bound holds every rank's max|Q_i| (one MAX
+        Allreduce first); returns (level, integer sum, clipped count)."""
+        st = self.state
+        self._max[0] = m
+        big = float(self.comm.allreduce_max(self._max)[0])
+        fits = [lv for lv, b in enumerate(self.bounds) if big <= b]
+        level = fits[0] if fits else len(self.dtypes) - 1
+        ints = self._buffer(level)[1]
+        clipped = self.quant.pack(ints, self.bounds[level])
+        self.comm.allreduce_int(ints)
+        st["redone_steps"] += 1
+        st["level"][...] = level
+        st["fit_streak"][...] = 0
+        return level, ints, clipped
+
+    def summary(self):
+        st = self.state
+        buf = np.array([float(st["max_abs_q"])])
+        self.comm.allreduce_max(buf, count=False)
+        return {
+            "steps_by_wire": {name: int(c) for name, c in zip(WIRE_NAMES, st["steps_by_wire"]) if c},
+            "max_abs_q": float(buf[0]),
+            "redone_steps": int(st["redone_steps"]),
+            "wire_dtype_next": str(self.dtypes[int(st["level"])]),
+            "kernel": self.opts["kernel"],
+        }

@@ -1,0 +1,249 @@
+"""One method class composed of an estimator, a shift, a memory and a compressor.
+
+Each rank computes g_i with the estimator (``full``, ``minibatch`` or ``l-svrg``, see
+:mod:`mpiopt.methods.estimators`) and the compressor delivers mean_i C(.) identically to every rank:
+
+* no shift, no memory (SGD, GD, L-SVRG, IntSGD, ...): x <- x - eta mean_i C(g_i);
+* DIANA shift (Mishchenko et al., 2019; IntDIANA is Alg. 3 of the IntSGD paper): each rank keeps h_i,
+  all keep h = mean_i h_i; Delta_i = g_i - h_i; g = h + mean_i C(Delta_i); h_i += a C(Delta_i);
+  h += a mean_i C(Delta_i); x -= eta g, with a = 1 / (1 + omega) (1 for omega = 0). DIANA needs an
+  unbiased compressor; biased ones go with error feedback (``ef-sgd``);
+* a memory (:mod:`mpiopt.methods.memory`: EF-SGD's residual, DGC's momentum correction): the
+  compressor gets the memory's vector p_i and the memory keeps what C left out;
+* ``momentum`` (heavy ball after decoding, on every rank): m = mu m + u, x -= m, for the update u.
+
+Default step sizes ("of the theory"; ``lr`` overrides them): GD 1/L; SGD-type methods
+eta = 1 / (2 L_max (1 + 2 omega / n)) -- the condition eta <= 1 / (2L) of the IntSGD theorems with the
+largest local smoothness for minibatches, divided by (1 + 2 omega / n) as in the analyses of
+compressed SGD and DIANA with an unbiased compressor of relative variance omega (omega = 0 for the
+int and hint compressors, whose rounding error is additive and kept O(eta^2) by alpha, and for the
+biased ones), times the memory's factor (DGC: 1 - m); variance-reduced methods
+:func:`~mpiopt.methods.estimators.vr_step_size`.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from mpiopt.compressors import REGISTRY, Option, all_options, compressor_class
+from mpiopt.compressors.base import bad_option, is_number, resolve_options
+from mpiopt.kernels.numpy import apply_step
+from mpiopt.methods.base import Context, Method
+from mpiopt.methods.estimators import LooplessSVRG, check_probability, vr_step_size
+from mpiopt.methods.memory import MEMORIES
+
+ESTIMATORS = ("full", "minibatch", "l-svrg")
+SHIFTS = ("none", "diana")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a method name is made of; ``compressor`` fixes one, else the ``compressor`` option picks."""
+
+    estimator: str
+    shift: str = "none"
+    memory: str = "none"
+    compressor: Optional[str] = None
+    default_compressor: str = "none"
+
+
+def _compressor_option(default: str) -> Option:
+    return Option("compressor", default, str, "compressor of sgd / ef-sgd / diana / vr-diana (diana and "
+                  "vr-diana: unbiased ones only)", choices=tuple(REGISTRY))
+
+
+P_OPTION = Option("p", None, float, "l-svrg / vr-diana: probability of resetting the reference point "
+                  "(default batch / shard size)", valid=lambda p: is_number(p) and 0 < p <= 1, rule="in (0, 1]")
+MOMENTUM = Option("momentum", 0.0, float, "momentum factor (sgd-type methods: heavy ball after decoding; dgc: "
+                  "momentum correction, default 0.9)", valid=lambda m: is_number(m) and 0 <= m < 1, rule="in [0, 1)")
+
+
+def own_options(recipe: Recipe) -> Tuple[Option, ...]:
+    """The options a recipe itself takes (besides its memory's and its compressor's)."""
+    opts = []
+    if recipe.compressor is None:
+        opts.append(_compressor_option(recipe.default_compressor))
+    if recipe.estimator == "l-svrg":
+        opts.append(P_OPTION)
+    memory_opts = {o.name for o in MEMORIES[recipe.memory].options}
+    if recipe.shift == "none" and recipe.estimator != "l-svrg" and "momentum" not in memory_opts:
+        opts.append(MOMENTUM)
+    return tuple(opts)
+
+
+class CompressedMethod(Method):
+    """The method a :class:`Recipe` describes; see the module docstring."""
+
+    def __init__(self, ctx: Context, name: str, recipe: Recipe, **options: Any):
+        super().__init__(ctx, name)
+        self.recipe = recipe
+        comp_name = recipe.compressor or options.get("compressor", recipe.default_compressor)
+        own = own_options(recipe)
+        mem_cls = MEMORIES[recipe.memory]
+        self.comp_cls = comp_cls = compressor_class(comp_name)
+        self._refuse_foreign(options, own, mem_cls.options, comp_cls)
+        self.opts = resolve_options(f"method '{name}'", own, {o.name: options[o.name] for o in own if o.name in options})
+        if recipe.shift == "diana" and not comp_cls.unbiased:
+            raise bad_option(f"method '{name}' needs an unbiased compressor and '{comp_name}' is biased; "
+                             f"use ef-sgd --compressor {comp_name} (error feedback) instead")
+        self.mem_opts = resolve_options(f"method '{name}'", mem_cls.options,
+                                        {o.name: options[o.name] for o in mem_cls.options if o.name in options})
+        comp_given = {o.name: options[o.name] for o in comp_cls.options if o.name in options}
+        self.comp_opts = comp_cls.resolve(comp_given, ctx.comm)
+        self.omega = comp_cls.omega(ctx.problem.dim, self.comp_opts) if comp_cls.unbiased else 0.0
+        self.memory = mem_cls(ctx.problem.dim, self.mem_opts)
+        if recipe.estimator == "full" and ctx.batch is not None:
+            raise bad_option(f"method '{name}' uses each rank's full local gradient; drop --batch "
+                             "(sgd takes minibatches)")
+        self.init_lr()
+
+    def _refuse_foreign(self, given, own, mem_options, comp_cls) -> None:
+        """Options of no part of this method are refused, naming the ones it takes."""
+        takes = {o.name for o in (*own, *mem_options, *comp_cls.options)}
+        foreign = sorted(set(given) - takes)
+        if not foreign:
+            return
+        listed = ", ".join(sorted(takes)) or "no options"
+        if set(foreign) & set(all_options()):
+            raise bad_option(f"method '{self.name}' with compressor {comp_cls.name} does not use option(s) "
+                             f"{', '.join(foreign)}; it takes: {listed}")
+        raise bad_option(f"method '{self.name}' does not take option(s) {', '.join(foreign)}; it takes: {listed}")
+
+    # ---- step size and trace ----------------------------------------------------------------
+    def default_lr(self) -> float:
+        ctx, n = self.ctx, self.ctx.comm.size
+        if self.recipe.estimator == "full":
+            return 1.0 / ctx.L
+        if self.recipe.estimator == "l-svrg":
+            return vr_step_size(ctx, self.batch, self.omega)
+        return self.memory.lr_factor() / (2.0 * ctx.L_max * (1.0 + 2.0 * self.omega / n))
+
+    def reset_probability(self) -> float:
+        p = self.opts.get("p")
+        return check_probability(self.batch / self.ctx.problem.n_samples if p is None else p)
+
+    def config(self) -> Dict[str, Any]:
+        extra = {"p": self.reset_probability()} if self.recipe.estimator == "l-svrg" else {}
+        return {"lr": self.lr, **self.opts, **extra, **self.mem_opts, "compressor": self.comp_cls.name,
+                "omega": self.omega, **self.comp_opts, **self.comp_cls.describe(self.comp_opts)}
+
+    def summary(self) -> Dict[str, Any]:
+        return {"wire": {"compressor": self.comp_cls.name, **self.comp.summary()}}
+
+    def clip_advice(self) -> str:
+        advice = getattr(self.comp, "clip_advice", None)
+        return advice() if advice is not None else super().clip_advice()
+
+    # ---- set-up ---------------------------------------------------------------------------
+    def start(self, x: np.ndarray) -> None:
+        ctx, recipe = self.ctx, self.recipe
+        problem = ctx.problem
+        self.comp = self.comp_cls(ctx.comm, problem.dim, seed=ctx.seed, worker=ctx.worker,
+                                  fail=self.raise_non_finite, **self.comp_opts)
+        self.memory.check(self.comp)
+        self.state = {**{f"comp/{k}": v for k, v in self.comp.state.items()},
+                      **{f"memory/{k}": v for k, v in self.memory.state.items()}}
+        if recipe.estimator != "full":
+            self._batch = self.batch
+        self.full_gradient = recipe.estimator == "full" or (ctx.batch is not None and self._batch == problem.n_samples)
+        self.vr = None
+        if recipe.estimator == "l-svrg":
+            self.vr = LooplessSVRG(self, x, self.reset_probability())
+            self.state.update(self.vr.state)
+        self._g = np.empty_like(x)
+        self._mean = np.empty_like(x)
+        self._local = np.empty_like(x)
+        self.mu = float(self.opts.get("momentum", 0.0))
+        if self.mu:
+            self.state["m"] = np.zeros_like(x)
+        if recipe.shift == "diana":
+            self.shift_step = 1.0 / (1.0 + self.omega)
+            self.state["h_local"] = np.zeros_like(x)
+            self.state["h"] = np.zeros_like(x)
+            self._delta = np.empty_like(x)
+            self.step = self._diana_step
+        elif recipe.memory != "none" or self.mu:
+            self.step = self._feedback_step
+        elif self.vr is not None:
+            self.step = self._vr_step
+        else:
+            self.step = self._sgd_step
+
+    def prepare(self, x: np.ndarray) -> None:
+        self.comp.prepare(x)
+
+    @property
+    def batch(self) -> int:
+        b = super().batch
+        self._batch = b
+        return b
+
+    def sample(self) -> np.ndarray:
+        return self.ctx.sample_rng.integers(0, self.ctx.problem.n_samples, size=self._batch)
+
+    def gradient(self, x: np.ndarray) -> np.ndarray:
+        """This rank's g_i of the estimator, in a scratch buffer."""
+        if self.vr is not None:
+            return self.vr.gradient(x)
+        if self.full_gradient:
+            return self.ctx.problem.grad(x, out=self._g)
+        return self.ctx.problem.stochastic_grad(x, self.sample(), out=self._g)
+
+    def count(self) -> None:
+        self.info_bits += self.comp.bits
+        self.clipped += self.comp.clipped
+
+    # ---- the steps ------------------------------------------------------------------------
+    def step(self, x: np.ndarray, k: int) -> None:
+        raise RuntimeError("start() picks the step")
+
+    def _sgd_step(self, x: np.ndarray, k: int) -> None:
+        """x -= lr mean_i C(g_i), decoded straight into x where the compressor can."""
+        self.comp.exchange_update(self.gradient(x), k, x, self.lr, self._mean)
+        self.count()
+
+    def _vr_step(self, x: np.ndarray, k: int) -> None:
+        """L-SVRG: the exchange, the reference-point coin, then x -= lr mean."""
+        mean = self._mean
+        self.comp.exchange(self.gradient(x), k, x, self.lr, mean)
+        self.count()
+        self.vr.maybe_reset(x)
+        apply_step(x, self.lr, mean)
+
+    def _diana_step(self, x: np.ndarray, k: int) -> None:
+        g_i = self.gradient(x)
+        h_i, h = self.state["h_local"], self.state["h"]
+        delta = np.subtract(g_i, h_i, out=self._delta)
+        mean, local = self._mean, self._local
+        self.comp.exchange(delta, k, x, self.lr, mean, local)
+        self.count()
+        g = np.add(h, mean, out=self._delta)
+        if self.shift_step != 1.0:
+            mean *= self.shift_step
+            local *= self.shift_step
+        h_i += local
+        h += mean
+        if self.vr is not None:
+            self.vr.maybe_reset(x)
+        g *= self.lr
+        x -= g
+
+    def _feedback_step(self, x: np.ndarray, k: int) -> None:
+        """With a memory and/or heavy-ball momentum: p = memory(g), exchange, memory update, step."""
+        memory, mean = self.memory, self._mean
+        p = memory.prepare(self.gradient(x), self.lr)
+        local = self._local if memory.needs_local else None
+        self.comp.exchange(p, k, x, self.lr, mean, local)
+        self.count()
+        memory.update(p, local, self.comp)
+        if self.vr is not None:
+            self.vr.maybe_reset(x)
+        if not memory.lr_inside:
+            mean *= self.lr
+        if self.mu:
+            m = self.state["m"]
+            m *= self.mu
+            m += mean
+            mean = m
+        x -= mean
