@@ -14,10 +14,10 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from mpiopt.comm import Communicator
-from mpiopt.errors import InputError, RunError
-from mpiopt.failfast import abort_on_error, agree_or_raise
+from mpiopt.errors import RunError
+from mpiopt.failfast import abort_on_error
 from mpiopt.methods import METHODS
-from mpiopt.problems.logistic import LogisticProblem
+from mpiopt.problems.shards import load_problem
 from mpiopt.run import minimize
 from mpiopt.trace import write_json
 
@@ -88,20 +88,6 @@ def method_options(args: argparse.Namespace) -> Dict[str, Any]:
     return chosen
 
 
-def load_problem(data_dir: str, comm: Communicator):
-    """This rank's LogisticProblem and meta.json; any rank's failure is raised on all ranks."""
-    from mpiopt.data import load_shard
-
-    problem, meta, error = None, None, None
-    try:
-        A, b, meta = load_shard(data_dir, comm.rank, comm.size)
-        problem = LogisticProblem(A, b, meta["l2"], smoothness=meta["L_workers"][comm.rank])
-    except InputError as exc:
-        error = exc
-    agree_or_raise(comm, error)
-    return problem, meta
-
-
 def failure_injection(comm: Communicator):
     """The callback behind ``MPIOPT_FAIL_AT``, or None when the variable is unset."""
     spec = os.environ.get(FAIL_ENV)
@@ -147,6 +133,8 @@ def handle(args: argparse.Namespace) -> int:
         if comm.rank == 0:
             write_json(out, res.trace)
             print_summary(res.trace, out)
+        if res.status == "diverged":
+            raise RunError(res.message, collective=True)
     return 0
 
 
