@@ -4,9 +4,9 @@
 
 Every rank builds its own shard (A_i, b_i) of a regression problem; the global objective is
 f(x) = (1/n) sum_i ||A_i x - b_i||^2 / (2 m). A problem is any object with the members of
-``mpiopt.problems.Problem``; this one has the optional ``loss_and_grad`` and ``sample_smoothness`` too.
+mpiopt.problems.Problem; this one has the optional loss_and_grad and sample_smoothness too.
 x* comes from the normal equations (sum_i A_i^T A_i) x* = sum_i A_i^T b_i, summed over the ranks, and
-is passed as ``x_star`` so every method stops at the same accuracy ||x - x*||^2 <= tol.
+is passed as x_star so every method stops at the same accuracy ||x - x*||^2 <= tol.
 """
 
 from typing import Optional, Tuple

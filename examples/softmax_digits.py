@@ -1,4 +1,4 @@
-"""Multiclass logistic regression (softmax) on scikit-learn's digits, with a ``callback`` for accuracy.
+"""Multiclass logistic regression (softmax) on scikit-learn's digits, with a callback for accuracy.
 
     mpiexec -n 4 python examples/softmax_digits.py [--method vr-intdiana] [--iters 1500]
 

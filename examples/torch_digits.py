@@ -4,8 +4,8 @@
     mpiexec -n 4 python examples/torch_digits.py --epochs 10 --ckpt-dir ckpt/   # resumes at epoch 6
 
 A small MLP on scikit-learn's digits, CPU only. Each rank reads its part of every epoch through a
-DistributedSampler (given ``num_replicas`` and ``rank`` from MPI: no torch.distributed process group
-is needed), ``IntSGD.step()`` sends the gradients as integers in one Allreduce, and a StepLR
+DistributedSampler (given num_replicas and rank from MPI: no torch.distributed process group
+is needed), IntSGD.step() sends the gradients as integers in one Allreduce, and a StepLR
 scheduler sets the step size, which IntSGD's alpha follows. At the end of every epoch each rank saves
 its own checkpoint (model, optimizer, scheduler, epoch): the optimizer's state is per rank (its
 random streams are keyed on the rank), so every rank must load its own file to resume bit-identically.
