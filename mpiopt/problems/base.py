@@ -21,8 +21,9 @@ class Problem(Protocol):
     Required members: ``dim``, ``n_samples``, ``loss``, ``grad``, ``stochastic_grad``, ``smoothness``.
     Optional members, used when present: ``loss_and_grad`` (one pass for f_i and its gradient; the
     runner's evaluation calls it instead of ``loss`` + ``grad``) and ``sample_smoothness`` (the
-    largest per-sample constant max_j L_ij; without it the variance-reduced methods' default step
-    size uses ``smoothness()`` in its place, a smaller step than the theory allows for minibatches).
+    largest per-sample constant max_j L_ij; the default step size of l-svrg, vr-diana and vr-intdiana
+    reads it for minibatches; without it they use ``smoothness()`` in its place, which is exact only
+    for a full batch and gives a larger step than the theory's for small ones: define it, or pass lr).
 
     Shapes and dtypes: ``x`` is a float64 vector of shape ``(dim,)``, the same on every rank; do not
     modify it. ``idx`` is an int64 vector of sample indices in ``range(n_samples)`` (drawn with
@@ -33,6 +34,14 @@ class Problem(Protocol):
     ``out``, after checking its shape), at the cost of one allocation per call. When ``out`` is None,
     return a new array. Gradients of the samples ``idx`` are averaged over them (as is ``loss`` over
     the shard), and the regularizer is included in every one of them.
+
+    Running it: ``mpiopt.minimize(problem, method, ...)`` on every rank, each with its own problem.
+    ``x_star`` (shape ``(dim,)``) fills the trace's ``dist_sq`` column and makes ``tol`` a bound on
+    ||x - x*||^2 (else on ||grad f||^2); ``f_star`` fills ``f_gap``; ``callback(k, x)`` runs after
+    every iteration on every rank and stops the run by returning True. The result's
+    ``trace["history"]`` holds one list per column (``iteration``, ``loss``, ``f_gap``, ``dist_sq``,
+    ``grad_norm_sq``, ``wire_bytes``, ``info_bits``, ``clipped``, ``seconds``), one entry per logged
+    iteration. ``mpiopt.load_problem(data_dir)`` gives a rank's shard written by ``mpiopt preprocess``.
     """
 
     dim: int
