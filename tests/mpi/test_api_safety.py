@@ -123,3 +123,18 @@ def test_torch_bfloat16_is_a_clear_error():
     model = torch.nn.Linear(3, 1).to(torch.bfloat16)
     with pytest.raises(ValueError, match=r"IntSGD takes float16, float32 or float64 parameters, got torch.bfloat16"):
         mt.IntSGD(model.parameters(), lr=0.1)
+
+
+def test_load_problem_gives_the_cli_shards_to_python(tmp_path):
+    from mpiopt.data import preprocess
+
+    cancer = load_breast_cancer()
+    for workers in (1, 2):
+        preprocess(cancer.data, 2.0 * cancer.target - 1.0, workers, 1e-3, tmp_path / f"bc-{workers}", dataset="bc",
+                   source_sha256=None)
+    problem, meta = mpiopt.load_problem(str(tmp_path / "bc-1"))
+    assert isinstance(problem, mpiopt.problems.LogisticProblem) and problem.n_samples == meta["n_samples"]
+    res = mpiopt.minimize(problem, "gd", iters=3000, tol=1e-8, x_star=meta["x_star"], f_star=meta["f_star"])
+    assert res.status == "converged" and res.trace["history"]["f_gap"][-1] < 1e-8
+    with pytest.raises(InputError, match="2"):
+        mpiopt.load_problem(str(tmp_path / "bc-2"))
