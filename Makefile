@@ -20,12 +20,13 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m mpiopt.demo $(DEMO)/breast_cancer.svm
+	$(PY) -m mpiopt.demo data $(DEMO)/breast_cancer.svm
 	$(MPIOPT) preprocess --file $(DEMO)/breast_cancer.svm --workers 4 --l2 1e-3 --out $(DEMO)/shards
 	$(MPIEXEC) -n 4 $(MPIOPT) run --data $(DEMO)/shards --method gd --iters 2000 --tol 1e-10 --no-progress --out $(DEMO)/gd.json
 	$(MPIEXEC) -n 4 $(MPIOPT) run --data $(DEMO)/shards --method l-svrg --iters 2000 --batch 8 --no-progress --out $(DEMO)/l-svrg.json
 	$(MPIEXEC) -n 4 $(MPIOPT) run --data $(DEMO)/shards --method vr-intdiana --iters 2000 --batch 8 --no-progress --out $(DEMO)/vr-intdiana.json
 	$(MPIOPT) plot $(DEMO)/gd.json $(DEMO)/l-svrg.json $(DEMO)/vr-intdiana.json --out $(DEMO)/demo.png
+	$(PY) -m mpiopt.demo compare $(DEMO)/gd.json $(DEMO)/l-svrg.json $(DEMO)/vr-intdiana.json
 	@echo "demo done: traces and figure in $(DEMO)/"
 
 test: $(STAMP)

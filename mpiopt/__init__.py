@@ -6,6 +6,7 @@ the baselines the field compares against run over the same communicator and trac
 
 __version__ = "0.1.0"
 
+from mpiopt.problems.shards import load_problem  # noqa: E402
 from mpiopt.run import OptimizeResult, minimize  # noqa: E402
 
-__all__ = ["minimize", "OptimizeResult", "__version__"]
+__all__ = ["minimize", "load_problem", "OptimizeResult", "__version__"]

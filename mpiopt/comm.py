@@ -2,7 +2,8 @@
 
 Compressors, methods and the runner talk to a :class:`Communicator` only: ``rank``, ``size``, the
 in-place collectives on caller-owned arrays (``allreduce_int``, ``allreduce_float``, ``allreduce_max``,
-``allgather``, ``allgatherv``), ``allgather_object`` for small control messages, and ``bytes_sent``,
+``allgather``, ``allgatherv``), ``broadcast`` (set-up), ``allgather_object`` for small control
+messages, and ``bytes_sent``,
 the bytes this rank handed to the collectives, so that every trace reports bytes on the wire.
 ``int_dtypes`` lists the integer types the backend can SUM (gloo and NCCL have no int16), which is
 the ladder the int compressor's ``auto`` wire dtype climbs.
@@ -56,6 +57,8 @@ class Communicator(Protocol):
     def allgatherv(self, sendbuf, recvbuf, counts: np.ndarray, count: bool = True): ...
 
     def allgather_object(self, obj: Any) -> List[Any]: ...
+
+    def broadcast(self, buf, root: int = 0): ...
 
     def abort(self, code: int = 1) -> None: ...
 
@@ -114,6 +117,11 @@ class MPICommunicator:
     def allgather_object(self, obj: Any) -> List[Any]:
         """Every rank's small Python object, in rank order (control messages only, never the hot path)."""
         return self.comm.allgather(obj)
+
+    def broadcast(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
+        """``root``'s array into every rank's ``buf``, in place (set-up only: not counted as wire bytes)."""
+        self.comm.Bcast(buf, root=root)
+        return buf
 
     def bcast(self, obj, root: int = 0):
         """Broadcast a small Python object (control messages only, never the hot path)."""

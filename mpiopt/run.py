@@ -16,20 +16,24 @@ from mpiopt.checkpoint import Checkpointer
 from mpiopt.comm import Communicator, MPICommunicator, library_version
 from mpiopt.errors import InputError
 from mpiopt.methods import Context, Method, make_method
-from mpiopt.problems.base import Problem
+from mpiopt.problems.base import Problem, checked
 from mpiopt.state import capture, restore
 from mpiopt.trace import Trace, environment
 
 RNG_KEYS = ("sample_rng", "shared_rng")
 CLIP_WARN_RATE = 0.01
 """Fraction of coordinates clipped (over the run so far) above which the run warns, once."""
+DIVERGE_FACTOR = 100.0
+"""A logged loss above DIVERGE_FACTOR * |f(x0)| + DIVERGE_MARGIN (or not finite) stops the run as diverged."""
+DIVERGE_MARGIN = 1.0
 
 
 class OptimizeResult(dict):
     """The outcome of :func:`minimize`; keys are also attributes (``res.x``, ``res.status``).
 
-    Keys: ``x`` (final iterate), ``status`` ('converged', 'max_iter' or an error), ``success``,
-    ``nit`` (iterations done), ``fun`` (f(x) at the last logged point), ``trace`` (the JSON record).
+    Keys: ``x`` (final iterate), ``status`` ('converged', 'max_iter', 'callback' or 'diverged'),
+    ``success`` (status is 'converged'), ``message`` (the status in words), ``nit`` (iterations done),
+    ``fun`` (global f at the last logged point), ``trace`` (the JSON record, see :func:`minimize`).
     """
 
     def __getattr__(self, name: str):
@@ -92,6 +96,8 @@ class Runner:
         self._eval = np.empty(ctx.problem.dim + 2)
         self.seconds = 0.0
         self.warnings: List[str] = []
+        self.message = ""
+        """Why the run stopped, in words (set by :meth:`run`)."""
 
     def evaluate(self, x: np.ndarray, k: int) -> Dict[str, Optional[float]]:
         """Global f, ||grad f||^2, clipped coordinates over all ranks (one uncounted float Allreduce)
@@ -127,8 +133,11 @@ class Runner:
         rate = clipped / max(1, k * self.ctx.problem.dim * self.ctx.comm.size)
         if rate <= CLIP_WARN_RATE or self.warnings:
             return
-        message = (f"{100 * rate:.1f}% of the coordinates sent so far were clipped to fit the wire dtype "
-                   f"(iteration {k}); {self.method.clip_advice()}")
+        self.warn(f"{100 * rate:.1f}% of the coordinates sent so far were clipped to fit the wire dtype "
+                  f"(iteration {k}); {self.method.clip_advice()}")
+
+    def warn(self, message: str) -> None:
+        """A warning in the trace and, on rank 0, one ``mpiopt: warning:`` line on stderr."""
         self.warnings.append(message)
         if self.ctx.comm.rank == 0:
             sys.stderr.write(f"mpiopt: warning: {message}\n")
@@ -147,6 +156,19 @@ class Runner:
             return self.dist_sq(x) <= self.tol
         return row is not None and row["grad_norm_sq"] <= self.tol
 
+    def diverged(self, row: Optional[Dict[str, Any]]) -> bool:
+        """True when a logged global loss is not finite or far above the first one (same on every rank:
+        the loss is the Allreduce's sum). A step size that is too large shows here long before NaN."""
+        if row is None:
+            return False
+        start, loss = self.trace.history["loss"][0], row["loss"]
+        if start is None or (np.isfinite(loss) and loss <= DIVERGE_FACTOR * abs(start) + DIVERGE_MARGIN):
+            return False  # start None: f(x0) was not finite, nothing to compare with
+        self.message = (f"diverged: the loss grew from {start:.6g} at iteration 0 to {loss:.6g} at iteration "
+                        f"{row['iteration']} (more than {DIVERGE_FACTOR:g} times its start); try a smaller step "
+                        f"size (--lr; lr= in Python)")
+        return True
+
     def run(self, x: np.ndarray, start: int) -> str:
         """Iterate from ``start`` (0, or a checkpoint's iteration) to ``iters``; return the status."""
         bar = self._progress_bar(start)
@@ -160,7 +182,9 @@ class Runner:
             done = k + 1
             logged = done % self.log_every == 0 or done == self.iters
             row = self.evaluate(x, done) if logged else None
-            if self.converged(x, row):
+            if self.diverged(row):
+                status = "diverged"
+            elif self.converged(x, row):
                 status = "converged"
             elif self.callback is not None and self.callback(done, x):
                 status = "callback"
@@ -176,7 +200,23 @@ class Runner:
                 break
         if bar is not None:
             bar.close()
+        self._explain(status, x)
         return status
+
+    def _explain(self, status: str, x: np.ndarray) -> None:
+        """Set :attr:`message`; warn when a tolerance was asked for and not reached."""
+        if status == "converged":
+            measure = "||x - x*||^2" if self.x_star is not None else "||grad f||^2"
+            self.message = f"converged: {measure} <= {self.tol:g}"
+        elif status == "callback":
+            self.message = "stopped by the callback"
+        elif status == "max_iter":
+            self.message = f"reached the iteration limit ({self.iters})"
+            if self.tol is not None:
+                measure, value = (("||x - x*||^2", self.dist_sq(x)) if self.x_star is not None
+                                  else ("||grad f||^2", self.trace.last("grad_norm_sq")))
+                self.warn(f"--tol {self.tol:g} not reached in {self.iters} iterations ({measure} = {value:.3e} at "
+                          f"the end); raise --iters, or check the step size")
 
     def _progress_bar(self, start: int):
         if not self.progress:
@@ -229,12 +269,21 @@ def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.nd
     ``worker`` names the shard this rank holds when ranks were reordered (default: the comm rank).
     ``callback(k, x)`` runs after each iteration k (1-based); a true return value stops the run
     with status 'callback'. Every rank returns the same result; the trace is complete on every rank.
+
+    A problem that is not one of mpiopt's own classes is wrapped in
+    :class:`mpiopt.problems.base.CheckedProblem` (gradients returned as new arrays still reach the
+    methods' buffers), and every rank's ``dim`` is checked to agree. A logged loss that is not
+    finite or above 100 |f(x0)| + 1 stops the run with status 'diverged'; a ``tol`` not reached
+    within ``iters`` is warned about (stderr on rank 0, ``trace["warnings"]``).
     """
     if iters < 0:
         raise InputError(f"--iters must be >= 0, got {iters}", collective=True)
     if tol is not None and not tol > 0:
         raise InputError(f"--tol must be a positive number, got {tol}", collective=True)
     comm = as_communicator(comm)
+    check_same_dim(problem, comm)
+    problem = checked(problem)
+    x_star = check_x_star(x_star, problem.dim)
     ctx = make_context(problem, comm, seed, lr, batch, L, L_max, worker)
     meth = make_method(method, ctx, **options)
     x = np.zeros(problem.dim) if x0 is None else np.array(x0, dtype=np.float64)
@@ -270,5 +319,28 @@ def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.nd
     record = trace.to_dict(x, status, iterations=nit, resumed_from=start or None, seconds_total=runner.seconds,
                            compile_seconds=compile_seconds,
                            warnings=runner.warnings, **meth.summary())
-    return OptimizeResult(x=x, status=status, success=status == "converged", nit=nit,
+    return OptimizeResult(x=x, status=status, success=status == "converged", message=runner.message, nit=nit,
                           fun=trace.last("loss"), trace=record)
+
+
+def check_same_dim(problem: Problem, comm: Communicator) -> None:
+    """Every rank's problem must have the same ``dim`` (one small Allgather); else a message that
+    names the ranks, raised on every rank, instead of a crash inside MPI at the first collective."""
+    dims = comm.allgather(np.array([problem.dim], dtype=np.int64), np.empty(comm.size, dtype=np.int64),
+                          count=False)
+    if (dims == dims[0]).all():
+        return
+    groups = {int(d): np.flatnonzero(dims == d).tolist() for d in np.unique(dims)}
+    found = "; ".join(f"dim {d} on rank(s) {ranks}" for d, ranks in groups.items())
+    raise InputError(f"the ranks' problems disagree on dim: {found}. Every rank's problem must have the same "
+                     f"number of coordinates (each rank holds its own samples of one model)", collective=True)
+
+
+def check_x_star(x_star, dim: int) -> Optional[np.ndarray]:
+    """``x_star`` as a float64 vector of shape (dim,), or a clear error."""
+    if x_star is None:
+        return None
+    x_star = np.asarray(x_star, dtype=np.float64)
+    if x_star.shape != (dim,):
+        raise InputError(f"x_star has shape {x_star.shape}, expected ({dim},) (the problem's dim)", collective=True)
+    return x_star

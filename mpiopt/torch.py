@@ -67,6 +67,9 @@ from mpiopt.problems.torch import GradientBucket
 from mpiopt.run import RNG_KEYS, as_communicator, make_context
 from mpiopt.state import capture, restore
 
+SUPPORTED_DTYPES = (torch.float16, torch.float32, torch.float64)
+"""Parameter dtypes the optimizers take (numpy, which the compressors run on, has no bfloat16)."""
+
 
 class _BucketProblem:
     """The Problem a wrapped method sees: its 'stochastic gradient' is this step's gradient vector.
@@ -137,7 +140,11 @@ class DistributedOptimizer(torch.optim.Optimizer):
         if self.bucket.device.type != "cpu":
             raise ValueError(f"{type(self).__name__} runs on CPU tensors (the compressors are numpy code); "
                              f"the model is on {self.bucket.device}")
+        if self.bucket.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"{type(self).__name__} takes float16, float32 or float64 parameters, got "
+                             f"{self.bucket.dtype}; convert the model first (model.float())")
         self.comm: Communicator = as_communicator(comm)
+        self.comm.broadcast(self.bucket.param_array(), root=0)  # replicas start equal, as DDP makes them
         d = self.bucket.dim
         self.problem = _BucketProblem(d)
         self.ctx = make_context(self.problem, self.comm, seed, lr, 1, math.nan, math.nan)

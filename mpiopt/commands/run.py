@@ -11,14 +11,14 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from mpiopt.comm import Communicator, MPICommunicator
+from mpiopt.comm import MPICommunicator
 from mpiopt.compressors import REGISTRY, Option, all_options
-from mpiopt.errors import InputError, RunError
-from mpiopt.failfast import abort_on_error, agree_or_raise
+from mpiopt.errors import RunError
+from mpiopt.failfast import abort_on_error
 from mpiopt.methods import METHODS
 from mpiopt.methods.composed import own_options
 from mpiopt.methods.memory import MEMORIES
-from mpiopt.problems.logistic import LogisticProblem
+from mpiopt.problems.shards import load_problem
 from mpiopt.run import minimize
 from mpiopt.trace import write_json
 
@@ -87,20 +87,6 @@ def method_options(args: argparse.Namespace) -> Dict[str, Any]:
     return {o.name: getattr(args, o.name) for o in cli_options() if getattr(args, o.name) is not None}
 
 
-def load_problem(data_dir: str, comm: Communicator):
-    """This rank's LogisticProblem and meta.json; any rank's failure is raised on all ranks."""
-    from mpiopt.data import load_shard
-
-    problem, meta, error = None, None, None
-    try:
-        A, b, meta = load_shard(data_dir, comm.rank, comm.size)
-        problem = LogisticProblem(A, b, meta["l2"], smoothness=meta["L_workers"][comm.rank])
-    except InputError as exc:
-        error = exc
-    agree_or_raise(comm, error)
-    return problem, meta
-
-
 def handle(args: argparse.Namespace, callback: Optional[Callable[[int, np.ndarray], Any]] = None) -> int:
     """Run the job; ``callback(k, x)`` is minimize's callback (the test suite injects faults with it)."""
     comm = MPICommunicator()
@@ -126,6 +112,8 @@ def handle(args: argparse.Namespace, callback: Optional[Callable[[int, np.ndarra
         if comm.rank == 0:
             write_json(out, res.trace)
             print_summary(res.trace, out)
+        if res.status == "diverged":
+            raise RunError(res.message, collective=True)
     return 0
 
 

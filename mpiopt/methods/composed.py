@@ -105,7 +105,7 @@ class CompressedMethod(Method):
         if not foreign:
             return
         listed = ", ".join(sorted(takes)) or "no options"
-        if set(foreign) & set(all_options()):
+        if self.recipe.compressor is None and set(foreign) & set(all_options()):
             raise bad_option(f"method '{self.name}' with compressor {comp_cls.name} does not use option(s) "
                              f"{', '.join(foreign)}; it takes: {listed}")
         raise bad_option(f"method '{self.name}' does not take option(s) {', '.join(foreign)}; it takes: {listed}")
