@@ -4,7 +4,9 @@ next to nothing, and the problem hands back a stored gradient).
 
     python benchmarks/python_overhead.py [--d 16] [--steps 20000] [--repeats 7] [--json OUT]
 
-The median over ``repeats`` of the mean microseconds per ``step`` is reported for each method. The
+The median over ``repeats`` of the mean microseconds per ``step`` is reported for each method, and
+the same for the compressor's own SGD step alone (``exchange_update``: IntSGD's int compressor with
+a constant alpha, and the float32 ``none`` compressor), the part of a step the core owns. The
 same script runs against an older checkout (``PYTHONPATH=OLD python benchmarks/python_overhead.py``)
 to compare a change with the code before it: it only uses ``make_context``, ``make_method``,
 ``start`` and ``step``, which both sides have.
@@ -76,6 +78,34 @@ def time_method(name: str, d: int, steps: int, repeats: int) -> float:
     return statistics.median(per_step)
 
 
+def compressor(name: str, d: int, **opts):
+    """The named compressor on a one-rank communicator (this checkout's constructor, or the older one
+    that took ``lr``)."""
+    def fail(k, local_bad):
+        raise RuntimeError("non-finite")
+
+    try:
+        from mpiopt.compressors import compressor_class
+
+        return compressor_class(name)(communicator(), d, seed=0, worker=0, fail=fail, **opts)
+    except ImportError:
+        from mpiopt.methods.compressors import compressor_class
+
+        return compressor_class(name)(communicator(), d, seed=0, worker=0, lr=1e-3, fail=fail, **opts)
+
+
+def time_exchange(comp, d: int, steps: int, repeats: int) -> float:
+    v, x, mean = np.linspace(-1.0, 1.0, d), np.zeros(d), np.empty(d)
+    per_step, k = [], 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            comp.exchange_update(v, k, x, 1e-3, mean)
+            k += 1
+        per_step.append((time.perf_counter() - t0) / steps * 1e6)
+    return statistics.median(per_step)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--d", type=int, default=16)
@@ -87,8 +117,12 @@ def main() -> None:
 
     result = {"d": args.d, "steps": args.steps, "repeats": args.repeats, "package": mpiopt.__file__,
               "us_per_step": {name: time_method(name, args.d, args.steps, args.repeats) for name in METHODS}}
+    exchanges = {"int exchange_update": compressor("int", args.d, alpha="constant", alpha0=100.0),
+                 "none float32 exchange_update": compressor("none", args.d, float_dtype="float32")}
+    for label, comp in exchanges.items():
+        result["us_per_step"][label] = time_exchange(comp, args.d, args.steps, args.repeats)
     for name, us in result["us_per_step"].items():
-        print(f"{name:12s} {us:7.2f} us per step")
+        print(f"{name:30s} {us:7.2f} us per step")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)

@@ -37,7 +37,7 @@ def restore(record: Dict[str, Any], method, rngs: Dict[str, np.random.Generator]
     if set(arrays) != set(method.state):
         raise ValueError(f"saved state holds {sorted(arrays)}, this method has {sorted(method.state)}")
     for name, value in method.state.items():
-        value[...] = arrays[name] if isinstance(value, np.ndarray) else type(value)(arrays[name])
+        value[...] = arrays[name]
     for key, rng in rngs.items():
         rng.bit_generator.state = record["rng"][key]
     counters = record["counters"]

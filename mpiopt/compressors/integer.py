@@ -72,6 +72,7 @@ class IntCompressor(Compressor):
         self.auto = o["wire_dtype"] == "auto"
         self.dtypes = [t for t in INT_DTYPES if t in comm.int_dtypes]
         self.bounds = [int_bound(t, n) for t in self.dtypes]
+        self._wire_slot = [WIRE_NAMES.index(str(t)) for t in self.dtypes]
         self.first = min(lv for lv, b in enumerate(self.bounds) if b >= 1)
         start_level = self.first if self.auto else self.dtypes.index(np.dtype(o["wire_dtype"]))
         self.quant = self.quantizer(d, o["rounding"])
@@ -81,6 +82,9 @@ class IntCompressor(Compressor):
         self.sizes = np.diff(np.append(self.starts, d)).astype(np.float64)
         self.alpha_blocks = np.zeros(nb)
         """The alpha of the last step, per block."""
+        if o["alpha"] == "constant":
+            self._alpha0 = float(o["alpha0"])
+            self.alpha_blocks[...] = self._alpha0
         xp = self.xp
         self._alpha_vec = xp.empty(d) if nb > 1 else None
         self._block_of = xp.asarray(np.repeat(np.arange(nb, dtype=np.intp), self.sizes.astype(np.intp)))
@@ -152,8 +156,7 @@ class IntCompressor(Compressor):
         remembering x as x^{k-1} for the next step."""
         st, o = self.state, self.opts
         if o["alpha"] == "constant":
-            self.alpha_blocks[...] = o["alpha0"]
-            return float(o["alpha0"])
+            return self._alpha0
         if not st["have_prev"]:
             st["x_prev"][...] = x
             st["have_prev"][...] = 1
@@ -249,7 +252,7 @@ class IntCompressor(Compressor):
         sent_max = min(m, self.bounds[level])
         self.bits = info_bits_int(self.dim, sent_max)
         self.clipped = clipped
-        st["steps_by_wire"][1 + INT_DTYPES.index(self.dtypes[level])] += 1
+        st["steps_by_wire"][self._wire_slot[level]] += 1
         seen = st["max_abs_q"]
         if sent_max > seen:
             seen[...] = sent_max
