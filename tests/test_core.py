@@ -191,3 +191,11 @@ def test_torch_intsgd_alpha_is_zero_before_and_the_formula_after_integer_steps(b
     expected = adaptive_alpha(0.1, comp.state["r"], comp.sizes, 1, 1e-8)
     np.testing.assert_array_equal(opt.alpha, np.atleast_1d(expected))
     assert np.all(opt.alpha > 0)
+
+
+def test_clipping_with_auto_blames_an_alpha_too_large_not_the_wire_dtype(problem):
+    res = mpiopt.minimize(problem, "intsgd", iters=20, batch=16, alpha="constant", alpha0=1e300)
+    warning = " ".join(res.trace["warnings"])
+    assert "alpha is too large: lower --alpha0" in warning and "use --wire-dtype auto" not in warning
+    fixed = mpiopt.minimize(problem, "intsgd", iters=20, batch=16, alpha="constant", alpha0=1e6, wire_dtype="int8")
+    assert "use --wire-dtype auto or a wider dtype" in " ".join(fixed.trace["warnings"])
