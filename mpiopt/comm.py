@@ -138,3 +138,13 @@ class MPICommunicator:
 def library_version() -> str:
     """The first line of the MPI library's version string (recorded in every trace)."""
     return MPI.Get_library_version().strip().splitlines()[0]
+
+
+def __getattr__(name: str):
+    """``mpiopt.comm.TorchCommunicator``, imported from :mod:`mpiopt.torch.comm` only when asked for,
+    so that mpi4py users never import torch."""
+    if name == "TorchCommunicator":
+        from mpiopt.torch.comm import TorchCommunicator
+
+        return TorchCommunicator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,143 @@
+"""The Communicator protocol over torch.distributed (gloo on CPUs, NCCL on GPUs).
+
+With it, the int compressor, the :mod:`mpiopt.torch` optimizers, the DDP hooks of
+:mod:`mpiopt.torch.hooks` and :func:`mpiopt.minimize` run in a job started by ``torchrun`` (or any
+launcher that calls ``torch.distributed.init_process_group``) instead of ``mpiexec``::
+
+    dist.init_process_group("gloo")
+    result = mpiopt.minimize(problem, "vr-intdiana", comm=TorchCommunicator())
+
+Arrays go to the collectives without a copy (``torch.from_numpy`` for numpy arrays, DLPack for
+device arrays). ``bytes_sent`` counts what this rank hands to each collective, as
+:class:`mpiopt.comm.MPICommunicator` does. gloo and NCCL cannot SUM int16 (gloo answers "Invalid
+scalar type"), so ``int_dtypes`` is (int8, int32, int64): the int compressor's ``auto`` climbs
+int8 -> int32 -> int64 here, and a fixed ``wire_dtype='int16'`` is refused when the compressor is
+built. ``allgatherv`` pads every block to the largest count (torch.distributed has no
+variable-size all-gather); only this rank's real bytes are counted.
+"""
+
+import os
+import sys
+from typing import Any, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from mpiopt.errors import InputError
+
+INT_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.int32, np.int64))
+"""The integer types gloo and NCCL can SUM, narrowest first (no int16)."""
+FLOAT_DTYPES = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64))
+
+
+def as_tensor(buf) -> torch.Tensor:
+    """A tensor sharing ``buf``'s memory: torch.from_numpy for numpy, DLPack for device arrays."""
+    if isinstance(buf, np.ndarray):
+        return torch.from_numpy(buf)
+    return torch.from_dlpack(buf)
+
+
+def _check_dtype(buf, allowed, what: str) -> None:
+    if np.dtype(buf.dtype) not in allowed:
+        raise TypeError(f"{what} takes {', '.join(map(str, allowed))} arrays over torch.distributed, "
+                        f"got {buf.dtype}")
+
+
+class TorchCommunicator:
+    """The Communicator of a torch.distributed process group (``group=None``: the default group).
+
+    The process group must be initialized first (``dist.init_process_group``); ranks are the
+    group's ranks.
+    """
+
+    def __init__(self, group: Optional[dist.ProcessGroup] = None):
+        if not dist.is_available() or not dist.is_initialized():
+            raise InputError("TorchCommunicator needs an initialized torch.distributed process group: call "
+                             "torch.distributed.init_process_group(...) first (torchrun sets its environment)")
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.size = dist.get_world_size(group)
+        self.backend = str(dist.get_backend(group))
+        self.bytes_sent = 0
+        self.int_dtypes = INT_DTYPES
+
+    def _count(self, nbytes: int, count: bool) -> None:
+        if count:
+            self.bytes_sent += nbytes
+
+    def _reduce(self, buf, op, count: bool):
+        dist.all_reduce(as_tensor(buf), op=op, group=self.group)
+        self._count(buf.nbytes, count)
+        return buf
+
+    def allreduce_int(self, buf, count: bool = True):
+        """Sum an int8/int32/int64 array over all ranks, in place (exact, order-independent)."""
+        _check_dtype(buf, self.int_dtypes, "allreduce_int")
+        return self._reduce(buf, dist.ReduceOp.SUM, count)
+
+    def allreduce_float(self, buf, count: bool = True):
+        """Sum a float16/float32/float64 array over all ranks, in place."""
+        _check_dtype(buf, FLOAT_DTYPES, "allreduce_float")
+        return self._reduce(buf, dist.ReduceOp.SUM, count)
+
+    def allreduce_max(self, buf, count: bool = True):
+        """Element-wise maximum over all ranks, in place (integer or float arrays)."""
+        _check_dtype(buf, self.int_dtypes + FLOAT_DTYPES, "allreduce_max")
+        return self._reduce(buf, dist.ReduceOp.MAX, count)
+
+    def allgather(self, sendbuf, recvbuf, count: bool = True):
+        """Gather equal-sized blocks from every rank: ``recvbuf`` has ``size * len(sendbuf)`` items."""
+        dist.all_gather_single(as_tensor(recvbuf).view(-1), as_tensor(sendbuf).reshape(-1), group=self.group)
+        self._count(sendbuf.nbytes, count)
+        return recvbuf
+
+    def allgatherv(self, sendbuf, recvbuf, counts: np.ndarray, count: bool = True):
+        """Gather blocks of different sizes (``counts[r]`` items from rank r, in rank order) by padding
+        each block to the largest count; only this rank's ``counts[rank]`` items are counted as sent."""
+        counts = np.asarray(counts, dtype=np.int64)
+        width = int(counts.max()) if counts.size else 0
+        send = torch.zeros(width, dtype=as_tensor(sendbuf).dtype, device=as_tensor(sendbuf).device)
+        send[:sendbuf.size] = as_tensor(sendbuf).reshape(-1)
+        gathered = torch.empty(self.size * width, dtype=send.dtype, device=send.device)
+        dist.all_gather_single(gathered, send, group=self.group)
+        rows = gathered.view(self.size, width)
+        out = as_tensor(recvbuf).view(-1)
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        for r, (start, c) in enumerate(zip(starts.tolist(), counts.tolist())):  # one copy per rank
+            out[start:start + c] = rows[r, :c]
+        self._count(sendbuf.nbytes, count)
+        return recvbuf
+
+    def allgather_object(self, obj: Any) -> List[Any]:
+        """Every rank's small Python object, in rank order (control messages only, never the hot path)."""
+        out: List[Any] = [None] * self.size
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+    def _global(self, root: int) -> int:
+        return root if self.group is None else dist.get_global_rank(self.group, root)
+
+    def broadcast(self, buf, root: int = 0):
+        """``root``'s array into every rank's ``buf``, in place (set-up only: not counted as wire bytes)."""
+        dist.broadcast(as_tensor(buf), src=self._global(root), group=self.group)
+        return buf
+
+    def bcast(self, obj, root: int = 0):
+        """Broadcast a small Python object from ``root`` (control messages only)."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=self._global(root), group=self.group)
+        return box[0]
+
+    def barrier(self) -> None:
+        dist.barrier(group=self.group)
+
+    def abort(self, code: int = 1) -> None:
+        """End this process at once with ``code`` after tearing down its process group: the other
+        ranks' collectives then fail (gloo reports the closed connection) instead of waiting forever."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            dist.destroy_process_group()
+        finally:
+            os._exit(code)

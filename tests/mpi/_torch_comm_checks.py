@@ -1,0 +1,110 @@
+"""Helper of test_torch_comm.py: every TorchCommunicator collective over real gloo, checked on each rank.
+
+    (torchlaunch, n ranks) python _torch_comm_checks.py all|abort
+
+``all`` runs every check but ``abort``, each asserting on every rank (a failed assert exits
+non-zero; one launch, as starting torch on n processes costs seconds). ``abort``: rank 1 aborts
+while rank 0 waits in a collective, which must then fail (exit 4) instead of hanging.
+"""
+
+import sys
+
+import numpy as np
+
+from _torch_common import init_gloo
+from mpiopt.comm import Communicator, TorchCommunicator
+from mpiopt.compressors import compressor_class
+from mpiopt.errors import InputError
+
+
+def fail(k, local_bad):
+    raise AssertionError(f"unexpected non-finite values at step {k}")
+
+
+def collectives(comm: TorchCommunicator) -> None:
+    r, n = comm.rank, comm.size
+    assert isinstance(comm, Communicator)
+    assert comm.int_dtypes == tuple(np.dtype(t) for t in (np.int8, np.int32, np.int64))
+    sent = 0
+    for t in comm.int_dtypes:
+        a = np.full(5, r + 1, dtype=t)
+        assert comm.allreduce_int(a) is a and (a == n * (n + 1) // 2).all() and a.dtype == t
+        sent += a.nbytes
+    f = np.array([r + 0.5, -r], dtype=np.float64)
+    comm.allreduce_float(f)
+    assert f.tolist() == [n * n / 2, -n * (n - 1) / 2]
+    m = np.array([r, -r], dtype=np.float32)
+    comm.allreduce_max(m)
+    assert m.tolist() == [n - 1, 0]
+    sent += f.nbytes + m.nbytes
+    recv = np.empty((n, 3), dtype=np.int64)
+    comm.allgather(np.arange(3, dtype=np.int64) + 10 * r, recv)
+    assert (recv == np.arange(3) + 10 * np.arange(n)[:, None]).all()
+    sent += 3 * 8
+    counts = np.arange(1, n + 1)  # rank r sends r + 1 values: padding to n must not be counted
+    v = np.empty(int(counts.sum()), dtype=np.float32)
+    comm.allgatherv(np.full(r + 1, r, dtype=np.float32), v, counts)
+    assert v.tolist() == [float(q) for q in range(n) for _ in range(q + 1)]
+    sent += (r + 1) * 4
+    assert comm.bytes_sent == sent, (comm.bytes_sent, sent)
+    assert comm.allgather_object({"rank": r}) == [{"rank": q} for q in range(n)]
+    b = np.full(4, r, dtype=np.float64)
+    comm.broadcast(b, root=n - 1)
+    assert (b == n - 1).all()
+    assert comm.bcast(("hello", r), root=1) == ("hello", 1)
+    assert comm.bytes_sent == sent  # set-up collectives are not wire bytes
+    try:
+        comm.allreduce_int(np.zeros(2, dtype=np.int16))
+    except TypeError as exc:
+        assert "int16" in str(exc)
+    else:
+        raise AssertionError("an int16 Allreduce was accepted")
+
+
+def int16_refused(comm: TorchCommunicator) -> None:
+    try:
+        compressor_class("int")(comm, 10, seed=0, worker=comm.rank, fail=fail, wire_dtype="int16")
+    except InputError as exc:
+        text = str(exc)
+        assert "cannot sum int16" in text and "int8, int32, int64" in text and "auto" in text, text
+        print("refused:", text)
+    else:
+        raise AssertionError("wire_dtype='int16' was accepted over gloo")
+
+
+def auto_climbs(comm: TorchCommunicator) -> None:
+    """int8 -> int32 on an overflow (never int16), exact: the sum equals the float mean to 1/alpha."""
+    d, n = 1000, comm.size
+    comp = compressor_class("int")(comm, d, seed=1, worker=comm.rank, fail=fail, wire_dtype="auto",
+                                   alpha="constant", alpha0=100.0)
+    rng = np.random.default_rng(comm.rank)
+    mean = np.empty(d)
+    for k, scale in enumerate((0.01, 0.01, 50.0, 0.01)):  # step 2: |alpha v| up to ~2e4 > int8's bound
+        v = rng.standard_normal(d) * scale
+        comp.exchange(v, k, None, 0.1, mean)
+        exact = comm.allreduce_float(v.copy(), count=False) / n
+        assert np.abs(mean - exact).max() <= 1.0 / 100.0, (k, np.abs(mean - exact).max())
+        assert comp.clipped == 0
+    wires = comp.summary()["steps_by_wire"]
+    assert wires == {"int8": 2, "int32": 2}, wires  # it stays wide until a streak fits
+    assert int(comp.state["redone_steps"]) == 1
+    print("wires:", wires)
+
+
+def abort(comm: TorchCommunicator) -> None:
+    if comm.rank == 1:
+        comm.abort(3)
+    try:
+        comm.allreduce_float(np.zeros(4))
+        comm.allreduce_float(np.zeros(4))
+    except Exception as exc:  # gloo reports the closed peer
+        print("collective failed:", type(exc).__name__)
+        sys.exit(4)
+    raise AssertionError("a collective with an aborted rank succeeded")
+
+
+if __name__ == "__main__":
+    init_gloo()
+    comm = TorchCommunicator()
+    for check in ((collectives, int16_refused, auto_climbs) if sys.argv[1] == "all" else (abort,)):
+        check(comm)
