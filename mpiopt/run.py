@@ -290,7 +290,7 @@ def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.nd
     if x.shape != (problem.dim,):
         raise InputError(f"x0 has shape {x.shape}, expected ({problem.dim},)", collective=True)
     log_every = log_every or max(1, iters // 1000)
-    config = {**meth.config(), "batch": meth.batch, "seed": seed, "iters": iters, "tol": tol,
+    config = {**meth.config(), "seed": seed, "iters": iters, "tol": tol,
               "log_every": log_every, "L": ctx.L, "L_max": ctx.L_max}
     trace = Trace({"method": meth.name, "n_ranks": comm.size, "seed": seed, **(header or {}), "config": config,
                    "env": environment(library_version(), comm.size)})

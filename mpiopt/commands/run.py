@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from mpiopt.comm import MPICommunicator
+from mpiopt.commands import plain
 from mpiopt.compressors import REGISTRY, Option, all_options
 from mpiopt.errors import RunError
 from mpiopt.failfast import abort_on_error
@@ -25,14 +26,18 @@ from mpiopt.trace import write_json
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="run a method on preprocessed shards (under mpiexec)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, metavar="DIR", help="folder written by 'mpiopt preprocess'")
     p.add_argument("--method", required=True, metavar="NAME", help="one of: " + ", ".join(sorted(METHODS)))
     p.add_argument("--iters", type=int, default=1000, metavar="K", help="maximum iterations (default 1000)")
     p.add_argument("--tol", type=float, metavar="T",
                    help="stop once ||x-x*||^2 <= T (x* from meta.json), else once ||grad f||^2 <= T")
-    p.add_argument("--batch", type=int, metavar="B", help="minibatch size per rank (stochastic methods)")
-    p.add_argument("--lr", type=float, metavar="ETA", help="step size (default: the method's theory value)")
+    p.add_argument("--batch", type=int, metavar="B",
+                   help="minibatch size per rank (stochastic methods; default 1%% of the shard, at least 1; "
+                        "gd takes none)")
+    p.add_argument("--lr", type=float, metavar="ETA",
+                   help="step size (default: the theory value: 1/L for gd, 1/(2 L_max (1 + 2 omega/n)) for sgd-type "
+                        "methods, the L-SVRG formula for l-svrg and vr-*; the run table prints it)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--out", required=True, metavar="TRACE.json", help="where rank 0 writes the trace")
     p.add_argument("--log-every", type=int, metavar="K", help="evaluate f and ||grad f|| every K iterations")
@@ -122,6 +127,7 @@ def print_summary(trace: Dict[str, Any], out: Path) -> None:
     h = trace["history"]
     gap, dist = h["f_gap"][-1], h["dist_sq"][-1]
     cols = [("method", trace["method"]), ("ranks", str(trace["n_ranks"])), ("iterations", str(trace["iterations"])),
+            ("step size", f"{trace['config']['lr']:.4g}"), ("batch", str(trace["config"].get("batch") or "full")),
             ("f - f*", _fmt(gap)), ("||x - x*||^2", _fmt(dist)), ("wire bytes/rank", str(h["wire_bytes"][-1])),
             ("step seconds", f"{trace['seconds_total']:.3f}"),
             ("compile seconds", f"{trace.get('compile_seconds', 0.0):.3f}"), ("status", trace["status"])]

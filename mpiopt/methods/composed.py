@@ -125,7 +125,8 @@ class CompressedMethod(Method):
 
     def config(self) -> Dict[str, Any]:
         extra = {"p": self.reset_probability()} if self.recipe.estimator == "l-svrg" else {}
-        return {"lr": self.lr, **self.opts, **extra, **self.mem_opts, "compressor": self.comp_cls.name,
+        batch = None if self.recipe.estimator == "full" else self.batch
+        return {"lr": self.lr, "batch": batch, **self.opts, **extra, **self.mem_opts, "compressor": self.comp_cls.name,
                 "omega": self.omega, **self.comp_opts, **self.comp_cls.describe(self.comp_opts)}
 
     def summary(self) -> Dict[str, Any]:
