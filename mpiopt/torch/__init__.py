@@ -71,6 +71,13 @@ SUPPORTED_DTYPES = (torch.float16, torch.float32, torch.float64)
 """Parameter dtypes the optimizers take (numpy, which the compressors run on, has no bfloat16)."""
 
 
+def non_finite_gradient(comm: Communicator, k: int, local_bad: bool) -> None:
+    """A non-finite gradient on some rank: every rank raises a RunError naming the ranks (collective)."""
+    flags = np.zeros(comm.size, dtype=np.int8)
+    comm.allgather(np.array([int(local_bad)], dtype=np.int8), flags, count=False)
+    raise RunError(f"non-finite gradient at step {k} on rank(s) {np.flatnonzero(flags).tolist()}", collective=True)
+
+
 class _BucketProblem:
     """The Problem a wrapped method sees: its 'stochastic gradient' is this step's gradient vector.
 
@@ -264,11 +271,7 @@ class _CompressorOptimizer(DistributedOptimizer):
         return engine
 
     def _fail(self, k: int, local_bad: bool) -> None:
-        """A non-finite gradient on some rank: every rank raises, naming the ranks."""
-        flags = np.zeros(self.comm.size, dtype=np.int8)
-        self.comm.allgather(np.array([int(local_bad)], dtype=np.int8), flags, count=False)
-        raise RunError(f"non-finite gradient at step {k} on rank(s) {np.flatnonzero(flags).tolist()}",
-                       collective=True)
+        non_finite_gradient(self.comm, k, local_bad)
 
     def _direction(self, lr: float) -> None:
         comp = self.engine.comp

@@ -1,0 +1,253 @@
+"""DDP communication hooks: IntSGD's integer sum (or any registered compressor) for DistributedDataParallel.
+
+::
+
+    from mpiopt.torch.hooks import IntSGDState, intsgd_hook
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    state = IntSGDState(process_group=None, optimizer=opt, wire_dtype="auto", seed=0)
+    ddp.register_comm_hook(state, intsgd_hook)
+
+    # any registered compressor (mpiopt.compressors): its options as keywords
+    state = CompressorState(process_group=None, optimizer=opt, compressor="nat")
+    ddp.register_comm_hook(state, compressor_hook)
+
+Each DDP bucket gets its own compressor (one :class:`~mpiopt.compressors.integer.IntCompressor`
+per bucket index) over a :class:`~mpiopt.torch.comm.TorchCommunicator` of the process group. The
+hook hands the compressor the bucket's gradient in float64, with the bucket's parameters in the
+*optimizer's* order (DDP orders a bucket's buffer by gradient readiness, and reorders it when it
+rebuilds its buckets after the first iteration): so the integers do not depend on DDP's bucket
+order, and on a one-bucket model they are those of :class:`mpiopt.torch.IntSGD`. The hook writes
+the mean over ranks of the decoded vectors back into the bucket and returns a completed Future
+holding it: every rank gets the same bits, so the replicas stay bit-identical.
+
+IntSGD's alpha (Alg. 1, or Alg. 2 with one block per layer: ``block='layer'``, the default; one
+block per bucket: ``block='bucket'``) reads the real parameter movement ||x^k - x^{k-1}||^2 of
+the bucket's parameters, taken when the hook runs (during backward, before the optimizer's step),
+and the step size ``optimizer.param_groups[0]["lr"]`` of this step, so LR schedules are followed.
+Every input of alpha is the same on all ranks, so alpha is never sent. Its first step in a bucket
+sends float64 (there is no x^{k-1} yet), unless ``alpha0`` is given.
+
+:meth:`CompressorState.state_dict` holds every bucket's state record (:mod:`mpiopt.state`): save it
+per rank with the model and the optimizer; :meth:`~CompressorState.load_state_dict` resumes
+bit-identically. The state exposes ``bytes_sent``, ``info_bits``, ``max_abs_q``, ``clipped`` and
+``redone_steps``. gloo and NCCL cannot sum int16: ``wire_dtype='int16'`` is refused there when the
+state is built, and ``auto`` climbs int8 -> int32 -> int64.
+
+CUDA buckets run on CuPy arrays (DLPack views, the CuPy quantizer, NCCL); that path needs a GPU and
+is exercised by ``benchmarks/gpu_check.py`` only.
+"""
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from mpiopt.comm import Communicator
+from mpiopt.compressors import compressor_class
+from mpiopt.compressors.integer import IntCompressor
+from mpiopt.problems.torch import as_array
+from mpiopt.state import capture, restore
+from mpiopt.torch import _CompressorEngine, non_finite_gradient
+from mpiopt.torch.comm import TorchCommunicator
+
+Layout = Tuple[Tuple[int, int], ...]
+"""A bucket's contents: (position in the optimizer's parameter list, numel) of each parameter."""
+BLOCKS = ("layer", "bucket")
+
+
+def _array_module(tensor: torch.Tensor):
+    if tensor.device.type == "cuda":
+        import cupy
+
+        return cupy
+    return np
+
+
+class _BucketPlan:
+    """Where a DDP bucket's parameters lie in its buffer (DDP's order) and in the compressor's vector
+    (the optimizer's order), as a gather index: vector[j] = buffer[perm[j]]."""
+
+    def __init__(self, params: Sequence[torch.Tensor], position: Dict[int, int], xp):
+        missing = [i for i, p in enumerate(params) if id(p) not in position]
+        if missing:
+            raise ValueError(f"the DDP bucket holds {len(missing)} parameter(s) the optimizer does not: give the "
+                             "hook state the optimizer of all of the model's parameters")
+        sizes = np.array([p.numel() for p in params], dtype=np.int64)
+        offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        order = np.argsort([position[id(p)] for p in params], kind="stable")
+        self.ids = tuple(id(p) for p in params)
+        self.params = [params[i] for i in order]
+        self.layout: Layout = tuple((position[id(params[i])], int(sizes[i])) for i in order)
+        self.starts = np.concatenate(([0], np.cumsum(sizes[order])[:-1])).tolist()
+        self.dim = int(sizes.sum())
+        self.perm = xp.asarray(np.concatenate([np.arange(offsets[i], offsets[i] + sizes[i]) for i in order]))
+
+
+class _Bucket:
+    """One bucket index: its plan, its compressor (with the counters of a method) and step counter."""
+
+    def __init__(self, state: "CompressorState", plan: _BucketPlan, index: int, xp):
+        self.plan, self.xp, self.k = plan, xp, 0
+        opts = dict(state.options)
+        if "block_starts" in {o.name for o in state.cls.options}:
+            opts["block_starts"] = plan.starts if state.block == "layer" else None
+        comp = state.cls(state.comm, plan.dim, seed=state.seed + (index << 32), worker=state.comm.rank,
+                         fail=state.fail, xp=xp, **opts)
+        self.engine = _CompressorEngine(comp)
+        self.v, self.x, self.mean = xp.empty(plan.dim), xp.zeros(plan.dim), xp.empty(plan.dim)
+
+    def load(self, flat, reads_iterate: bool) -> None:
+        """v <- the bucket's gradient in the optimizer's order (float64); x <- its parameters."""
+        self.v[...] = flat[self.plan.perm]
+        if reads_iterate:
+            for p, start, (_, size) in zip(self.plan.params, self.plan.starts, self.plan.layout):
+                self.x[start:start + size] = as_array(p).reshape(-1)
+
+    def record(self) -> Dict[str, Any]:
+        rec = capture(self.engine, {}, self.engine.comp.comm)
+        rec["arrays"] = {name: torch.as_tensor(value) for name, value in rec["arrays"].items()}
+        return {"layout": [list(e) for e in self.plan.layout], "step": self.k, **rec}
+
+    def restore(self, saved: Dict[str, Any], index: int) -> None:
+        layout = tuple(tuple(e) for e in saved["layout"])
+        if layout != self.plan.layout:
+            raise ValueError(f"saved hook state of bucket {index} is for parameters {list(layout)} (position in the "
+                             f"optimizer, numel), this DDP bucket holds {list(self.plan.layout)}: build the model "
+                             "and DDP (bucket_cap_mb) as in the saved run")
+        arrays = {name: value.numpy() for name, value in saved["arrays"].items()}
+        restore({**saved, "arrays": arrays}, self.engine, {}, self.engine.comp.comm)
+        self.k = int(saved["step"])
+
+
+class CompressorState:
+    """The state of :func:`compressor_hook`: the process group, the optimizer (for the step size and
+    the parameters' order), a compressor name with its options, and one compressor per DDP bucket.
+
+    ``block``: 'layer' (one alpha per parameter tensor, IntSGD Alg. 2) or 'bucket' (one alpha per
+    bucket, Alg. 1), for compressors with alpha blocks. ``comm``: a Communicator to use instead of
+    ``TorchCommunicator(process_group)``. Bad options raise :class:`mpiopt.errors.InputError` here,
+    on every rank (e.g. ``wire_dtype='int16'`` on gloo or NCCL).
+    """
+
+    def __init__(self, process_group: Optional[dist.ProcessGroup] = None, optimizer: Optional[torch.optim.Optimizer] = None,
+                 compressor: str = "int", *, seed: int = 0, block: str = "layer",
+                 comm: Optional[Communicator] = None, **options: Any):
+        if optimizer is None:
+            raise ValueError("the hook state needs the optimizer: alpha reads its step size at every step")
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
+        self.process_group, self.optimizer, self.seed, self.block = process_group, optimizer, int(seed), block
+        self.comm = TorchCommunicator(process_group) if comm is None else comm
+        self.cls = compressor_class(compressor)
+        self.cls.resolve(dict(options), self.comm)  # refuse bad options now, not inside backward
+        self.options = options
+        self.reads_iterate = issubclass(self.cls, IntCompressor)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        self._position = {id(p): i for i, p in enumerate(params)}
+        self.buckets: Dict[int, _Bucket] = {}
+        self._saved: Dict[int, Dict[str, Any]] = {}
+
+    def fail(self, k: int, local_bad: bool) -> None:
+        non_finite_gradient(self.comm, k, local_bad)
+
+    def bucket(self, grad_bucket: dist.GradBucket) -> _Bucket:
+        """The compressor of ``grad_bucket``'s index, made on first use (restoring a loaded state);
+        a bucket DDP only reordered keeps its compressor, one with other parameters gets a new one."""
+        index, params = grad_bucket.index(), grad_bucket.parameters()
+        known = self.buckets.get(index)
+        if known is not None and known.plan.ids == tuple(id(p) for p in params):
+            return known
+        plan = _BucketPlan(params, self._position, _array_module(grad_bucket.buffer()))
+        if known is not None and known.plan.layout == plan.layout:
+            known.plan = plan
+            return known
+        made = self.buckets[index] = _Bucket(self, plan, index, _array_module(grad_bucket.buffer()))
+        if index in self._saved:
+            made.restore(self._saved.pop(index), index)
+        return made
+
+    # ---- counters ----------------------------------------------------------------------------
+    def _engines(self) -> List[_CompressorEngine]:
+        return [b.engine for b in self.buckets.values()]
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes this rank handed to the collectives so far."""
+        return self.comm.bytes_sent
+
+    @property
+    def info_bits(self) -> int:
+        """Information bits sent so far (int: d (1 + ceil(log2(max|Q| + 1))) per step and bucket)."""
+        return sum(e.info_bits for e in self._engines())
+
+    @property
+    def clipped(self) -> int:
+        """Coordinates clipped to the wire dtype's bound so far (never, with ``auto``)."""
+        return sum(e.clipped for e in self._engines())
+
+    @property
+    def max_abs_q(self) -> float:
+        """The largest |Q| this rank sent (integer compressors; 0 otherwise)."""
+        return max([float(e.comp.state.get("max_abs_q", 0.0)) for e in self._engines()] or [0.0])
+
+    @property
+    def redone_steps(self) -> int:
+        """Bucket steps that ``auto`` redid in a wider dtype after an overflow."""
+        return sum(int(e.comp.state.get("redone_steps", 0)) for e in self._engines())
+
+    def stats(self) -> Dict[str, Any]:
+        """The counters above as one dict (this rank's)."""
+        return {"bytes_sent": self.bytes_sent, "info_bits": self.info_bits, "clipped": self.clipped,
+                "max_abs_q": self.max_abs_q, "redone_steps": self.redone_steps}
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """This rank's hook state: each bucket's layout, step and state record (tensors and plain values)."""
+        return {"compressor": self.cls.name, "n_ranks": self.comm.size, "rank": self.comm.rank, "seed": self.seed,
+                "buckets": {index: b.record() for index, b in self.buckets.items()}}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restore a state saved on the same rank of a same-size job with the same compressor; buckets
+        not built yet are restored when the hook first meets them."""
+        mine = {"compressor": self.cls.name, "n_ranks": self.comm.size, "rank": self.comm.rank, "seed": self.seed}
+        wrong = {k: (state_dict.get(k), v) for k, v in mine.items() if state_dict.get(k) != v}
+        if wrong:
+            raise ValueError("hook state does not match this hook: " +
+                             ", ".join(f"{k} saved {s!r}, here {h!r}" for k, (s, h) in wrong.items()))
+        self._saved = dict(state_dict["buckets"])
+        for index in list(self._saved):
+            if index in self.buckets:
+                self.buckets[index].restore(self._saved.pop(index), index)
+
+
+class IntSGDState(CompressorState):
+    """The state of :func:`intsgd_hook`: IntSGD's integers (the ``int`` compressor) with ``wire_dtype``
+    ('auto' promotes instead of clipping) and the int compressor's other options as keywords
+    (``rounding``, ``alpha``, ``alpha0``, ``beta``, ``eps``, ``kernel``)."""
+
+    def __init__(self, process_group: Optional[dist.ProcessGroup] = None, optimizer: Optional[torch.optim.Optimizer] = None,
+                 wire_dtype: str = "auto", seed: int = 0, **options: Any):
+        super().__init__(process_group, optimizer, "int", seed=seed, wire_dtype=wire_dtype, **options)
+
+
+def compressor_hook(state: CompressorState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """Replace the bucket's gradient by the mean over ranks of its compressed gradients (every rank
+    gets the same bits); returns a completed Future holding the bucket's buffer."""
+    buf = bucket.buffer()
+    b = state.bucket(bucket)
+    flat = as_array(buf)
+    b.load(flat, state.reads_iterate)
+    lr = float(state.optimizer.param_groups[0]["lr"])
+    b.engine.comp.exchange(b.v, b.k, b.x, lr, b.mean)
+    b.engine.count()
+    b.k += 1
+    flat[b.plan.perm] = b.mean
+    fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    fut.set_result(buf)
+    return fut
+
+
+intsgd_hook = compressor_hook
+"""The hook of :class:`IntSGDState` (the same function: the state names the compressor)."""

@@ -1,0 +1,202 @@
+"""Helper of test_ddp_hooks.py: DDP + intsgd_hook on sklearn's digits over a real gloo job.
+
+    (torchlaunch, n ranks) python _ddp_hook_checks.py
+
+Every check asserts on every rank (a failed assert exits non-zero) and prints one ``ok`` line:
+
+* ``same-as-IntSGD``: run A is DDP + intsgd_hook, run B is :class:`mpiopt.torch.IntSGD` on an
+  identical copy of the model (no DDP). Both see the same per-rank minibatches, the same seed, the
+  same LR schedule (lr changes at step 5) and one alpha block per layer; the model is one DDP bucket.
+  What is compared: every integer buffer each rank hands to ``allreduce_int`` (and the float64
+  first step's ``allgather``), recorded by a communicator that copies the buffer before sending it,
+  must be equal, step by step, between A and B; so must the final parameters. To make the second
+  comparison meaningful, A applies the update with IntSGD's arithmetic, p <- p - (lr * g), in
+  float64: torch.optim.SGD fuses it into one multiply-add, whose last bit differs, and alpha reads
+  the parameters' movement, so any one-bit difference would change later integers. (The optimizer
+  given to the hook state is a torch.optim.SGD: the hook only reads its lr.)
+* ``identical``: in runs A and C, the parameters are bit-identical on all ranks after every step.
+* ``resume``: run C trains 4 steps, saves the model and the hook state (through torch.save /
+  torch.load(weights_only=True)); a fresh DDP model and hook state load them and train 4 more
+  steps; the parameters equal run A's after 8 steps, bit for bit.
+* ``overflow``: run E spikes rank 0's loss by 1e5 at step 4 with wire_dtype='auto': the step is
+  redone in int32 (never int16, which gloo cannot sum), nothing is clipped, and at every integer
+  step the averaged gradient the hook returns is within 1/alpha of the exact float mean.
+* ``int16``: IntSGDState(wire_dtype='int16') is refused on gloo with an InputError that says why.
+"""
+
+import hashlib
+import io
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+
+import mpiopt.torch
+from _torch_common import init_gloo
+from mpiopt.errors import InputError
+from mpiopt.torch.comm import TorchCommunicator
+from mpiopt.torch.hooks import IntSGDState, intsgd_hook
+
+STEPS, BATCH, SEED = 8, 24, 5
+
+
+def lr_at(k: int) -> float:
+    return 0.2 if k < 5 else 0.05
+
+
+class RecordingCommunicator(TorchCommunicator):
+    """A TorchCommunicator that keeps a copy of every integer buffer (and float gather) it sends."""
+
+    def __init__(self):
+        super().__init__()
+        self.sent = []
+
+    def allreduce_int(self, buf, count=True):
+        self.sent.append(buf.copy())
+        return super().allreduce_int(buf, count)
+
+    def allgather(self, sendbuf, recvbuf, count=True):
+        if count:  # the float first step (uncounted set-up gathers are not compared)
+            self.sent.append(sendbuf.copy())
+        return super().allgather(sendbuf, recvbuf, count)
+
+
+def shard():
+    X, y = load_digits(return_X_y=True)
+    r, n = dist.get_rank(), dist.get_world_size()
+    return torch.from_numpy(X[r::n] / 16.0), torch.from_numpy(y[r::n])
+
+
+def model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)).double()
+
+
+def batch(X, y, k):
+    idx = torch.arange(k * BATCH, (k + 1) * BATCH) % len(y)
+    return X[idx], y[idx]
+
+
+def flat(m) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+
+
+def same_on_all_ranks(m, k: int) -> None:
+    digest = hashlib.sha256(flat(m).numpy().tobytes()).hexdigest()
+    seen = [None] * dist.get_world_size()
+    dist.all_gather_object(seen, digest)
+    assert len(set(seen)) == 1, f"parameters differ between ranks after step {k}"
+
+
+def ddp_steps(ddp, state, X, y, steps, spike_at=None, on_step=None):
+    """Train ``ddp`` with the hook of ``state``: p <- p - (lr * g), in float64, as IntSGD does."""
+    for k in steps:
+        lr = lr_at(k)
+        state.optimizer.param_groups[0]["lr"] = lr
+        ddp.zero_grad()
+        xb, yb = batch(X, y, k)
+        loss = F.cross_entropy(ddp(xb), yb)
+        if k == spike_at and dist.get_rank() == 0:
+            loss = loss * 1e5
+        loss.backward()
+        with torch.no_grad():
+            for p in ddp.parameters():
+                p.sub_(p.grad * lr)
+        same_on_all_ranks(ddp.module, k)
+        if on_step is not None:
+            on_step(k)
+
+
+def hooked(comm=None, hook=intsgd_hook):
+    ddp = torch.nn.parallel.DistributedDataParallel(model())
+    opt = torch.optim.SGD(ddp.parameters(), lr=lr_at(0))
+    state = IntSGDState(None, opt, wire_dtype="auto", seed=SEED, comm=comm)
+    ddp.register_comm_hook(state, hook)
+    return ddp, state
+
+
+def same_as_intsgd(X, y):
+    ddp, state = hooked(RecordingCommunicator())
+    ddp_steps(ddp, state, X, y, range(STEPS))
+    plain = model()
+    rec_b = RecordingCommunicator()
+    opt = mpiopt.torch.IntSGD(plain.parameters(), rec_b, lr=lr_at(0), seed=SEED, wire_dtype="auto")
+    for k in range(STEPS):
+        opt.param_groups[0]["lr"] = lr_at(k)
+        opt.zero_grad()
+        xb, yb = batch(X, y, k)
+        F.cross_entropy(plain(xb), yb).backward()
+        opt.step()
+    sent_a, sent_b = state.comm.sent, rec_b.sent
+    assert len(sent_a) == len(sent_b) == STEPS, (len(sent_a), len(sent_b))
+    assert sent_a[0].dtype == np.float64 and sent_a[1].dtype == np.int8
+    for k, (a, b) in enumerate(zip(sent_a, sent_b)):
+        assert a.dtype == b.dtype and np.array_equal(a, b), f"step {k}: the hook sent other values than IntSGD"
+    assert torch.equal(flat(ddp.module), flat(plain)), "final parameters differ from IntSGD's"
+    assert state.bytes_sent == rec_b.bytes_sent and state.info_bits == opt.info_bits
+    print("ok same-as-IntSGD identical", {k: v for k, v in state.stats().items()})
+    return flat(ddp.module)
+
+
+def resume(X, y, final_a):
+    ddp, state = hooked()
+    ddp_steps(ddp, state, X, y, range(4))
+    blob = io.BytesIO()
+    torch.save({"model": ddp.module.state_dict(), "hook": state.state_dict()}, blob)
+    blob.seek(0)
+    saved = torch.load(blob, weights_only=True)
+    ddp2, state2 = hooked()
+    ddp2.module.load_state_dict(saved["model"])
+    state2.load_state_dict(saved["hook"])
+    ddp_steps(ddp2, state2, X, y, range(4, STEPS))
+    assert torch.equal(flat(ddp2.module), final_a), "resumed run differs from the uninterrupted one"
+    print("ok resume")
+
+
+def overflow(X, y):
+    n = dist.get_world_size()
+    worst = []
+
+    def check_hook(st, bucket) -> torch.futures.Future[torch.Tensor]:
+        local = bucket.buffer().clone()
+        out = intsgd_hook(st, bucket).value()
+        exact = local.clone()
+        dist.all_reduce(exact)
+        alpha = st.bucket(bucket).engine.comp.alpha_blocks
+        if alpha.min() > 0:  # an integer step: the error is below 1/alpha per coordinate
+            worst.append(float((out - exact / n).abs().max()) * float(alpha.min()))
+        fut = torch.futures.Future()
+        fut.set_result(out)
+        return fut
+
+    ddp, state = hooked(hook=check_hook)
+    ddp_steps(ddp, state, X, y, range(STEPS), spike_at=4)
+    wires = next(iter(state.buckets.values())).engine.comp.summary()["steps_by_wire"]
+    assert state.redone_steps >= 1 and "int32" in wires and "int16" not in wires, (state.stats(), wires)
+    biggest = torch.tensor([state.max_abs_q])
+    dist.all_reduce(biggest, op=dist.ReduceOp.MAX)
+    assert state.clipped == 0 and float(biggest) > 2 ** 15 / n, (state.stats(), float(biggest))  # past int16 too
+    assert len(worst) == STEPS - 1 and max(worst) < 1.0, worst
+    print("ok overflow", wires, state.stats())
+
+
+def int16_refused():
+    opt = torch.optim.SGD(model().parameters(), lr=0.1)
+    try:
+        IntSGDState(None, opt, wire_dtype="int16")
+    except InputError as exc:
+        assert "cannot sum int16" in str(exc), exc
+        print("ok int16", exc)
+    else:
+        raise AssertionError("wire_dtype='int16' was accepted on gloo")
+
+
+if __name__ == "__main__":
+    init_gloo()
+    X, y = shard()
+    final = same_as_intsgd(X, y)
+    resume(X, y, final)
+    overflow(X, y)
+    int16_refused()
