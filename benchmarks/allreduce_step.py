@@ -43,7 +43,6 @@ time. Output::
 """
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -162,26 +161,11 @@ def _axpy(dtype):
     return update
 
 
-@contextlib.contextmanager
-def kernel_forced(kernel: str):
-    """Compressors created inside use this CPU quantizer kernel (``MPIOPT_KERNEL``, then restored)."""
-    from mpiopt.kernels import KERNEL_ENV
-
-    old = os.environ.get(KERNEL_ENV)
-    os.environ[KERNEL_ENV] = kernel
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[KERNEL_ENV]
-        else:
-            os.environ[KERNEL_ENV] = old
-
-
 def make_variants(d: int, comm, kernels: Sequence[str], seed: int) -> List[Variant]:
     import numpy as np
 
-    from mpiopt.methods.compressors import WIRE_NAMES, IntCompressor, NoCompression
+    from mpiopt.compressors.integer import WIRE_NAMES, IntCompressor
+    from mpiopt.compressors.none import NoCompression
 
     n, rank = comm.size, comm.rank
     lr = 0.1
@@ -196,7 +180,7 @@ def make_variants(d: int, comm, kernels: Sequence[str], seed: int) -> List[Varia
     comm.allreduce_float(mean, count=False)
     mean /= n
     r = float(np.dot(mean, mean)) * lr * lr
-    eps = IntCompressor.OPTIONS["eps"]
+    eps = IntCompressor.resolve({}, comm)["eps"]  # the default
     alpha = lr * math.sqrt(d) / math.sqrt(2 * n * r + lr * lr * eps * eps)
     del mean
 
@@ -207,9 +191,8 @@ def make_variants(d: int, comm, kernels: Sequence[str], seed: int) -> List[Varia
         g = np.empty(d, dtype=np.float32)
         x = np.zeros(d, dtype=np.float32)
         m = np.empty(d, dtype=np.float32)
-        with kernel_forced(kernel):
-            comp = IntCompressor(comm, d, seed=seed, worker=rank, lr=lr, fail=fail, wire_dtype="auto",
-                                 alpha=alpha_mode, alpha0=alpha)
+        comp = IntCompressor(comm, d, seed=seed, worker=rank, fail=fail, wire_dtype="auto",
+                             alpha=alpha_mode, alpha0=alpha, kernel=kernel)
 
         def step(k, comp=comp, g=g, x=x, m=m):
             comp.exchange_update(g, k, x, lr, m)
@@ -221,8 +204,9 @@ def make_variants(d: int, comm, kernels: Sequence[str], seed: int) -> List[Varia
                     "bytes_per_rank": (d + 3) * np.dtype(wire).itemsize if wire else None,
                     "max_abs_q": float(comp.state["max_abs_q"])}
 
-        variants.append(Variant({**base, "method": "intsgd", "dtype": "auto", "kernel": kernel, "impl": "package",
-                                 "alpha_mode": alpha_mode}, step, lambda g=g: np.copyto(g, src32), info))
+        variants.append(Variant({**base, "method": "intsgd", "dtype": "auto", "kernel": comp.opts["kernel"],
+                                 "impl": "package", "alpha_mode": alpha_mode}, step,
+                                lambda g=g: np.copyto(g, src32), info))
     for dtype in (np.float32, np.float64):
         src = src32 if dtype == np.float32 else src32.astype(np.float64)
         name = np.dtype(dtype).name
@@ -231,7 +215,7 @@ def make_variants(d: int, comm, kernels: Sequence[str], seed: int) -> List[Varia
         g = np.empty(d, dtype=dtype)
         x = np.zeros(d, dtype=dtype)
         m = np.empty(d, dtype=dtype)
-        comp = NoCompression(comm, d, seed=seed, worker=rank, lr=lr, fail=fail, float_dtype=name)
+        comp = NoCompression(comm, d, seed=seed, worker=rank, fail=fail, float_dtype=name)
 
         def step_pkg(k, comp=comp, g=g, x=x, m=m):
             comp.exchange_update(g, k, x, lr, m)
@@ -270,9 +254,9 @@ def worker(args) -> int:
     import numpy as np
     from mpi4py import MPI
 
-    from mpiopt.comm import Communicator, library_version
+    from mpiopt.comm import MPICommunicator, library_version
 
-    comm = Communicator()
+    comm = MPICommunicator()
     if "numba" in args.kernels:
         from mpiopt.kernels.numba import warm_up
         warm_up()

@@ -85,13 +85,13 @@ def measure(args: argparse.Namespace) -> None:
     """Inner process (one per rank)."""
     from mpi4py import MPI
 
-    from mpiopt.comm import Communicator, library_version
+    from mpiopt.comm import MPICommunicator, library_version
     from mpiopt.data import load_shard
     from mpiopt.methods import make_method
     from mpiopt.problems import LogisticProblem
     from mpiopt.run import make_context
 
-    comm = Communicator(MPI.COMM_WORLD)
+    comm = MPICommunicator(MPI.COMM_WORLD)
     A, b, meta = load_shard(args.data, comm.rank, comm.size)
     problem = LogisticProblem(A, b, meta["l2"], smoothness=meta["L_workers"][comm.rank])
     batch = args.batch or max(1, meta["rows_per_worker"] // 20)
@@ -108,7 +108,7 @@ def measure(args: argparse.Namespace) -> None:
     g1, g2, full = np.empty_like(x), np.empty_like(x), np.empty_like(x)
     sample_rng = np.random.Generator(np.random.PCG64(1000 + ctx.worker))
     coin_rng = np.random.Generator(np.random.PCG64(7))
-    p, m = method.p, problem.n_samples
+    p, m = method.vr.p, problem.n_samples
 
     def method_block(n: int) -> None:
         nonlocal k

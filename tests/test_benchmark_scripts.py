@@ -18,6 +18,7 @@ sys.path.insert(0, str(BENCH))
 
 import allreduce_step  # noqa: E402
 import netbed  # noqa: E402
+from mpiopt.kernels import cpu_kernel  # noqa: E402
 from mpiopt.kernels import numba as numba_kernel  # noqa: E402
 
 
@@ -57,6 +58,25 @@ def test_allreduce_step_writes_the_contracted_json(tmp_path):
     assert {r["alpha_mode"] for r in ints} == ({"constant", "adaptive"} if numba_kernel.AVAILABLE else {"constant"})
     assert res["ratios"] and all(q["speedup_vs_sgd_float32"] > 0 for q in res["ratios"])
     assert "vs sgd f32" in proc.stdout  # the ratio table
+
+
+def test_step_overhead_writes_its_json(a5a_path, tmp_path):
+    """VR-IntDIANA's step against its floor, on 2 ranks for a few tiny blocks: the script runs the
+    package's method (the int compressor, the L-SVRG reset coin) and writes its JSON."""
+    _mpiexec_or_skip()
+    from mpiopt.data import load_libsvm, preprocess
+
+    X, y = load_libsvm(a5a_path, n_features=123)
+    preprocess(X, y, 2, 5e-4, tmp_path / "shards", dataset="a5a", source_sha256=None)
+    out = tmp_path / "overhead.json"
+    _run([BENCH / "step_overhead.py", "--ranks", 2, "--blocks", 2, "--steps", 5, "--data", tmp_path / "shards",
+          "--out", out])
+    res = json.loads(out.read_text())
+    assert res["method"] == "vr-intdiana" and res["ranks"] == 2 and res["steps_per_block"] == 5
+    assert 0 < res["reset_probability"] <= 1 and res["ratio"] > 0
+    assert set(res["ms_per_iteration"]) == {"method", "floor", "floor_with_resets", "floor_plus_max_allreduce"}
+    assert res["wire"]["compressor"] == "int" and res["wire"]["steps_by_wire"]["int8"] >= 20
+    assert res["wire"]["kernel"] == cpu_kernel()  # the default (MPIOPT_KERNEL, else numba when installed)
 
 
 def test_convex_benchmark_writes_traces_summary_and_figures_and_rebuilds_them(libsvm_dir, tmp_path):

@@ -1,9 +1,13 @@
 """The biased baselines' defining properties, in one process (a communicator of size 1).
 
-EF-signSGD: e_new = p - (||p||_1 / d) sign(p) exactly, and the bit-packed message round-trips.
-DGC: what is sent is exactly what is cleared from u and v, the sparse sum is the sum of the pairs,
-the sampled threshold hits about the target density, and the warm-up schedule.
-PowerSGD: e_new = M - P^ P^T M with orthonormal P^, exact (e = 0) at full rank, and Q warm-started.
+EF-signSGD (``ef-sgd`` with the ``sign`` compressor): e_new = p - (||p||_1 / d) sign(p) exactly, and
+the bit-packed message round-trips.
+DGC (the ``dgc`` memory with the ``dgc`` compressor): what is sent is exactly what is cleared from u
+and v, the sampled threshold hits about the target density, and the warm-up schedule. (That the
+mean is the worker-order sum of every rank's pairs, repeats included, is checked exactly over real
+ranks in tests/mpi/_biased_step.py.)
+PowerSGD (``ef-sgd`` with the ``powersgd`` compressor): p = lr g + e, e_new = p - P^ P^T p with
+orthonormal P^, exact (e = 0) at full rank, Q warm-started, heavy-ball momentum after decoding.
 All three: wire bytes per step, a resumed run continues bit-identically, and bad options are refused.
 """
 
@@ -13,12 +17,16 @@ import numpy as np
 import pytest
 
 import mpiopt
-from mpiopt.comm import Communicator
+from mpi4py import MPI
+
+from mpiopt.comm import MPICommunicator
+from mpiopt.compressors import dgc as dgc_mod
+from mpiopt.compressors import sign
+from mpiopt.compressors.dgc import DGCSparsifier
+from mpiopt.compressors.powersgd import matrix_shape
+from mpiopt.compressors.sign import SignCompressor
 from mpiopt.errors import InputError
-from mpiopt.methods import dgc as dgc_mod
-from mpiopt.methods import efsign
 from mpiopt.methods import make_method
-from mpiopt.methods.powersgd import matrix_shape
 from mpiopt.problems import LogisticProblem
 from mpiopt.run import make_context
 
@@ -53,9 +61,18 @@ class Quadratic:
         return float(np.linalg.eigvalsh(self.H)[-1])
 
 
+def never_fails(k, local_bad):
+    raise AssertionError(f"fail({k}, {local_bad}) called on finite values")
+
+
+def compressor(cls, d, **opts):
+    """A compressor on a communicator of size 1."""
+    return cls(MPICommunicator(MPI.COMM_SELF), d, seed=0, worker=0, fail=never_fails, **opts)
+
+
 def build(name, d=37, seed=0, **options):
     problem = Quadratic(d, seed)
-    ctx = make_context(problem, Communicator(), seed=seed, lr=options.pop("lr", None), batch=4, L=None, L_max=None)
+    ctx = make_context(problem, MPICommunicator(), seed=seed, lr=options.pop("lr", None), batch=4, L=None, L_max=None)
     method = make_method(name, ctx, **options)
     x = np.zeros(d)
     method.start(x)
@@ -69,26 +86,30 @@ def test_sign_message_round_trips(d):
     rng = np.random.default_rng(d)
     p = rng.standard_normal(d)
     p[:: 3] = 0.0  # sign(0) is +1: one bit per coordinate
-    msg = np.zeros(efsign.message_bytes(d), dtype=np.uint8)
-    delta = np.empty(d)
-    scale = efsign.compress(p, msg, np.empty(d, dtype=bool), delta)
-    assert msg.size == 8 + math.ceil(d / 8)
-    assert scale == np.abs(p).sum() / d == msg[:8].view(np.float64)[0]
+    comp = compressor(SignCompressor, d)
+    mean, delta = np.empty(d), np.empty(d)
+    comp.exchange(p, 0, None, 0.1, mean, delta)
+    msg = comp.send
+    assert msg.dtype == np.uint8 and msg.size == sign.message_bytes(d) == 8 + math.ceil(d / 8)
+    assert comp.comm.bytes_sent == msg.size and comp.bits == d + 64
+    scale = np.abs(p).sum() / d
+    assert scale == msg[:8].view(np.float64)[0]
     bits = np.unpackbits(msg[8:], count=d)
     assert np.array_equal(bits.astype(bool), p >= 0)
-    signs = efsign.unpack_signs(msg[8:], np.empty((msg.size - 8, 8))).reshape(-1)[:d]
+    signs = np.take(sign.SIGN_TABLE, msg[8:], axis=0).reshape(-1)[:d]
     assert np.array_equal(signs, np.where(p >= 0, 1.0, -1.0))
     assert np.array_equal(delta, scale * signs)
+    assert np.array_equal(mean, delta)  # n = 1: the mean of one delta
 
 
 def test_ef_signsgd_error_feedback_invariant_is_exact():
     m, problem, x = build("ef-signsgd", d=37)
     for k in range(20):
-        e_old, x_old = m.state["e"].copy(), x.copy()
+        e_old, x_old = m.state["memory/e"].copy(), x.copy()
         m.step(x, k)
         p = m.lr * problem.last + e_old
         delta = (np.abs(p).sum() / p.size) * np.where(p >= 0, 1.0, -1.0)
-        assert np.array_equal(m.state["e"], p - delta)
+        assert np.array_equal(m.state["memory/e"], p - delta)
         assert np.array_equal(x, x_old - delta)  # n = 1: the mean of one delta
     assert m.ctx.comm.bytes_sent == 20 * (8 + 5)
     assert m.info_bits == 20 * (37 + 64)
@@ -110,7 +131,7 @@ def test_warmup_density_decays_geometrically_to_the_target():
     counts = []
     for k in range(6):
         m.step(x, k)
-        counts.append(m.sent)
+        counts.append(m.comp.sent)
     assert counts == [math.ceil(200 * 0.2 * 0.1 ** (k / 4)) for k in range(4)] + [4, 4] == [40, 23, 13, 8, 4, 4]
 
 
@@ -119,8 +140,9 @@ def test_exact_top_k_for_small_d():
     absv = np.abs(rng.standard_normal(123))
     s = dgc_mod.sample_size(123, 0.05)
     assert s == 123
-    chosen = dgc_mod.select(absv, 7, rng, np.empty(s), np.empty(s), np.empty(s, dtype=np.intp),
-                            np.empty(123, dtype=bool))
+    comp = compressor(DGCSparsifier, 123, density=0.05, warmup_iters=0)
+    assert comp.count(0) == 7
+    chosen = comp.select(absv, 0)
     assert np.array_equal(chosen, np.sort(np.argsort(absv)[-7:]))
 
 
@@ -130,11 +152,12 @@ def test_sampled_threshold_selects_about_the_target_density():
     k = dgc_mod.count_for(density, d)
     s = dgc_mod.sample_size(d, density)
     assert s < d
-    bufs = (np.empty(s), np.empty(s), np.empty(s, dtype=np.intp), np.empty(d, dtype=bool))
+    comp = compressor(DGCSparsifier, d, density=density, warmup_iters=0)
+    assert comp.count(0) == k
     sizes = []
     for trial in range(10):
         absv = np.abs(rng.standard_normal(d)) * (1 + trial)
-        chosen = dgc_mod.select(absv, k, rng, *bufs)
+        chosen = comp.select(absv, trial)  # the sample is keyed on the step: another one each trial
         sizes.append(chosen.size)
         # whatever is chosen is the top |chosen| of |v|
         assert np.array_equal(chosen, np.sort(np.argsort(absv)[-chosen.size:]))
@@ -144,45 +167,36 @@ def test_sampled_threshold_selects_about_the_target_density():
 def test_dgc_sends_exactly_what_it_clears_from_u_and_v():
     m, problem, x = build("dgc", d=50, warmup_iters=0, density=0.1)
     for k in range(30):
-        u_old, v_old, x_old = m.state["u"].copy(), m.state["v"].copy(), x.copy()
+        u_old, v_old, x_old = m.state["memory/u"].copy(), m.state["memory/v"].copy(), x.copy()
         m.step(x, k)
         u_new = 0.9 * u_old + problem.last
         v_new = v_old + u_new
-        idx, val = m.last_sent()
+        idx = m.comp.sent_indices.copy()
         assert idx.size == 5 and np.array_equal(idx, np.sort(np.argsort(np.abs(v_new))[-5:]))
-        assert np.array_equal(val, v_new[idx])
         rest = np.setdiff1d(np.arange(50), idx)
-        assert (m.state["u"][idx] == 0).all() and (m.state["v"][idx] == 0).all()
-        assert np.array_equal(m.state["u"][rest], u_new[rest]) and np.array_equal(m.state["v"][rest], v_new[rest])
+        assert (m.state["memory/u"][idx] == 0).all() and (m.state["memory/v"][idx] == 0).all()
+        assert np.array_equal(m.state["memory/u"][rest], u_new[rest])
+        assert np.array_equal(m.state["memory/v"][rest], v_new[rest])
         sent = np.zeros(50)
-        sent[idx] = val
-        np.testing.assert_allclose(x_old - x, m.lr * sent, rtol=1e-15, atol=0)
+        sent[idx] = v_new[idx]  # the values sent are exactly v there: n = 1, so the mean is what was sent
+        assert np.array_equal(x, x_old - sent * m.lr)
     assert m.ctx.comm.bytes_sent == 30 * (4 + 5 * 12)
-
-
-def test_received_sum_is_the_sum_of_the_pairs_with_repeats():
-    rng = np.random.default_rng(3)
-    d, n = 40, 4
-    dense = np.zeros((n, d))
-    index, value = [], []
-    for r in range(n):  # each rank sends a different number of pairs; indices repeat across ranks
-        idx = np.sort(rng.choice(d, size=3 + r, replace=False))
-        dense[r, idx] = rng.standard_normal(idx.size)
-        index.append(idx)
-        value.append(dense[r, idx])
-    out = np.empty(d)
-    dgc_mod.scatter_sum(np.concatenate(index), np.concatenate(value), out)
-    np.testing.assert_allclose(out, dense.sum(axis=0), rtol=1e-15, atol=1e-15)
 
 
 def test_dgc_clips_the_local_gradient_and_sends_float32_values():
     m, problem, x = build("dgc", d=50, warmup_iters=0, clip_norm=1e-3, float_dtype="float32")
     m.step(x, 0)
-    idx, val = m.last_sent()
-    v = m.state["v"].copy()
-    v[idx] = val
-    assert val.dtype == np.float32 and np.linalg.norm(problem.last) > 1e-3
-    assert np.linalg.norm(v) == pytest.approx(1e-3, rel=1e-6)  # u = v = the clipped gradient at step 0
+    g = problem.last
+    assert np.linalg.norm(g) > 1e-3
+    v = g * (1e-3 / math.sqrt(float(np.dot(g, g))))  # u = v = the clipped gradient at step 0
+    assert np.linalg.norm(v) == pytest.approx(1e-3, rel=1e-12)
+    idx = m.comp.sent_indices.copy()
+    assert idx.size == 1 and m.comp.value_dtype == np.float32
+    rest = np.setdiff1d(np.arange(50), idx)
+    assert np.array_equal(m.state["memory/v"][rest], v[rest]) and (m.state["memory/v"][idx] == 0).all()
+    sent = np.zeros(50)
+    sent[idx] = v[idx].astype(np.float32)  # the value went as float32
+    assert np.array_equal(x, -(sent * m.lr))
     assert m.ctx.comm.bytes_sent == 4 + 1 * 8
 
 
@@ -195,50 +209,53 @@ def test_matrix_shape_is_near_square_and_holds_d(d):
 
 
 def powersgd_reference(m, problem, e_old, q_old):
-    rows, cols = m.shape
-    M = e_old.copy()
-    M[: problem.dim] += problem.last
+    """(p, P^, Q_i, this rank's decoded P^ Q_i^T) of one step: p = lr g + e as a zero-padded matrix."""
+    rows, cols = m.comp.shape
+    p = m.lr * problem.last + e_old
+    M = np.zeros(rows * cols)
+    M[: problem.dim] = p
     M = M.reshape(rows, cols)
     Phat = np.linalg.qr(M @ q_old)[0]
-    return M, Phat, M.T @ Phat
+    Qi = M.T @ Phat
+    return p, Phat, Qi, (Phat @ Qi.T).ravel()[: problem.dim]
 
 
 def test_powersgd_local_error_feedback_and_warm_start():
     m, problem, x = build("powersgd", d=37, rank=2)
-    assert m.shape == (7, 6) and m.r == 2
+    assert m.comp.shape == (7, 6) and m.comp.r == 2
     for k in range(15):
-        e_old, q_old, x_old = m.state["e"].copy(), m.state["q"].copy(), x.copy()
+        e_old, q_old, x_old = m.state["memory/e"].copy(), m.state["comp/q"].copy(), x.copy()
         m.step(x, k)
-        M, Phat, Qi = powersgd_reference(m, problem, e_old, q_old)
-        np.testing.assert_allclose(m._P.T @ m._P, np.eye(2), atol=1e-13)
-        np.testing.assert_allclose(m.state["e"], (M - Phat @ Qi.T).ravel(), rtol=0, atol=1e-13)
-        np.testing.assert_allclose(m.state["q"], Qi, rtol=0, atol=1e-13)  # n = 1: the mean of one Q
-        np.testing.assert_allclose(x_old - x, m.lr * (Phat @ Qi.T).ravel()[:37], rtol=0, atol=1e-13)
-        assert np.abs(m.state["e"]).max() > 1e-6  # rank 2 < 6: not exact
+        p, Phat, Qi, local = powersgd_reference(m, problem, e_old, q_old)
+        np.testing.assert_allclose(m.comp._P.T @ m.comp._P, np.eye(2), atol=1e-13)
+        np.testing.assert_allclose(m.state["memory/e"], p - local, rtol=0, atol=1e-13)
+        np.testing.assert_allclose(m.state["comp/q"], Qi, rtol=0, atol=1e-13)  # n = 1: the mean of one Q
+        np.testing.assert_allclose(x_old - x, local, rtol=0, atol=1e-13)  # lr is inside p
+        assert np.abs(m.state["memory/e"]).max() > 1e-6  # rank 2 < 6: not exact
     assert m.ctx.comm.bytes_sent == 15 * 8 * 2 * (7 + 6)
 
 
 @pytest.mark.parametrize("rank", [6, 50])
 def test_powersgd_at_full_rank_is_exact(rank):
     m, problem, x = build("powersgd", d=37, rank=rank)
-    assert m.r == 6
+    assert m.comp.r == 6
     for k in range(10):
         x_old = x.copy()
         m.step(x, k)
-        np.testing.assert_allclose(m.state["e"], 0.0, atol=1e-13)
+        np.testing.assert_allclose(m.state["memory/e"], 0.0, atol=1e-13)
         np.testing.assert_allclose(x_old - x, m.lr * problem.last, rtol=1e-12, atol=1e-14)
 
 
-def test_powersgd_momentum_follows_algorithm_2():
+def test_powersgd_momentum_is_heavy_ball_after_decoding():
     m, problem, x = build("powersgd", d=37, rank=1, momentum=0.5)
     mom = np.zeros(37)
     for k in range(5):
-        e_old, q_old, x_old = m.state["e"].copy(), m.state["q"].copy(), x.copy()
+        e_old, q_old, x_old = m.state["memory/e"].copy(), m.state["comp/q"].copy(), x.copy()
         m.step(x, k)
-        _, Phat, Qi = powersgd_reference(m, problem, e_old, q_old)
-        D = (Phat @ Qi.T).ravel()[:37]
+        _, _, _, D = powersgd_reference(m, problem, e_old, q_old)  # n = 1: the mean of one decode
         mom = 0.5 * mom + D
-        np.testing.assert_allclose(x_old - x, m.lr * (D + mom), rtol=0, atol=1e-13)
+        np.testing.assert_allclose(m.state["m"], mom, rtol=0, atol=1e-13)
+        np.testing.assert_allclose(x_old - x, mom, rtol=0, atol=1e-13)
 
 
 # ------------------------------------------------------------------------------------------------ all three
@@ -271,7 +288,12 @@ def test_decreases_f_and_resumes_bit_identically(logistic, method, tmp_path):
     ("dgc", {"warmup_iters": -1}, "--warmup-iters"),
     ("dgc", {"clip_norm": -1.0}, "--clip-norm"),
     ("powersgd", {"rank": 0}, "--rank"),
-    ("ef-signsgd", {"momentum": 0.9}, "does not take"),
+    ("powersgd", {"momentum": 1.0}, "--momentum"),
+    ("ef-signsgd", {"momentum": 1.0}, "--momentum"),
+    ("ef-signsgd", {"rank": 2}, "method 'ef-signsgd' with compressor sign does not use option"),
+    ("ef-signsgd", {"colour": "red"}, "method 'ef-signsgd' does not take option"),
+    ("diana", {"compressor": "sign"}, r"method 'diana' needs an unbiased compressor.*use ef-sgd --compressor sign"),
+    ("vr-diana", {"compressor": "powersgd"}, r"method 'vr-diana' needs an unbiased.*ef-sgd --compressor powersgd"),
 ])
 def test_bad_options_are_refused(logistic, method, options, match):
     with pytest.raises(InputError, match=match):

@@ -14,13 +14,16 @@ from mpi4py import MPI
 from sklearn.datasets import load_breast_cancer
 
 import mpiopt
-from mpiopt.comm import Communicator
+from mpiopt.comm import INT_DTYPES, MPICommunicator
+from mpiopt.compressors.base import all_finite
+from mpiopt.compressors.hint import HintCompressor
+from mpiopt.compressors.integer import SHRINK_AFTER, IntCompressor
+from mpiopt.compressors.nat import NatCompressor
+from mpiopt.compressors.none import NoCompression
+from mpiopt.compressors.qsgd import QSGDCompressor
 from mpiopt.errors import InputError
 from mpiopt.kernels import KERNEL_ENV
 from mpiopt.methods import METHODS
-from mpiopt.methods.base import all_finite
-from mpiopt.methods.compressors import (SHRINK_AFTER, HintCompressor, IntCompressor, NatCompressor, NoCompression,
-                                        QSGDCompressor, kernel_name)
 from mpiopt.problems import LogisticProblem
 
 MINE = ("l-svrg", "diana", "vr-diana", "intsgd", "intdiana", "vr-intdiana", "hintsgd", "natsgd", "qsgd")
@@ -34,8 +37,12 @@ def fail(k, local_bad):
     raise Failed(k, local_bad)
 
 
-def make(cls, d, lr=0.5, seed=0, **opts):
-    return cls(Communicator(MPI.COMM_SELF), d, seed=seed, worker=0, lr=lr, fail=fail, **opts)
+LR = 0.5
+"""The step size passed to every exchange unless a test says otherwise."""
+
+
+def make(cls, d, seed=0, **opts):
+    return cls(MPICommunicator(MPI.COMM_SELF), d, seed=seed, worker=0, fail=fail, **opts)
 
 
 def run_steps(comp, v, n_steps, x=None):
@@ -43,7 +50,7 @@ def run_steps(comp, v, n_steps, x=None):
     out, mean = np.empty((n_steps, v.size)), np.empty(v.size)
     x = np.zeros(v.size) if x is None else x
     for k in range(n_steps):
-        comp.exchange(v, k, x, mean, out[k])
+        comp.exchange(v, k, x, LR, out_mean=mean, out_local=out[k])
         np.testing.assert_array_equal(mean, out[k])
     return out
 
@@ -117,11 +124,11 @@ def test_hint_is_unbiased_and_never_clips():
 
 def test_adaptive_alpha_follows_alg1_and_first_step_sends_floats():
     d, lr, beta, eps = 6, 0.7, 0.9, 1e-3
-    comp = make(IntCompressor, d, lr=lr, beta=beta, eps=eps, rounding="deterministic")
+    comp = make(IntCompressor, d, beta=beta, eps=eps, rounding="deterministic")
     v = np.linspace(-1, 2, d)
     mean, local = np.empty(d), np.empty(d)
     x0, x1, x2 = np.zeros(d), np.full(d, 0.1), np.full(d, 0.25)
-    comp.exchange(v, 0, x0, mean, local)
+    comp.exchange(v, 0, x0, lr, mean, local)
     np.testing.assert_array_equal(mean, v)  # no x^{k-1}: float64
     assert comp.comm.bytes_sent == 8 * d and comp.bits == 64 * d
     r = d * 0.1**2  # r starts at the first ||x^1 - x^0||^2
@@ -129,27 +136,47 @@ def test_adaptive_alpha_follows_alg1_and_first_step_sends_floats():
         if k == 2:
             r = beta * r + (1 - beta) * d * 0.15**2
         alpha = lr * math.sqrt(d) / math.sqrt(2 * 1 * r + lr**2 * eps**2)
-        comp.exchange(v, k, x, mean, local)
+        comp.exchange(v, k, x, lr, mean, local)
         np.testing.assert_allclose(local, np.rint(alpha * v) / alpha, rtol=1e-12)
+        np.testing.assert_allclose(comp.alpha_blocks, [alpha], rtol=1e-12)  # one block: one alpha
         np.testing.assert_array_equal(mean, local)
     assert comp.comm.bytes_sent == 8 * d + 2 * (d + 3)  # then int8 + the 3 header slots
     np.testing.assert_allclose(comp.state["r"], [r], rtol=1e-12)
 
 
+@pytest.mark.parametrize("block_size", [None, 2])
+def test_alpha_uses_the_step_size_of_each_call(block_size):
+    """An LR schedule: alpha (its eps term included) is computed with the lr passed at this step."""
+    d, eps = 4, 10.0  # eps large enough that its term matters
+    comp = make(IntCompressor, d, eps=eps, beta=0.0, block_size=block_size, rounding="deterministic")
+    v, mean = np.ones(d), np.empty(d)
+    comp.exchange(v, 0, np.zeros(d), 0.9, mean)
+    x = np.zeros(d)
+    for k, lr in enumerate((0.7, 0.2, 0.05), start=1):
+        x_prev, x = x, x + 0.01 * k
+        comp.exchange(v, k, x, lr, mean)
+        sizes = np.array([d] if block_size is None else [2, 2], dtype=float)
+        r = np.add.reduceat((x - x_prev) ** 2, np.arange(0, d, block_size or d))
+        want = lr * np.sqrt(sizes) / np.sqrt(2 * r + lr**2 * (sizes / d) * eps**2)
+        np.testing.assert_allclose(comp.alpha_blocks, want, rtol=1e-12)
+
+
 def test_block_alpha_follows_alg2():
     d, lr, eps, n = 7, 0.3, 0.5, 1
-    comp = make(IntCompressor, d, lr=lr, eps=eps, block_size=3, rounding="deterministic", wire_dtype="int64")
+    comp = make(IntCompressor, d, eps=eps, block_size=3, rounding="deterministic", wire_dtype="int64")
     v = np.linspace(-3, 3, d)
     x0, x1 = np.zeros(d), np.array([0.1, 0.1, 0.1, 1.0, 1.0, 1.0, 0.01])
     mean, local = np.empty(d), np.empty(d)
-    comp.exchange(v, 0, x0, mean, local)
-    comp.exchange(v, 1, x1, mean, local)
-    alphas = []
+    comp.exchange(v, 0, x0, lr, mean, local)
+    comp.exchange(v, 1, x1, lr, mean, local)
+    alphas, per_block = [], []
     for lo, hi in ((0, 3), (3, 6), (6, 7)):
         dl, r = hi - lo, float(np.sum(x1[lo:hi] ** 2))
-        alphas += [lr * math.sqrt(dl) / math.sqrt(2 * n * r + lr**2 * (dl / d) * eps**2)] * dl
+        per_block.append(lr * math.sqrt(dl) / math.sqrt(2 * n * r + lr**2 * (dl / d) * eps**2))
+        alphas += [per_block[-1]] * dl
     alphas = np.array(alphas)
     np.testing.assert_allclose(local, np.rint(alphas * v) / alphas, rtol=1e-12)
+    np.testing.assert_allclose(comp.alpha_blocks, per_block, rtol=1e-12)
 
 
 def test_alpha0_makes_the_first_step_integer_and_constant_keeps_it():
@@ -158,14 +185,15 @@ def test_alpha0_makes_the_first_step_integer_and_constant_keeps_it():
     for alpha in ("adaptive", "constant"):
         comp = make(IntCompressor, d, alpha=alpha, alpha0=4.0, rounding="deterministic")
         mean, local = np.empty(d), np.empty(d)
-        comp.exchange(v, 0, np.zeros(d), mean, local)
+        comp.exchange(v, 0, np.zeros(d), LR, mean, local)
         np.testing.assert_array_equal(mean, v)
         assert comp.comm.bytes_sent == d + 3
-        comp.exchange(v, 1, np.ones(d), mean, local)
+        comp.exchange(v, 1, np.ones(d), LR, mean, local)
         if alpha == "constant":
             np.testing.assert_array_equal(local, v)
-    assert IntCompressor.describe({})["first_step"].startswith("float64")
-    assert IntCompressor.describe({"alpha0": 2.0})["first_step"] == "int (alpha0)"
+    self_comm = MPICommunicator(MPI.COMM_SELF)
+    assert IntCompressor.describe(IntCompressor.resolve({}, self_comm))["first_step"].startswith("float64")
+    assert IntCompressor.describe(IntCompressor.resolve({"alpha0": 2.0}, self_comm))["first_step"] == "int (alpha0)"
 
 
 def test_auto_promotes_then_shrinks_back_and_never_clips():
@@ -173,19 +201,19 @@ def test_auto_promotes_then_shrinks_back_and_never_clips():
     comp = make(IntCompressor, d, alpha="constant", alpha0=1.0, rounding="deterministic")
     mean, x = np.empty(d), np.zeros(d)
     big, small = np.array([200.0, -3.0, 0.0, 1.0]), np.array([5.0, -3.0, 0.0, 1.0])
-    comp.exchange(big, 0, x, mean)  # int8 (max 127) overflows: MAX Allreduce, then int16
+    comp.exchange(big, 0, x, LR, mean)  # int8 (max 127) overflows: MAX Allreduce, then int16
     np.testing.assert_array_equal(mean, big)
     assert comp.clipped == 0 and comp.comm.bytes_sent == (d + 3) + 8 + 2 * d
     assert int(comp.state["redone_steps"]) == 1 and comp.summary()["wire_dtype_next"] == "int16"
     sent = comp.comm.bytes_sent
     for k in range(SHRINK_AFTER):  # fits int8 with a bit to spare: shrinks after SHRINK_AFTER steps
-        comp.exchange(small, 1 + k, x, mean)
+        comp.exchange(small, 1 + k, x, LR, mean)
         np.testing.assert_array_equal(mean, small)
     assert comp.comm.bytes_sent == sent + SHRINK_AFTER * 2 * (d + 3)
     assert comp.summary() == {"steps_by_wire": {"int16": 1 + SHRINK_AFTER}, "max_abs_q": 200.0,
-                              "redone_steps": 1, "wire_dtype_next": "int8", "kernel": kernel_name(comp.quant)}
+                              "redone_steps": 1, "wire_dtype_next": "int8", "kernel": comp.opts["kernel"]}
     huge = np.array([3e19, 1.0, 0.0, -1.0])  # beyond int64's floor(M / n): clipped and counted
-    comp.exchange(huge, 99, x, mean)
+    comp.exchange(huge, 99, x, LR, mean)
     assert comp.clipped == 1 and mean[0] == 2.0**63 - 1024  # the largest double below 2^63 - 1, not a wrap
 
 
@@ -193,7 +221,7 @@ def test_fixed_int8_clips_and_counts():
     d = 3
     comp = make(IntCompressor, d, alpha="constant", alpha0=1.0, wire_dtype="int8", rounding="deterministic")
     mean = np.empty(d)
-    comp.exchange(np.array([300.0, -128.0, 5.0]), 0, np.zeros(d), mean)
+    comp.exchange(np.array([300.0, -128.0, 5.0]), 0, np.zeros(d), LR, mean)
     assert comp.clipped == 2 and mean.tolist() == [127.0, -127.0, 5.0]
     assert comp.comm.bytes_sent == d + 3 and int(comp.state["redone_steps"]) == 0
 
@@ -205,7 +233,7 @@ def test_fixed_int8_clips_and_counts():
 def test_non_finite_values_call_fail_with_the_local_flag(cls, opts):
     comp = make(cls, 4, **opts)
     with pytest.raises(Failed) as err:
-        comp.exchange(np.array([1.0, np.nan, 2.0, np.inf]), 3, np.zeros(4), np.empty(4), np.empty(4))
+        comp.exchange(np.array([1.0, np.nan, 2.0, np.inf]), 3, np.zeros(4), LR, np.empty(4), np.empty(4))
     assert err.value.args == (3, True)
 
 
@@ -213,7 +241,7 @@ def test_a_sum_that_overflows_is_not_mistaken_for_a_non_finite_value():
     comp = make(NoCompression, 2, float_dtype="float32")
     big = np.array([3e38, 3e38], dtype=np.float32)  # finite, but their float32 sum is inf
     mean = np.empty(2, dtype=np.float32)
-    comp.exchange(big, 0, np.zeros(2), mean)
+    comp.exchange(big, 0, np.zeros(2), LR, mean)
     np.testing.assert_array_equal(mean, big)
     assert all_finite(big) and not all_finite(np.array([1.0, np.nan])) and not all_finite(np.array([-np.inf]))
 
@@ -227,36 +255,54 @@ def test_a_sum_that_overflows_is_not_mistaken_for_a_non_finite_value():
 @pytest.mark.parametrize("x_dtype", [np.float64, np.float32])
 def test_exchange_update_is_exchange_then_the_numpy_update(monkeypatch, kernel, cls, opts, x_dtype):
     """The SGD step every compressor offers (IntSGD decodes straight into x) has the bits of
-    ``exchange`` followed by ``x -= lr * mean``, over steps that send floats, int8 and wider ints."""
+    ``exchange`` followed by ``x -= lr * mean``, over steps that send floats, int8 and wider ints.
+    ``none`` keeps gradient descent's own update, x -= sum * (lr / n) in the wire's dtype (the bits
+    of the gd and sgd iterates before compressors were composed)."""
     pytest.importorskip(kernel)
     monkeypatch.setenv(KERNEL_ENV, kernel)
     d, lr = 13, 0.3
     rng = np.random.default_rng(4)
     fused, plain = make(cls, d, **opts), make(cls, d, **opts)
+    gd_update = cls is NoCompression
     x1 = rng.standard_normal(d).astype(x_dtype)
     x2 = x1.copy()
-    mean1, mean2 = np.empty(d, dtype=x_dtype), np.empty(d, dtype=x_dtype)
+    mean1 = np.empty(d, dtype=x_dtype)
+    mean2 = np.empty(d, dtype=opts.get("float_dtype", "float64") if gd_update else x_dtype)
     for k in range(40):
         v = rng.standard_normal(d) * (1.0 if k % 7 else 30.0)
         fused.exchange_update(v, k, x1, lr, mean1)
-        plain.exchange(v, k, x2, mean2)
-        x2 -= lr * mean2
+        plain.exchange(v, k, x2, lr, mean2)
+        if gd_update:
+            assert plain.n == 1  # so the mean, in the wire's dtype, is the sum itself
+            mean2 *= lr / plain.n
+            x2 -= mean2
+        else:
+            x2 -= lr * mean2
         np.testing.assert_array_equal(x1, x2)
         assert fused.bits == plain.bits and fused.clipped == plain.clipped
     if cls is IntCompressor:
         assert fused.summary() == plain.summary() and fused.summary()["kernel"] == kernel
 
 
+class ManyRanks:
+    """What ``resolve`` reads of a communicator (``size``, ``int_dtypes``), for 200 ranks: an option
+    check is a pure function of them, and 200 real ranks would cost minutes for one raise."""
+
+    size = 200
+    int_dtypes = INT_DTYPES
+
+
 def test_option_checks_say_what_to_do():
     with pytest.raises(InputError, match="cannot carry a sum over 200 ranks"):
-        IntCompressor.validate({**IntCompressor.OPTIONS, "wire_dtype": "int8"}, 200)
+        IntCompressor.resolve({"wire_dtype": "int8"}, ManyRanks())
+    assert IntCompressor.resolve({"wire_dtype": "int16"}, ManyRanks())["wire_dtype"] == "int16"
     with pytest.raises(InputError, match="--alpha constant needs --alpha0"):
         make(IntCompressor, 3, alpha="constant")
     with pytest.raises(InputError, match="--beta must be in"):
         make(IntCompressor, 3, beta=1.0)
     with pytest.raises(InputError, match="--block-size must be a positive integer"):
         make(IntCompressor, 3, block_size=0)
-    with pytest.raises(InputError, match="--bits must be 8, 16, 32 or 64"):
+    with pytest.raises(InputError, match="--bits must be one of 8, 16, 32, 64"):
         make(HintCompressor, 3, bits=12)
     with pytest.raises(InputError, match="--levels must be an integer"):
         make(QSGDCompressor, 3, levels=40000)
@@ -339,11 +385,13 @@ def test_checkpoint_resume_is_bit_identical(problem, tmp_path, method, opts):
 def test_options_of_another_compressor_are_refused(problem):
     with pytest.raises(InputError, match="compressor nat does not use option.*wire_dtype"):
         mpiopt.minimize(problem, "vr-diana", compressor="nat", wire_dtype="int8", iters=1)
-    with pytest.raises(InputError, match="does not take option"):
+    with pytest.raises(InputError, match=r"method 'natsgd' with compressor nat does not use option\(s\) wire_dtype"):
         mpiopt.minimize(problem, "natsgd", wire_dtype="int8", iters=1)
+    with pytest.raises(InputError, match=r"method 'natsgd' does not take option\(s\) colour"):
+        mpiopt.minimize(problem, "natsgd", colour="red", iters=1)
     with pytest.raises(InputError, match="fixes compressor='int'"):
         mpiopt.minimize(problem, "intdiana", compressor="nat", iters=1)
-    with pytest.raises(InputError, match=r"--p .* must be in \(0, 1\]"):
+    with pytest.raises(InputError, match=r"--p\b.*must be in \(0, 1\]"):
         mpiopt.minimize(problem, "l-svrg", p=1.5, iters=1)
     with pytest.raises(InputError, match="unknown compressor"):
         mpiopt.minimize(problem, "diana", compressor="zip", iters=1)
@@ -362,3 +410,13 @@ def test_block_starts_layouts_run_and_bad_ones_are_refused(problem):
             mpiopt.minimize(problem, "intsgd", iters=1, block_starts=bad)
     with pytest.raises(InputError, match="not both"):
         mpiopt.minimize(problem, "intsgd", iters=1, block_size=8, block_starts=[0, 8])
+
+
+def test_a_name_that_fixes_the_compressor_does_not_offer_the_compressor_option(problem):
+    """natsgd fixes compressor='nat' (and refuses one given), so its list of options must not offer it."""
+    with pytest.raises(InputError, match="fixes compressor='nat'"):
+        mpiopt.minimize(problem, "natsgd", compressor="qsgd", iters=1)
+    with pytest.raises(InputError, match="it takes: ") as err:
+        mpiopt.minimize(problem, "natsgd", wire_dtype="int8", iters=1)
+    takes = str(err.value).split("it takes: ")[1].split(", ")
+    assert "compressor" not in takes and "kernel" in takes

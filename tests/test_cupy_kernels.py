@@ -19,7 +19,7 @@ try:
 except cupy.cuda.runtime.CUDARuntimeError as err:
     pytest.skip(f"no usable CUDA device: {err}", allow_module_level=True)
 
-from mpiopt.comm import Communicator  # noqa: E402
+from mpiopt.comm import MPICommunicator  # noqa: E402
 from mpiopt.kernels import cupy as gpu  # noqa: E402
 from mpiopt.kernels import numpy as ref  # noqa: E402
 
@@ -111,7 +111,7 @@ def test_decode_is_bit_identical(per_coordinate):
 def test_device_allreduce(cuda_aware):
     if cuda_aware and not gpu.cuda_aware_mpi():
         pytest.skip("this MPI library is not CUDA-aware (MPIX_Query_cuda_support() == 0)")
-    comm = Communicator()
+    comm = MPICommunicator()
     red = gpu.DeviceAllreduce(comm, cuda_aware=cuda_aware)
     buf = cupy.arange(-50, 50, dtype=np.int8)
     red.allreduce_int(buf)

@@ -60,6 +60,7 @@ def test_same_seed_same_trajectory(problem):
         ({"method": "gd", "wire_dtype": "int8"}, "does not take option"),
         ({"method": "gd", "lr": -1.0}, "positive"),
         ({"method": "sgd", "batch": 10**6}, "--batch"),
+        ({"method": "gd", "batch": 8}, "method 'gd' uses each rank's full local gradient; drop --batch"),
         ({"method": "gd", "tol": 0.0}, "--tol"),
         ({"method": "gd", "x0": np.zeros(3)}, "x0 has shape"),
     ],

@@ -163,9 +163,10 @@ class Compressor:
         raise NotImplementedError
 
     def exchange_update(self, v, k: int, x, lr: float, mean) -> None:
-        """An SGD step with this exchange: x -= lr * mean_i C(v_i), in place, bit for bit ``exchange``
-        then ``x -= lr * mean``. ``mean`` (x's shape and dtype) is scratch. Compressors that can decode
-        straight into x override it."""
+        """An SGD step with this exchange: x -= lr * mean_i C(v_i), in place. Here (and in the int
+        compressor, which decodes straight into x) bit for bit ``exchange`` then ``x -= lr * mean``;
+        ``none`` overrides it with gradient descent's own x -= sum * (lr / n) in the wire dtype, the
+        rounding every stored gd/sgd trajectory has. ``mean`` (x's shape and dtype) is scratch."""
         self.exchange(v, k, x, lr, mean)
         apply_step(x, lr, mean)
 

@@ -46,7 +46,7 @@ def make_method(name: str, ctx: Context, **options: Any) -> Method:
     if clash:
         fixes = ", ".join(f"{c}={fixed[c]!r}" for c in clash)
         raise InputError(f"method '{name}' fixes {fixes}; drop that option", collective=True)
-    return CompressedMethod(ctx, name, recipe, **fixed, **options)
+    return CompressedMethod(ctx, name, recipe, fixed=fixed, **options)
 
 
 __all__ = ["METHODS", "Context", "Method", "Recipe", "make_method"]

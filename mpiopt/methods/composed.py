@@ -59,10 +59,11 @@ MOMENTUM = Option("momentum", 0.0, float, "momentum factor (sgd-type methods: he
                   "momentum correction, default 0.9)", valid=lambda m: is_number(m) and 0 <= m < 1, rule="in [0, 1)")
 
 
-def own_options(recipe: Recipe) -> Tuple[Option, ...]:
-    """The options a recipe itself takes (besides its memory's and its compressor's)."""
+def own_options(recipe: Recipe, fixed: Tuple[str, ...] = ()) -> Tuple[Option, ...]:
+    """The options a recipe itself takes (besides its memory's and its compressor's); ``fixed`` names
+    the ones a method name sets itself (an alias), which the user cannot give."""
     opts = []
-    if recipe.compressor is None:
+    if recipe.compressor is None and "compressor" not in fixed:
         opts.append(_compressor_option(recipe.default_compressor))
     if recipe.estimator == "l-svrg":
         opts.append(P_OPTION)
@@ -75,11 +76,14 @@ def own_options(recipe: Recipe) -> Tuple[Option, ...]:
 class CompressedMethod(Method):
     """The method a :class:`Recipe` describes; see the module docstring."""
 
-    def __init__(self, ctx: Context, name: str, recipe: Recipe, **options: Any):
+    def __init__(self, ctx: Context, name: str, recipe: Recipe, fixed: Optional[Dict[str, Any]] = None,
+                 **options: Any):
         super().__init__(ctx, name)
         self.recipe = recipe
-        comp_name = recipe.compressor or options.get("compressor", recipe.default_compressor)
-        own = own_options(recipe)
+        fixed = fixed or {}
+        comp_name = recipe.compressor or fixed.get("compressor") or options.get("compressor", recipe.default_compressor)
+        own = own_options(recipe, tuple(fixed))
+        options = {**options, **{k: v for k, v in fixed.items() if k != "compressor"}}
         mem_cls = MEMORIES[recipe.memory]
         self.comp_cls = comp_cls = compressor_class(comp_name)
         self._refuse_foreign(options, own, mem_cls.options, comp_cls)
@@ -105,7 +109,8 @@ class CompressedMethod(Method):
         if not foreign:
             return
         listed = ", ".join(sorted(takes)) or "no options"
-        if self.recipe.compressor is None and set(foreign) & set(all_options()):
+        chosen = self.recipe.compressor is None  # the name picks its compressor (given or fixed by an alias)
+        if chosen and set(foreign) & set(all_options()):
             raise bad_option(f"method '{self.name}' with compressor {comp_cls.name} does not use option(s) "
                              f"{', '.join(foreign)}; it takes: {listed}")
         raise bad_option(f"method '{self.name}' does not take option(s) {', '.join(foreign)}; it takes: {listed}")

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
-from mpiopt.comm import Communicator
+from mpiopt.comm import MPICommunicator
 from mpiopt.errors import RunError
 from mpiopt.methods import make_method
 from mpiopt.problems import LogisticProblem
@@ -28,7 +28,7 @@ def method_with(compressor: str, **opts):
     """A started vr-diana on a tiny random problem, to reach its compressor and raise_non_finite."""
     rng = np.random.default_rng(rank)
     problem = LogisticProblem(rng.standard_normal((20, D)), np.where(rng.random(20) < 0.5, -1.0, 1.0), 1e-2)
-    ctx = make_context(problem, Communicator(world), 0, 0.1, 4, 1.0, 1.0)
+    ctx = make_context(problem, MPICommunicator(world), 0, 0.1, 4, 1.0, 1.0)
     meth = make_method("vr-diana", ctx, compressor=compressor, **opts)
     meth.start(np.zeros(D))
     meth.ctx.comm.bytes_sent = 0
@@ -55,7 +55,7 @@ v = 40.0 + 0.25 * rank + np.linspace(-0.4, 0.4, D)
 for wire in ("int8", "auto"):
     meth = method_with("int", wire_dtype=wire, alpha="constant", alpha0=1.0, rounding="deterministic")
     comp = meth.comp
-    comp.exchange(v, 1, x, mean, local)
+    comp.exchange(v, 1, x, meth.lr, mean, local)
     exact = gather_rows(np.rint(v)).sum(axis=0) / size
     clipped = world.allreduce(comp.clipped)
     report[wire] = {
@@ -71,7 +71,7 @@ for wire in ("int8", "auto"):
 meth = method_with("int", alpha="constant", alpha0=7.5)
 comp = meth.comp
 vr = np.random.default_rng(100 + rank).standard_normal(D) * 3
-comp.exchange(vr, 2, x, mean, local)
+comp.exchange(vr, 2, x, meth.lr, mean, local)
 level = int(comp.state["level"])
 S = comp._buffer(level)[1].astype(np.int64)  # the summed integers, as received
 q_rows = gather_rows(comp.quant.sent.astype(np.int64))  # every rank's Q_i
@@ -82,7 +82,7 @@ report["random_level"] = str(comp._buffer(level)[0].dtype)
 # 3. nat / qsgd / hint: the mean is the worker-order mean of every rank's own decoded C(v_i).
 for name in ("nat", "qsgd", "hint", "none"):
     meth = method_with(name)
-    meth.comp.exchange(vr, 3, x, mean, local)
+    meth.comp.exchange(vr, 3, x, meth.lr, mean, local)
     rows = gather_rows(local.copy())
     expected = rows[0].copy()
     for r in range(1, size):
@@ -101,7 +101,7 @@ for name, opts in (("int", {}), ("int", {"alpha0": 1.0}), ("int", {"alpha0": 1.0
     meth = method_with(name, **opts)
     label = name + "".join(f",{k}={v}" for k, v in opts.items())
     try:
-        meth.comp.exchange(bad, 5, x, mean, local)
+        meth.comp.exchange(bad, 5, x, meth.lr, mean, local)
         msg = None
     except RunError as exc:
         msg = f"collective={exc.collective}: {exc}"

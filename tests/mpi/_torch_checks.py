@@ -6,7 +6,8 @@ every rank; rank 0 writes a JSON report of named results (the AND / MAX over ran
   whose tensors all have the size of the numpy method's fixed blocks); with momentum and weight decay, equal to
   the documented rule written out with the int compressor;
 * alpha: block='layer' keeps one alpha per parameter tensor, equal to Alg. 2's formula from the
-  parameters' moves, the same on every rank;
+  parameters' moves, the same on every rank; block=None keeps one (zeros before the first integer
+  step), equal to Alg. 1's formula with the current step size under an LR schedule;
 * resume: for every optimizer, k steps, state_dict (through torch.save), more steps == a new
   model/optimizer loaded from the state and stepped the same way (bitwise, wire bytes too);
 * same: the parameters are bitwise identical on every rank after training.
@@ -23,9 +24,9 @@ import torch
 from mpi4py import MPI
 
 import mpiopt.torch as mt
-from mpiopt.comm import Communicator
-from mpiopt.methods.compressors import IntCompressor
-from mpiopt.methods.intsgd import IntSGD as NumpyIntSGD
+from mpiopt.comm import MPICommunicator
+from mpiopt.compressors.integer import IntCompressor
+from mpiopt.methods import make_method
 from mpiopt.run import make_context
 
 COMM = MPI.COMM_WORLD
@@ -90,10 +91,10 @@ class Replay:
         return out
 
 
-def numpy_path(method_cls, grads, x0, lr, seed, **options) -> np.ndarray:
+def numpy_path(method_name, grads, x0, lr, seed, **options) -> np.ndarray:
     """mpiopt's numpy method, stepping on the recorded gradients from x0."""
-    ctx = make_context(Replay(grads), Communicator(COMM), seed, lr, 1, math.nan, math.nan)
-    method = method_cls(ctx, **options)
+    ctx = make_context(Replay(grads), MPICommunicator(COMM), seed, lr, 1, math.nan, math.nan)
+    method = make_method(method_name, ctx, **options)
     x = x0.copy()
     method.start(x)
     for k in range(len(grads)):
@@ -116,7 +117,7 @@ def parity(report):
         opt = mt.IntSGD(model.parameters(), lr=lr, seed=seed, **torch_opts)
         grads = []
         train(model, opt, batches(kind, STEPS), grads)
-        report[f"parity/{label}"] = bool(np.array_equal(flat(model), numpy_path(NumpyIntSGD, grads, x0, lr, seed,
+        report[f"parity/{label}"] = bool(np.array_equal(flat(model), numpy_path("intsgd", grads, x0, lr, seed,
                                                                                 **numpy_opts)))
 
     # momentum + weight decay: the rule of the module docstring, written out with the int compressor
@@ -126,10 +127,10 @@ def parity(report):
     opt = mt.IntSGD(model.parameters(), lr=lr, momentum=mu, weight_decay=wd, block=None, wire_dtype="int8", seed=seed)
     grads = []
     train(model, opt, batches("cnn", STEPS), grads)
-    comp = IntCompressor(Communicator(COMM), p.size, seed=seed, worker=RANK, lr=lr, fail=None, wire_dtype="int8")
+    comp = IntCompressor(MPICommunicator(COMM), p.size, seed=seed, worker=RANK, fail=None, wire_dtype="int8")
     xt, m, mean = p.copy(), np.zeros_like(p), np.empty_like(p)
     for k, g in enumerate(grads):
-        comp.exchange(wd * p + g, k, xt, mean)
+        comp.exchange(wd * p + g, k, xt, lr, mean)
         xt -= lr * mean
         m = mu * m + mean
         p = p - lr * m
@@ -162,6 +163,40 @@ def alpha(report):
     report["alpha/per_layer_shared"] = bool(ok)
     report["alpha/distinct_layers"] = bool(np.unique(opt.alpha).size == len(sizes))
     report["alpha/max_rel_err"] = worst
+
+
+def alpha_scalar_under_schedule(report):
+    """block=None: one alpha (Alg. 1), defined (zeros) before the first integer step, and sized with
+    the step size of the current step when an LR schedule changes it (the eps term included)."""
+    lr0, eps = 0.05, 2.0
+    model = model_for("cnn")
+    opt = mt.IntSGD(model.parameters(), lr=lr0, block=None, wire_dtype="auto", beta=0.0, eps=eps)
+    d = float(sum(p.numel() for p in model.parameters()))
+    report["alpha/scalar_zero_before_first_step"] = bool(opt.alpha.shape == (1,) and (opt.alpha == 0).all())
+    worst, stale_gap, ok = 0.0, 0.0, True
+    prev = flat(model)
+    for k, (x, y) in enumerate(batches("cnn", STEPS)):
+        lr = lr0 * 0.7 ** k  # the schedule: a new step size at every step
+        opt.param_groups[0]["lr"] = lr
+        now = flat(model)  # x^k (momentum 0 and float64: the compression iterate is the parameters)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if k >= 1:
+            r = float(np.sum((now - prev) ** 2))
+            want = lr * math.sqrt(d) / math.sqrt(2 * SIZE * r + (lr * eps) ** 2)
+            stale = lr * math.sqrt(d) / math.sqrt(2 * SIZE * r + (lr0 * eps) ** 2)
+            got = opt.alpha
+            ok &= got.shape == (1,)
+            worst = max(worst, abs(float(got[0]) - want) / want)
+            stale_gap = max(stale_gap, abs(stale - want) / want)
+            same = np.empty((SIZE, 1))
+            COMM.Allgather(got, same)
+            ok &= bool((same == same[0]).all())
+        prev = now
+    report["alpha/scalar_shared"] = bool(ok)
+    report["alpha/scalar_schedule_max_rel_err"] = worst
+    report["alpha/scalar_schedule_stale_gap"] = -stale_gap  # MAX over ranks of -gap: the smallest gap
 
 
 OPTIONS = {"intsgd": dict(wire_dtype="int8"), "hintsgd": dict(bits=8), "qsgd": dict(levels=15),
@@ -214,6 +249,7 @@ def main() -> None:
     report = {}
     parity(report)
     alpha(report)
+    alpha_scalar_under_schedule(report)
     resume(report)
     final = reduce_report(report)
     if RANK == 0:

@@ -3,7 +3,8 @@
 Each rank holds a contiguous, row-normalized share of a5a (d = 123). Checked: f goes down about as
 far as SGD's; the trace's wire bytes equal the bytes of the buffers each method sends; the same seed
 gives the same x_final (rerun in a new job), identical on every rank; and per step, the move of x
-is the mean of what the ranks' states say they sent.
+is the mean of what the ranks' states say they sent (bit for bit, summed in worker order, for
+EF-signSGD and DGC).
 """
 
 import json
@@ -110,12 +111,15 @@ def test_each_step_moves_x_by_the_mean_of_what_was_sent(tmp_path, n):
     out = tmp_path / "step.json"
     launch(n, "_biased_step.py", [data_file(), 150, out])
     rep = json.loads(out.read_text())
-    ef, dgc, ps = rep["ef-signsgd"], rep["dgc"], rep["powersgd"]
-    assert ef["e_exact"] and ef["scale_exact"] and ef["move_rel"] < 1e-12
-    assert dgc["masked"] and dgc["values_exact"] and dgc["rest_kept"] and dgc["count_is_target"]
-    assert dgc["move_rel"] < 1e-12
-    assert ps["q_shared"] and ps["e_rel"] < 1e-10 and ps["orthonormal_err"] < 1e-12 and ps["move_rel"] < 1e-10
+    assert len(rep) == 6
+    for variant in ("world", "reversed"):
+        ef, dgc, ps = rep[f"ef-signsgd|{variant}"], rep[f"dgc|{variant}"], rep[f"powersgd|{variant}"]
+        assert ef["e_exact"] and ef["scale_exact"] and ef["move_exact"], variant
+        assert dgc["masked"] and dgc["rest_kept"] and dgc["count_is_target"] and dgc["move_exact"], variant
+        assert ps["q_shared"] and ps["e_rel"] < 1e-10 and ps["orthonormal_err"] < 1e-12 and ps["move_rel"] < 1e-10
     assert all(rep[m]["x_same_on_all_ranks"] for m in rep)
+    # summed in worker order: reversing the ranks (each keeping its shard) changes no bit of x
+    assert rep["ef-signsgd|reversed"]["x_as_in_world_order"] and rep["dgc|reversed"]["x_as_in_world_order"]
 
 
 def test_a_nan_on_one_rank_stops_every_rank_with_its_name(tmp_path):

@@ -1,20 +1,31 @@
-"""Faults over real mpiexec jobs: a failing rank, a killed rank, NaN on one rank, kill -9 + resume."""
+"""Faults over real mpiexec jobs: a failing rank, a killed rank, NaN on one rank, kill -9 + resume.
+
+Faults are injected by the test-only launcher ``_faulty_run.py SPEC run ARGS...`` (SPEC is
+``RANK:ITER[:MODE]``); the installed ``mpiopt run`` has no fault hook, and ignores the old
+``MPIOPT_FAIL_AT`` variable.
+"""
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mpilaunch import run_mpi
+from mpilaunch import run_mpi, run_script
 
-FAIL = "MPIOPT_FAIL_AT"
+HERE = Path(__file__).resolve().parent
+
+
+def run_faulty(n: int, spec: str, args, timeout: float = 120):
+    """``mpiexec -n n python _faulty_run.py SPEC ARGS``: ``mpiopt ARGS`` with the fault SPEC injected."""
+    return run_script(n, HERE / "_faulty_run.py", spec, *args, timeout=timeout)
 
 
 def test_exception_on_rank_2_ends_every_rank_promptly(a5a_for, tmp_path):
     t0 = time.monotonic()
-    res = run_mpi(4, ["run", "--data", a5a_for(4), "--method", "sgd", "--iters", 10**7, "--no-progress",
-                      "--out", tmp_path / "t.json"], env={FAIL: "2:50"}, timeout=60)
+    res = run_faulty(4, "2:50", ["run", "--data", a5a_for(4), "--method", "sgd", "--iters", 10**7, "--no-progress",
+                                 "--out", tmp_path / "t.json"], timeout=60)
     elapsed = time.monotonic() - t0
     assert res.returncode != 0 and elapsed < 10 + 5  # 5 s allowance for starting 4 Pythons
     assert "[rank 2] Traceback" in res.stderr and "mpiopt: error: [rank 2] RuntimeError: injected failure" in res.stderr
@@ -24,17 +35,16 @@ def test_exception_on_rank_2_ends_every_rank_promptly(a5a_for, tmp_path):
 
 def test_sigkill_of_one_rank_ends_the_job(a5a_for, tmp_path):
     t0 = time.monotonic()
-    res = run_mpi(4, ["run", "--data", a5a_for(4), "--method", "sgd", "--iters", 10**7, "--no-progress",
-                      "--out", tmp_path / "t.json"], env={FAIL: "1:100:kill"}, timeout=60)
+    res = run_faulty(4, "1:100:kill", ["run", "--data", a5a_for(4), "--method", "sgd", "--iters", 10**7,
+                                       "--no-progress", "--out", tmp_path / "t.json"], timeout=60)
     assert res.returncode != 0 and time.monotonic() - t0 < 15
 
 
 def test_nan_on_one_rank_stops_all_naming_rank_and_iteration(a5a_for, tmp_path):
     ckpt = tmp_path / "ckpt"
     out = tmp_path / "t.json"
-    res = run_mpi(4, ["run", "--data", a5a_for(4), "--method", "gd", "--iters", 1000, "--no-progress",
-                      "--checkpoint-every", 10, "--checkpoint-dir", ckpt, "--out", out],
-                  env={FAIL: "3:25:nan"}, timeout=60)
+    res = run_faulty(4, "3:25:nan", ["run", "--data", a5a_for(4), "--method", "gd", "--iters", 1000, "--no-progress",
+                                     "--checkpoint-every", 10, "--checkpoint-dir", ckpt, "--out", out], timeout=60)
     assert res.returncode == 1
     assert res.stderr.count("non-finite gradient at iteration 25 on rank(s) [3]") == 1, res.stderr
     assert "Traceback" not in res.stderr
@@ -51,8 +61,10 @@ def test_kill_then_resume_is_bit_identical(a5a_for, tmp_path, method):
     straight = run_mpi(4, [*common, "--out", tmp_path / "straight.json"])
     assert straight.returncode == 0, straight.stderr
     resumable = [*common, "--checkpoint-every", k // 2, "--out", tmp_path / "resumed.json"]
-    killed = run_mpi(4, resumable, env={FAIL: f"2:{k + 37}:kill"})
+    killed = run_faulty(4, f"2:{k + 37}:kill", resumable)
     assert killed.returncode != 0 and not (tmp_path / "resumed.json").exists()
+    saved = {p.name for p in (tmp_path / "resumed.json.ckpt").glob("*.npz")}
+    assert {f"rank_{r:03d}_it{k:09d}.npz" for r in range(4)} <= saved, (saved, killed.stderr)  # died after k
     resumed = run_mpi(4, [*resumable, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     a = json.loads((tmp_path / "straight.json").read_text())
@@ -62,6 +74,18 @@ def test_kill_then_resume_is_bit_identical(a5a_for, tmp_path, method):
     for column in ("dist_sq", "wire_bytes", "info_bits", "clipped"):
         assert a["history"][column] == b["history"][column], column
     assert a.get("wire") == b.get("wire")
+
+
+@pytest.mark.parametrize("spec", ["1:5", "1:5:kill"])
+def test_the_installed_cli_ignores_the_old_fault_variable(a5a_for, tmp_path, spec):
+    """MPIOPT_FAIL_AT once made an installed ``mpiopt run`` fail on purpose; now it changes nothing."""
+    out = tmp_path / "t.json"
+    res = run_mpi(2, ["run", "--data", a5a_for(2), "--method", "sgd", "--iters", 20, "--log-every", 10,
+                      "--no-progress", "--out", out], env={"MPIOPT_FAIL_AT": spec}, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "injected" not in res.stderr and "Traceback" not in res.stderr
+    trace = json.loads(out.read_text())
+    assert trace["status"] == "max_iter" and trace["iterations"] == 20 and trace["n_ranks"] == 2
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(a5a_for, tmp_path):

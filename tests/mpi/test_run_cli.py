@@ -1,6 +1,8 @@
 """``mpiexec -n N mpiopt run``: trajectories, determinism, and shard checks before any iteration."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -91,3 +93,27 @@ def test_a_bad_option_value_is_reported_once_not_per_rank(a5a_for, tmp_path):
                       "--out", tmp_path / "t.json"], timeout=60)
     assert res.returncode == 2
     assert res.stderr.count("mpiopt: error: argument --wire-dtype: invalid choice: 'int9'") == 1
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--method", "intdiana", "--levels", 4], "method 'intdiana' with compressor int does not use option(s) levels"),
+    (["--method", "diana", "--compressor", "sign"], "use ef-sgd --compressor sign"),
+    (["--method", "vr-diana", "--compressor", "topk"], "use ef-sgd --compressor topk"),
+    (["--method", "gd", "--batch", 8], "method 'gd' uses each rank's full local gradient; drop --batch"),
+])
+def test_a_method_option_error_is_reported_once_naming_what_was_typed(a5a_for, tmp_path, args, says):
+    res = run_mpi(2, ["run", "--data", a5a_for(2), *args, "--no-progress", "--out", tmp_path / "t.json"], timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count(says) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_help_offers_every_registered_compressor_and_its_options():
+    from mpiopt.compressors import REGISTRY
+
+    res = subprocess.run([sys.executable, "-m", "mpiopt", "run", "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "--compressor {" + ",".join(REGISTRY) + "}" in res.stdout
+    for cls in REGISTRY.values():
+        for option in cls.options:
+            assert (option.flag in res.stdout) == option.cli, (cls.name, option.name)

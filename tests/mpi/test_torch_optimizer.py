@@ -3,8 +3,9 @@
 Over MPI (``_torch_checks.py``, launched once): IntSGD's parameters are bitwise those of mpiopt's
 numpy IntSGD fed the same gradients (scalar and per-layer alpha, int8/int16/auto wires) and, with
 momentum and weight decay, those of the documented rule; per-layer alpha matches Alg. 2 and is the
-same on every rank; every optimizer resumes bit-identically from its state_dict and keeps the
-parameters identical on all ranks. In one process (``comm=None`` = COMM_WORLD of size 1): the wire
+same on every rank; scalar alpha matches Alg. 1 with the current step size of an LR schedule; every
+optimizer resumes bit-identically from its state_dict and keeps the parameters identical on all
+ranks. In one process (``comm=None`` = COMM_WORLD of size 1): the wire
 bytes of an int8 step, the argument checks, and a refused state of another optimizer.
 """
 
@@ -17,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import mpiopt.torch as mt  # noqa: E402
-from mpiopt.methods.compressors import HEADER  # noqa: E402
+from mpiopt.compressors.integer import HEADER  # noqa: E402
 from mpilaunch import run_script  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -42,6 +43,12 @@ def test_layer_alpha_is_per_parameter_tensor(report):
     assert report["alpha/per_layer_shared"] is True
     assert report["alpha/distinct_layers"] is True
     assert report["alpha/max_rel_err"] < 1e-12
+
+
+def test_scalar_alpha_follows_the_current_step_size(report):
+    assert report["alpha/scalar_zero_before_first_step"] is True and report["alpha/scalar_shared"] is True
+    assert report["alpha/scalar_schedule_max_rel_err"] < 1e-12
+    assert -report["alpha/scalar_schedule_stale_gap"] > 1e-3  # a stale step size would have been seen
 
 
 @pytest.mark.parametrize("name", sorted(mt.OPTIMIZERS))
