@@ -30,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("--data-dir", metavar="DIR",
                    help=f"with --dataset: where the file is, or is downloaded to (default {DEFAULT_DATA_DIR}/)")
     p.add_argument("--mirror", metavar="URL", help="with --dataset: download from URL/<file> instead of LIBSVM's site")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="with --dataset: accept a download whose sha256 is unknown ('mpiopt datasets list')")
     p.add_argument("--n-features", type=int, metavar="D",
                    help="with --file: number of features (default: the largest index in the file)")
     p.add_argument("--workers", type=int, required=True, metavar="N", help="number of shards (= MPI ranks)")
@@ -59,7 +61,7 @@ def _resolve_source(args: argparse.Namespace) -> Tuple[Path, str, Optional[int],
         if args.n_features is not None:
             raise InputError("--n-features goes with --file; a registered dataset has a known feature count")
         info = lookup(args.dataset)
-        path = locate(args.dataset, args.data_dir, args.mirror)
+        path = locate(args.dataset, args.data_dir, args.mirror, allow_unverified=args.allow_unverified)
         return path, info.name, info.n_features, info.l2 if args.l2 is None else args.l2
     if args.data_dir is not None or args.mirror is not None:
         raise InputError("--data-dir and --mirror go with --dataset; --file reads the given path")
