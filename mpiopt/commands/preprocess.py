@@ -5,6 +5,7 @@
 
 Rows are scaled to unit norm and split into contiguous blocks in file order (heterogeneous workers);
 --shuffle permutes them first. The last N mod workers rows are dropped so all shards are equal.
+An existing --out folder is replaced only with --force.
 """
 
 import argparse
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from mpiopt.data import load_libsvm, preprocess, sha256_file
+from mpiopt.data import MAX_FEATURES, load_libsvm, preprocess, sha256_file
 from mpiopt.datasets import DEFAULT_DATA_DIR, locate, lookup
 from mpiopt.errors import InputError
 
@@ -34,6 +35,9 @@ def register(sub) -> None:
                    help="with --dataset: accept a download whose sha256 is unknown ('mpiopt datasets list')")
     p.add_argument("--n-features", type=int, metavar="D",
                    help="with --file: number of features (default: the largest index in the file)")
+    p.add_argument("--max-features", type=int, default=MAX_FEATURES, metavar="D",
+                   help=f"refuse data with more features than this (default {MAX_FEATURES}): each dense vector "
+                        f"of d features takes 8 d bytes")
     p.add_argument("--workers", type=int, required=True, metavar="N", help="number of shards (= MPI ranks)")
     p.add_argument("--l2", type=float, metavar="X",
                    help=f"l2 regularization (default: the dataset's; {FILE_DEFAULT_L2:g} with --file)")
@@ -41,18 +45,31 @@ def register(sub) -> None:
     p.add_argument("--shuffle", action="store_true", help="permute rows before splitting (homogeneous shards)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of --shuffle (default 0)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder, e.g. data/a5a-12")
+    p.add_argument("--force", action="store_true", help="replace an existing --out folder of an earlier preprocess")
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     """Load, preprocess and write the shards, then print a summary."""
     started = time.perf_counter()
+    _check_out_free(Path(args.out), args.force)
     path, name, n_features, l2 = _resolve_source(args)
-    X, y = load_libsvm(path, n_features)
-    meta = preprocess(X, y, args.workers, l2, args.out, dataset=name, source_sha256=sha256_file(path),
-                      normalize=not args.no_normalize, shuffle=args.shuffle, seed=args.seed)
+    try:
+        X, y = load_libsvm(path, n_features, args.max_features)
+        meta = preprocess(X, y, args.workers, l2, args.out, dataset=name, source_sha256=sha256_file(path),
+                          normalize=not args.no_normalize, shuffle=args.shuffle, seed=args.seed)
+    except MemoryError:
+        raise InputError(f"not enough memory to preprocess {path}; use a machine with more memory, or check the "
+                         f"data for a stray huge feature index (--max-features caps the feature count)") from None
     print(_summary(meta, path, args, time.perf_counter() - started))
     return 0
+
+
+def _check_out_free(out: Path, force: bool) -> None:
+    """Refuse, before any work, to replace a non-empty --out folder without --force."""
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise InputError(f"--out {out} already exists and is not empty; pass --force to replace an earlier "
+                         f"output there, or choose another --out")
 
 
 def _resolve_source(args: argparse.Namespace) -> Tuple[Path, str, Optional[int], float]:
