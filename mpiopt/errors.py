@@ -11,7 +11,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-QUOTE_LIMIT = 60
+QUOTE_LIMIT = 200
 """Characters of user input a message repeats; a 30 MB token must not become a 30 MB message."""
 
 

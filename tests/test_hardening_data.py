@@ -99,7 +99,7 @@ def test_a_huge_value_in_meta_is_quoted_short(shards):
     _edit_meta(shards, L_workers="b" * 1_000_000)
     with pytest.raises(InputError) as info:
         read_meta(shards)
-    assert len(str(info.value)) < 400 and "(1000002 characters)" in str(info.value)
+    assert len(str(info.value)) < 600 and "(1000002 characters)" in str(info.value)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def test_a_30_mb_token_is_quoted_short(tmp_path):
         load_libsvm(path)
     message = str(info.value)
     assert message.startswith(f"{path}:2: value 'xxxx") and "... (30000000 characters) of feature 1" in message
-    assert len(message) < 400
+    assert len(message) < 600
 
 
 # --------------------------------------------------------------------------------------------------
