@@ -281,7 +281,7 @@ def preprocess(X, y: np.ndarray, n_workers: int, l2: float, out_dir: PathLike, *
     """
     started = time.perf_counter()
     X, y = _check_inputs(X, y, n_workers, l2)
-    _check_out_dir(Path(out_dir))
+    check_out_dir(Path(out_dir))
     out_dir = Path(os.path.abspath(out_dir))  # "a/.." has no name to put a sibling beside
     X, y, n_dropped = _arrange_rows(X, y, n_workers, normalize, shuffle, seed)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -373,7 +373,7 @@ def normalize_rows(X: sp.csr_matrix) -> sp.csr_matrix:
     return X
 
 
-def _check_out_dir(out_dir: Path) -> None:
+def check_out_dir(out_dir: Path) -> None:
     """Refuse an output folder we would have to destroy user files to replace, or one that cannot be
     moved aside (the current directory or one above it: ``--out .``)."""
     resolved, cwd = out_dir.resolve(), Path.cwd().resolve()

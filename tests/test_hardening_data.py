@@ -164,11 +164,12 @@ def test_sigterm_midway_leaves_no_temporary_folder(a5a_path, tmp_path):
 def test_out_dot_is_refused(a5a_path, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
-    err = one_error_line(mpiopt_cli("preprocess", "--file", a5a_path, "--workers", 2, "--out", ".", "--force",
+    (work / "notes.txt").write_text("mine")
+    err = one_error_line(mpiopt_cli("preprocess", "--file", a5a_path, "--workers", 2, "--out", ".",
                                     cwd=work))
     assert err == ("mpiopt: error: --out '.' is the current directory or one above it, which cannot be replaced; "
                    "give a new folder, e.g. --out data/NAME-WORKERS\n")
-    assert list(work.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+    assert [p.name for p in work.iterdir()] == ["notes.txt"] and [p.name for p in tmp_path.iterdir()] == ["work"]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from mpiopt.data import MAX_FEATURES, load_libsvm, preprocess, sha256_file
+from mpiopt.data import MAX_FEATURES, check_out_dir, load_libsvm, preprocess, sha256_file
 from mpiopt.datasets import DEFAULT_DATA_DIR, locate, lookup
 from mpiopt.errors import InputError
 
@@ -66,7 +66,9 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _check_out_free(out: Path, force: bool) -> None:
-    """Refuse, before any work, to replace a non-empty --out folder without --force."""
+    """Refuse, before any work, an --out that preprocess would refuse, and replacing an earlier
+    output without --force."""
+    check_out_dir(out)
     if out.is_dir() and any(out.iterdir()) and not force:
         raise InputError(f"--out {out} already exists and is not empty; pass --force to replace an earlier "
                          f"output there, or choose another --out")
