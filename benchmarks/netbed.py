@@ -24,7 +24,8 @@ its traffic really crossed the shaped links (see :func:`check_links`).
 Everything is torn down at the end, also on failure: :class:`NetBed` is a context manager whose exit
 kills what still runs inside its namespaces and deletes them; SIGINT/SIGTERM/SIGHUP are turned into
 exceptions while it is up, so ``finally`` blocks run; leftovers of a crashed earlier run (namespaces
-named ``mpbnet-*``) are removed before a new bed is built. A lock file keeps two beds from
+named ``mpbnet-*``) are removed before a new bed is built. A lock file (in root-owned /run, never
+followed through a symbolic link, never truncated) keeps two beds, or a bed and ``cleanup``, from
 fighting over the names.
 
     python benchmarks/netbed.py check [--ranks 4] [--rate 1gbit]   # build, verify with a raw Allreduce, tear down
@@ -38,11 +39,12 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import BinaryIO, Dict, List, Optional, Sequence
 
 from mpiopt import launch
 
@@ -52,7 +54,8 @@ NIC = "mpbnic"
 BRIDGE = "br0"
 SUBNET = "10.231.7"
 HOST0 = 10
-LOCK = Path(os.environ.get("MPIOPT_NETBED_LOCK", "/tmp/mpiopt-netbed.lock"))
+LOCK = Path(os.environ.get("MPIOPT_NETBED_LOCK", "/run/mpiopt-netbed.lock"))
+"""The bed's lock; in /run, which only root can write, so no other user can plant a file or link there."""
 
 RATES = {"1gbit": 1e9, "10gbit": 1e10}
 """The link rates the benchmarks name (bits per second); any tc rate string works with NetBed."""
@@ -127,6 +130,33 @@ def cleanup() -> List[str]:
     if left:
         raise NetBedError(f"could not delete namespaces {left}")
     return names
+
+
+def open_lock(path: Path) -> BinaryIO:
+    """Open ``path`` as the bed's lock and take it (non-blocking); returns the open file that holds it.
+
+    The bed runs as root, so the lock must not become a way to damage files: the name is never
+    followed through a symbolic link (O_NOFOLLOW), the file is never truncated, a new one is created
+    with mode 0600, and anything but a regular file of ours with one link (a planted hard link) is
+    refused. Raises NetBedError saying why, or that another bed holds the lock.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise NetBedError(f"cannot open the lock {path} ({exc.strerror}); if it is a symbolic link or not a "
+                          f"regular file, remove it, or set MPIOPT_NETBED_LOCK to a path in a root-owned folder") from None
+    lock = os.fdopen(fd, "r+b")
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
+        lock.close()
+        raise NetBedError(f"the lock {path} is not a regular file of this user with a single link; remove it")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise NetBedError(f"another test bed is up (lock {path} is held); wait for it to finish") from None
+    return lock
 
 
 def _alive(pid: int) -> bool:
@@ -240,12 +270,7 @@ class NetBed:
 
     def build(self) -> None:
         preflight()
-        LOCK.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(LOCK, "w")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise NetBedError(f"another test bed is up (lock {LOCK} is held); wait for it to finish") from None
+        self._lock_file = open_lock(LOCK)
         removed = cleanup()
         if removed:
             print(f"netbed: removed leftovers of an earlier run: {', '.join(removed)}", file=sys.stderr)
@@ -427,8 +452,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.cmd == "cleanup":
-            preflight()
-            removed = cleanup()
+            with open_lock(LOCK):
+                preflight()
+                removed = cleanup()
             print(f"removed: {', '.join(removed) or 'nothing'}")
             return 0
         with NetBed(args.ranks, args.rate, args.delay_ms) as bed:
