@@ -48,7 +48,6 @@ import json
 import math
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -342,19 +341,13 @@ def mpiexec_path() -> str:
 
 def _run_mpi(cmd: List[str], env: Dict[str, str], timeout: float) -> None:
     """Run an mpiexec job in its own process group; on any failure or signal, end that group."""
+    from netbed import end_group
+
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
         rc = proc.wait(timeout=timeout)
     except BaseException:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        except ProcessLookupError:
-            pass
+        end_group(proc)
         raise
     if rc != 0:
         raise RuntimeError(f"the MPI job failed (exit {rc}): {' '.join(cmd[:8])} ...")

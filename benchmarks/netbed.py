@@ -29,7 +29,14 @@ followed through a symbolic link, never truncated) keeps two beds, or a bed and 
 fighting over the names.
 
     python benchmarks/netbed.py check [--ranks 4] [--rate 1gbit]   # build, verify with a raw Allreduce, tear down
+    python benchmarks/netbed.py run --ranks 4 --rate 1gbit [--delay-ms D] -- mpiopt run ARGS...
+                                                                    # any job, one emulated host per rank
     python benchmarks/netbed.py cleanup                             # remove leftovers of a crashed run
+
+``run`` starts the command once in each rank's namespace (``mpiopt ...`` as ``python -m mpiopt ...``
+with this Python, so the ranks run the same installation; paths are taken as given, relative to the
+current directory), waits for it, and reports the bytes that crossed the bed's NICs on stderr (and,
+with ``--json FILE``, as JSON). Its exit status is the job's.
 """
 
 import argparse
@@ -42,6 +49,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import BinaryIO, Dict, List, Optional, Sequence
@@ -353,6 +361,27 @@ class NetBed:
             cmd += ["-n", "1", "ip", "netns", "exec", self.ns(r), *argv]
         return cmd
 
+    def hostfile_launch(self, mpiexec: str, argv: Sequence[str], folder: Path) -> List[str]:
+        """The command that starts ``argv`` on every rank as a cluster user would, through a hostfile.
+
+        Writes ``folder/hostfile`` (the ranks' addresses, one slot each) and ``folder/ssh``, a stand-in
+        for ssh that runs the remote command in the namespace holding the address it is given (and
+        refuses any other host). MPICH's mpiexec runs in rank 0's namespace, as on a head node, with
+        ``-f hostfile -launcher ssh -launcher-exec folder/ssh -iface <the bed's NIC>``: its proxies
+        reach it over the shaped links, as they would across a cluster's network."""
+        hosts = {self.address(r): self.ns(r) for r in range(self.ranks)}
+        (folder / "hostfile").write_text("".join(f"{a}:1\n" for a in hosts))
+        cases = "".join(f"  {a}) ns={n} ;;\n" for a, n in hosts.items())
+        ssh = folder / "ssh"
+        ssh.write_text("#!/bin/sh\n# ssh stand-in for the test bed: run the command in the host's namespace\n"
+                       'while [ "${1#-}" != "$1" ]; do shift; done\n'
+                       f'host=$1; shift\ncase "$host" in\n{cases}'
+                       '  *) echo "netbed ssh: no host $host in the bed" >&2; exit 255 ;;\nesac\n'
+                       'exec ip netns exec "$ns" sh -c "$*"\n')
+        ssh.chmod(0o700)
+        return ["ip", "netns", "exec", self.ns(0), mpiexec, "-f", str(folder / "hostfile"), "-n", str(self.ranks),
+                "-launcher", "ssh", "-launcher-exec", str(ssh), "-iface", NIC, *argv]
+
     def describe(self) -> Dict[str, object]:
         """What the bed is, for a results file."""
         return {
@@ -440,6 +469,71 @@ def check_links(bed: NetBed, nbytes: int = 40_000_000, reps: int = 3, timeout: f
     return info
 
 
+def job_argv(command: Sequence[str]) -> List[str]:
+    """The argv each rank runs: ``mpiopt ...`` becomes ``<this python> -m mpiopt ...`` (the same
+    installation and PYTHONPATH on every rank); anything else runs as given."""
+    if not command:
+        raise NetBedError("no command given: put it after --, e.g. `netbed.py run --ranks 2 -- mpiopt run ...`")
+    if command[0] == "mpiopt":
+        return [sys.executable, "-m", "mpiopt", *command[1:]]
+    return list(command)
+
+
+def run_job(bed: NetBed, command: Sequence[str], timeout: Optional[float] = None,
+            launch_by: str = "mpmd") -> Dict[str, object]:
+    """Run ``command`` once in each of ``bed``'s namespaces as one MPI job (output passed through).
+
+    ``launch_by``: ``mpmd`` (one mpiexec, each rank started inside its namespace) or ``hostfile``
+    (mpiexec -f with the ranks' addresses, see :meth:`NetBed.hostfile_launch`). The job gets this
+    process's environment, mpiopt's oversubscription setting and the bed's MPI environment; it runs
+    in its own process group, ended on any failure, timeout or signal. Returns the exit code, the
+    seconds it took and the bytes each NIC sent and received meanwhile."""
+    with tempfile.TemporaryDirectory(prefix="netbed-") as tmp:
+        if launch_by == "hostfile":
+            cmd = bed.hostfile_launch(mpiexec_path(), job_argv(command), Path(tmp))
+        else:
+            cmd = bed.mpmd(mpiexec_path(), job_argv(command))
+        info = _timed_job(bed, cmd, timeout)
+    return {**info, "launch": launch_by}
+
+
+def _timed_job(bed: NetBed, cmd: List[str], timeout: Optional[float]) -> Dict[str, object]:
+    before = bed.counters()
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, env=launch.mpi_env(bed.env()), start_new_session=True)
+    try:
+        rc = proc.wait(timeout=timeout)
+    except BaseException:
+        end_group(proc)
+        raise
+    seconds = time.monotonic() - start
+    after = bed.counters()
+    per_rank = [{k: a[k] - b[k] for k in ("tx_bytes", "rx_bytes")} for a, b in zip(after, before)]
+    return {"returncode": rc, "seconds": seconds, "nic_bytes": per_rank,
+            "nic_tx_bytes": sum(r["tx_bytes"] for r in per_rank), "bed": bed.describe()}
+
+
+def end_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the job's process group, SIGKILL it after 5 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _report_run(ranks: int, rate: str, info: Dict[str, object], json_out: Optional[str]) -> None:
+    per = ", ".join(f"r{r}: {b['tx_bytes']}" for r, b in enumerate(info["nic_bytes"]))
+    print(f"netbed: {ranks} ranks at {rate}: the job exited {info['returncode']} after {info['seconds']:.1f} s; "
+          f"{info['nic_tx_bytes']} bytes crossed the NICs (sent per rank: {per})", file=sys.stderr)
+    if json_out:
+        Path(json_out).write_text(json.dumps(info, indent=1) + "\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -448,6 +542,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument("--rate", default="1gbit")
     c.add_argument("--delay-ms", type=float, default=0.0)
     c.add_argument("--bytes", type=float, default=4e7)
+    r = sub.add_parser("run", help="run a command (e.g. `mpiopt run ...`) once per rank across the bed, "
+                                   "report the bytes that crossed the NICs")
+    r.add_argument("--ranks", type=int, required=True)
+    r.add_argument("--rate", default="1gbit")
+    r.add_argument("--delay-ms", type=float, default=0.0)
+    r.add_argument("--timeout", type=float, default=None, help="seconds the job may take (default: no limit)")
+    r.add_argument("--launch", choices=("mpmd", "hostfile"), default="mpmd",
+                   help="mpmd: one mpiexec starting each rank in its namespace; hostfile: mpiexec -f with the "
+                        "ranks' addresses and an ssh stand-in, as on a cluster")
+    r.add_argument("--json", help="also write the exit code, seconds and NIC byte counts here")
+    r.add_argument("command", nargs=argparse.REMAINDER, help="after --: the command each rank runs")
     sub.add_parser("cleanup", help="remove the namespaces a crashed run left behind")
     args = p.parse_args(argv)
     try:
@@ -457,6 +562,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 removed = cleanup()
             print(f"removed: {', '.join(removed) or 'nothing'}")
             return 0
+        if args.cmd == "run":
+            command = args.command[1:] if args.command[:1] == ["--"] else args.command
+            job_argv(command)  # a missing command fails before the bed is built
+            with NetBed(args.ranks, args.rate, args.delay_ms) as bed:
+                info = run_job(bed, command, args.timeout, args.launch)
+            _report_run(args.ranks, args.rate, info, args.json)
+            return info["returncode"] if info["returncode"] >= 0 else 128 - info["returncode"]
         with NetBed(args.ranks, args.rate, args.delay_ms) as bed:
             info = check_links(bed, int(args.bytes))
         print(json.dumps(info, indent=1))
