@@ -4,6 +4,7 @@
     python benchmarks/allreduce_step.py --dims 1e5 1e6 1e7 --ranks 4 --net 1gbit --json benchmarks/results/allreduce_step_1gbit.json
     python benchmarks/allreduce_step.py --readme    # rewrite this script's section of benchmarks/README.md from the JSON
 
+``--variants`` picks which of the steps below are timed (names in ``VARIANTS``; default all).
 It launches ``mpiexec`` itself. ``--net shm`` is a plain ``mpiexec -n R`` on this machine (MPICH moves
 the bytes through shared memory); ``--net 1gbit`` / ``10gbit`` builds the namespace test bed of
 ``benchmarks/netbed.py`` (one network namespace per rank, links shaped with tc, MPI on TCP only),
@@ -29,6 +30,9 @@ untimed, then all ranks meet at a barrier, untimed, and the step is timed on eve
   x <- x - eta mean); ``impl='lean'`` is the least a float SGD step can do: the float Allreduce in
   place on the gradient buffer, then one BLAS axpy x <- x - (eta / n) S. The goals are checked
   against the lean step.
+* ``fp16`` (dtype float16): the package's fp16 compressor step (``FP16Compressor.exchange_update``:
+  v / n cast to float16, one float16 Allreduce, decoded, x <- x - eta mean), the cheapest float
+  rival (what torch's ``fp16_compress_hook`` does).
 * ``raw-allreduce`` (dtype int8 / float32 / float64): ``Communicator.allreduce_*`` of d values
   alone -- the floor of any step that sends them.
 
@@ -47,7 +51,6 @@ import json
 import math
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -161,9 +164,17 @@ def _axpy(dtype):
     return update
 
 
-def make_variants(d: int, comm, kernels: Sequence[str], seed: int) -> List[Variant]:
+VARIANTS = ("intsgd-numba", "intsgd-numba-adaptive", "intsgd-numpy", "sgd-float32-package", "sgd-float32-lean",
+            "sgd-float64-package", "sgd-float64-lean", "fp16-package", "raw-int8", "raw-float32", "raw-float64")
+"""Names ``--variants`` selects from (all by default; an IntSGD variant of a kernel not in --kernels is skipped)."""
+
+
+def make_variants(d: int, comm, kernels: Sequence[str], seed: int,
+                  wanted: Sequence[str] = VARIANTS) -> List[Variant]:
+    """The ``wanted`` variants (see VARIANTS) at dimension ``d``, each with its own buffers."""
     import numpy as np
 
+    from mpiopt.compressors.fp16 import FP16Compressor
     from mpiopt.compressors.integer import WIRE_NAMES, IntCompressor
     from mpiopt.compressors.none import NoCompression
 
@@ -171,72 +182,61 @@ def make_variants(d: int, comm, kernels: Sequence[str], seed: int) -> List[Varia
     lr = 0.1
     rng = np.random.default_rng([seed, rank, d])
     src32 = rng.standard_normal(d, dtype=np.float32)
-
-    def fail(k, local_bad):
-        raise RuntimeError(f"non-finite values at step {k} (this rank: {local_bad})")
+    common = dict(seed=seed, worker=rank, fail=_fail)
 
     # alpha of IntSGD's adaptive formula for this data: r = ||x^k - x^{k-1}||^2 = ||eta mean_i g_i||^2.
     mean = src32.astype(np.float64)
     comm.allreduce_float(mean, count=False)
     mean /= n
     r = float(np.dot(mean, mean)) * lr * lr
-    eps = IntCompressor.resolve({}, comm)["eps"]  # the default
+    eps = next(o.default for o in IntCompressor.options if o.name == "eps")
     alpha = lr * math.sqrt(d) / math.sqrt(2 * n * r + lr * lr * eps * eps)
     del mean
 
     variants: List[Variant] = []
     base = {"dim": d, "ranks": n}
 
-    for kernel, alpha_mode in [(k, "constant") for k in kernels] + [("numba", "adaptive")] * ("numba" in kernels):
-        g = np.empty(d, dtype=np.float32)
-        x = np.zeros(d, dtype=np.float32)
-        m = np.empty(d, dtype=np.float32)
-        comp = IntCompressor(comm, d, seed=seed, worker=rank, fail=fail, wire_dtype="auto",
-                             alpha=alpha_mode, alpha0=alpha, kernel=kernel)
+    def compressed(row, comp, dtype, src, info):
+        g, x, m = (np.empty(d, dtype=dtype), np.zeros(d, dtype=dtype), np.empty(d, dtype=dtype))
 
-        def step(k, comp=comp, g=g, x=x, m=m):
+        def step(k):
             comp.exchange_update(g, k, x, lr, m)
 
-        def info(comp=comp):
-            wires = {name: int(c) for name, c in zip(WIRE_NAMES, comp.state["steps_by_wire"]) if c}
-            wire = max(wires, key=wires.get) if wires else None
-            return {"wire_dtype": wire, "wire_steps": wires, "alpha": alpha,
-                    "bytes_per_rank": (d + 3) * np.dtype(wire).itemsize if wire else None,
-                    "max_abs_q": float(comp.state["max_abs_q"])}
+        variants.append(Variant({**base, **row}, step, lambda: np.copyto(g, src), info))
 
-        variants.append(Variant({**base, "method": "intsgd", "dtype": "auto", "kernel": comp.opts["kernel"],
-                                 "impl": "package", "alpha_mode": alpha_mode}, step,
-                                lambda g=g: np.copyto(g, src32), info))
+    for kernel in kernels:
+        for alpha_mode in ("constant", "adaptive"):
+            name = f"intsgd-{kernel}" + ("-adaptive" if alpha_mode == "adaptive" else "")
+            if name not in wanted:
+                continue
+            comp = IntCompressor(comm, d, **common, wire_dtype="auto", alpha=alpha_mode, alpha0=alpha, kernel=kernel)
+
+            def info(comp=comp):
+                wires = {w: int(c) for w, c in zip(WIRE_NAMES, comp.state["steps_by_wire"]) if c}
+                wire = max(wires, key=wires.get) if wires else None
+                return {"wire_dtype": wire, "wire_steps": wires, "alpha": alpha,
+                        "bytes_per_rank": (d + 3) * np.dtype(wire).itemsize if wire else None,
+                        "max_abs_q": float(comp.state["max_abs_q"])}
+
+            compressed({"method": "intsgd", "dtype": "auto", "kernel": kernel, "impl": "package",
+                        "alpha_mode": alpha_mode}, comp, np.float32, src32, info)
+    if "fp16-package" in wanted:
+        compressed({"method": "fp16", "dtype": "float16", "impl": "package"}, FP16Compressor(comm, d, **common),
+                   np.float32, src32, lambda: {"bytes_per_rank": 2 * d})
     for dtype in (np.float32, np.float64):
         src = src32 if dtype == np.float32 else src32.astype(np.float64)
         name = np.dtype(dtype).name
-        update = _axpy(dtype)
-        # the package's float path
-        g = np.empty(d, dtype=dtype)
-        x = np.zeros(d, dtype=dtype)
-        m = np.empty(d, dtype=dtype)
-        comp = NoCompression(comm, d, seed=seed, worker=rank, fail=fail, float_dtype=name)
-
-        def step_pkg(k, comp=comp, g=g, x=x, m=m):
-            comp.exchange_update(g, k, x, lr, m)
-
-        variants.append(Variant({**base, "method": "sgd", "dtype": name, "impl": "package"}, step_pkg,
-                                lambda g=g, src=src: np.copyto(g, src),
-                                lambda dtype=dtype: {"bytes_per_rank": d * np.dtype(dtype).itemsize}))
-        # the lean float step
-        g2 = np.empty(d, dtype=dtype)
-        x2 = np.zeros(d, dtype=dtype)
-
-        def step_lean(k, g=g2, x=x2, update=update):
-            comm.allreduce_float(g)
-            update(x, g, -lr / n)
-
-        variants.append(Variant({**base, "method": "sgd", "dtype": name, "impl": "lean"}, step_lean,
-                                lambda g=g2, src=src: np.copyto(g, src),
-                                lambda dtype=dtype: {"bytes_per_rank": d * np.dtype(dtype).itemsize}))
+        nbytes = {"bytes_per_rank": d * np.dtype(dtype).itemsize}
+        if f"sgd-{name}-package" in wanted:
+            compressed({"method": "sgd", "dtype": name, "impl": "package"},
+                       NoCompression(comm, d, **common, float_dtype=name), dtype, src, lambda nbytes=nbytes: nbytes)
+        if f"sgd-{name}-lean" in wanted:
+            variants.append(_lean_sgd({**base, "method": "sgd", "dtype": name, "impl": "lean"}, comm, src, lr, nbytes))
 
     for dtype in (np.int8, np.float32, np.float64):
         name = np.dtype(dtype).name
+        if f"raw-{name}" not in wanted:
+            continue
         buf = np.empty(d, dtype=dtype)
         src = (np.clip(np.rint(src32), -1, 1).astype(np.int8) if dtype == np.int8 else src32.astype(dtype))
         reduce = comm.allreduce_int if dtype == np.int8 else comm.allreduce_float
@@ -248,6 +248,24 @@ def make_variants(d: int, comm, kernels: Sequence[str], seed: int) -> List[Varia
                                 lambda buf=buf, src=src: np.copyto(buf, src),
                                 lambda dtype=dtype: {"bytes_per_rank": d * np.dtype(dtype).itemsize}))
     return variants
+
+
+def _fail(k, local_bad):
+    raise RuntimeError(f"non-finite values at step {k} (this rank: {local_bad})")
+
+
+def _lean_sgd(row: Dict[str, object], comm, src, lr: float, nbytes: Dict[str, int]) -> Variant:
+    """The least a float SGD step can do: the float Allreduce in place, then one BLAS axpy."""
+    import numpy as np
+
+    update = _axpy(src.dtype)
+    g, x = np.empty_like(src), np.zeros_like(src)
+
+    def step(k):
+        comm.allreduce_float(g)
+        update(x, g, -lr / comm.size)
+
+    return Variant(row, step, lambda: np.copyto(g, src), lambda: nbytes)
 
 
 def worker(args) -> int:
@@ -263,7 +281,7 @@ def worker(args) -> int:
     rows = []
     t_start = time.perf_counter()
     for d in args.dims:
-        variants = make_variants(d, comm, args.kernels, args.seed)
+        variants = make_variants(d, comm, args.kernels, args.seed, args.variants)
         # warm-up (compilation, page faults) and a per-step estimate: the slowest variant sets the pace
         est = []
         for v in variants:
@@ -326,19 +344,13 @@ def mpiexec_path() -> str:
 
 def _run_mpi(cmd: List[str], env: Dict[str, str], timeout: float) -> None:
     """Run an mpiexec job in its own process group; on any failure or signal, end that group."""
+    from netbed import end_group
+
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
         rc = proc.wait(timeout=timeout)
     except BaseException:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        except ProcessLookupError:
-            pass
+        end_group(proc)
         raise
     if rc != 0:
         raise RuntimeError(f"the MPI job failed (exit {rc}): {' '.join(cmd[:8])} ...")
@@ -347,7 +359,8 @@ def _run_mpi(cmd: List[str], env: Dict[str, str], timeout: float) -> None:
 def worker_argv(args, net: str, out: str) -> List[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--worker", "--worker-out", out, "--net", net,
             "--dims", *[str(d) for d in args.dims], "--kernels", *args.kernels, "--seconds", str(args.seconds),
-            "--rounds", str(args.rounds), "--max-steps", str(args.max_steps), "--seed", str(args.seed)]
+            "--rounds", str(args.rounds), "--max-steps", str(args.max_steps), "--seed", str(args.seed),
+            "--variants", *args.variants]
 
 
 def run_one(args, net: str, ranks: int) -> Dict[str, object]:
@@ -409,6 +422,7 @@ def ratios(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
                 "speedup_vs_sgd_float32": over(method="sgd", dtype="float32", impl="lean"),
                 "speedup_vs_sgd_float32_package": over(method="sgd", dtype="float32", impl="package"),
                 "speedup_vs_sgd_float64": over(method="sgd", dtype="float64", impl="lean"),
+                "speedup_vs_fp16": over(method="fp16"),
                 "slowdown_vs_raw_int8": (None if _find(sel, method="raw-allreduce", dtype="int8") is None
                                          else t / _find(sel, method="raw-allreduce", dtype="int8")["seconds_per_step"]),
                 "speedup_vs_raw_float32": over(method="raw-allreduce", dtype="float32"),
@@ -467,6 +481,7 @@ def table(result: Dict[str, object]) -> str:
             ("sgd f32 (pkg)", dict(method="sgd", dtype="float32", impl="package")),
             ("sgd f64", dict(method="sgd", dtype="float64", impl="lean")),
             ("sgd f64 (pkg)", dict(method="sgd", dtype="float64", impl="package")),
+            ("fp16 (pkg)", dict(method="fp16")),
             ("raw int8", dict(method="raw-allreduce", dtype="int8")),
             ("raw f32", dict(method="raw-allreduce", dtype="float32")),
             ("raw f64", dict(method="raw-allreduce", dtype="float64"))]
@@ -484,13 +499,14 @@ def table(result: Dict[str, object]) -> str:
         lines.append(f"| {net} | {ranks} | {dim:.0e} | " + " | ".join(cells) + " |")
     lines += ["", "ms per step (median over steps of the slowest rank). IntSGD's ratios (speed-up = baseline time / "
               "IntSGD time; vs raw int8 = IntSGD time / raw int8 Allreduce time):", "",
-              "| net | ranks | d | IntSGD | wire | vs sgd f32 | vs sgd f32 (pkg) | vs sgd f64 | vs raw int8 | vs raw f32 |",
-              "|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
+              "| net | ranks | d | IntSGD | wire | vs sgd f32 | vs sgd f32 (pkg) | vs sgd f64 | vs fp16 (pkg) | vs raw int8 "
+              "| vs raw f32 |", "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for q in result.get("ratios", []):
         how = f"{q['kernel']} {q['impl']}" + (", adaptive alpha" if q["alpha_mode"] == "adaptive" else "")
         lines.append(f"| {q['net']} | {q['ranks']} | {q['dim']:.0e} | {how} | {q['wire_dtype'] or '-'} | "
                      f"{_fmt_x(q['speedup_vs_sgd_float32'])} | {_fmt_x(q['speedup_vs_sgd_float32_package'])} | "
-                     f"{_fmt_x(q['speedup_vs_sgd_float64'])} | {_fmt_x(q['slowdown_vs_raw_int8'])} | "
+                     f"{_fmt_x(q['speedup_vs_sgd_float64'])} | {_fmt_x(q.get('speedup_vs_fp16'))} | "
+                     f"{_fmt_x(q['slowdown_vs_raw_int8'])} | "
                      f"{_fmt_x(q['speedup_vs_raw_float32'])} |")
     g = goals_table(result.get("goals", []))
     if g:
@@ -572,6 +588,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=10,
                    help="at least this many timed steps per variant (more at small d, within --seconds)")
     p.add_argument("--max-steps", type=int, default=40, help="most steps per variant per round")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                   help="which steps to time (default: all)")
     p.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay per link on the test bed (netem)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=3600, help="seconds one mpiexec job may take")

@@ -24,11 +24,19 @@ its traffic really crossed the shaped links (see :func:`check_links`).
 Everything is torn down at the end, also on failure: :class:`NetBed` is a context manager whose exit
 kills what still runs inside its namespaces and deletes them; SIGINT/SIGTERM/SIGHUP are turned into
 exceptions while it is up, so ``finally`` blocks run; leftovers of a crashed earlier run (namespaces
-named ``mpbnet-*``) are removed before a new bed is built. A lock file keeps two beds from
+named ``mpbnet-*``) are removed before a new bed is built. A lock file (in root-owned /run, never
+followed through a symbolic link, never truncated) keeps two beds, or a bed and ``cleanup``, from
 fighting over the names.
 
     python benchmarks/netbed.py check [--ranks 4] [--rate 1gbit]   # build, verify with a raw Allreduce, tear down
+    python benchmarks/netbed.py run --ranks 4 --rate 1gbit [--delay-ms D] -- mpiopt run ARGS...
+                                                                    # any job, one emulated host per rank
     python benchmarks/netbed.py cleanup                             # remove leftovers of a crashed run
+
+``run`` starts the command once in each rank's namespace (``mpiopt ...`` as ``python -m mpiopt ...``
+with this Python, so the ranks run the same installation; paths are taken as given, relative to the
+current directory), waits for it, and reports the bytes that crossed the bed's NICs on stderr (and,
+with ``--json FILE``, as JSON). Its exit status is the job's.
 """
 
 import argparse
@@ -38,11 +46,13 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import BinaryIO, Dict, List, Optional, Sequence
 
 from mpiopt import launch
 
@@ -52,7 +62,8 @@ NIC = "mpbnic"
 BRIDGE = "br0"
 SUBNET = "10.231.7"
 HOST0 = 10
-LOCK = Path(os.environ.get("MPIOPT_NETBED_LOCK", "/tmp/mpiopt-netbed.lock"))
+LOCK = Path(os.environ.get("MPIOPT_NETBED_LOCK", "/run/mpiopt-netbed.lock"))
+"""The bed's lock; in /run, which only root can write, so no other user can plant a file or link there."""
 
 RATES = {"1gbit": 1e9, "10gbit": 1e10}
 """The link rates the benchmarks name (bits per second); any tc rate string works with NetBed."""
@@ -127,6 +138,33 @@ def cleanup() -> List[str]:
     if left:
         raise NetBedError(f"could not delete namespaces {left}")
     return names
+
+
+def open_lock(path: Path) -> BinaryIO:
+    """Open ``path`` as the bed's lock and take it (non-blocking); returns the open file that holds it.
+
+    The bed runs as root, so the lock must not become a way to damage files: the name is never
+    followed through a symbolic link (O_NOFOLLOW), the file is never truncated, a new one is created
+    with mode 0600, and anything but a regular file of ours with one link (a planted hard link) is
+    refused. Raises NetBedError saying why, or that another bed holds the lock.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise NetBedError(f"cannot open the lock {path} ({exc.strerror}); if it is a symbolic link or not a "
+                          f"regular file, remove it, or set MPIOPT_NETBED_LOCK to a path in a root-owned folder") from None
+    lock = os.fdopen(fd, "r+b")
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
+        lock.close()
+        raise NetBedError(f"the lock {path} is not a regular file of this user with a single link; remove it")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise NetBedError(f"another test bed is up (lock {path} is held); wait for it to finish") from None
+    return lock
 
 
 def _alive(pid: int) -> bool:
@@ -240,12 +278,7 @@ class NetBed:
 
     def build(self) -> None:
         preflight()
-        LOCK.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(LOCK, "w")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise NetBedError(f"another test bed is up (lock {LOCK} is held); wait for it to finish") from None
+        self._lock_file = open_lock(LOCK)
         removed = cleanup()
         if removed:
             print(f"netbed: removed leftovers of an earlier run: {', '.join(removed)}", file=sys.stderr)
@@ -327,6 +360,27 @@ class NetBed:
                 cmd.append(":")
             cmd += ["-n", "1", "ip", "netns", "exec", self.ns(r), *argv]
         return cmd
+
+    def hostfile_launch(self, mpiexec: str, argv: Sequence[str], folder: Path) -> List[str]:
+        """The command that starts ``argv`` on every rank as a cluster user would, through a hostfile.
+
+        Writes ``folder/hostfile`` (the ranks' addresses, one slot each) and ``folder/ssh``, a stand-in
+        for ssh that runs the remote command in the namespace holding the address it is given (and
+        refuses any other host). MPICH's mpiexec runs in rank 0's namespace, as on a head node, with
+        ``-f hostfile -launcher ssh -launcher-exec folder/ssh -iface <the bed's NIC>``: its proxies
+        reach it over the shaped links, as they would across a cluster's network."""
+        hosts = {self.address(r): self.ns(r) for r in range(self.ranks)}
+        (folder / "hostfile").write_text("".join(f"{a}:1\n" for a in hosts))
+        cases = "".join(f"  {a}) ns={n} ;;\n" for a, n in hosts.items())
+        ssh = folder / "ssh"
+        ssh.write_text("#!/bin/sh\n# ssh stand-in for the test bed: run the command in the host's namespace\n"
+                       'while [ "${1#-}" != "$1" ]; do shift; done\n'
+                       f'host=$1; shift\ncase "$host" in\n{cases}'
+                       '  *) echo "netbed ssh: no host $host in the bed" >&2; exit 255 ;;\nesac\n'
+                       'exec ip netns exec "$ns" sh -c "$*"\n')
+        ssh.chmod(0o700)
+        return ["ip", "netns", "exec", self.ns(0), mpiexec, "-f", str(folder / "hostfile"), "-n", str(self.ranks),
+                "-launcher", "ssh", "-launcher-exec", str(ssh), "-iface", NIC, *argv]
 
     def describe(self) -> Dict[str, object]:
         """What the bed is, for a results file."""
@@ -415,6 +469,71 @@ def check_links(bed: NetBed, nbytes: int = 40_000_000, reps: int = 3, timeout: f
     return info
 
 
+def job_argv(command: Sequence[str]) -> List[str]:
+    """The argv each rank runs: ``mpiopt ...`` becomes ``<this python> -m mpiopt ...`` (the same
+    installation and PYTHONPATH on every rank); anything else runs as given."""
+    if not command:
+        raise NetBedError("no command given: put it after --, e.g. `netbed.py run --ranks 2 -- mpiopt run ...`")
+    if command[0] == "mpiopt":
+        return [sys.executable, "-m", "mpiopt", *command[1:]]
+    return list(command)
+
+
+def run_job(bed: NetBed, command: Sequence[str], timeout: Optional[float] = None,
+            launch_by: str = "mpmd") -> Dict[str, object]:
+    """Run ``command`` once in each of ``bed``'s namespaces as one MPI job (output passed through).
+
+    ``launch_by``: ``mpmd`` (one mpiexec, each rank started inside its namespace) or ``hostfile``
+    (mpiexec -f with the ranks' addresses, see :meth:`NetBed.hostfile_launch`). The job gets this
+    process's environment, mpiopt's oversubscription setting and the bed's MPI environment; it runs
+    in its own process group, ended on any failure, timeout or signal. Returns the exit code, the
+    seconds it took and the bytes each NIC sent and received meanwhile."""
+    with tempfile.TemporaryDirectory(prefix="netbed-") as tmp:
+        if launch_by == "hostfile":
+            cmd = bed.hostfile_launch(mpiexec_path(), job_argv(command), Path(tmp))
+        else:
+            cmd = bed.mpmd(mpiexec_path(), job_argv(command))
+        info = _timed_job(bed, cmd, timeout)
+    return {**info, "launch": launch_by}
+
+
+def _timed_job(bed: NetBed, cmd: List[str], timeout: Optional[float]) -> Dict[str, object]:
+    before = bed.counters()
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, env=launch.mpi_env(bed.env()), start_new_session=True)
+    try:
+        rc = proc.wait(timeout=timeout)
+    except BaseException:
+        end_group(proc)
+        raise
+    seconds = time.monotonic() - start
+    after = bed.counters()
+    per_rank = [{k: a[k] - b[k] for k in ("tx_bytes", "rx_bytes")} for a, b in zip(after, before)]
+    return {"returncode": rc, "seconds": seconds, "nic_bytes": per_rank,
+            "nic_tx_bytes": sum(r["tx_bytes"] for r in per_rank), "bed": bed.describe()}
+
+
+def end_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the job's process group, SIGKILL it after 5 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _report_run(ranks: int, rate: str, info: Dict[str, object], json_out: Optional[str]) -> None:
+    per = ", ".join(f"r{r}: {b['tx_bytes']}" for r, b in enumerate(info["nic_bytes"]))
+    print(f"netbed: {ranks} ranks at {rate}: the job exited {info['returncode']} after {info['seconds']:.1f} s; "
+          f"{info['nic_tx_bytes']} bytes crossed the NICs (sent per rank: {per})", file=sys.stderr)
+    if json_out:
+        Path(json_out).write_text(json.dumps(info, indent=1) + "\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -423,14 +542,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument("--rate", default="1gbit")
     c.add_argument("--delay-ms", type=float, default=0.0)
     c.add_argument("--bytes", type=float, default=4e7)
+    r = sub.add_parser("run", help="run a command (e.g. `mpiopt run ...`) once per rank across the bed, "
+                                   "report the bytes that crossed the NICs")
+    r.add_argument("--ranks", type=int, required=True)
+    r.add_argument("--rate", default="1gbit")
+    r.add_argument("--delay-ms", type=float, default=0.0)
+    r.add_argument("--timeout", type=float, default=None, help="seconds the job may take (default: no limit)")
+    r.add_argument("--launch", choices=("mpmd", "hostfile"), default="mpmd",
+                   help="mpmd: one mpiexec starting each rank in its namespace; hostfile: mpiexec -f with the "
+                        "ranks' addresses and an ssh stand-in, as on a cluster")
+    r.add_argument("--json", help="also write the exit code, seconds and NIC byte counts here")
+    r.add_argument("command", nargs=argparse.REMAINDER, help="after --: the command each rank runs")
     sub.add_parser("cleanup", help="remove the namespaces a crashed run left behind")
     args = p.parse_args(argv)
     try:
         if args.cmd == "cleanup":
-            preflight()
-            removed = cleanup()
+            with open_lock(LOCK):
+                preflight()
+                removed = cleanup()
             print(f"removed: {', '.join(removed) or 'nothing'}")
             return 0
+        if args.cmd == "run":
+            command = args.command[1:] if args.command[:1] == ["--"] else args.command
+            job_argv(command)  # a missing command fails before the bed is built
+            with NetBed(args.ranks, args.rate, args.delay_ms) as bed:
+                info = run_job(bed, command, args.timeout, args.launch)
+            _report_run(args.ranks, args.rate, info, args.json)
+            return info["returncode"] if info["returncode"] >= 0 else 128 - info["returncode"]
         with NetBed(args.ranks, args.rate, args.delay_ms) as bed:
             info = check_links(bed, int(args.bytes))
         print(json.dumps(info, indent=1))

@@ -32,7 +32,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 import scipy.sparse as sp
 
-from mpiopt.errors import InputError
+from mpiopt.errors import InputError, exit_on_terminate, quoted
 from mpiopt.problems.logistic import spectral_norm_sq
 from mpiopt.reference import solve_logistic
 
@@ -45,7 +45,7 @@ META_FILE = "meta.json"
 META_KEYS = (
     "format_version", "dataset", "n_samples", "n_features", "n_workers", "l2", "L", "L_workers",
     "f_star", "grad_norm_at_x_star", "x_star", "sha256", "shard_sha256", "normalize", "shuffle", "seed",
-    "n_dropped", "preprocess_seconds",
+    "n_dropped", "preprocess_seconds", "meta_sha256",
 )
 SHARD_KEYS = ("data", "indices", "indptr", "shape", "labels")
 
@@ -54,6 +54,10 @@ _LINE_FORMAT = "LIBSVM lines read '<label> <index>:<value> ...' with integer ind
 _DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error)
 _MAX_INDEX = 2**31 - 1
 """LIBSVM stores feature indices in a C int."""
+MAX_FEATURES = 10_000_000
+"""Default cap on the feature count (``--max-features``): preprocessing keeps several dense vectors of
+that length (x*, gradients; 80 MB each at the cap), so one stray index such as 2147483647 in a tiny
+file would otherwise ask for many GiB. Raise it for data that really is that wide."""
 
 
 def shard_name(rank: int) -> str:
@@ -74,18 +78,23 @@ def sha256_file(path: PathLike) -> str:
 # Reading LIBSVM files
 
 
-def load_libsvm(path: PathLike, n_features: Optional[int] = None) -> Tuple[sp.csr_matrix, np.ndarray]:
+def load_libsvm(path: PathLike, n_features: Optional[int] = None,
+                max_features: int = MAX_FEATURES) -> Tuple[sp.csr_matrix, np.ndarray]:
     """Read a LIBSVM file (plain, .gz or .bz2) as (X CSR float64, y float64 in {-1, +1}).
 
     ``n_features`` fixes the column count (files do not record it, and a file whose last columns are
     all zero would otherwise come out narrower: a5a reads as 122 columns, LIBSVM says 123).
+    More than ``max_features`` columns is refused before anything of that size is allocated.
     The two label values are mapped to -1 (the smaller) and +1. Raises InputError for anything
     that is not a clean binary-classification LIBSVM file, naming the first offending line.
     """
     if n_features is not None and (not isinstance(n_features, (int, np.integer)) or n_features < 1):
-        raise InputError(f"n_features must be a positive integer, got {n_features!r}")
+        raise InputError(f"n_features must be a positive integer, got {quoted(n_features)}")
+    if n_features is not None:
+        check_feature_count(n_features, max_features, "--n-features")
     _check_readable(path)
     X, y = _read_svmlight(path, n_features)
+    check_feature_count(X.shape[1], max_features, f"{path}: the largest feature index")
     if X.shape[0] == 0:
         raise InputError(f"{path}: no data rows (the file is empty or holds only comments); "
                          f"check the path, or download the file again")
@@ -93,6 +102,15 @@ def load_libsvm(path: PathLike, n_features: Optional[int] = None) -> Tuple[sp.cs
         raise InputError(_diagnose(path, n_features)
                          or f"{path}: non-finite values or more than two label values; fix the file")
     return X, binary_labels(y, str(path))
+
+
+def check_feature_count(d: int, max_features: int, what: str) -> None:
+    """Raise InputError when ``d`` features exceed ``max_features``, saying what that would cost."""
+    if d > max_features:
+        gib = d * 8 / 2**30
+        raise InputError(f"{what} is {d}, more than --max-features {max_features}: every dense vector of that "
+                         f"length takes {gib:.3g} GiB and preprocessing needs several; check the data (a stray "
+                         f"huge index?), or pass --max-features {d} if it really has that many features")
 
 
 def _check_readable(path: PathLike) -> None:
@@ -114,7 +132,7 @@ def _read_svmlight(path: PathLike, n_features: Optional[int]) -> Tuple[sp.csr_ma
         X, y = load_svmlight_file(str(path), n_features=n_features, dtype=np.float64, zero_based=False)
     except (ValueError, OverflowError, *_DECOMPRESS_ERRORS) as exc:
         raise InputError(_diagnose(path, n_features)
-                         or f"{path}: not a valid LIBSVM file ({exc}); {_LINE_FORMAT}") from None
+                         or f"{path}: not a valid LIBSVM file ({quoted(exc, 200)}); {_LINE_FORMAT}") from None
     return sp.csr_matrix(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
 
 
@@ -202,13 +220,13 @@ def _check_label(token: str, labels: set) -> Optional[str]:
     try:
         label = float(token)
     except ValueError:
-        return f"label {token!r} is not a number; {_LINE_FORMAT}"
+        return f"label {quoted(token)} is not a number; {_LINE_FORMAT}"
     if not math.isfinite(label):
-        return f"label {token!r} is not a finite number; fix or delete this line"
+        return f"label {quoted(token)} is not a finite number; fix or delete this line"
     labels.add(label)
     if len(labels) > 2:
         seen = ", ".join(f"{v:g}" for v in sorted(labels - {label}))
-        return (f"label {token} is a third class (after {seen}); logistic regression needs exactly two "
+        return (f"label {quoted(token)} is a third class (after {seen}); logistic regression needs exactly two "
                 f"classes: use a binary dataset or relabel it")
     return None
 
@@ -217,13 +235,14 @@ def _check_feature(token: str, previous: int, n_features: Optional[int]) -> Tupl
     """Check one ``index:value`` token given the previous index; returns (problem, this index)."""
     index_text, colon, value_text = token.partition(":")
     if not (colon and index_text and value_text):
-        return f"truncated or malformed token {token!r} (expected index:value); {_LINE_FORMAT}", previous
+        return f"truncated or malformed token {quoted(token)} (expected index:value); {_LINE_FORMAT}", previous
     try:
         index = int(index_text)
     except ValueError:
-        return f"feature index {index_text!r} is not an integer; {_LINE_FORMAT}", previous
+        return f"feature index {quoted(index_text)} is not an integer; {_LINE_FORMAT}", previous
     if not 1 <= index <= _MAX_INDEX:
-        return f"feature index {index} is invalid: LIBSVM indices run from 1 to {_MAX_INDEX}; {_LINE_FORMAT}", previous
+        shown = index if len(index_text) <= 20 else quoted(index_text)
+        return f"feature index {shown} is invalid: LIBSVM indices run from 1 to {_MAX_INDEX}; {_LINE_FORMAT}", previous
     if index == previous:
         return f"duplicate feature index {index}; {_LINE_FORMAT}", index
     if index < previous:
@@ -234,9 +253,9 @@ def _check_feature(token: str, previous: int, n_features: Optional[int]) -> Tupl
     try:
         value = float(value_text)
     except ValueError:
-        return f"value {value_text!r} of feature {index} is not a number; {_LINE_FORMAT}", index
+        return f"value {quoted(value_text)} of feature {index} is not a number; {_LINE_FORMAT}", index
     if not math.isfinite(value):
-        return f"value {value_text!r} of feature {index} is not a finite float64; fix or delete this line", index
+        return f"value {quoted(value_text)} of feature {index} is not a finite float64; fix or delete this line", index
     return None, index
 
 
@@ -256,38 +275,62 @@ def preprocess(X, y: np.ndarray, n_workers: int, l2: float, out_dir: PathLike, *
     (``meta["n_dropped"]``). The meta holds L, each worker's L_i, and x*, f* of the global objective.
 
     Nothing is half-written: the shards go to a temporary folder beside ``out_dir`` that replaces it
-    only once complete. An existing ``out_dir`` is replaced only if it is empty or an earlier output.
+    only once complete, and that folder is removed on any error, Ctrl-C or SIGTERM. An existing
+    ``out_dir`` is replaced only if it is empty or an earlier output, and never when it is the current
+    directory or one above it.
     """
     started = time.perf_counter()
     X, y = _check_inputs(X, y, n_workers, l2)
-    out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
+    check_out_dir(Path(out_dir))
+    out_dir = Path(os.path.abspath(out_dir))  # "a/.." has no name to put a sibling beside
     X, y, n_dropped = _arrange_rows(X, y, n_workers, normalize, shuffle, seed)
-    m = X.shape[0] // n_workers
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling_dir(out_dir, "tmp")
-    try:
-        shard_sha256, L_workers = [], []
-        for k in range(n_workers):
-            A_k = X[k * m: (k + 1) * m]
-            L_workers.append(0.25 * spectral_norm_sq(A_k) / m + l2)
-            shard_sha256.append(_write_shard(tmp / shard_name(k), A_k, y[k * m: (k + 1) * m]))
-        x_star, f_star, grad_norm = solve_logistic(X, y, l2)
-        meta = {
-            "format_version": FORMAT_VERSION, "dataset": dataset, "n_samples": int(X.shape[0]),
-            "n_features": int(X.shape[1]), "n_workers": int(n_workers), "rows_per_worker": int(m),
-            "l2": float(l2), "L": 0.25 * spectral_norm_sq(X) / X.shape[0] + l2, "L_workers": L_workers,
-            "f_star": float(f_star), "grad_norm_at_x_star": float(grad_norm), "x_star": x_star.tolist(),
-            "sha256": source_sha256, "shard_sha256": shard_sha256, "normalize": bool(normalize),
-            "shuffle": bool(shuffle), "seed": int(seed), "n_dropped": int(n_dropped),
-        }
-        meta["preprocess_seconds"] = time.perf_counter() - started
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with exit_on_terminate():
+        tmp = _sibling_dir(out_dir, "tmp")
+        try:
+            meta = _write_output(tmp, X, y, n_workers, l2, dataset=dataset, source_sha256=source_sha256,
+                                 normalize=normalize, shuffle=shuffle, seed=seed, n_dropped=n_dropped)
+            meta["preprocess_seconds"] = time.perf_counter() - started
+            write_meta(tmp, meta)
+            _replace_dir(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return meta
+
+
+def _write_output(tmp: Path, X: sp.csr_matrix, y: np.ndarray, n_workers: int, l2: float, *, dataset: str,
+                  source_sha256: Optional[str], normalize: bool, shuffle: bool, seed: int,
+                  n_dropped: int) -> Dict[str, Any]:
+    """Write the shards into ``tmp`` and return the meta (all but its timing and checksum)."""
+    m = X.shape[0] // n_workers
+    shard_sha256, L_workers = [], []
+    for k in range(n_workers):
+        A_k = X[k * m: (k + 1) * m]
+        L_workers.append(0.25 * spectral_norm_sq(A_k) / m + l2)
+        shard_sha256.append(_write_shard(tmp / shard_name(k), A_k, y[k * m: (k + 1) * m]))
+    x_star, f_star, grad_norm = solve_logistic(X, y, l2)
+    return {
+        "format_version": FORMAT_VERSION, "dataset": dataset, "n_samples": int(X.shape[0]),
+        "n_features": int(X.shape[1]), "n_workers": int(n_workers), "rows_per_worker": int(m),
+        "l2": float(l2), "L": 0.25 * spectral_norm_sq(X) / X.shape[0] + l2, "L_workers": L_workers,
+        "f_star": float(f_star), "grad_norm_at_x_star": float(grad_norm), "x_star": x_star.tolist(),
+        "sha256": source_sha256, "shard_sha256": shard_sha256, "normalize": bool(normalize),
+        "shuffle": bool(shuffle), "seed": int(seed), "n_dropped": int(n_dropped),
+    }
+
+
+def meta_checksum(meta: Dict[str, Any]) -> str:
+    """sha256 of the meta's values other than ``meta_sha256`` itself (canonical JSON): an edited
+    f*, x* or L would otherwise give wrong f - f* and step sizes without a word."""
+    rest = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+def write_meta(folder: Path, meta: Dict[str, Any]) -> None:
+    """Seal ``meta`` with its checksum (in place) and write it as ``folder/meta.json``."""
+    meta["meta_sha256"] = meta_checksum(meta)
+    (folder / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
 
 
 def _arrange_rows(X: sp.csr_matrix, y: np.ndarray, n_workers: int, normalize: bool, shuffle: bool,
@@ -330,8 +373,13 @@ def normalize_rows(X: sp.csr_matrix) -> sp.csr_matrix:
     return X
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    """Refuse an output folder we would have to destroy user files to replace."""
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an output folder we would have to destroy user files to replace, or one that cannot be
+    moved aside (the current directory or one above it: ``--out .``)."""
+    resolved, cwd = out_dir.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise InputError(f"--out {quoted(out_dir)} is the current directory or one above it, which cannot be "
+                         f"replaced; give a new folder, e.g. --out data/NAME-WORKERS")
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
@@ -401,11 +449,53 @@ def read_meta(data_dir: PathLike) -> Dict[str, Any]:
     if missing:
         raise InputError(f"{path} lacks {', '.join(missing)}; re-run mpiopt preprocess")
     if meta["format_version"] != FORMAT_VERSION:
-        raise InputError(f"{path} has format_version {meta['format_version']!r} but this mpiopt reads "
+        raise InputError(f"{path} has format_version {quoted(meta['format_version'])} but this mpiopt reads "
                          f"{FORMAT_VERSION}; re-run mpiopt preprocess")
-    if not (isinstance(meta["shard_sha256"], list) and len(meta["shard_sha256"]) == meta["n_workers"]):
-        raise InputError(f"{path}: shard_sha256 does not list one checksum per worker; re-run mpiopt preprocess")
+    if meta["meta_sha256"] != meta_checksum(meta):
+        raise InputError(f"{path} was changed after mpiopt preprocess wrote it (its values no longer match its "
+                         f"meta_sha256), so f*, x* or L may be wrong; re-run mpiopt preprocess")
+    _check_meta_values(meta, path)
     return meta
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _finite_array(value: Any, length: int, positive: bool = False) -> bool:
+    """True when ``value`` is a list of ``length`` finite numbers (all > 0 if ``positive``)."""
+    if not isinstance(value, list) or len(value) != length:
+        return False
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return array.shape == (length,) and bool(np.isfinite(array).all()) and (not positive or bool((array > 0).all()))
+
+
+def _check_meta_values(meta: Dict[str, Any], path: Path) -> None:
+    """Types, lengths and finiteness of the values a run uses; the first wrong one is an InputError."""
+    for key in ("n_samples", "n_features", "n_workers"):
+        if not _is_count(meta[key]):
+            raise _bad_meta(path, key, "a positive integer", meta[key])
+    n, d = meta["n_workers"], meta["n_features"]
+    rules = (
+        ("l2", lambda v: _finite_array([v], 1, positive=True), "a finite number > 0"),
+        ("L", lambda v: _finite_array([v], 1, positive=True), "a finite number > 0"),
+        ("f_star", lambda v: _finite_array([v], 1), "a finite number"),
+        ("L_workers", lambda v: _finite_array(v, n, positive=True), f"a list of {n} finite numbers > 0 (one per worker)"),
+        ("x_star", lambda v: _finite_array(v, d), f"a list of {d} finite numbers (one per feature)"),
+        ("shard_sha256", lambda v: isinstance(v, list) and len(v) == n and all(
+            isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h) for h in v), f"a list of {n} sha256 hex strings"),
+        ("dataset", lambda v: isinstance(v, str), "a string"),
+    )
+    for key, ok, expected in rules:
+        if not ok(meta[key]):
+            raise _bad_meta(path, key, expected, meta[key])
+
+
+def _bad_meta(path: Path, key: str, expected: str, value: Any) -> InputError:
+    return InputError(f"{path}: {key} must be {expected}, got {quoted(json.dumps(value))}; re-run mpiopt preprocess")
 
 
 def load_shard(data_dir: PathLike, rank: int, n_ranks: int) -> Tuple[sp.csr_matrix, np.ndarray, Dict[str, Any]]:
@@ -429,11 +519,65 @@ def load_shard(data_dir: PathLike, rank: int, n_ranks: int) -> Tuple[sp.csr_matr
     if actual != meta["shard_sha256"][rank]:
         raise InputError(f"{path} has sha256 {actual} but meta.json records {meta['shard_sha256'][rank]}: "
                          f"the shard was modified or damaged; re-run mpiopt preprocess")
+    _check_shard_headers(content, path, meta["n_samples"] // n_ranks)
     A, b = _parse_shard(content, path)
     if A.shape[1] != meta["n_features"] or A.shape[0] != meta["n_samples"] // n_ranks:
         raise InputError(f"{path} holds a {A.shape[0]} x {A.shape[1]} matrix but meta.json says "
                          f"{meta['n_samples'] // n_ranks} x {meta['n_features']}; re-run mpiopt preprocess")
     return A, b, meta
+
+
+def _check_shard_headers(content: bytes, path: Path, rows: int) -> None:
+    """Compare each array's .npy header with its stored bytes and with meta.json's row count before
+    anything is allocated: a header claiming 2**40 elements must not make np.load ask for 8 TiB."""
+    problem = None
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            shapes = {key: _member_shape(archive, f"{key}.npy", len(content)) for key in SHARD_KEYS}
+    except _BadMember as exc:
+        problem = str(exc)
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise _unreadable(path, exc) from None
+    else:
+        expected = {"indptr": (rows + 1,), "labels": (rows,), "shape": (2,), "indices": shapes["data"]}
+        wrong = [key for key, shape in expected.items() if shapes[key] != shape] + (
+            ["data"] if len(shapes["data"]) != 1 else [])
+        if wrong:
+            problem = (f"{wrong[0]}.npy has shape {shapes[wrong[0]]} where {rows} rows (meta.json) need "
+                       f"{expected.get(wrong[0], '(nnz,)')}")
+    if problem:
+        raise InputError(f"{path}: {problem}; the shard is damaged or was not written by mpiopt preprocess: "
+                         f"re-run mpiopt preprocess")
+
+
+def _unreadable(path: Path, exc: Exception) -> InputError:
+    return InputError(f"{path} is not a readable shard ({type(exc).__name__}: {quoted(exc, 200)}); "
+                      f"re-run mpiopt preprocess")
+
+
+class _BadMember(Exception):
+    """A shard member whose header does not describe its bytes."""
+
+
+def _member_shape(archive: zipfile.ZipFile, name: str, file_size: int) -> Tuple[int, ...]:
+    """The shape in member ``name``'s .npy header, checked against the bytes the member really holds."""
+    info = archive.getinfo(name)
+    if info.compress_type != zipfile.ZIP_STORED or info.file_size > file_size:
+        raise _BadMember(f"{name} is compressed or claims more bytes than the file has")
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise _BadMember(f"{name} has .npy format version {version}, which preprocess never writes")
+        header = f.tell()
+    declared = math.prod(shape) * dtype.itemsize
+    if dtype.hasobject or header + declared != info.file_size:
+        raise _BadMember(f"{name} declares shape {shape} of {dtype} ({declared} bytes) but holds "
+                         f"{info.file_size - header} bytes")
+    return tuple(shape)
 
 
 def _parse_shard(content: bytes, path: Path) -> Tuple[sp.csr_matrix, np.ndarray]:
@@ -446,8 +590,7 @@ def _parse_shard(content: bytes, path: Path) -> Tuple[sp.csr_matrix, np.ndarray]
         A.check_format(full_check=True)
         b = np.asarray(arrays["labels"], dtype=np.float64)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputError(f"{path} is not a readable shard ({type(exc).__name__}: {exc}); "
-                         f"re-run mpiopt preprocess") from None
+        raise _unreadable(path, exc) from None
     if b.shape != (A.shape[0],) or not np.isin(b, (-1.0, 1.0)).all():
         raise InputError(f"{path}: labels do not match the rows or are not -1/+1; re-run mpiopt preprocess")
     return A, b

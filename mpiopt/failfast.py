@@ -42,7 +42,7 @@ def agree_or_raise(comm: Communicator, error: "MpioptError | None") -> None:
     Used before the first collective of a run, for checks such as loading this rank's shard, so
     that a problem on one rank becomes one clear message and the same exit code on every rank.
     """
-    errors = comm.comm.allgather(None if error is None else (type(error), str(error)))
+    errors = comm.allgather_object(None if error is None else (type(error), str(error)))
     for rank, found in enumerate(errors):
         if found is not None:
             cls, message = found

@@ -301,7 +301,7 @@ def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.nd
         fingerprint = {"method": meth.name, "n_ranks": comm.size, "dim": problem.dim,
                        "dataset": (header or {}).get("dataset"),
                        **{k: v for k, v in config.items() if k not in ("iters", "tol", "log_every", "kernel")}}
-        checkpointer = Checkpointer(checkpoint_dir, comm, fingerprint)
+        checkpointer = Checkpointer(checkpoint_dir, comm, fingerprint, resume=resume)
     runner = Runner(meth, ctx, trace, iters=iters, tol=tol, x_star=x_star, f_star=f_star, log_every=log_every,
                     progress=progress, checkpointer=checkpointer, checkpoint_every=checkpoint_every,
                     callback=callback)
@@ -314,7 +314,11 @@ def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.nd
         saved = checkpointer.load_latest()
         if saved is not None:
             start = runner.restore(saved, x)
-    status = runner.run(x, start)
+    try:
+        status = runner.run(x, start)
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()
     nit = trace.last("iteration") if status != "max_iter" else max(iters, start)
     record = trace.to_dict(x, status, iterations=nit, resumed_from=start or None, seconds_total=runner.seconds,
                            compile_seconds=compile_seconds,

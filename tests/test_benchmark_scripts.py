@@ -43,7 +43,7 @@ def test_allreduce_step_writes_the_contracted_json(tmp_path):
     res = json.loads(out.read_text())
     assert isinstance(res["machine"], dict) and res["machine"]["cores"] >= 1
     rows = res["results"]
-    assert {r["method"] for r in rows} == {"intsgd", "sgd", "raw-allreduce"}
+    assert {r["method"] for r in rows} == {"intsgd", "sgd", "fp16", "raw-allreduce"}
     for r in rows:
         for key in ("method", "dtype", "dim", "ranks", "net", "seconds_per_step"):
             assert key in r, (key, r)
@@ -56,7 +56,7 @@ def test_allreduce_step_writes_the_contracted_json(tmp_path):
     assert ints and all(r["dtype"] == "auto" and r["wire_dtype"] == "int8" for r in ints)
     assert {r["kernel"] for r in ints} == ({"numba", "numpy"} if numba_kernel.AVAILABLE else {"numpy"})
     assert {r["alpha_mode"] for r in ints} == ({"constant", "adaptive"} if numba_kernel.AVAILABLE else {"constant"})
-    assert res["ratios"] and all(q["speedup_vs_sgd_float32"] > 0 for q in res["ratios"])
+    assert res["ratios"] and all(q["speedup_vs_sgd_float32"] > 0 and q["speedup_vs_fp16"] > 0 for q in res["ratios"])
     assert "vs sgd f32" in proc.stdout  # the ratio table
 
 

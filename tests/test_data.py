@@ -281,9 +281,10 @@ def shards(a5a_shards, tmp_path) -> Path:
 
 
 def _edit_meta(folder: Path, **changes) -> None:
+    """Change meta.json and seal it again (its meta_sha256 updated, as a careful forger would)."""
     meta = json.loads((folder / "meta.json").read_text())
     meta.update(changes)
-    (folder / "meta.json").write_text(json.dumps(meta))
+    data.write_meta(folder, meta)
 
 
 def test_load_shard_round_trip(shards):
@@ -325,7 +326,7 @@ def test_corrupt_shard_with_matching_checksum(shards):
 
 
 def test_wrong_n_features(shards):
-    _edit_meta(shards, n_features=124)
+    _edit_meta(shards, n_features=124, x_star=read_meta(shards)["x_star"] + [0.0])
     with pytest.raises(InputError, match=r"holds a 534 x 123 matrix but meta.json says 534 x 124"):
         load_shard(shards, 0, A5A_WORKERS)
 

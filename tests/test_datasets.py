@@ -1,11 +1,8 @@
 """mpiopt.datasets: the registry, and real downloads from a local ``python -m http.server`` (127.0.0.1 only)."""
 
 import os
-import re
 import shutil
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,28 +11,10 @@ from mpiopt.data import sha256_file
 from mpiopt.datasets import BASE_URL, REGISTRY, download, locate, lookup
 from mpiopt.errors import InputError
 
+from _http import serve  # noqa: E402,F401 - a fixture
+
 CLOSED_PORT_URL = "http://127.0.0.1:9"
 """The discard port, where nothing listens here: any attempt to download from it fails."""
-
-
-@pytest.fixture
-def serve(request):
-    """A function that serves a folder over HTTP on 127.0.0.1 and returns its base URL.
-
-    The server binds port 0 (a free port chosen by the kernel) and prints it; the finalizer stops it.
-    """
-
-    def start(folder: Path) -> str:
-        server = subprocess.Popen(
-            [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(folder)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        request.addfinalizer(lambda: (server.terminate(), server.wait(timeout=10)))
-        banner = server.stdout.readline()
-        match = re.search(r"port (\d+)", banner)
-        assert match, f"http.server did not start: {banner!r}"
-        return f"http://127.0.0.1:{match.group(1)}"
-
-    return start
 
 
 def _leftovers(folder: Path):
@@ -118,7 +97,7 @@ def test_unknown_hash_downloads_with_a_warning(serve, libsvm_dir, tmp_path, caps
     served = tmp_path / "served"
     served.mkdir()
     shutil.copy(libsvm_dir / "a5a.t.derived", served / "a5a.t")
-    path = download("a5a.t", tmp_path / "dest", mirror=serve(served), progress=False)
+    path = download("a5a.t", tmp_path / "dest", mirror=serve(served), progress=False, allow_unverified=True)
     err = capsys.readouterr().err
     assert "no known sha256 for a5a.t" in err and sha256_file(path) in err
     assert sha256_file(path) == sha256_file(served / "a5a.t")
@@ -127,7 +106,7 @@ def test_unknown_hash_downloads_with_a_warning(serve, libsvm_dir, tmp_path, caps
 def test_missing_file_on_server(serve, libsvm_dir, tmp_path):
     url = serve(libsvm_dir)
     with pytest.raises(InputError, match=r"could not download .*/rcv1_train\.binary\.bz2: .*--mirror"):
-        download("rcv1", tmp_path, mirror=url, progress=False)
+        download("rcv1", tmp_path, mirror=url, progress=False, allow_unverified=True)
     assert _leftovers(tmp_path) == []
 
 
@@ -167,4 +146,4 @@ def test_cli_download_error_and_list(tmp_path, run_cli):
     assert result.stderr.startswith("mpiopt: error: could not download") and "Traceback" not in result.stderr
     listing = run_cli(["datasets", "list"])
     assert listing.returncode == 0
-    assert all(name in listing.stdout for name in REGISTRY) and "unknown" in listing.stdout
+    assert all(name in listing.stdout for name in REGISTRY) and "unverified" in listing.stdout

@@ -22,7 +22,8 @@ def traces(tmp_path_factory):
     folder = tmp_path_factory.mktemp("traces")
     paths = []
     for method, seed in [("sgd", 0), ("sgd", 1), ("sgd", 2), ("gd", 0)]:
-        res = mpiopt.minimize(problem, method, iters=50, batch=4, seed=seed, header={"dataset": "bc"})
+        res = mpiopt.minimize(problem, method, iters=50, seed=seed, header={"dataset": "bc"},
+                              **({} if method == "gd" else {"batch": 4}))
         path = folder / f"{method}-{seed}.json"
         path.write_text(json.dumps(res.trace))
         paths.append(str(path))

@@ -2,7 +2,7 @@
 
 import argparse
 
-from mpiopt.plot import plot_traces
+from mpiopt.plot import METRICS, plot_traces
 
 
 def register(sub) -> None:
@@ -10,10 +10,13 @@ def register(sub) -> None:
     p.add_argument("traces", nargs="+", metavar="TRACE.json", help="trace files; seeds of one config form a band")
     p.add_argument("--out", required=True, metavar="FIG.png", help="output figure (.png, .pdf or .svg)")
     p.add_argument("--title", default="", help="figure title (default: dataset and ranks)")
+    p.add_argument("--metric", choices=METRICS, default="auto",
+                   help="error axis: f_gap (f - f*), dist_sq (||x - x*||^2, what 'mpiopt run --tol' uses), "
+                        "grad_norm_sq, or auto (default: the first of those that every trace has)")
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    path = plot_traces(args.traces, args.out, args.title)
+    path = plot_traces(args.traces, args.out, args.title, metric=args.metric)
     print(f"figure written to {path}")
     return 0

@@ -5,6 +5,7 @@
 
 Rows are scaled to unit norm and split into contiguous blocks in file order (heterogeneous workers);
 --shuffle permutes them first. The last N mod workers rows are dropped so all shards are equal.
+An existing --out folder is replaced only with --force.
 """
 
 import argparse
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from mpiopt.data import load_libsvm, preprocess, sha256_file
+from mpiopt.data import MAX_FEATURES, check_out_dir, load_libsvm, preprocess, sha256_file
 from mpiopt.datasets import DEFAULT_DATA_DIR, locate, lookup
 from mpiopt.errors import InputError
 
@@ -30,8 +31,13 @@ def register(sub) -> None:
     p.add_argument("--data-dir", metavar="DIR",
                    help=f"with --dataset: where the file is, or is downloaded to (default {DEFAULT_DATA_DIR}/)")
     p.add_argument("--mirror", metavar="URL", help="with --dataset: download from URL/<file> instead of LIBSVM's site")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="with --dataset: accept a download whose sha256 is unknown ('mpiopt datasets list')")
     p.add_argument("--n-features", type=int, metavar="D",
                    help="with --file: number of features (default: the largest index in the file)")
+    p.add_argument("--max-features", type=int, default=MAX_FEATURES, metavar="D",
+                   help=f"refuse data with more features than this (default {MAX_FEATURES}): each dense vector "
+                        f"of d features takes 8 d bytes")
     p.add_argument("--workers", type=int, required=True, metavar="N", help="number of shards (= MPI ranks)")
     p.add_argument("--l2", type=float, metavar="X",
                    help=f"l2 regularization (default: the dataset's; {FILE_DEFAULT_L2:g} with --file)")
@@ -39,18 +45,33 @@ def register(sub) -> None:
     p.add_argument("--shuffle", action="store_true", help="permute rows before splitting (homogeneous shards)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of --shuffle (default 0)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder, e.g. data/a5a-12")
+    p.add_argument("--force", action="store_true", help="replace an existing --out folder of an earlier preprocess")
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     """Load, preprocess and write the shards, then print a summary."""
     started = time.perf_counter()
+    _check_out_free(Path(args.out), args.force)
     path, name, n_features, l2 = _resolve_source(args)
-    X, y = load_libsvm(path, n_features)
-    meta = preprocess(X, y, args.workers, l2, args.out, dataset=name, source_sha256=sha256_file(path),
-                      normalize=not args.no_normalize, shuffle=args.shuffle, seed=args.seed)
+    try:
+        X, y = load_libsvm(path, n_features, args.max_features)
+        meta = preprocess(X, y, args.workers, l2, args.out, dataset=name, source_sha256=sha256_file(path),
+                          normalize=not args.no_normalize, shuffle=args.shuffle, seed=args.seed)
+    except MemoryError:
+        raise InputError(f"not enough memory to preprocess {path}; use a machine with more memory, or check the "
+                         f"data for a stray huge feature index (--max-features caps the feature count)") from None
     print(_summary(meta, path, args, time.perf_counter() - started))
     return 0
+
+
+def _check_out_free(out: Path, force: bool) -> None:
+    """Refuse, before any work, an --out that preprocess would refuse, and replacing an earlier
+    output without --force."""
+    check_out_dir(out)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise InputError(f"--out {out} already exists and is not empty; pass --force to replace an earlier "
+                         f"output there, or choose another --out")
 
 
 def _resolve_source(args: argparse.Namespace) -> Tuple[Path, str, Optional[int], float]:
@@ -59,7 +80,7 @@ def _resolve_source(args: argparse.Namespace) -> Tuple[Path, str, Optional[int],
         if args.n_features is not None:
             raise InputError("--n-features goes with --file; a registered dataset has a known feature count")
         info = lookup(args.dataset)
-        path = locate(args.dataset, args.data_dir, args.mirror)
+        path = locate(args.dataset, args.data_dir, args.mirror, allow_unverified=args.allow_unverified)
         return path, info.name, info.n_features, info.l2 if args.l2 is None else args.l2
     if args.data_dir is not None or args.mirror is not None:
         raise InputError("--data-dir and --mirror go with --dataset; --file reads the given path")

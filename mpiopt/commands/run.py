@@ -14,7 +14,7 @@ import numpy as np
 from mpiopt.comm import MPICommunicator
 from mpiopt.commands import plain
 from mpiopt.compressors import REGISTRY, Option, all_options
-from mpiopt.errors import RunError
+from mpiopt.errors import InputError, RunError, quoted
 from mpiopt.failfast import abort_on_error
 from mpiopt.methods import METHODS
 from mpiopt.methods.composed import own_options
@@ -92,9 +92,23 @@ def method_options(args: argparse.Namespace) -> Dict[str, Any]:
     return {o.name: getattr(args, o.name) for o in cli_options() if getattr(args, o.name) is not None}
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any data is loaded, a --out that is a directory, and any output (--out, the
+    checkpoints) inside the --data folder: a run must never replace meta.json or a shard."""
+    data = Path(args.data).resolve()
+    if Path(args.out).is_dir():
+        raise InputError(f"--out {quoted(args.out)} is a directory; give the trace's file name, e.g. "
+                         f"--out {quoted(str(Path(args.out) / 'run.json'))}", collective=True)
+    for flag, path in (("--out", args.out), ("--checkpoint-dir", args.checkpoint_dir)):
+        if path is not None and (Path(path).resolve() == data or data in Path(path).resolve().parents):
+            raise InputError(f"{flag} {quoted(path)} is inside the data folder {quoted(args.data)}, which a run "
+                             f"never writes to; choose a path outside it (e.g. under results/)", collective=True)
+
+
 def handle(args: argparse.Namespace, callback: Optional[Callable[[int, np.ndarray], Any]] = None) -> int:
     """Run the job; ``callback(k, x)`` is minimize's callback (the test suite injects faults with it)."""
     comm = MPICommunicator()
+    check_outputs(args)
     with abort_on_error(comm):
         out = Path(args.out)
         problem, meta = load_problem(args.data, comm)

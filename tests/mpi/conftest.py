@@ -18,3 +18,28 @@ def a5a_for(a5a_path, tmp_path_factory):
         return made[n]
 
     return shards
+
+
+@pytest.fixture
+def netbed_ready():
+    """The namespace test bed's module (benchmarks/netbed.py), or a skip saying why this machine
+    cannot build the bed (no ``ip``/``tc``, not root, no network namespaces, or a bed already up)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import netbed
+
+    try:
+        netbed.preflight()
+    except netbed.NetBedError as exc:
+        pytest.skip(f"no network test bed here: {exc}")
+    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no network test bed here: `ip netns list` failed: {probe.stderr.strip()}")
+    try:
+        netbed.open_lock(netbed.LOCK).close()
+    except netbed.NetBedError as exc:
+        pytest.skip(f"the network test bed is in use: {exc}")
+    return netbed

@@ -49,7 +49,7 @@ def test_nan_on_one_rank_stops_all_naming_rank_and_iteration(a5a_for, tmp_path):
     assert res.stderr.count("non-finite gradient at iteration 25 on rank(s) [3]") == 1, res.stderr
     assert "Traceback" not in res.stderr
     assert json.loads(out.read_text())["status"].startswith("error: non-finite gradient")
-    saved = sorted(p.name for p in ckpt.iterdir())
+    saved = sorted(p.name for p in ckpt.glob("rank_*"))
     assert saved == [f"rank_{r:03d}_it{k:09d}.npz" for r in range(4) for k in (10, 20)]
 
 

@@ -1,6 +1,6 @@
 """The compressor-core redesign keeps every earned number: x_final of each method, bit for bit.
 
-``tests/data/same_iterates_a5a_6ranks.json`` holds x_final (hex floats) of every configuration in
+``tests/mpi/same_iterates_a5a_6ranks.json`` holds x_final (hex floats) of every configuration in
 ``_same_iterates.py`` (a5a, 6 ranks, 400 iterations, seed 3) as computed by the code before the
 redesign (commit 889d26b), except four entries the redesign changed on purpose: ``ef-signsgd`` and
 ``dgc`` now sum the decoded messages in worker order (the old code took np.dot over rank order for
@@ -19,7 +19,7 @@ import pytest
 from mpilaunch import run_script
 
 HERE = Path(__file__).resolve().parent
-STORED = HERE.parent / "data" / "same_iterates_a5a_6ranks.json"
+STORED = HERE / "same_iterates_a5a_6ranks.json"
 
 
 @pytest.fixture(scope="module")
