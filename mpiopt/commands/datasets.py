@@ -10,13 +10,14 @@ A file already in --dir that differs from the registered one is kept unless --fo
 
 import argparse
 
+from mpiopt.commands import plain
 from mpiopt.datasets import DEFAULT_DATA_DIR, REGISTRY, download
 
 
 def register(sub) -> None:
     """Add the ``datasets`` subcommand with its ``list`` and ``download`` actions."""
     p = sub.add_parser("datasets", help="list or download the registered LIBSVM datasets",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     listing = actions.add_parser("list", help="show the registry")

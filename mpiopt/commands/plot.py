@@ -2,11 +2,12 @@
 
 import argparse
 
+from mpiopt.commands import plain
 from mpiopt.plot import METRICS, plot_traces
 
 
 def register(sub) -> None:
-    p = sub.add_parser("plot", help="plot traces written by 'mpiopt run'", description=__doc__)
+    p = sub.add_parser("plot", help="plot traces written by 'mpiopt run'", description=plain(__doc__))
     p.add_argument("traces", nargs="+", metavar="TRACE.json", help="trace files; seeds of one config form a band")
     p.add_argument("--out", required=True, metavar="FIG.png", help="output figure (.png, .pdf or .svg)")
     p.add_argument("--title", default="", help="figure title (default: dataset and ranks)")

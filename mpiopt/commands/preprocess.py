@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from mpiopt.commands import plain
 from mpiopt.data import MAX_FEATURES, check_out_dir, load_libsvm, preprocess, sha256_file
 from mpiopt.datasets import DEFAULT_DATA_DIR, locate, lookup
 from mpiopt.errors import InputError
@@ -24,7 +25,7 @@ FILE_DEFAULT_L2 = 1e-4
 def register(sub) -> None:
     """Add the ``preprocess`` subcommand."""
     p = sub.add_parser("preprocess", help="split a LIBSVM dataset into per-worker shards",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", metavar="NAME", help="a registered dataset ('mpiopt datasets list')")
     source.add_argument("--file", metavar="PATH", help="any LIBSVM file (plain, .gz or .bz2)")
