@@ -96,6 +96,7 @@ class Quantizer:
         self.sent = self.rounded
         self.max_abs = 0.0
         self.finite = True
+        self._squares: Optional["cupy.ndarray"] = None
 
     def _key(self, step: int) -> np.uint64:
         return np.uint64(stream_key(self.seed, self.worker, step))
@@ -104,8 +105,9 @@ class Quantizer:
         """This worker's u_j for ``step`` (for checks; :meth:`round` draws them inside its kernel)."""
         return _NOISE(self._key(step), self.noise_buf)
 
-    def round(self, v: "cupy.ndarray", alpha: Alpha, step: int) -> "cupy.ndarray":
-        """Int(alpha v) as doubles into ``rounded`` (no clipping); sets ``max_abs`` and ``finite``."""
+    def round(self, v: "cupy.ndarray", alpha: Alpha, step: int, into: Optional["cupy.ndarray"] = None) -> "cupy.ndarray":
+        """Int(alpha v) as doubles into ``rounded`` (no clipping); sets ``max_abs`` and ``finite``.
+        ``into`` (the numba kernel's one-pass int8 target) is accepted and not needed: ``pack`` casts."""
         alpha = alpha if isinstance(alpha, cupy.ndarray) else np.float64(alpha)
         if self.rounding == "random":
             _ROUND["random"](v, alpha, self._key(step), self.rounded, self._abs)
@@ -150,6 +152,21 @@ class Quantizer:
         """This worker's own decoded C(v) = sent / alpha."""
         alpha = alpha if isinstance(alpha, cupy.ndarray) else np.float64(alpha)
         return _DIV_LOCAL(self.sent, alpha, out)
+
+    @staticmethod
+    def step_squares(x: "cupy.ndarray", x_prev: "cupy.ndarray", out: "cupy.ndarray") -> "cupy.ndarray":
+        """out = (x - x_prev)^2 in float64, then x_prev <- x (numpy's operations, the same bits)."""
+        cupy.subtract(x, x_prev, out=out)
+        cupy.multiply(out, out, out=out)
+        cupy.copyto(x_prev, x)
+        return out
+
+    def step_squares_sum(self, x: "cupy.ndarray", x_prev: "cupy.ndarray") -> float:
+        """||x - x_prev||^2 and x_prev <- x. The squares are summed on the host in numpy's pairwise
+        order, so that alpha is the CPU's bits (one device-to-host copy of d doubles per step)."""
+        if self._squares is None:
+            self._squares = cupy.empty(self.size)
+        return float(self.step_squares(x, x_prev, self._squares).get().sum())
 
     @staticmethod
     def decode(sum_int: "cupy.ndarray", alpha: Alpha, n: int, out: "cupy.ndarray") -> "cupy.ndarray":
