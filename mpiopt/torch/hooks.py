@@ -97,6 +97,7 @@ class _Bucket:
                          fail=state.fail, xp=xp, **opts)
         self.engine = _CompressorEngine(comp)
         self.v, self.x, self.mean = xp.empty(plan.dim), xp.zeros(plan.dim), xp.empty(plan.dim)
+        comp.prepare(self.x)  # compile its kernels (once per process) before the first exchange
 
     def load(self, flat, reads_iterate: bool) -> None:
         """v <- the bucket's gradient in the optimizer's order (float64); x <- its parameters."""

@@ -22,6 +22,8 @@ Every check asserts on every rank (a failed assert exits non-zero) and prints on
   redone in int32 (never int16, which gloo cannot sum), nothing is clipped, and at every integer
   step the averaged gradient the hook returns is within 1/alpha of the exact float mean.
 * ``int16``: IntSGDState(wire_dtype='int16') is refused on gloo with an InputError that says why.
+* ``nat``: CompressorState(compressor='nat') + compressor_hook trains with ranks identical every
+  step, sending one byte per coordinate (and nat's 4-byte header) per step.
 """
 
 import hashlib
@@ -37,7 +39,7 @@ import mpiopt.torch
 from _torch_common import init_gloo
 from mpiopt.errors import InputError
 from mpiopt.torch.comm import TorchCommunicator
-from mpiopt.torch.hooks import IntSGDState, intsgd_hook
+from mpiopt.torch.hooks import CompressorState, IntSGDState, compressor_hook, intsgd_hook
 
 STEPS, BATCH, SEED = 8, 24, 5
 
@@ -193,6 +195,16 @@ def int16_refused():
         raise AssertionError("wire_dtype='int16' was accepted on gloo")
 
 
+def other_compressor(X, y):
+    ddp = torch.nn.parallel.DistributedDataParallel(model())
+    state = CompressorState(None, torch.optim.SGD(ddp.parameters(), lr=lr_at(0)), "nat", seed=SEED)
+    ddp.register_comm_hook(state, compressor_hook)
+    ddp_steps(ddp, state, X, y, range(3))
+    d = flat(ddp.module).numel()
+    assert state.bytes_sent == 3 * (d + 4), (state.bytes_sent, d)  # nat: d bytes + a 4-byte header
+    print("ok nat", state.stats())
+
+
 if __name__ == "__main__":
     init_gloo()
     X, y = shard()
@@ -200,3 +212,4 @@ if __name__ == "__main__":
     resume(X, y, final)
     overflow(X, y)
     int16_refused()
+    other_compressor(X, y)

@@ -4,7 +4,8 @@ What each check compares is spelled out in ``_ddp_hook_checks.py``: the integers
 those of mpiopt.torch.IntSGD fed the same gradients (same seed, same alpha blocks, same LR
 schedule); parameters are bit-identical on all ranks after every step; a resume from
 ``state_dict`` is bit-identical; a forced int8 overflow with ``auto`` is redone in int32 (never
-clipped, never wrapped, never int16); ``wire_dtype='int16'`` is refused on gloo.
+clipped, never wrapped, never int16); ``wire_dtype='int16'`` is refused on gloo; the nat
+compressor runs through compressor_hook.
 """
 
 from pathlib import Path
@@ -16,7 +17,7 @@ from torchlaunch import run_torch
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 HERE = Path(__file__).resolve().parent
-CHECKS = ("ok same-as-IntSGD identical", "ok resume", "ok overflow", "ok int16")
+CHECKS = ("ok same-as-IntSGD identical", "ok resume", "ok overflow", "ok int16", "ok nat")
 
 
 @pytest.mark.parametrize("n", [2, 4])
