@@ -50,6 +50,7 @@ sys.path.insert(0, str(HERE))
 from deep import MOMENTUM, TASKS, WEIGHT_DECAY, accuracy, load_task, make_model, shard  # noqa: E402
 
 HOOKS = ("allreduce", "fp16", "bf16", "powersgd", "intsgd")
+MARKERS = ("o", "s", "D", "^", "*")
 DATASETS = ("digits", "a9a")
 GATHERS = ("all_gather_single", "all_gather_into_tensor", "all_gather")
 
@@ -205,15 +206,18 @@ def plot(results: List[Dict[str, Any]], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     datasets = list(dict.fromkeys(r["dataset"] for r in results))
     fig, axes = plt.subplots(len(datasets), 2, figsize=(10, 3.8 * len(datasets)), squeeze=False)
     for row, dataset in zip(axes, datasets):
         for r in (r for r in results if r["dataset"] == dataset):
             for ax, key in zip(row, ("bytes_per_step", "seconds_per_step")):
-                ax.scatter(r[key], 100 * r["test_accuracy"], s=60, marker="*" if r["hook"] == "intsgd" else "o")
-                ax.annotate(r["hook"], (r[key], 100 * r["test_accuracy"]), textcoords="offset points", xytext=(5, 4))
+                ax.scatter(r[key], 100 * r["test_accuracy"], s=90 if r["hook"] == "intsgd" else 50, label=r["hook"],
+                           marker=MARKERS[HOOKS.index(r["hook"])], alpha=0.8)
+        row[0].legend(fontsize=8)
         row[0].set(xlabel="bytes per step per rank", ylabel="test accuracy (%)", xscale="log", title=dataset)
+        row[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         row[1].set(xlabel="seconds per step", ylabel="test accuracy (%)", title=dataset)
         for ax in row:
             ax.grid(alpha=0.3)

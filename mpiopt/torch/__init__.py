@@ -46,6 +46,10 @@ read it through a zero-copy numpy view. The optimizer takes one parameter group.
 (method record, momentum, x~, step, random streams, byte counters): save it per rank together with
 the model, and ``load_state_dict`` resumes bit-identically.
 
+Under ``torchrun`` pass ``comm=mpiopt.torch.comm.TorchCommunicator()`` (torch.distributed instead of
+MPI). DDP users keep their DistributedDataParallel model and register a communication hook of
+:mod:`mpiopt.torch.hooks` instead (``IntSGDState`` / ``intsgd_hook``).
+
 CPU tensors only, for now: the compressors are numpy code. The GPU pieces exist -- the bucket's
 zero-copy CuPy view (:func:`mpiopt.problems.torch.as_array`), the CuPy quantizer that reproduces the
 numpy integers bit for bit and the CUDA-aware / pinned-host Allreduce (:mod:`mpiopt.kernels.cupy`) --
