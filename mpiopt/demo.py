@@ -10,14 +10,13 @@ the unit of the figure's middle panel (bits sent per rank) and one line comparin
 traces' bits at the same accuracy, all computed from the traces just written.
 """
 
-import json
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from sklearn.datasets import dump_svmlight_file, load_breast_cancer
 
-from mpiopt.plot import error_column
+from mpiopt.plot import error_column, load_traces
 
 BITS_PER_BYTE = 8
 
@@ -70,7 +69,7 @@ def main(argv: Sequence[str]) -> None:
         out = write_breast_cancer(paths[0] if paths else "demo-out/breast_cancer.svm")
         print(f"wrote {out} (scikit-learn's breast-cancer data, 569 rows, 30 standardized features)")
     elif command == "compare":
-        print("\n".join(comparison([json.loads(Path(p).read_text()) for p in paths])))
+        print("\n".join(comparison(load_traces(paths))))
     else:
         sys.exit(f"usage: python -m mpiopt.demo data PATH | compare TRACE.json ... (got {command!r})")
 
