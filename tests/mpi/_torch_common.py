@@ -1,10 +1,22 @@
 """What the torch.distributed helper scripts share: joining the gloo job that torchlaunch.py starts."""
 
+import atexit
+import os
+
 import torch
 import torch.distributed as dist
 
 
 def init_gloo() -> None:
-    """Join the job described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, one thread per process."""
+    """Join the job of RANK/WORLD_SIZE through the file rendezvous torchlaunch.py names, one thread per
+    process. The process group is destroyed at exit: leaving it to the interpreter's teardown can end
+    the process with SIGABRT ("terminate called without an active exception") after all went well."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method="env://")
+    dist.init_process_group("gloo", init_method="file://" + os.environ["MPIOPT_TEST_RENDEZVOUS"],
+                            rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+    atexit.register(_leave)
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
