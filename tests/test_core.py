@@ -199,3 +199,33 @@ def test_clipping_with_auto_blames_an_alpha_too_large_not_the_wire_dtype(problem
     assert "alpha is too large: lower --alpha0" in warning and "use --wire-dtype auto" not in warning
     fixed = mpiopt.minimize(problem, "intsgd", iters=20, batch=16, alpha="constant", alpha0=1e6, wire_dtype="int8")
     assert "use --wire-dtype auto or a wider dtype" in " ".join(fixed.trace["warnings"])
+
+
+class LeastSquaresWithoutSmoothness:
+    """A custom problem with no smoothness() and no sample_smoothness(): L and L_max must suffice."""
+
+    def __init__(self, A, b):
+        self.A, self.b, self.dim, self.n_samples = A, b, A.shape[1], A.shape[0]
+
+    def loss(self, x):
+        r = self.A @ x - self.b
+        return 0.5 * float(r @ r) / self.n_samples
+
+    def grad(self, x, out=None):
+        out[...] = self.A.T @ (self.A @ x - self.b) / self.n_samples
+        return out
+
+    def stochastic_grad(self, x, idx, out=None):
+        A = self.A[idx]
+        out[...] = A.T @ (A @ x - self.b[idx]) / len(idx)
+        return out
+
+
+@pytest.mark.parametrize("method", ["vr-intdiana", "l-svrg", "intsgd", "gd"])
+def test_given_L_and_L_max_nothing_else_is_needed(method):
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((200, 5))
+    problem = LeastSquaresWithoutSmoothness(A, A @ np.ones(5))
+    batch = {} if method == "gd" else {"batch": 10}
+    res = mpiopt.minimize(problem, method, iters=300, L=5.0, L_max=6.0, **batch)
+    assert res.fun < 1e-3 * problem.loss(np.zeros(5))
