@@ -3,7 +3,7 @@ dimension x ranks x network, as JSON, a heat map of the speed-ups, and a README 
 
     python benchmarks/break_even.py --json benchmarks/results/break_even.json \\
         [--dims 1e4 1e5 1e6 1e7] [--ranks 2 4 8] [--nets shm 10gbit 1gbit 1gbit-1ms]
-    python benchmarks/break_even.py --plot benchmarks/results/break_even.json   # figure + README table only
+    python benchmarks/break_even.py --plot benchmarks/results/break_even*.json  # figure + README table only
 
 Each (network, ranks) cell row is one job of ``allreduce_step.py`` (its worker, its timing rules:
 a synthetic gradient copied in untimed, the variants interleaved step by step, the median of the
@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -66,9 +66,10 @@ def cells_of(rows: List[Dict[str, object]], net: str, load: List[float]) -> List
     return out
 
 
-def measure(args) -> Dict[str, object]:
+def measure(args, save: Callable[[Dict[str, object]], None]) -> Dict[str, object]:
     """Every (network, ranks) job in turn; a job that fails or would pass ``--deadline`` is recorded
-    as missing, with why, and the grid goes on."""
+    as missing, with why, and the grid goes on. ``save`` gets the grid so far after every job, so an
+    interrupted grid keeps what it measured."""
     cells, missing, beds = [], [], {}
     for net in args.nets:
         for ranks in args.ranks:
@@ -84,7 +85,18 @@ def measure(args) -> Dict[str, object]:
             cells += cells_of(got["rows"], net, load)
             if got["netbed"]:
                 beds[f"{net}/{ranks}"] = got["netbed"]
+            save({"cells": cells, "missing": missing, "netbed": beds})
     return {"cells": cells, "missing": missing, "netbed": beds}
+
+
+def merged(results: Sequence[Dict[str, object]]) -> Dict[str, object]:
+    """Several grids as one (e.g. a run at d = 1e8 beside the main grid): cells and missing cells
+    concatenated, the first grid's machine (with every grid's start load under ``loadavg_runs``)."""
+    first = dict(results[0])
+    first["cells"] = [c for r in results for c in r["cells"]]
+    first["missing"] = [m for r in results for m in r.get("missing", [])]
+    first["machine"] = {**first["machine"], "loadavg_runs": [r["machine"]["loadavg"] for r in results]}
+    return first
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,16 +149,19 @@ def readme_table(result: Dict[str, object]) -> str:
             row = [f"{got[d]['speedup_vs_float32']:.2f} / {got[d]['speedup_vs_fp16']:.2f}" if d in got else "-"
                    for d in dims]
             lines.append(f"| {net} | {ranks} | " + " | ".join(row) + " |")
-    for m in result.get("missing", []):
-        lines.append(f"\nNot measured: {m['net']}, {m['ranks']} ranks ({m['why']}).")
+    for net, ranks, why in sorted({(m["net"], m["ranks"], m["why"]) for m in result.get("missing", [])}):
+        lines.append(f"\nNot measured: {net}, {ranks} ranks ({why}).")
     return "\n".join(lines)
 
 
-def update_readme(result: Dict[str, object], readme: Path = README) -> None:
+def update_readme(result: Dict[str, object], readme: Optional[Path] = None) -> None:
+    """Put the table between the README's break_even markers (``readme``: default the repository's)."""
+    readme = readme or README
     m = result["machine"]
     body = (f"IntSGD step speed-up over the float32 SGD step / over the fp16 SGD step (above 1: integers faster), "
-            f"from `benchmarks/results/break_even.json` ({m.get('date')}, {m.get('cores')} cores, load average "
-            f"{m['loadavg'][0]:.1f} at the start); figure `benchmarks/results/break_even.png`.\n\n"
+            f"from `benchmarks/results/break_even*.json` ({m.get('date')}, {m.get('cores')} cores, load average "
+            f"{', '.join(f'{l[0]:.1f}' for l in m.get('loadavg_runs', [m['loadavg']]))} at the start of each grid); "
+            f"figure `benchmarks/results/break_even.png`.\n\n"
             + readme_table(result))
     text = readme.read_text()
     readme.write_text(allreduce_step.replace_section(text, BEGIN, END, body))
@@ -166,7 +181,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     p.add_argument("--max-steps", type=int, default=20)
     p.add_argument("--timeout", type=float, default=900, help="seconds one job may take")
     p.add_argument("--deadline", type=float, help="Unix time after which no new job starts (its cells: missing)")
-    p.add_argument("--plot", type=Path, metavar="JSON", help="draw the heat map and the README table from JSON; exit")
+    p.add_argument("--plot", type=Path, nargs="+", metavar="JSON",
+                   help="draw the heat map (beside the first JSON) and the README table from these grids merged")
     args = p.parse_args(argv)
     if not args.plot and not args.json:
         p.error("--json OUT is required (or --plot JSON)")
@@ -177,18 +193,22 @@ def parse_args(argv: Optional[Sequence[str]] = None):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.plot:
-        result = json.loads(args.plot.read_text())
+        result = merged([json.loads(path.read_text()) for path in args.plot])
     else:
-        machine = allreduce_step.machine_info()
-        result = {"machine": machine, "config": {"dims": args.dims, "ranks": args.ranks, "nets": args.nets,
-                                                 "variants": VARIANTS, "seconds": args.seconds, "rounds": args.rounds},
-                  **measure(args)}
-        result["machine"]["loadavg_end"] = list(os.getloadavg())
+        result = {"machine": allreduce_step.machine_info(),
+                  "config": {"dims": args.dims, "ranks": args.ranks, "nets": args.nets, "variants": VARIANTS,
+                             "seconds": args.seconds, "rounds": args.rounds}}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+        def save(grid: Dict[str, object]) -> None:
+            result.update(grid)
+            result["machine"]["loadavg_end"] = list(os.getloadavg())
+            args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+        save(measure(args, save))
         print(f"wrote {args.json}")
     if result["cells"]:
-        heatmap(result, (args.plot or args.json).with_suffix(".png"))
+        heatmap(result, (args.plot[0] if args.plot else args.json).with_suffix(".png"))
         update_readme(result)
     print(readme_table(result))
     return 0 if result["cells"] else 2

@@ -49,33 +49,35 @@ def test_crossing_is_the_first_logged_row_at_or_under_tol():
 def test_shm_run_writes_the_contracted_json_and_figure(tmp_path, a5a_path):
     out = tmp_path / "tta.json"
     _run([BENCH / "time_to_accuracy.py", "--net", "shm", "--ranks", "2", "--datasets", "a5a", "--methods",
-          "l-svrg", "vr-intdiana", "--iters", "3000", "--json", out, "--libsvm-dir", a5a_path.parent,
+          "l-svrg", "vr-intdiana", "--iters", "400", "--json", out, "--libsvm-dir", a5a_path.parent,
           "--shards-dir", tmp_path / "shards"])
     res = json.loads(out.read_text())
     rows = res["results"]
     assert [(r["method"], r["wire"]) for r in rows] == [("l-svrg", "float64"), ("l-svrg", "float32"),
                                                         ("vr-intdiana", "auto")]
-    for r in rows:
+    for r, run in zip(rows, res["runs"]):
         assert set(r) == ROW_KEYS
         assert r["dataset"] == "a5a" and r["net"] == "shm" and r["ranks"] == 2
-        assert r["reached"], r
-        assert r["seconds_to_tol"] > 0 and r["bytes_to_tol"] > 0 and 0 < r["iterations_to_tol"] <= 3000
+        h = run["history"]
+        i = time_to_accuracy.crossing({"dist_sq": h["rel_err"]}, time_to_accuracy.REL_TOL)
+        assert r["reached"] == (i is not None)  # 400 iterations are too few for 1e-6 on a5a: not reached
+        assert r["seconds_to_tol"] is None if i is None else r["seconds_to_tol"] == h["seconds"][i]
+        assert len(run["loadavg_start"]) == 3 and run["iterations"] == 400
     # float32 sends half the bytes of float64 per iteration; the integers (int8 here) fewer still
-    per_it = {r["wire"]: r["bytes_to_tol"] / r["iterations_to_tol"] for r in rows}
-    assert per_it["float32"] == pytest.approx(per_it["float64"] / 2)
-    assert per_it["auto"] < per_it["float32"]
-    assert all(len(run["loadavg_start"]) == 3 for run in res["runs"])
+    sent = {run["wire"]: run["history"]["wire_bytes"][-1] for run in res["runs"]}
+    assert sent["float32"] * 2 == sent["float64"]
+    assert sent["auto"] < sent["float32"] / 2
     _run([BENCH / "time_to_accuracy.py", "--plot", out, "--figures", tmp_path])
     assert (tmp_path / "time_to_accuracy_a5a.png").stat().st_size > 1000
 
 
-def test_break_even_grid_on_shm(tmp_path):
+def test_break_even_grid_on_shm(tmp_path, monkeypatch):
     out = tmp_path / "be.json"
     readme = tmp_path / "README.md"
     readme.write_text("# x\n")
     import break_even
 
-    break_even.README = readme
+    monkeypatch.setattr(break_even, "README", readme)
     break_even.main(["--json", str(out), "--dims", "1e3", "--ranks", "2", "--nets", "shm", "--seconds", "0.1",
                      "--rounds", "2", "--max-steps", "2"])
     res = json.loads(out.read_text())
