@@ -30,12 +30,8 @@ from mpiopt.compressors import REGISTRY, Option, all_options, compressor_class
 from mpiopt.compressors.base import bad_option, is_number, resolve_options
 from mpiopt.kernels.numpy import apply_step
 from mpiopt.methods.base import Context, Method
-from mpiopt.methods.estimators import LooplessSVRG, check_probability, vr_step_size
+from mpiopt.methods.estimators import LooplessSVRG, vr_step_size
 from mpiopt.methods.memory import MEMORIES
-
-ESTIMATORS = ("full", "minibatch", "l-svrg")
-SHIFTS = ("none", "diana")
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -126,7 +122,7 @@ class CompressedMethod(Method):
 
     def reset_probability(self) -> float:
         p = self.opts.get("p")
-        return check_probability(self.batch / self.ctx.problem.n_samples if p is None else p)
+        return float(self.batch / self.ctx.problem.n_samples if p is None else p)  # p checked by P_OPTION
 
     def config(self) -> Dict[str, Any]:
         extra = {"p": self.reset_probability()} if self.recipe.estimator == "l-svrg" else {}
@@ -179,12 +175,6 @@ class CompressedMethod(Method):
     def prepare(self, x: np.ndarray) -> None:
         self.comp.prepare(x)
 
-    @property
-    def batch(self) -> int:
-        b = super().batch
-        self._batch = b
-        return b
-
     def sample(self) -> np.ndarray:
         return self.ctx.sample_rng.integers(0, self.ctx.problem.n_samples, size=self._batch)
 
@@ -201,9 +191,6 @@ class CompressedMethod(Method):
         self.clipped += self.comp.clipped
 
     # ---- the steps ------------------------------------------------------------------------
-    def step(self, x: np.ndarray, k: int) -> None:
-        raise RuntimeError("start() picks the step")
-
     def _sgd_step(self, x: np.ndarray, k: int) -> None:
         """x -= lr mean_i C(g_i), decoded straight into x where the compressor can."""
         self.comp.exchange_update(self.gradient(x), k, x, self.lr, self._mean)

@@ -10,12 +10,7 @@
   part of the method's record.
 """
 
-import math
-from typing import Any
-
 import numpy as np
-
-from mpiopt.errors import InputError
 
 
 def sample_smoothness(problem, fallback: float) -> float:
@@ -51,13 +46,6 @@ def vr_step_size(ctx, batch: int, omega: float = 0.0) -> float:
     n = comm.size
     base = 1.0 / (2.0 * (ctx.L + 3.0 * Lb / (2.0 * n) + 3.0 * Lb / (16.0 * n)))
     return base / (1.0 + 2.0 * omega / n)
-
-
-def check_probability(p: Any) -> float:
-    if not (isinstance(p, (int, float)) and math.isfinite(p) and 0 < p <= 1):
-        raise InputError(f"--p (probability of a reference-point reset) must be in (0, 1], got {p!r}",
-                         collective=True)
-    return float(p)
 
 
 class LooplessSVRG:
