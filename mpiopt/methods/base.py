@@ -8,7 +8,7 @@ as with optax's explicit states. Scratch buffers that are overwritten every step
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -39,6 +39,13 @@ class Context:
     """This rank's own stream for minibatch sampling (differs across ranks)."""
     shared_rng: Optional[np.random.Generator] = None
     """A stream with the same seed on every rank, for coins all ranks must agree on."""
+
+
+def flagged_ranks(comm: Communicator, local_bad: bool) -> List[int]:
+    """The ranks whose ``local_bad`` is true (one uncounted Allgather; every rank must call it)."""
+    flags = np.zeros(comm.size, dtype=np.int8)
+    comm.allgather(np.array([int(local_bad)], dtype=np.int8), flags, count=False)
+    return np.flatnonzero(flags).tolist()
 
 
 class Method:
@@ -110,9 +117,7 @@ class Method:
         Called by every rank once a reduction the step already does came back non-finite, so the
         extra gather here costs nothing on the happy path and no rank is left waiting.
         """
-        flags = np.zeros(self.ctx.comm.size, dtype=np.int8)
-        self.ctx.comm.allgather(np.array([int(local_bad)], dtype=np.int8), flags, count=False)
-        ranks = np.flatnonzero(flags).tolist() or "unknown"
+        ranks = flagged_ranks(self.ctx.comm, local_bad) or "unknown"
         raise RunError(
             f"non-finite gradient at iteration {k} on rank(s) {ranks}; lower --lr or check the data "
             "(the last checkpoint, if any, is kept)",

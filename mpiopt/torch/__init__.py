@@ -66,7 +66,7 @@ from mpiopt.comm import Communicator
 from mpiopt.compressors import Compressor, compressor_class
 from mpiopt.errors import RunError
 from mpiopt.methods import make_method
-from mpiopt.methods.base import Method
+from mpiopt.methods.base import Method, flagged_ranks
 from mpiopt.problems.torch import GradientBucket
 from mpiopt.run import RNG_KEYS, as_communicator, make_context
 from mpiopt.state import capture, restore
@@ -77,9 +77,7 @@ SUPPORTED_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 def non_finite_gradient(comm: Communicator, k: int, local_bad: bool) -> None:
     """A non-finite gradient on some rank: every rank raises a RunError naming the ranks (collective)."""
-    flags = np.zeros(comm.size, dtype=np.int8)
-    comm.allgather(np.array([int(local_bad)], dtype=np.int8), flags, count=False)
-    raise RunError(f"non-finite gradient at step {k} on rank(s) {np.flatnonzero(flags).tolist()}", collective=True)
+    raise RunError(f"non-finite gradient at step {k} on rank(s) {flagged_ranks(comm, local_bad)}", collective=True)
 
 
 class _BucketProblem:
