@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 import mpiopt.torch
-from _torch_common import init_gloo
+from _torch_common import finish, init_gloo
 from mpiopt.errors import InputError
 from mpiopt.torch.comm import TorchCommunicator
 from mpiopt.torch.hooks import CompressorState, IntSGDState, compressor_hook, intsgd_hook
@@ -213,3 +213,4 @@ if __name__ == "__main__":
     overflow(X, y)
     int16_refused()
     other_compressor(X, y)
+    finish()

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from _torch_common import init_gloo
+from _torch_common import finish, init_gloo
 from mpiopt.comm import Communicator, TorchCommunicator
 from mpiopt.compressors import compressor_class
 from mpiopt.errors import InputError
@@ -108,3 +108,4 @@ if __name__ == "__main__":
     comm = TorchCommunicator()
     for check in ((collectives, int16_refused, auto_climbs) if sys.argv[1] == "all" else (abort,)):
         check(comm)
+    finish()

@@ -21,7 +21,7 @@ OPTIONS = {"seed": 3, "iters": ITERS, "log_every": ITERS, "alpha": "constant", "
 
 def main(backend: str, data_dir: str, out: str) -> None:
     if backend == "torch":
-        from _torch_common import init_gloo
+        from _torch_common import finish, init_gloo
         from mpiopt.comm import TorchCommunicator
 
         init_gloo()
@@ -36,6 +36,8 @@ def main(backend: str, data_dir: str, out: str) -> None:
         facts = {k: v for k, v in res.trace.items() if k not in ("history", "x_final", "env", "config")}
         with open(out, "w") as fh:
             json.dump({"x": [float(v).hex() for v in res.x], "trace": facts}, fh, default=str)
+    if backend == "torch":
+        finish()
 
 
 if __name__ == "__main__":
