@@ -183,7 +183,10 @@ def worker(rank: int, args, port: int) -> None:
                           flush=True)
     if rank == 0:
         Path(args.worker_out).write_text(json.dumps(records))
+    dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)  # skip torch's C++ teardown, which can SIGABRT a finished worker and fail the whole spawn
 
 
 # ---------------------------------------------------------------------------------------------------
