@@ -6,7 +6,9 @@ would wait forever in their next collective, so the failing rank prints its mess
 prefixed by its rank and calls MPI_Abort, which makes mpiexec end every process.
 """
 
+import os
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 from typing import Iterator
@@ -23,17 +25,32 @@ def abort_on_error(comm: Communicator) -> Iterator[None]:
     except MpioptError as exc:
         if exc.collective or comm.size == 1:
             raise
-        sys.stderr.write(f"mpiopt: error: [rank {comm.rank}] {exc}\n")
-        sys.stderr.flush()
-        comm.abort(exc.exit_code)
+        report_and_abort(comm, f"mpiopt: error: [rank {comm.rank}] {exc}\n", exc.exit_code)
     except Exception:
         if comm.size == 1:
             raise
         text = traceback.format_exc().rstrip("\n").splitlines()
-        sys.stderr.write("".join(f"[rank {comm.rank}] {line}\n" for line in text))
-        sys.stderr.write(f"mpiopt: error: [rank {comm.rank}] {text[-1]}\n")
-        sys.stderr.flush()
-        comm.abort(1)
+        report = "".join(f"[rank {comm.rank}] {line}\n" for line in text)
+        report_and_abort(comm, report + f"mpiopt: error: [rank {comm.rank}] {text[-1]}\n", 1)
+
+
+FORWARD_GRACE_SECONDS = 0.3
+
+
+def report_and_abort(comm: Communicator, report: str, code: int) -> None:
+    """Write ``report`` to stderr in one piece, then abort every rank with ``code``.
+
+    mpiexec forwards each rank's stderr through a pipe and stops reading it once the abort reaches
+    it, so a report written in several pieces could lose its tail (seen in CI: the traceback came
+    through, the summary line did not). One write, then a short pause for the forwarder, keeps it whole.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    data = report.encode("utf-8", "replace")
+    while data:
+        data = data[os.write(sys.stderr.fileno(), data):]
+    time.sleep(FORWARD_GRACE_SECONDS)
+    comm.abort(code)
 
 
 def agree_or_raise(comm: Communicator, error: "MpioptError | None") -> None:
