@@ -196,6 +196,27 @@ def test_alpha0_makes_the_first_step_integer_and_constant_keeps_it():
     assert IntCompressor.describe(IntCompressor.resolve({"alpha0": 2.0}, self_comm))["first_step"] == "int (alpha0)"
 
 
+def test_exponent_first_step_sends_integers_scaled_by_the_largest_value():
+    d = 6
+    comp = make(IntCompressor, d, first_step="exponent", rounding="deterministic")
+    v = np.array([0.3, -2.5, 1.0, 0.0, 0.75, -4.0])
+    mean = np.empty(d)
+    comp.exchange(v, 0, np.zeros(d), LR, mean)
+    alpha = 127.0 / 4.0  # floor(127 / 1) / 2^2, with 2^2 >= max |v| = 4
+    np.testing.assert_array_equal(comp.alpha_blocks, [alpha])
+    np.testing.assert_array_equal(mean, np.rint(alpha * v) / alpha)
+    assert comp.comm.bytes_sent == 8 + d + 3 and comp.state["max_abs_q"] == 127  # one int64 exponent, then int8
+    zero = make(IntCompressor, d, first_step="exponent", block_size=3)
+    zero.exchange(np.r_[np.zeros(3), np.full(3, 1e-300)], 0, np.zeros(d), LR, mean)
+    assert np.isfinite(zero.alpha_blocks).all() and mean[:3].tolist() == [0.0] * 3
+    with pytest.raises(Failed):
+        make(IntCompressor, d, first_step="exponent").exchange(np.r_[v[:-1], np.inf], 0, np.zeros(d), LR, mean)
+    self_comm = MPICommunicator(MPI.COMM_SELF)
+    assert IntCompressor.describe(IntCompressor.resolve({"first_step": "exponent"}, self_comm))["first_step"].startswith("int")
+    with pytest.raises(InputError, match="alpha0 .* or --first-step exponent, not both"):
+        IntCompressor.resolve({"first_step": "exponent", "alpha0": 1.0}, self_comm)
+
+
 def test_auto_promotes_then_shrinks_back_and_never_clips():
     d = 4
     comp = make(IntCompressor, d, alpha="constant", alpha0=1.0, rounding="deterministic")

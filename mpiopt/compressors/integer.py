@@ -3,8 +3,11 @@
 alpha is :func:`mpiopt.compressors.alpha.adaptive_alpha` of the iterate's movement (Alg. 1, or Alg. 2
 per block with ``block_size``/``block_starts``); r starts at the first ||x^1 - x^0||^2, as in the
 reference code. The first step has no x^{k-1}: unless ``alpha0`` is given it sends v in float64 (an
-Allgather summed in worker order, so it is exact and independent of the rank order).
-``alpha='constant'`` uses ``alpha0`` throughout.
+Allgather summed in worker order, so it is exact and independent of the rank order), or, with
+``first_step='exponent'``, integers already: per alpha block, e = ceil(log2 max_i max_j |v_ij|) from
+a MAX Allreduce of each rank's integer exponents (no float crosses the wire), and alpha =
+floor(M / n) / 2^e, so that no rank's |alpha v| exceeds the speculative dtype's bound (SwitchML's
+scaling, for this one step). ``alpha='constant'`` uses ``alpha0`` throughout.
 
 ``wire_dtype='auto'`` costs one collective per step in the common case: the integers go out in a
 speculative dtype (the narrowest the communicator sums whose bound floor(M / n) is >= 1, then the one
@@ -26,7 +29,7 @@ from mpiopt.compressors.alpha import adaptive_alpha, block_layout
 from mpiopt.compressors.base import (KERNEL, Compressor, Option, all_finite, bad_option, info_bits_int, is_number,
                                      positive, positive_int, register, sum_rows, worker_order)
 from mpiopt.kernels import int_bound, warm_up
-from mpiopt.kernels.numpy import apply_step
+from mpiopt.kernels.numpy import apply_step, float_below
 
 INT_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64))
 WIRE_NAMES = ("float64",) + tuple(str(t) for t in INT_DTYPES)
@@ -37,6 +40,11 @@ dtype with a bit to spare, ranks with non-finite values]."""
 OVER, FITS_SMALLER, NON_FINITE = 0, 1, 2
 SHRINK_AFTER = 16
 """Steps in a row that every rank must fit the smaller dtype before ``auto`` speculates on it."""
+
+MIN_EXPONENT = -960
+"""The smallest exponent of the first step's scaling: 2^960 times a dtype's bound stays finite."""
+NON_FINITE_EXPONENT = np.iinfo(np.int64).max
+"""A rank's exponent for a block with a non-finite value."""
 
 ROUNDING = Option("rounding", "random", str, "integer rounding: unbiased random or round-half-even",
                   choices=("random", "deterministic"))
@@ -55,6 +63,9 @@ class IntCompressor(Compressor):
         Option("alpha", "adaptive", str, "scaling rule of the integers", choices=("adaptive", "constant")),
         Option("alpha0", None, float, "alpha of the first step (else it sends floats) and of --alpha constant",
                valid=positive, rule="a positive number"),
+        Option("first_step", "float", str, "first step (no x^{k-1} yet): float64 Allgather, or integers "
+               "scaled by the largest |v| over the ranks (an int MAX Allreduce of one exponent per block)",
+               choices=("float", "exponent")),
         Option("beta", 0.9, float, "moving-average factor of adaptive alpha's r_k",
                valid=lambda b: is_number(b) and 0 <= b < 1, rule="in [0, 1)"),
         Option("eps", 1e-8, float, "eps of adaptive alpha = eta sqrt(d) / sqrt(2 n r_k + eta^2 eps^2)",
@@ -116,6 +127,8 @@ class IntCompressor(Compressor):
                              f"wrapping (its max is below {n}); use a wider dtype or auto")
         if o["alpha"] == "constant" and o["alpha0"] is None:
             raise bad_option("--alpha constant needs --alpha0 (the scaling factor to use at every step)")
+        if o["first_step"] == "exponent" and o["alpha0"] is not None:
+            raise bad_option("give alpha0 (the first step's alpha) or --first-step exponent, not both")
         if o["block_size"] is not None and o["block_starts"] is not None:
             raise bad_option("give block_size (equal chunks) or block_starts (e.g. one block per layer), not both")
 
@@ -125,6 +138,8 @@ class IntCompressor(Compressor):
             first = "int (constant alpha0)"
         elif o["alpha0"] is not None:
             first = "int (alpha0)"
+        elif o["first_step"] == "exponent":
+            first = "int (alpha from the largest |v|: int MAX Allreduce of an exponent per block)"
         else:
             first = "float64 (no x^{k-1} yet: Allgather of v, summed in worker order)"
         return {"first_step": first}
@@ -151,7 +166,7 @@ class IntCompressor(Compressor):
             views = self._bufs[level] = (buf, buf[:self.dim], buf[self.dim:])
         return views
 
-    def _next_alpha(self, x: np.ndarray, lr: float):
+    def _next_alpha(self, v: np.ndarray, x: np.ndarray, lr: float):
         """This step's alpha (a float, or a per-coordinate array with blocks; None: send floats),
         remembering x as x^{k-1} for the next step."""
         st, o = self.state, self.opts
@@ -163,6 +178,8 @@ class IntCompressor(Compressor):
             if o["alpha0"] is not None:
                 self.alpha_blocks[...] = o["alpha0"]
                 return float(o["alpha0"])
+            if o["first_step"] == "exponent":
+                return self._spread(self._exponent_alpha(v))
             return None
         r = st["r"]
         if self._alpha_vec is None:  # one block: Python floats, the same IEEE operations
@@ -183,8 +200,33 @@ class IntCompressor(Compressor):
         else:
             r[...] = sq
             st["have_r"][...] = 1
-        a = adaptive_alpha(lr, r, self.sizes, self.n, o["eps"], out=self.alpha_blocks)
-        return self.xp.take(self.xp.asarray(a), self._block_of, out=self._alpha_vec)
+        return self._spread(adaptive_alpha(lr, r, self.sizes, self.n, o["eps"], out=self.alpha_blocks))
+
+    def _spread(self, alphas: np.ndarray):
+        """The alpha of each block as the exchange takes it: a float (one block) or one per coordinate."""
+        if self._alpha_vec is None:
+            return float(alphas[0])
+        return self.xp.take(self.xp.asarray(alphas), self._block_of, out=self._alpha_vec)
+
+    def _exponent_alpha(self, v) -> np.ndarray:
+        """alpha_b = floor(M / n) / 2^e_b with 2^e_b >= max_i max_{j in b} |v_ij|: e_b from a MAX
+        Allreduce of the ranks' integer exponents, so |alpha v| never exceeds the speculative dtype's
+        bound. Exponents are kept >= ``MIN_EXPONENT`` (alpha stays finite for tiny blocks; a zero
+        block gets alpha = floor(M / n)); a non-finite block gets alpha 1 (the integer step's header
+        then stops every rank)."""
+        if self.dim == 0:
+            self.alpha_blocks[...] = 1.0
+            return self.alpha_blocks
+        absv = self._host(self.xp.abs(v))
+        peak = np.maximum.reduceat(absv, self.starts) if len(self.starts) > 1 else np.array([absv.max()])
+        finite = np.isfinite(peak)
+        mant, exps = np.frexp(np.where(finite, peak, 1.0))
+        exps = exps.astype(np.int64) - (mant == 0.5)
+        exps = np.where(finite, np.maximum(exps, MIN_EXPONENT), NON_FINITE_EXPONENT)
+        self.comm.allreduce_max(exps)
+        bound = float_below(self.bounds[int(self.state["level"])])
+        self.alpha_blocks[...] = np.where(exps == NON_FINITE_EXPONENT, 1.0, np.ldexp(bound, -np.minimum(exps, 1 << 20)))
+        return self.alpha_blocks
 
     def _float_step(self, v, k, out_mean, out_local):
         if self._order is None:
@@ -202,7 +244,7 @@ class IntCompressor(Compressor):
         self.state["steps_by_wire"][0] += 1
 
     def exchange(self, v, k, x, lr, out_mean, out_local=None):
-        alpha = self._next_alpha(x, lr)
+        alpha = self._next_alpha(v, x, lr)
         if alpha is None:
             self._float_step(v, k, out_mean, out_local)
             return
@@ -212,7 +254,7 @@ class IntCompressor(Compressor):
             self.quant.decode_local(alpha, out_local)
 
     def exchange_update(self, v, k, x, lr, mean):
-        alpha = self._next_alpha(x, lr)
+        alpha = self._next_alpha(v, x, lr)
         if alpha is None:
             self._float_step(v, k, mean, None)
             apply_step(x, lr, mean)

@@ -306,10 +306,12 @@ class IntSGD(_CompressorOptimizer):
 
     ``block='layer'``: one alpha per parameter tensor (Alg. 2); ``block=None``: one scalar alpha
     (Alg. 1). ``wire_dtype`` ('int8', 'int16', 'int32', 'int64' or 'auto'), ``rounding``, ``alpha``,
-    ``alpha0``, ``beta``, ``eps`` and ``kernel`` are the int compressor's options
-    (:class:`mpiopt.compressors.integer.IntCompressor`); without ``alpha0`` the first step sends
-    float64 (there is no previous move to size alpha by yet). Alpha follows the current ``lr`` of
-    the parameter group at every step, so LR schedules are followed.
+    ``alpha0``, ``first_step``, ``beta``, ``eps`` and ``kernel`` are the int compressor's options
+    (:class:`mpiopt.compressors.integer.IntCompressor`). There is no previous move to size the first
+    step's alpha by: here it defaults to ``first_step='exponent'`` (integers scaled by the largest
+    |g| over the ranks, from one integer MAX Allreduce of an exponent per block), so every step sends
+    integers; ``first_step='float'`` sends float64 instead, as ``mpiopt run`` does by default.
+    Alpha follows the current ``lr`` of the parameter group at every step, so LR schedules are followed.
     """
 
     method_name = "intsgd"
@@ -321,7 +323,8 @@ class IntSGD(_CompressorOptimizer):
         if block not in ("layer", None):
             raise ValueError(f"block must be 'layer' (one alpha per parameter tensor) or None, got {block!r}")
         self.block = block
-        super().__init__(params, comm, lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed, **options)
+        super().__init__(params, comm, lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed,
+                         **with_integer_first_step(options))
 
     def _build(self, options: Dict[str, Any]) -> _CompressorEngine:
         if self.block == "layer":
@@ -333,6 +336,14 @@ class IntSGD(_CompressorOptimizer):
         """The alpha of the last step, per block (one per parameter tensor with ``block='layer'``,
         one value with ``block=None``); zeros before the first integer step."""
         return self.engine.comp.alpha_blocks.copy()
+
+
+def with_integer_first_step(options: Dict[str, Any]) -> Dict[str, Any]:
+    """The int compressor's options with the torch entry points' default first step: integers
+    (``first_step='exponent'``) unless ``alpha0`` or ``first_step`` is given."""
+    if options.get("alpha0") is None:
+        return {"first_step": "exponent", **options}
+    return options
 
 
 class HintSGD(_CompressorOptimizer):

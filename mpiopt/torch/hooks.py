@@ -25,8 +25,10 @@ IntSGD's alpha (Alg. 1, or Alg. 2 with one block per layer: ``block='layer'``, t
 block per bucket: ``block='bucket'``) reads the real parameter movement ||x^k - x^{k-1}||^2 of
 the bucket's parameters, taken when the hook runs (during backward, before the optimizer's step),
 and the step size ``optimizer.param_groups[0]["lr"]`` of this step, so LR schedules are followed.
-Every input of alpha is the same on all ranks, so alpha is never sent. Its first step in a bucket
-sends float64 (there is no x^{k-1} yet), unless ``alpha0`` is given.
+Every input of alpha is the same on all ranks, so alpha is never sent. A bucket's first step has no
+x^{k-1}: it sends integers scaled by the largest |g| over the ranks (``first_step='exponent'``, the
+default here, unless ``alpha0`` is given: one integer MAX Allreduce of an exponent per block), or
+float64 with ``first_step='float'``.
 
 :meth:`CompressorState.state_dict` holds every bucket's state record (:mod:`mpiopt.state`): save it
 per rank with the model and the optimizer; :meth:`~CompressorState.load_state_dict` resumes
@@ -49,7 +51,7 @@ from mpiopt.compressors import compressor_class
 from mpiopt.compressors.integer import IntCompressor
 from mpiopt.problems.torch import as_array
 from mpiopt.state import capture, restore
-from mpiopt.torch import _CompressorEngine, non_finite_gradient
+from mpiopt.torch import _CompressorEngine, non_finite_gradient, with_integer_first_step
 from mpiopt.torch.comm import TorchCommunicator
 
 Layout = Tuple[Tuple[int, int], ...]
@@ -226,11 +228,13 @@ class CompressorState:
 class IntSGDState(CompressorState):
     """The state of :func:`intsgd_hook`: IntSGD's integers (the ``int`` compressor) with ``wire_dtype``
     ('auto' promotes instead of clipping) and the int compressor's other options as keywords
-    (``rounding``, ``alpha``, ``alpha0``, ``beta``, ``eps``, ``kernel``)."""
+    (``rounding``, ``alpha``, ``alpha0``, ``first_step``, ``beta``, ``eps``, ``kernel``); the first
+    step sends integers (``first_step='exponent'``) unless ``alpha0`` or ``first_step`` says otherwise."""
 
     def __init__(self, process_group: Optional[dist.ProcessGroup] = None, optimizer: Optional[torch.optim.Optimizer] = None,
                  wire_dtype: str = "auto", seed: int = 0, **options: Any):
-        super().__init__(process_group, optimizer, "int", seed=seed, wire_dtype=wire_dtype, **options)
+        super().__init__(process_group, optimizer, "int", seed=seed, wire_dtype=wire_dtype,
+                         **with_integer_first_step(options))
 
 
 def compressor_hook(state: CompressorState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:

@@ -7,9 +7,10 @@ Every check asserts on every rank (a failed assert exits non-zero) and prints on
 * ``same-as-IntSGD``: run A is DDP + intsgd_hook, run B is :class:`mpiopt.torch.IntSGD` on an
   identical copy of the model (no DDP). Both see the same per-rank minibatches, the same seed, the
   same LR schedule (lr changes at step 5) and one alpha block per layer; the model is one DDP bucket.
-  What is compared: every integer buffer each rank hands to ``allreduce_int`` (and the float64
-  first step's ``allgather``), recorded by a communicator that copies the buffer before sending it,
-  must be equal, step by step, between A and B; so must the final parameters. To make the second
+  What is compared: every integer buffer each rank hands to ``allreduce_int`` and ``allreduce_max``
+  (the first step's exponents, one per layer; then int8 from the first step on, nothing in float),
+  recorded by a communicator that copies the buffer before sending it, must be equal, step by step,
+  between A and B; so must the final parameters. To make the second
   comparison meaningful, A applies the update with IntSGD's arithmetic, p <- p - (lr * g), in
   float64: torch.optim.SGD fuses it into one multiply-add, whose last bit differs, and alpha reads
   the parameters' movement, so any one-bit difference would change later integers. (The optimizer
@@ -59,8 +60,12 @@ class RecordingCommunicator(TorchCommunicator):
         self.sent.append(buf.copy())
         return super().allreduce_int(buf, count)
 
+    def allreduce_max(self, buf, count=True):
+        self.sent.append(buf.copy())
+        return super().allreduce_max(buf, count)
+
     def allgather(self, sendbuf, recvbuf, count=True):
-        if count:  # the float first step (uncounted set-up gathers are not compared)
+        if count:  # a float first step (uncounted set-up gathers are not compared)
             self.sent.append(sendbuf.copy())
         return super().allgather(sendbuf, recvbuf, count)
 
@@ -132,8 +137,10 @@ def same_as_intsgd(X, y):
         F.cross_entropy(plain(xb), yb).backward()
         opt.step()
     sent_a, sent_b = state.comm.sent, rec_b.sent
-    assert len(sent_a) == len(sent_b) == STEPS, (len(sent_a), len(sent_b))
-    assert sent_a[0].dtype == np.float64 and sent_a[1].dtype == np.int8
+    assert len(sent_a) == len(sent_b) == STEPS + 1, (len(sent_a), len(sent_b))
+    layers = len(list(plain.parameters()))
+    assert sent_a[0].dtype == np.int64 and sent_a[0].shape == (layers,)  # the first step's exponents
+    assert all(a.dtype == np.int8 for a in sent_a[1:])
     for k, (a, b) in enumerate(zip(sent_a, sent_b)):
         assert a.dtype == b.dtype and np.array_equal(a, b), f"step {k}: the hook sent other values than IntSGD"
     assert torch.equal(flat(ddp.module), flat(plain)), "final parameters differ from IntSGD's"
@@ -180,7 +187,7 @@ def overflow(X, y):
     biggest = torch.tensor([state.max_abs_q])
     dist.all_reduce(biggest, op=dist.ReduceOp.MAX)
     assert state.clipped == 0 and float(biggest) > 2 ** 15 / n, (state.stats(), float(biggest))  # past int16 too
-    assert len(worst) == STEPS - 1 and max(worst) < 1.0, worst
+    assert len(worst) == STEPS and max(worst) < 1.0, worst  # every step is an integer step
     print("ok overflow", wires, state.stats())
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from mpi4py import MPI
 
 from mpiopt.comm import MPICommunicator
+from mpiopt.compressors.integer import IntCompressor
 from mpiopt.errors import RunError
 from mpiopt.methods import make_method
 from mpiopt.problems import LogisticProblem
@@ -91,12 +92,31 @@ for name in ("nat", "qsgd", "hint", "none"):
     report[f"{name}_mean"] = {"close": bool(np.allclose(mean, expected, rtol=1e-12, atol=1e-15)),
                               "same_everywhere": same_everywhere(mean)}
 
-# 4. A NaN on rank 2 only: every rank raises the same collective RunError naming rank 2.
+# 4. first_step='exponent': rank r's vector is scaled by 2^r; alpha = floor(127 / 4) / 2^e per block
+#    with 2^e >= the largest |v| over all ranks, so the first step is already int8, exact, unclipped.
+ve = np.random.default_rng(200 + rank).uniform(-1, 1, D) * 2.0 ** rank
+ve[:10] *= 1e-3  # a block far smaller than the others gets its own, larger alpha
+comp = IntCompressor(MPICommunicator(world), D, seed=1, worker=rank, fail=None, first_step="exponent",
+                     block_starts=[0, 10])
+comp.exchange(ve, 0, x, 0.1, mean, local)
+peaks = [float(world.allreduce(np.abs(ve[lo:hi]).max(), op=MPI.MAX)) for lo, hi in ((0, 10), (10, D))]
+report["exponent_first_step"] = {
+    "alpha": comp.alpha_blocks.tolist(),
+    "alpha_expected": [31.0 / 2.0 ** np.ceil(np.log2(p)) for p in peaks],
+    "wire": comp.summary()["steps_by_wire"], "clipped": world.allreduce(comp.clipped),
+    "bytes": comp.comm.bytes_sent,
+    "sum_exact": bool(np.array_equal(comp._buffer(0)[1].astype(np.int64),
+                                     gather_rows(comp.quant.sent.astype(np.int64)).sum(axis=0))),
+    "same_everywhere": same_everywhere(mean),
+}
+
+# 5. A NaN on rank 2 only: every rank raises the same collective RunError naming rank 2.
 bad = vr.copy()
 if rank == 2:
     bad[7] = np.nan
 errors = {}
 for name, opts in (("int", {}), ("int", {"alpha0": 1.0}), ("int", {"alpha0": 1.0, "wire_dtype": "int8"}),
+                   ("int", {"first_step": "exponent"}),
                    ("hint", {}), ("nat", {}), ("qsgd", {}), ("none", {})):
     meth = method_with(name, **opts)
     label = name + "".join(f",{k}={v}" for k, v in opts.items())

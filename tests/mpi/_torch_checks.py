@@ -105,9 +105,10 @@ def numpy_path(method_name, grads, x0, lr, seed, **options) -> np.ndarray:
 def parity(report):
     lr, seed = 0.05, 3
     cases = [
-        ("intsgd-scalar-int8", "cnn", dict(block=None, wire_dtype="int8"), dict(wire_dtype="int8")),
+        ("intsgd-scalar-int8", "cnn", dict(block=None, wire_dtype="int8"), dict(wire_dtype="int8", first_step="exponent")),
         ("intsgd-scalar-auto", "cnn", dict(block=None, wire_dtype="auto", beta=0.0),
-         dict(wire_dtype="auto", beta=0.0)),
+         dict(wire_dtype="auto", beta=0.0, first_step="exponent")),
+        ("intsgd-scalar-float-first", "cnn", dict(block=None, first_step="float"), dict()),
         ("intsgd-layer-int16", "equal", dict(block="layer", wire_dtype="int16", alpha0=50.0),
          dict(wire_dtype="int16", alpha0=50.0, block_size=36)),
     ]
@@ -127,7 +128,8 @@ def parity(report):
     opt = mt.IntSGD(model.parameters(), lr=lr, momentum=mu, weight_decay=wd, block=None, wire_dtype="int8", seed=seed)
     grads = []
     train(model, opt, batches("cnn", STEPS), grads)
-    comp = IntCompressor(MPICommunicator(COMM), p.size, seed=seed, worker=RANK, fail=None, wire_dtype="int8")
+    comp = IntCompressor(MPICommunicator(COMM), p.size, seed=seed, worker=RANK, fail=None, wire_dtype="int8",
+                         first_step="exponent")
     xt, m, mean = p.copy(), np.zeros_like(p), np.empty_like(p)
     for k, g in enumerate(grads):
         comp.exchange(wd * p + g, k, xt, lr, mean)

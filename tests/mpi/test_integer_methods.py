@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mpilaunch import run_mpi, run_script
@@ -40,6 +41,14 @@ def test_int8_sum_over_4_ranks_is_clipped_and_counted_never_wrapped(compress_rep
     assert r["clipped_total"] == 4 * 50  # every coordinate of every rank is ~40 > floor(127 / 4) = 31
     assert r["mean_min"] == r["mean_max"] == 31.0 and not r["exact"]  # clipped, not wrapped to negative
     assert r["bytes"] == 50 + 3 and r["summary"]["redone_steps"] == 0 and r["same_everywhere"]
+
+
+def test_exponent_first_step_is_int8_scaled_by_the_largest_value_over_ranks(compress_report):
+    r = compress_report["exponent_first_step"]
+    np.testing.assert_array_equal(r["alpha"], r["alpha_expected"])
+    assert r["alpha"][0] > 100 * r["alpha"][1]  # the small block is not rounded to zero with the others
+    assert r["wire"] == {"int8": 1} and r["clipped"] == 0 and r["sum_exact"] and r["same_everywhere"]
+    assert r["bytes"] == 2 * 8 + 50 + 3  # two int64 exponents, then the int8 step with its header
 
 
 def test_auto_promotes_to_int16_and_the_sum_is_exact(compress_report):

@@ -32,8 +32,8 @@ def report(tmp_path_factory):
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("case", ["intsgd-scalar-int8", "intsgd-scalar-auto", "intsgd-layer-int16",
-                                  "intsgd-momentum-wd"])
+@pytest.mark.parametrize("case", ["intsgd-scalar-int8", "intsgd-scalar-auto", "intsgd-scalar-float-first",
+                                  "intsgd-layer-int16", "intsgd-momentum-wd"])
 def test_parity_with_numpy_intsgd(report, case):
     assert report["n_ranks"] == 2
     assert report[f"parity/{case}"] is True
