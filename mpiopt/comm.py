@@ -135,6 +135,17 @@ class MPICommunicator:
         self.comm.Abort(code)
 
 
+def on_device(comm: Communicator) -> Communicator:
+    """``comm`` made able to take CuPy buffers: as it is when it already does (torch.distributed,
+    whose NCCL takes device tensors), else a :class:`mpiopt.kernels.cupy.DeviceCommunicator` over
+    it (CUDA-aware MPI, or pinned host staging)."""
+    if getattr(comm, "takes_device_arrays", False):
+        return comm
+    from mpiopt.kernels.cupy import DeviceCommunicator
+
+    return DeviceCommunicator(comm)
+
+
 def library_version() -> str:
     """The first line of the MPI library's version string (recorded in every trace)."""
     return MPI.Get_library_version().strip().splitlines()[0]

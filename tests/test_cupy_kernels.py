@@ -5,8 +5,9 @@ in-kernel noise equals numpy's u_j; random and deterministic rounding of float32
 with scalar and per-coordinate alpha give identical integers, clipped counts, max |Int| and sent
 values for int8/int16/int32 wires, and int64 clipping at the largest double below the bound;
 non-finite inputs are zeroed and reported the same way; decoding
-(scalar and array alpha, and the local C(v)) is bitwise equal; DeviceAllreduce returns the same sum
-through pinned host staging and (where the library is CUDA-aware) directly, counting the bytes.
+(scalar and array alpha, and the local C(v)) is bitwise equal; DeviceCommunicator returns the same sums,
+maxima, gathers and broadcasts through pinned host staging and (where the library is CUDA-aware)
+directly, counting the bytes; numpy control buffers pass through it unchanged.
 """
 
 import numpy as np
@@ -108,11 +109,11 @@ def test_decode_is_bit_identical(per_coordinate):
 
 
 @pytest.mark.parametrize("cuda_aware", [False, True])
-def test_device_allreduce(cuda_aware):
+def test_device_communicator(cuda_aware):
     if cuda_aware and not gpu.cuda_aware_mpi():
         pytest.skip("this MPI library is not CUDA-aware (MPIX_Query_cuda_support() == 0)")
     comm = MPICommunicator()
-    red = gpu.DeviceAllreduce(comm, cuda_aware=cuda_aware)
+    red = gpu.DeviceCommunicator(comm, cuda_aware=cuda_aware)
     buf = cupy.arange(-50, 50, dtype=np.int8)
     red.allreduce_int(buf)
     np.testing.assert_array_equal(cupy.asnumpy(buf), np.arange(-50, 50) * comm.size)
@@ -120,3 +121,14 @@ def test_device_allreduce(cuda_aware):
     f = cupy.linspace(0.0, 1.0, 33)
     red.allreduce_float(f)
     np.testing.assert_array_equal(cupy.asnumpy(f), np.linspace(0.0, 1.0, 33) * comm.size)
+    rows = cupy.empty((comm.size, 3))
+    red.allgather(cupy.full(3, float(comm.rank)), rows)
+    np.testing.assert_array_equal(cupy.asnumpy(rows), np.repeat(np.arange(comm.size, dtype=float), 3).reshape(-1, 3))
+    top = cupy.full(2, comm.rank, dtype=np.int64)
+    red.allreduce_max(top)
+    assert cupy.asnumpy(top).tolist() == [comm.size - 1] * 2
+    host = np.array([comm.rank], dtype=np.int64)
+    assert red.allreduce_max(host) is host and host[0] == comm.size - 1
+    root = cupy.full(4, float(comm.rank))
+    red.broadcast(root, root=0)
+    assert cupy.asnumpy(root).tolist() == [0.0] * 4

@@ -12,8 +12,8 @@ and the sum with u are written with ``__dmul_rn``/``__dadd_rn``, which NVRTC nev
 (numpy does not fuse either). Inputs may be float32 or float64; they are widened to double first, as
 the contract says. Clipping uses the same largest double <= bound as numpy (``float_below``).
 
-``DeviceAllreduce`` hands CuPy buffers to a :class:`mpiopt.comm.Communicator`: directly when the MPI
-library is CUDA-aware (:func:`cuda_aware_mpi`), else through pinned host buffers (``cupyx.empty_pinned``),
+``DeviceCommunicator`` hands CuPy buffers to a :class:`mpiopt.comm.Communicator`: directly when the
+MPI library is CUDA-aware (:func:`cuda_aware_mpi`), else through pinned host buffers (``cupyx.empty_pinned``),
 always after synchronizing the current stream, since MPI reads memory outside CUDA's stream order.
 """
 
@@ -217,46 +217,84 @@ def cuda_aware_mpi() -> bool:
     return False
 
 
-class DeviceAllreduce:
-    """Allreduce of CuPy buffers through a Communicator (which counts the bytes sent, as for numpy).
+class DeviceCommunicator:
+    """A Communicator for CuPy buffers over a host Communicator (MPI), counting bytes as it does.
 
-    CUDA-aware MPI gets the device buffer itself; otherwise each buffer is copied into a pinned host
-    buffer of the same shape and dtype (allocated on first use, then reused), reduced there and copied
-    back. Either way the current stream is synchronized before MPI touches the memory.
+    CUDA-aware MPI gets the device buffers themselves; otherwise each buffer goes through a pinned
+    host buffer of the same shape and dtype (allocated on first use, then reused). Either way the
+    current stream is synchronized before MPI touches the memory. numpy buffers (small control
+    messages such as a max or the first step's exponents) go to the host Communicator unchanged.
     """
+
+    takes_device_arrays = True
 
     def __init__(self, comm: Communicator, cuda_aware: Optional[bool] = None):
         self.comm = comm
+        self.rank, self.size, self.int_dtypes = comm.rank, comm.size, comm.int_dtypes
         self.cuda_aware = cuda_aware_mpi() if cuda_aware is None else bool(cuda_aware)
         self._pinned: Dict[Tuple[Tuple[int, ...], np.dtype], np.ndarray] = {}
 
-    def _host(self, buf: "cupy.ndarray") -> np.ndarray:
-        key = (buf.shape, buf.dtype)
+    @property
+    def bytes_sent(self) -> int:
+        return self.comm.bytes_sent
+
+    @bytes_sent.setter
+    def bytes_sent(self, value: int) -> None:
+        self.comm.bytes_sent = value
+
+    def _host(self, buf: "cupy.ndarray", slot: int = 0) -> np.ndarray:
+        key = (buf.shape, buf.dtype, slot)
         if key not in self._pinned:
             self._pinned[key] = cupyx.empty_pinned(buf.shape, dtype=buf.dtype)
         return self._pinned[key]
 
-    def _reduce(self, reduce, buf: "cupy.ndarray", count: bool) -> "cupy.ndarray":
+    def _collective(self, op, bufs, out, *args, **kw):
+        """``op(*bufs, ...)`` on device buffers: directly (CUDA-aware MPI), or through pinned host
+        copies, uploading ``bufs[0]`` (what this rank sends) and copying the result back into ``out``."""
+        if all(isinstance(b, np.ndarray) for b in bufs):
+            return op(*bufs, *args, **kw)
         stream = cupy.cuda.get_current_stream()
         if self.cuda_aware:
             stream.synchronize()
-            reduce(buf, count=count)
-            return buf
-        host = self._host(buf)
-        buf.get(stream=stream, out=host, blocking=False)
+            op(*bufs, *args, **kw)
+            return out
+        hosts = [b if isinstance(b, np.ndarray) else self._host(b, slot) for slot, b in enumerate(bufs)]
+        if hosts[0] is not bufs[0]:
+            bufs[0].get(stream=stream, out=hosts[0], blocking=False)
         stream.synchronize()
-        reduce(host, count=count)
-        buf.set(host, stream=stream)
-        return buf
+        op(*hosts, *args, **kw)
+        host_out = hosts[[b is out for b in bufs].index(True)]
+        if host_out is not out:
+            out.set(host_out, stream=stream)
+        return out
 
-    def allreduce_int(self, buf: "cupy.ndarray", count: bool = True) -> "cupy.ndarray":
-        """Sum an integer CuPy array over all ranks, in place (exact)."""
-        return self._reduce(self.comm.allreduce_int, buf, count)
+    def allreduce_int(self, buf, count: bool = True):
+        """Sum an integer array over all ranks, in place (exact)."""
+        return self._collective(self.comm.allreduce_int, (buf,), buf, count=count)
 
-    def allreduce_float(self, buf: "cupy.ndarray", count: bool = True) -> "cupy.ndarray":
-        """Sum a float32/float64 CuPy array over all ranks, in place."""
-        return self._reduce(self.comm.allreduce_float, buf, count)
+    def allreduce_float(self, buf, count: bool = True):
+        """Sum a float array over all ranks, in place."""
+        return self._collective(self.comm.allreduce_float, (buf,), buf, count=count)
 
-    def allreduce_max(self, buf: "cupy.ndarray", count: bool = True) -> "cupy.ndarray":
-        """Element-wise maximum of a CuPy array over all ranks, in place."""
-        return self._reduce(self.comm.allreduce_max, buf, count)
+    def allreduce_max(self, buf, count: bool = True):
+        """Element-wise maximum over all ranks, in place."""
+        return self._collective(self.comm.allreduce_max, (buf,), buf, count=count)
+
+    def allgather(self, sendbuf, recvbuf, count: bool = True):
+        """Gather equal-sized blocks from every rank into ``recvbuf``."""
+        return self._collective(self.comm.allgather, (sendbuf, recvbuf), recvbuf, count=count)
+
+    def allgatherv(self, sendbuf, recvbuf, counts: np.ndarray, count: bool = True):
+        """Gather blocks of different sizes (``counts[r]`` items from rank r) into ``recvbuf``."""
+        return self._collective(self.comm.allgatherv, (sendbuf, recvbuf), recvbuf, counts, count=count)
+
+    def broadcast(self, buf, root: int = 0):
+        """``root``'s array into every rank's ``buf``, in place (set-up only)."""
+        return self._collective(self.comm.broadcast, (buf,), buf, root=root)
+
+    def allgather_object(self, obj):
+        return self.comm.allgather_object(obj)
+
+    def abort(self, code: int = 1) -> None:
+        self.comm.abort(code)
+

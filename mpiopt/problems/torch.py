@@ -37,6 +37,19 @@ def as_array(tensor: torch.Tensor):
     raise TypeError(f"no zero-copy array type for a tensor on {tensor.device}; use a CPU or CUDA tensor")
 
 
+def array_module(device: torch.device):
+    """numpy for CPU tensors, CuPy for CUDA tensors (the array module of :func:`as_array`'s views)."""
+    if device.type == "cpu":
+        return np
+    if device.type == "cuda":
+        try:
+            import cupy
+        except ImportError:
+            raise ImportError("CUDA tensors need CuPy (pip install mpiopt[gpu]), which is not installed") from None
+        return cupy
+    raise TypeError(f"no array module for tensors on {device}; use CPU or CUDA tensors")
+
+
 class GradientBucket:
     """One model's parameters and gradients, each in one contiguous tensor that the params view.
 

@@ -50,10 +50,13 @@ Under ``torchrun`` pass ``comm=mpiopt.torch.comm.TorchCommunicator()`` (torch.di
 MPI). DDP users keep their DistributedDataParallel model and register a communication hook of
 :mod:`mpiopt.torch.hooks` instead (``IntSGDState`` / ``intsgd_hook``).
 
-CPU tensors only, for now: the compressors are numpy code. The GPU pieces exist -- the bucket's
-zero-copy CuPy view (:func:`mpiopt.problems.torch.as_array`), the CuPy quantizer that reproduces the
-numpy integers bit for bit and the CUDA-aware / pinned-host Allreduce (:mod:`mpiopt.kernels.cupy`) --
-but the compressors would have to take an array module and a quantizer to run on them.
+CUDA models: ``SGD``, ``IntSGD``, ``HintSGD``, ``NatSGD`` and ``QSGD`` run on the GPU: the buckets
+are CuPy views (DLPack, no copy), the compressor allocates through CuPy and rounds with the CuPy
+quantizer (the same integers as numpy's for the same seed), and the integers go to NCCL
+(``TorchCommunicator``) or to MPI through :class:`mpiopt.kernels.cupy.DeviceCommunicator` (the
+device buffer itself with CUDA-aware MPI, else one pinned host buffer). The last three wrap numpy
+methods and refuse CUDA tensors. The GPU path needs a GPU to run: ``benchmarks/gpu_check.py``
+exercises it; the CPU tests run the same code with numpy.
 """
 
 import math
@@ -62,12 +65,12 @@ from typing import Any, Callable, ClassVar, Dict, Iterable, Optional
 import numpy as np
 import torch
 
-from mpiopt.comm import Communicator
+from mpiopt.comm import Communicator, on_device
 from mpiopt.compressors import Compressor, compressor_class
 from mpiopt.errors import RunError
 from mpiopt.methods import make_method
 from mpiopt.methods.base import Method, flagged_ranks
-from mpiopt.problems.torch import GradientBucket
+from mpiopt.problems.torch import GradientBucket, array_module
 from mpiopt.run import RNG_KEYS, as_communicator, make_context
 from mpiopt.state import capture, restore
 
@@ -89,9 +92,9 @@ class _BucketProblem:
 
     n_samples = 1
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, xp=np):
         self.dim = dim
-        self.v = np.zeros(dim)
+        self.v = xp.zeros(dim)
 
     def smoothness(self) -> float:
         return math.nan
@@ -132,6 +135,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
     """
 
     method_name: ClassVar[str] = ""
+    takes_cuda: ClassVar[bool] = True
+    """Whether the optimizer runs on CUDA tensors (its exchange on CuPy arrays)."""
 
     def __init__(self, params: Iterable, comm=None, *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                  seed: int = 0, **options: Any):
@@ -146,22 +151,24 @@ class DistributedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{type(self).__name__} takes one parameter group (all parameters share lr, "
                              f"momentum and weight decay); got {len(self.param_groups)}")
         self.bucket = GradientBucket(self.param_groups[0]["params"])
-        if self.bucket.device.type != "cpu":
-            raise ValueError(f"{type(self).__name__} runs on CPU tensors (the compressors are numpy code); "
-                             f"the model is on {self.bucket.device}")
+        if self.bucket.device.type != "cpu" and not self.takes_cuda:
+            raise ValueError(f"{type(self).__name__} runs on CPU tensors (it wraps the numpy method "
+                             f"{self.method_name!r}); the model is on {self.bucket.device}: on a GPU use "
+                             f"{', '.join(c.__name__ for c in OPTIMIZERS.values() if c.takes_cuda)}")
+        self.xp = xp = array_module(self.bucket.device)
         if self.bucket.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"{type(self).__name__} takes float16, float32 or float64 parameters, got "
                              f"{self.bucket.dtype}; convert the model first (model.float())")
-        self.comm: Communicator = as_communicator(comm)
+        self.comm: Communicator = as_communicator(comm) if xp is np else on_device(as_communicator(comm))
         self.comm.broadcast(self.bucket.param_array(), root=0)  # replicas start equal, as DDP makes them
         d = self.bucket.dim
-        self.problem = _BucketProblem(d)
+        self.problem = _BucketProblem(d, xp)
         self.ctx = make_context(self.problem, self.comm, seed, lr, 1, math.nan, math.nan)
         self._grad = self.bucket.grad_array()
         self._param = self.bucket.param_array()
-        self._move = np.empty(d)
+        self._move = xp.empty(d)
         """This step's move before momentum, float64, identical on every rank."""
-        self._momentum = np.zeros(d)
+        self._momentum = xp.zeros(d)
         self.k = 0
         self.engine = self._build(dict(options))
         self.engine.state["momentum"] = self._momentum
@@ -191,10 +198,10 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self.bucket.bind()
         v = self.problem.v
         if wd:
-            np.multiply(self._param, np.float64(wd), out=v)
+            self.xp.multiply(self._param, np.float64(wd), out=v)
             v += self._grad
         else:
-            np.copyto(v, self._grad)
+            self.xp.copyto(v, self._grad)
         self._direction(lr)
         self._apply(lr, mu)
         self.k += 1
@@ -208,8 +215,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
             m *= mu
             m += move
             move = m
-        np.multiply(move, np.float64(lr), out=self._move)
-        np.subtract(self._param, self._move, out=self._param, casting="same_kind")
+        self.xp.multiply(move, np.float64(lr), out=self._move)
+        self._param -= self._move  # computed in float64, cast to the parameters' dtype
 
     @property
     def wire_bytes(self) -> int:
@@ -265,7 +272,7 @@ class _CompressorOptimizer(DistributedOptimizer):
     def _build(self, options: Dict[str, Any]) -> _CompressorEngine:
         ctx = self.ctx
         comp = compressor_class(self.compressor)(self.comm, self.bucket.dim, seed=ctx.seed, worker=ctx.worker,
-                                                 fail=self._fail, **options)
+                                                 fail=self._fail, xp=self.xp, **options)
         comp.prepare(self._param)
         engine = _CompressorEngine(comp)
         if self.reads_iterate:
@@ -370,6 +377,7 @@ class QSGD(_CompressorOptimizer):
 class _MethodOptimizer(DistributedOptimizer):
     """Optimizers that wrap a whole mpiopt method: its step from x = 0 gives -update in x."""
 
+    takes_cuda = False
     momentum_in_method: ClassVar[bool] = False
     """True when ``momentum`` is the method's own option (then no heavy ball is added on top)."""
 

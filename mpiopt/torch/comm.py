@@ -8,7 +8,8 @@ launcher that calls ``torch.distributed.init_process_group``) instead of ``mpiex
     result = mpiopt.minimize(problem, "vr-intdiana", comm=TorchCommunicator())
 
 Arrays go to the collectives without a copy (``torch.from_numpy`` for numpy arrays, DLPack for
-device arrays). ``bytes_sent`` counts what this rank hands to each collective, as
+device arrays); under NCCL, which takes device tensors only, host arrays (small control messages)
+are copied to the device and back. ``bytes_sent`` counts what this rank hands to each collective, as
 :class:`mpiopt.comm.MPICommunicator` does. gloo and NCCL cannot SUM int16 (gloo answers "Invalid
 scalar type"), so ``int_dtypes`` is (int8, int32, int64): the int compressor's ``auto`` climbs
 int8 -> int32 -> int64 here, and a fixed ``wire_dtype='int16'`` is refused when the compressor is
@@ -51,6 +52,9 @@ class TorchCommunicator:
     group's ranks.
     """
 
+    takes_device_arrays = True
+    """CuPy buffers go to the collectives as device tensors (DLPack), with no host copy."""
+
     def __init__(self, group: Optional[dist.ProcessGroup] = None):
         if not dist.is_available() or not dist.is_initialized():
             raise InputError("TorchCommunicator needs an initialized torch.distributed process group: call "
@@ -66,10 +70,26 @@ class TorchCommunicator:
         if count:
             self.bytes_sent += nbytes
 
-    def _reduce(self, buf, op, count: bool):
-        dist.all_reduce(as_tensor(buf), op=op, group=self.group)
-        self._count(buf.nbytes, count)
+    def _wire(self, buf) -> torch.Tensor:
+        """The tensor a collective gets for ``buf``: a view of it; under NCCL, which takes device
+        tensors only, a device copy of a host array (small control messages, e.g. a max)."""
+        tensor = as_tensor(buf)
+        if self.backend == "nccl" and tensor.device.type == "cpu":
+            return tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        return tensor
+
+    @staticmethod
+    def _land(buf, tensor: torch.Tensor):
+        """Copy a collective's result back into ``buf`` when :meth:`_wire` gave a copy."""
+        if isinstance(buf, np.ndarray) and tensor.device.type != "cpu":
+            as_tensor(buf).view(-1).copy_(tensor.reshape(-1))
         return buf
+
+    def _reduce(self, buf, op, count: bool):
+        tensor = self._wire(buf)
+        dist.all_reduce(tensor, op=op, group=self.group)
+        self._count(buf.nbytes, count)
+        return self._land(buf, tensor)
 
     def allreduce_int(self, buf, count: bool = True):
         """Sum an int8/int32/int64 array over all ranks, in place (exact, order-independent)."""
@@ -88,26 +108,28 @@ class TorchCommunicator:
 
     def allgather(self, sendbuf, recvbuf, count: bool = True):
         """Gather equal-sized blocks from every rank: ``recvbuf`` has ``size * len(sendbuf)`` items."""
-        dist.all_gather_single(as_tensor(recvbuf).view(-1), as_tensor(sendbuf).reshape(-1), group=self.group)
+        out = self._wire(recvbuf)
+        dist.all_gather_single(out.view(-1), self._wire(sendbuf).reshape(-1), group=self.group)
         self._count(sendbuf.nbytes, count)
-        return recvbuf
+        return self._land(recvbuf, out)
 
     def allgatherv(self, sendbuf, recvbuf, counts: np.ndarray, count: bool = True):
         """Gather blocks of different sizes (``counts[r]`` items from rank r, in rank order) by padding
         each block to the largest count; only this rank's ``counts[rank]`` items are counted as sent."""
         counts = np.asarray(counts, dtype=np.int64)
         width = int(counts.max()) if counts.size else 0
-        send = torch.zeros(width, dtype=as_tensor(sendbuf).dtype, device=as_tensor(sendbuf).device)
-        send[:sendbuf.size] = as_tensor(sendbuf).reshape(-1)
+        mine = self._wire(sendbuf)
+        send = torch.zeros(width, dtype=mine.dtype, device=mine.device)
+        send[:sendbuf.size] = mine.reshape(-1)
         gathered = torch.empty(self.size * width, dtype=send.dtype, device=send.device)
         dist.all_gather_single(gathered, send, group=self.group)
         rows = gathered.view(self.size, width)
-        out = as_tensor(recvbuf).view(-1)
+        out = self._wire(recvbuf).view(-1)
         starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
         for r, (start, c) in enumerate(zip(starts.tolist(), counts.tolist())):  # one copy per rank
             out[start:start + c] = rows[r, :c]
         self._count(sendbuf.nbytes, count)
-        return recvbuf
+        return self._land(recvbuf, out)
 
     def allgather_object(self, obj: Any) -> List[Any]:
         """Every rank's small Python object, in rank order (control messages only, never the hot path)."""
@@ -120,8 +142,9 @@ class TorchCommunicator:
 
     def broadcast(self, buf, root: int = 0):
         """``root``'s array into every rank's ``buf``, in place (set-up only: not counted as wire bytes)."""
-        dist.broadcast(as_tensor(buf), src=self._global(root), group=self.group)
-        return buf
+        tensor = self._wire(buf)
+        dist.broadcast(tensor, src=self._global(root), group=self.group)
+        return self._land(buf, tensor)
 
     def bcast(self, obj, root: int = 0):
         """Broadcast a small Python object from ``root`` (control messages only)."""

@@ -46,10 +46,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mpiopt.comm import Communicator
+from mpiopt.comm import Communicator, on_device
 from mpiopt.compressors import compressor_class
 from mpiopt.compressors.integer import IntCompressor
-from mpiopt.problems.torch import as_array
+from mpiopt.problems.torch import array_module, as_array
 from mpiopt.state import capture, restore
 from mpiopt.torch import _CompressorEngine, non_finite_gradient, with_integer_first_step
 from mpiopt.torch.comm import TorchCommunicator
@@ -57,14 +57,6 @@ from mpiopt.torch.comm import TorchCommunicator
 Layout = Tuple[Tuple[int, int], ...]
 """A bucket's contents: (position in the optimizer's parameter list, numel) of each parameter."""
 BLOCKS = ("layer", "bucket")
-
-
-def _array_module(tensor: torch.Tensor):
-    if tensor.device.type == "cuda":
-        import cupy
-
-        return cupy
-    return np
 
 
 class _BucketPlan:
@@ -95,7 +87,8 @@ class _Bucket:
         opts = dict(state.options)
         if "block_starts" in {o.name for o in state.cls.options}:
             opts["block_starts"] = plan.starts if state.block == "layer" else None
-        comp = state.cls(state.comm, plan.dim, seed=state.seed + (index << 32), worker=state.comm.rank,
+        comm = state.comm if xp is np else on_device(state.comm)
+        comp = state.cls(comm, plan.dim, seed=state.seed + (index << 32), worker=state.comm.rank,
                          fail=state.fail, xp=xp, **opts)
         self.engine = _CompressorEngine(comp)
         self.v, self.x, self.mean = xp.empty(plan.dim), xp.zeros(plan.dim), xp.empty(plan.dim)
@@ -162,11 +155,11 @@ class CompressorState:
         known = self.buckets.get(index)
         if known is not None and known.plan.ids == tuple(id(p) for p in params):
             return known
-        plan = _BucketPlan(params, self._position, _array_module(grad_bucket.buffer()))
+        plan = _BucketPlan(params, self._position, array_module(grad_bucket.buffer().device))
         if known is not None and known.plan.layout == plan.layout:
             known.plan = plan
             return known
-        made = self.buckets[index] = _Bucket(self, plan, index, _array_module(grad_bucket.buffer()))
+        made = self.buckets[index] = _Bucket(self, plan, index, array_module(grad_bucket.buffer().device))
         if index in self._saved:
             made.restore(self._saved.pop(index), index)
         return made

@@ -125,6 +125,19 @@ def test_torch_bfloat16_is_a_clear_error():
         mt.IntSGD(model.parameters(), lr=0.1)
 
 
+def test_torch_optimizers_name_the_devices_they_run_on():
+    """A tensor on a device with no array module is a clear error; the optimizers that wrap numpy
+    methods say they run on CPU tensors and which optimizers take GPU models."""
+    torch = pytest.importorskip("torch")
+    import mpiopt.torch as mt
+
+    with pytest.raises(TypeError, match=r"no array module for tensors on meta; use CPU or CUDA tensors"):
+        mt.IntSGD(torch.nn.Linear(3, 1, device="meta").parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"DGC runs on CPU tensors \(it wraps the numpy method 'dgc'\); the model "
+                                         r"is on meta: on a GPU use SGD, IntSGD, HintSGD, NatSGD, QSGD"):
+        mt.DGC(torch.nn.Linear(3, 1, device="meta").parameters(), lr=0.1)
+
+
 def test_load_problem_gives_the_cli_shards_to_python(tmp_path):
     from mpiopt.data import preprocess
 
