@@ -20,26 +20,44 @@ momentum and weight decay, the same initial weights per seed, and the same minib
 all_gather*) is wrapped in this process and the bytes of the tensor this rank hands it are summed
 over the training steps, then divided by the steps (mean over ranks). ``seconds_per_step`` is the
 training wall time per step (slowest rank; evaluation excluded). ``test_accuracy`` is the final
-model's accuracy on the test set, mean over the seeds.
+model's accuracy on the test set, mean over the seeds. ``curve`` is the seed-mean ``[cumulative
+training seconds (slowest rank, evaluation excluded), test accuracy]`` after each epoch, and
+``seconds_to_accuracy`` the first of those seconds at which the curve reaches ``target_accuracy``
+(``--target-accuracy``; by default the ``allreduce`` hook's final seed-mean accuracy on that dataset
+minus 0.5 points), ``null`` with ``reached: false`` when it never does.
 
     python benchmarks/ddp_hooks.py --ranks 4 --epochs 8 --mlp-epochs 1 --seeds 3 \\
         --json benchmarks/results/ddp_hooks.json --net shm
 
 writes OUT (``{"results": [{"hook", "dataset", "test_accuracy", "bytes_per_step",
-"seconds_per_step", "seeds"}, ...]}`` plus a header of the settings) and a figure ``<OUT stem>.png``
-(accuracy vs bytes per step and vs seconds per step). ``--net shm``: gloo over TCP loopback on this
-machine. The emulated 1 Gbit/s network (``benchmarks/netbed.py``) is not wired in yet: ``--net
-1gbit`` stops with a message. Seconds are wall time on a shared machine: compare them within one run.
+"seconds_per_step", "seeds", "curve", "target_accuracy", "seconds_to_accuracy", "reached"}, ...]}``
+plus a header of the settings) and a figure ``<OUT stem>.png`` (per dataset: accuracy vs bytes per
+step, vs seconds per step, and vs cumulative training seconds).
+
+``--net shm``: R processes spawned here, gloo over TCP loopback on this machine. ``--net 1gbit``: the
+emulated cluster of ``benchmarks/netbed.py`` (root and ``tc`` needed, else it says why and exits 2):
+one network namespace per rank with a 1 Gbit/s tbf-shaped link to a bridge; rank K's worker runs
+inside namespace K (``ip netns exec``), gloo's rendezvous is at rank 0's bed address and
+``GLOO_SOCKET_IFNAME`` is the bed's NIC, so every gradient byte crosses the shaped links. All workers
+are ended as soon as one fails, on ``--timeout`` or on a signal, and the bed is always torn down.
+The header then also holds ``nic_tx_bytes`` (what the bed's NICs sent over the whole run, set-up
+and evaluation included) next to ``hook_bytes`` (what the hooks handed to the collectives while
+training, all ranks and runs), and the bed's description. Seconds are wall time on a shared
+machine: compare them within one run.
 """
 
 import argparse
+import contextlib
 import json
+import math
 import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -47,12 +65,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+import netbed  # noqa: E402
 from deep import MOMENTUM, TASKS, WEIGHT_DECAY, accuracy, load_task, make_model, shard  # noqa: E402
 
 HOOKS = ("allreduce", "fp16", "bf16", "powersgd", "intsgd")
 MARKERS = ("o", "s", "D", "^", "*")
 DATASETS = ("digits", "a9a")
 GATHERS = ("all_gather_single", "all_gather_into_tensor", "all_gather")
+TARGET_MARGIN = 0.005
+"""The default target accuracy is the allreduce hook's final accuracy minus this (0.5 points)."""
+BED_PORT = 29500
+"""gloo's rendezvous port at rank 0's bed address (a fresh namespace: nothing else listens there)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -108,8 +131,21 @@ def bf16_on_cpu(process_group, bucket):
     return default_hooks.bf16_compress_hook(process_group, bucket)
 
 
+def slowest(seconds: float) -> float:
+    """The largest of every rank's ``seconds``: a training phase lasts as long as its slowest rank."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([seconds], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
 def train_one(hook_name: str, dataset: str, data, epochs: int, seed: int, meter: ByteMeter) -> Dict[str, Any]:
-    """Train one model under DDP with one hook; every rank returns the same record."""
+    """Train one model under DDP with one hook; every rank returns the same record.
+
+    ``curve`` holds, after each epoch, the slowest rank's cumulative training seconds and the test
+    accuracy (evaluation and the per-epoch barrier are not timed)."""
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -127,7 +163,7 @@ def train_one(hook_name: str, dataset: str, data, epochs: int, seed: int, meter:
     ddp.register_comm_hook(state, hook)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.6 * epochs), int(0.85 * epochs)], gamma=0.1)
     rng = np.random.default_rng([seed, rank])
-    meter.bytes, seconds = 0, 0.0
+    meter.bytes, seconds, curve = 0, 0.0, []
     for _ in range(epochs):
         order = rows[torch.from_numpy(rng.permutation(len(rows))[: steps * batch])]
         dist.barrier()
@@ -141,16 +177,16 @@ def train_one(hook_name: str, dataset: str, data, epochs: int, seed: int, meter:
         meter.on = False
         seconds += time.perf_counter() - t0
         sched.step()
-    totals = torch.tensor([meter.bytes, seconds], dtype=torch.float64)
-    slowest = totals.clone()
-    dist.all_reduce(totals)
-    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        curve.append([slowest(seconds), accuracy(ddp.module, Xte, yte)])
+    sent = torch.tensor([meter.bytes], dtype=torch.float64)
+    dist.all_reduce(sent)
     params = torch.cat([p.detach().reshape(-1) for p in ddp.parameters()])
     every = [torch.empty_like(params) for _ in range(size)]
     dist.all_gather(every, params)
-    return {"hook": hook_name, "dataset": dataset, "seed": seed, "test_accuracy": accuracy(ddp.module, Xte, yte),
-            "bytes_per_step": float(totals[0]) / size / (steps * epochs),
-            "seconds_per_step": float(slowest[1]) / (steps * epochs), "steps": steps * epochs,
+    return {"hook": hook_name, "dataset": dataset, "seed": seed, "test_accuracy": curve[-1][1],
+            "bytes_per_step": float(sent) / size / (steps * epochs),
+            "seconds_per_step": curve[-1][0] / (steps * epochs), "steps": steps * epochs,
+            "sent_bytes": int(sent), "curve": curve,
             "identical_on_all_ranks": all(torch.equal(e, every[0]) for e in every),
             "hook_stats": state.stats() if hasattr(state, "stats") else None}
 
@@ -160,12 +196,14 @@ def epochs_of(dataset: str, args) -> int:
     return args.epochs if TASKS[dataset]["model"] == "cnn" else args.mlp_epochs or args.epochs
 
 
-def worker(rank: int, args, port: int) -> None:
+def worker(rank: int, args, init_method: str) -> None:
+    """Rank ``rank`` of the job: join the gloo group at ``init_method``, train every (dataset, hook,
+    seed); rank 0 writes the records to ``args.worker_out``. Ends the process."""
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=args.ranks)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=args.ranks)
     from mpiopt.kernels import cpu_kernel, warm_up
 
     warm_up(cpu_kernel())  # intsgd's quantizer compiled before any timed step, as mpiopt run does
@@ -192,19 +230,51 @@ def worker(rank: int, args, port: int) -> None:
 # ---------------------------------------------------------------------------------------------------
 # driver side
 # ---------------------------------------------------------------------------------------------------
+class JobError(RuntimeError):
+    """The workers failed, ran past --timeout, or their traffic missed the emulated network."""
+
+
 def aggregate(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One result per (dataset, hook): means over the seeds."""
+    """One result per (dataset, hook): means over the seeds, the curve's too (epoch by epoch)."""
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["hook"], r["dataset"]), []).append(r)
     return [{"hook": hook, "dataset": dataset,
              **{key: float(np.mean([r[key] for r in runs])) for key in ("test_accuracy", "bytes_per_step",
                                                                         "seconds_per_step")},
-             "seeds": [r["seed"] for r in runs]} for (hook, dataset), runs in groups.items()]
+             "seeds": [r["seed"] for r in runs],
+             "curve": np.mean([r["curve"] for r in runs], axis=0).tolist()} for (hook, dataset), runs in groups.items()]
 
 
-def plot(results: List[Dict[str, Any]], out: Path) -> None:
-    """Test accuracy against bytes per step and against seconds per step, one row per dataset."""
+def seconds_to(curve: List[List[float]], target: Optional[float]) -> Optional[float]:
+    """The first cumulative seconds at which ``curve`` ([seconds, accuracy] per epoch) reaches
+    ``target``; None if it never does or there is no target."""
+    if target is None:
+        return None
+    c = np.asarray(curve)
+    hit = np.flatnonzero(c[:, 1] >= target)
+    return float(c[hit[0], 0]) if hit.size else None
+
+
+def add_time_to_accuracy(results: List[Dict[str, Any]], given: Optional[float]) -> Dict[str, Optional[float]]:
+    """Give every result its dataset's ``target_accuracy``, the ``seconds_to_accuracy`` of its curve
+    and whether it was ``reached``; returns the target of each dataset.
+
+    The target is ``given``, else the allreduce hook's final accuracy minus TARGET_MARGIN: as good
+    as uncompressed DDP up to noise, so the time to it compares what the hooks cost to get there
+    (None for a dataset without an allreduce run)."""
+    targets: Dict[str, Optional[float]] = {r["dataset"]: given for r in results}
+    if given is None:
+        targets.update({r["dataset"]: r["test_accuracy"] - TARGET_MARGIN for r in results if r["hook"] == "allreduce"})
+    for r in results:
+        seconds = seconds_to(r["curve"], targets[r["dataset"]])
+        r.update(target_accuracy=targets[r["dataset"]], seconds_to_accuracy=seconds, reached=seconds is not None)
+    return targets
+
+
+def plot(results: List[Dict[str, Any]], targets: Dict[str, Optional[float]], out: Path) -> None:
+    """Per dataset (one row): test accuracy against bytes per step, against seconds per step, and
+    against cumulative training seconds (one line per hook, the target dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,21 +282,44 @@ def plot(results: List[Dict[str, Any]], out: Path) -> None:
     import matplotlib.ticker
 
     datasets = list(dict.fromkeys(r["dataset"] for r in results))
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(10, 3.8 * len(datasets)), squeeze=False)
+    fig, axes = plt.subplots(len(datasets), 3, figsize=(15, 3.8 * len(datasets)), squeeze=False)
     for row, dataset in zip(axes, datasets):
         for r in (r for r in results if r["dataset"] == dataset):
+            marker = MARKERS[HOOKS.index(r["hook"])]
             for ax, key in zip(row, ("bytes_per_step", "seconds_per_step")):
                 ax.scatter(r[key], 100 * r["test_accuracy"], s=90 if r["hook"] == "intsgd" else 50, label=r["hook"],
-                           marker=MARKERS[HOOKS.index(r["hook"])], alpha=0.8)
+                           marker=marker, alpha=0.8)
+            curve = np.asarray(r["curve"])
+            row[2].plot(curve[:, 0], 100 * curve[:, 1], marker=marker, ms=4, label=r["hook"], alpha=0.8)
+        if targets[dataset] is not None:
+            row[2].axhline(100 * targets[dataset], color="gray", ls="--", lw=1, label="target")
         row[0].legend(fontsize=8)
         row[0].set(xlabel="bytes per step per rank", ylabel="test accuracy (%)", xscale="log", title=dataset)
         row[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         row[1].set(xlabel="seconds per step", ylabel="test accuracy (%)", title=dataset)
+        row[2].legend(fontsize=8)
+        row[2].set(xlabel="cumulative training seconds (slowest rank)", ylabel="test accuracy (%)",
+                   title=f"{dataset}: time to accuracy")
         for ax in row:
             ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+
+
+def print_table(results: List[Dict[str, Any]], targets: Dict[str, Optional[float]]) -> None:
+    """Accuracy, bytes, time per step and seconds to the target, against the allreduce hook."""
+    base = {r["dataset"]: r for r in results if r["hook"] == "allreduce"}
+    print(f"{'dataset':8s} {'hook':9s} {'test acc':>8s} {'vs fp32':>8s} {'B/step':>9s} {'fp32/B':>7s} {'ms/step':>8s} "
+          f"{'s to tgt':>8s}")
+    for r in results:
+        b = base.get(r["dataset"], r)
+        to = f"{r['seconds_to_accuracy']:8.2f}" if r["reached"] else f"{'never':>8s}"
+        print(f"{r['dataset']:8s} {r['hook']:9s} {100 * r['test_accuracy']:8.2f} "
+              f"{100 * (r['test_accuracy'] - b['test_accuracy']):+8.2f} {r['bytes_per_step']:9.0f} "
+              f"{b['bytes_per_step'] / r['bytes_per_step']:7.2f} {1e3 * r['seconds_per_step']:8.2f} {to}")
+    print("target test accuracy: " + ", ".join(f"{d} {'none (no allreduce run)' if t is None else f'{100 * t:.2f}%'}"
+                                               for d, t in targets.items()))
 
 
 def free_port() -> int:
@@ -235,12 +328,84 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def drive(args) -> None:
+def spawn_here(args) -> Dict[str, Any]:
+    """--net shm: the ranks as processes spawned here, gloo over TCP loopback."""
     import torch.multiprocessing as mp
 
-    if args.net != "shm":
-        raise SystemExit("--net 1gbit: the emulated network of benchmarks/netbed.py is not wired into this "
-                         "script yet; run with --net shm")
+    mp.spawn(worker, args=(args, f"tcp://127.0.0.1:{free_port()}"), nprocs=args.ranks, join=True)
+    return {"transport": "gloo over TCP loopback, one machine", "nic_tx_bytes": None}
+
+
+def worker_options(args, rank: int, init_method: str) -> List[str]:
+    """The options that make this script run rank ``rank`` of ``args``'s job (datasets already
+    filtered, paths absolute)."""
+    opts = ["--worker-rank", str(rank), "--worker-init", init_method, "--worker-out", args.worker_out,
+            "--json", args.json, "--ranks", str(args.ranks), "--epochs", str(args.epochs), "--seeds", str(args.seeds),
+            "--libsvm-dir", str(args.libsvm_dir.resolve()), "--datasets", *args.datasets, "--hooks", *args.hooks]
+    if args.mlp_epochs is not None:
+        opts += ["--mlp-epochs", str(args.mlp_epochs)]
+    return opts
+
+
+def end_ranks(procs: List[subprocess.Popen], grace: float = 5.0) -> None:
+    """SIGTERM the workers' process group, SIGKILL it after ``grace`` seconds, reap every worker:
+    netbed.end_group's escalation for a group whose leader (rank 0) may have exited first."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if all(p.poll() is not None for p in procs):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(procs[0].pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.05)
+
+
+def run_ranks(cmds: List[List[str]], env: Dict[str, str], timeout: Optional[float]) -> List[Optional[int]]:
+    """Run one command per rank, all in one new process group, and wait for them.
+
+    Returns the exit codes once every worker exited 0 or one exited otherwise (those still running
+    then read None). Whatever happens -- a failed worker, ``timeout`` seconds passing (JobError), a
+    signal that the bed turned into SystemExit -- the whole group is ended before this returns, so
+    no worker outlives the job or waits forever for a dead peer."""
+    procs = [subprocess.Popen(cmds[0], env=env, preexec_fn=os.setpgrp)]
+    try:
+        group = procs[0].pid
+        procs += [subprocess.Popen(c, env=env, preexec_fn=lambda: os.setpgid(0, group)) for c in cmds[1:]]
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        while True:
+            codes = [p.poll() for p in procs]
+            if all(c == 0 for c in codes) or any(c not in (None, 0) for c in codes):
+                return codes
+            if time.monotonic() > deadline:
+                raise JobError(f"the workers ran past --timeout {timeout:g} s; all were ended")
+            time.sleep(0.1)
+    finally:
+        end_ranks(procs)
+
+
+def run_on_bed(args) -> Dict[str, Any]:
+    """--net 1gbit: build the emulated network, run rank K's worker inside namespace K with gloo on
+    the bed's NIC, tear the bed down; returns the transport and the bytes the NICs sent."""
+    with netbed.NetBed(args.ranks, args.net) as bed:
+        init = f"tcp://{bed.address(0)}:{BED_PORT}"
+        cmds = [["ip", "netns", "exec", bed.ns(r), sys.executable, str(Path(__file__).resolve()),
+                 *worker_options(args, r, init)] for r in range(args.ranks)]
+        before = bed.counters()
+        codes = run_ranks(cmds, {**os.environ, "GLOO_SOCKET_IFNAME": netbed.NIC}, args.timeout)
+        after = bed.counters()
+        described = bed.describe()
+    failed = [f"rank {r} {'was ended' if c is None else f'exited {c}'}" for r, c in enumerate(codes) if c != 0]
+    if failed:
+        raise JobError(f"the job failed on the {args.net} bed ({', '.join(failed)}); every worker was ended")
+    nic = [{k: a[k] - b[k] for k in ("tx_bytes", "rx_bytes")} for a, b in zip(after, before)]
+    return {"transport": f"gloo over TCP across netbed's emulated {args.net} network: one namespace per rank, "
+                         f"GLOO_SOCKET_IFNAME={netbed.NIC}, rendezvous at {init}",
+            "nic_tx_bytes": sum(n["tx_bytes"] for n in nic), "nic_bytes": nic,
+            "netbed": {k: v for k, v in described.items() if k != "mpi_env"}}
+
+
+def runnable_datasets(args) -> List[str]:
+    """The asked datasets whose files exist (digits always does); says why each other one is skipped."""
     datasets = []
     for dataset in args.datasets:
         missing = [n for n in (dataset, dataset + ".t") if dataset != "digits" and not (args.libsvm_dir / n).is_file()]
@@ -248,35 +413,56 @@ def drive(args) -> None:
             print(f"skipping {dataset}: {', '.join(missing)} not found in {args.libsvm_dir}", flush=True)
         else:
             datasets.append(dataset)
-    args.datasets = datasets
-    out = Path(args.json)
+    return datasets
+
+
+def drive(args) -> None:
+    """Run the job on the asked network, then write the JSON and the figure and print the table."""
+    args.datasets = runnable_datasets(args)
+    if not args.datasets:
+        raise JobError("no dataset to run")
+    out = Path(args.json).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    args.worker_out = str(out.with_name(out.stem + "-raw.json"))
+    args.json = str(out)
+    raw = out.with_name(out.stem + "-raw.json")
+    raw.unlink(missing_ok=True)
+    args.worker_out = str(raw)
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     t0 = time.perf_counter()
-    mp.spawn(worker, args=(args, free_port()), nprocs=args.ranks, join=True)
-    raw = Path(args.worker_out)
+    net = spawn_here(args) if args.net == "shm" else run_on_bed(args)
     records = json.loads(raw.read_text())
     raw.unlink()
     results = aggregate(records)
-    plot(results, out.with_suffix(".png"))
-    header = {"ranks": args.ranks, "net": args.net, "transport": "gloo over TCP loopback, one machine",
+    targets = add_time_to_accuracy(results, args.target_accuracy)
+    plot(results, targets, out.with_suffix(".png"))
+    hook_bytes = sum(r["sent_bytes"] for r in records)
+    header = {"ranks": args.ranks, "net": args.net, **net, "hook_bytes": hook_bytes,
               "epochs": {d: epochs_of(d, args) for d in args.datasets},
               "tasks": {d: TASKS[d] for d in args.datasets}, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY,
+              "target_accuracy": targets,
+              "target_rule": "--target-accuracy" if args.target_accuracy is not None else
+              f"allreduce's final seed-mean test accuracy - {TARGET_MARGIN}",
               "identical_on_all_ranks": all(r["identical_on_all_ranks"] for r in records),
               "intsgd_stats": [r["hook_stats"] for r in records if r["hook"] == "intsgd"],
               "wall_seconds": round(time.perf_counter() - t0, 1)}
     out.write_text(json.dumps({**header, "results": results}, indent=1))
-    base = {r["dataset"]: r for r in results if r["hook"] == "allreduce"}
-    print(f"{'dataset':8s} {'hook':9s} {'test acc':>8s} {'vs fp32':>8s} {'B/step':>9s} {'fp32/B':>7s} {'ms/step':>8s}")
-    for r in results:
-        b = base.get(r["dataset"], r)
-        print(f"{r['dataset']:8s} {r['hook']:9s} {100 * r['test_accuracy']:8.2f} "
-              f"{100 * (r['test_accuracy'] - b['test_accuracy']):+8.2f} {r['bytes_per_step']:9.0f} "
-              f"{b['bytes_per_step'] / r['bytes_per_step']:7.2f} {1e3 * r['seconds_per_step']:8.2f}")
+    print_table(results, targets)
+    if net["nic_tx_bytes"] is not None:
+        print(f"{net['nic_tx_bytes']:.0f} bytes crossed the bed's NICs; the hooks handed {hook_bytes:.0f} to gloo")
+        if net["nic_tx_bytes"] < hook_bytes:
+            raise JobError(f"fewer bytes crossed the bed's NICs than the hooks sent: gloo bypassed the shaped links "
+                           f"(results in {out} are not from the emulated network)")
 
 
-def main(argv=None) -> None:
+def fraction(text: str) -> float:
+    """An accuracy in (0, 1] (argparse type)."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"an accuracy is a fraction in (0, 1], got {text}")
+    return value
+
+
+def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ranks", type=int, default=4)
     p.add_argument("--epochs", type=int, default=8, help="epochs of the CNN (and of the MLP unless --mlp-epochs)")
@@ -287,8 +473,27 @@ def main(argv=None) -> None:
     p.add_argument("--libsvm-dir", type=Path, default=HERE.parent.parent / "shared" / "data" / "libsvm")
     p.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     p.add_argument("--hooks", nargs="+", choices=HOOKS, default=list(HOOKS))
-    drive(p.parse_args(argv))
+    p.add_argument("--target-accuracy", type=fraction, default=None,
+                   help="test accuracy (fraction) for seconds_to_accuracy; default: per dataset, the allreduce "
+                        f"hook's final seed-mean accuracy - {TARGET_MARGIN}")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="--net 1gbit: seconds the workers may take before all are ended (default: no limit)")
+    p.add_argument("--worker-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by run_on_bed
+    p.add_argument("--worker-init", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker_rank is not None:
+        worker(args.worker_rank, args, args.worker_init)
+    try:
+        drive(args)
+    except netbed.NetBedError as e:
+        print(f"netbed: {e}", file=sys.stderr)
+        return 2
+    except JobError as e:
+        print(f"ddp_hooks: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,10 +1,13 @@
 """benchmarks/ddp_hooks.py end to end on a tiny budget: 2 gloo ranks, digits, 1 epoch, 1 seed.
 
 Checks the JSON's exact shape, that the bytes per step are measured (fp32 allreduce hands 4 bytes
-per parameter to all_reduce each step; intsgd about a quarter of that plus its float64 first step)
-and that --net 1gbit stops with a message instead of running on the wrong network."""
+per parameter to all_reduce each step; intsgd about a quarter of that plus its float64 first step),
+the time-to-accuracy fields (a curve per record, seconds to the target read from it) and that
+--net 1gbit without a usable test bed stops with netbed's one-line message (exit 2) instead of
+running on the wrong network. The run across the bed itself is in tests/mpi/test_netbed_run.py."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +15,10 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ddp_hooks.py"
+sys.path.insert(0, str(SCRIPT.parent))
 CNN_PARAMETERS = 38282
+CONTRACT = {"hook", "dataset", "test_accuracy", "bytes_per_step", "seconds_per_step", "seeds"}
+TIME_TO_ACCURACY = {"curve", "target_accuracy", "seconds_to_accuracy", "reached"}
 
 
 def test_two_ranks_digits_json_and_measured_bytes(tmp_path):
@@ -24,19 +30,50 @@ def test_two_ranks_digits_json_and_measured_bytes(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads(out.read_text())
     assert report["identical_on_all_ranks"] is True
+    assert report["net"] == "shm" and report["nic_tx_bytes"] is None
     rows = {r["hook"]: r for r in report["results"]}
     assert sorted(rows) == ["allreduce", "intsgd"]
     for r in rows.values():
-        assert set(r) == {"hook", "dataset", "test_accuracy", "bytes_per_step", "seconds_per_step", "seeds"}
+        assert set(r) == CONTRACT | TIME_TO_ACCURACY
         assert r["dataset"] == "digits" and r["seeds"] == [0] and 0 <= r["test_accuracy"] <= 1
-    assert rows["allreduce"]["bytes_per_step"] == 4 * CNN_PARAMETERS
+        assert len(r["curve"]) == 1 and r["curve"][-1][1] == r["test_accuracy"]
     steps = (1347 // 2) // 32
+    assert rows["allreduce"]["bytes_per_step"] == 4 * CNN_PARAMETERS
     ints = ((steps - 1) * (CNN_PARAMETERS + 3) + 8 * CNN_PARAMETERS) / steps  # int8 + header, float64 first step
     assert ints <= rows["intsgd"]["bytes_per_step"] <= ints + 64 / steps  # + the set-up gathers' few bytes
+    assert report["hook_bytes"] == sum(2 * steps * r["bytes_per_step"] for r in rows.values())
+    target = rows["allreduce"]["test_accuracy"] - 0.005
+    assert report["target_accuracy"] == {"digits": target}
+    assert rows["allreduce"]["reached"] and rows["allreduce"]["seconds_to_accuracy"] == rows["allreduce"]["curve"][0][0]
+    assert "s to tgt" in res.stdout
     assert out.with_suffix(".png").stat().st_size > 0
 
 
-def test_1gbit_is_refused_with_a_message(tmp_path):
+def test_seconds_to_accuracy_is_read_from_the_seed_mean_curve():
+    import ddp_hooks
+
+    records = [{"hook": h, "dataset": "digits", "seed": s, "test_accuracy": c[-1][1], "bytes_per_step": 1.0,
+                "seconds_per_step": 1.0, "curve": c}
+               for h, s, c in [("allreduce", 0, [[1, 0.5], [2, 0.9]]), ("allreduce", 1, [[3, 0.7], [4, 0.9]]),
+                               ("intsgd", 0, [[1, 0.8], [2, 0.88]]), ("intsgd", 1, [[1, 0.9], [2, 0.88]]),
+                               ("fp16", 0, [[1, 0.5], [2, 0.6]]), ("fp16", 1, [[1, 0.5], [2, 0.6]])]]
+    results = {r["hook"]: r for r in ddp_hooks.aggregate(records)}
+    assert results["allreduce"]["curve"] == [[2, 0.6], [3, 0.9]]
+    targets = ddp_hooks.add_time_to_accuracy(list(results.values()), None)
+    assert targets == {"digits": pytest.approx(0.895)}
+    assert (results["allreduce"]["seconds_to_accuracy"], results["allreduce"]["reached"]) == (3, True)
+    for hook in ("intsgd", "fp16"):  # seed means 0.85 then 0.88, and 0.5 then 0.6: never 0.895
+        assert (results[hook]["seconds_to_accuracy"], results[hook]["reached"]) == (None, False)
+    ddp_hooks.add_time_to_accuracy(list(results.values()), 0.8)
+    assert [results[h]["seconds_to_accuracy"] for h in ("allreduce", "intsgd", "fp16")] == [3, 1, None]
+
+
+def test_1gbit_without_a_bed_exits_2_with_netbeds_message(tmp_path):
+    """Not root, no tc, or (here as root) a lock that is a symbolic link: the bed is refused before
+    anything runs."""
+    lock = tmp_path / "lock"
+    lock.symlink_to(tmp_path / "elsewhere")
     res = subprocess.run([sys.executable, str(SCRIPT), "--net", "1gbit", "--json", str(tmp_path / "x.json")],
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode != 0 and "netbed" in res.stderr, res.stderr
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "MPIOPT_NETBED_LOCK": str(lock)})
+    assert res.returncode == 2 and res.stderr.startswith("netbed: ") and res.stderr.count("\n") == 1, res.stderr
+    assert not (tmp_path / "x.json").exists()

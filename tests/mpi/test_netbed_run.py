@@ -1,11 +1,14 @@
 """``benchmarks/netbed.py run``: an mpiopt job across the emulated cluster (one namespace per rank,
 MPI over TCP through shaped links) gives an integer method the same ``x_final``, bit for bit, as the
-same job on shared memory, and its traffic really crosses the bed's NICs."""
+same job on shared memory, and its traffic really crosses the bed's NICs; ``benchmarks/ddp_hooks.py
+--net 1gbit`` runs its gloo workers across the bed the same way."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from mpilaunch import run_mpi
 
@@ -37,3 +40,26 @@ def test_bed_run_passes_the_jobs_failure_on(netbed_ready, tmp_path):
                          capture_output=True, text=True, timeout=90)
     assert bed.returncode != 0
     assert "nothing" in bed.stderr and "the job exited" in bed.stderr
+
+
+def test_ddp_hooks_across_the_1gbit_bed(netbed_ready, tmp_path):
+    """benchmarks/ddp_hooks.py --net 1gbit: gloo's traffic crosses the shaped links (the NICs sent at
+    least what the hooks handed to the collectives), the records keep their contract, intsgd sends
+    fewer bytes per step than fp32 allreduce."""
+    pytest.importorskip("torch")
+    out = tmp_path / "ddp.json"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ddp_hooks.py"), "--net", "1gbit", "--ranks", "2",
+                          "--epochs", "1", "--seeds", "1", "--datasets", "digits", "--hooks", "allreduce", "intsgd",
+                          "--timeout", "60", "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["net"] == "1gbit" and netbed_ready.NIC in report["transport"]
+    assert report["identical_on_all_ranks"] is True
+    rows = {r["hook"]: r for r in report["results"]}
+    assert sorted(rows) == ["allreduce", "intsgd"]
+    for r in rows.values():
+        assert {"hook", "dataset", "test_accuracy", "bytes_per_step", "seconds_per_step", "seeds", "curve",
+                "seconds_to_accuracy"} <= set(r)
+    assert report["nic_tx_bytes"] >= report["hook_bytes"] > 0
+    assert rows["intsgd"]["bytes_per_step"] < rows["allreduce"]["bytes_per_step"]
+    assert netbed_ready.namespaces() == []
