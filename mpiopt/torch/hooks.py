@@ -61,7 +61,9 @@ BLOCKS = ("layer", "bucket")
 
 class _BucketPlan:
     """Where a DDP bucket's parameters lie in its buffer (DDP's order) and in the compressor's vector
-    (the optimizer's order), as a gather index: vector[j] = buffer[perm[j]]."""
+    (the optimizer's order), as runs of slice copies: vector[dst:dst + n] = buffer[src:src + n] for
+    each (src, dst, n) in ``runs`` (one run per parameter, adjacent ones merged: one run when DDP's
+    order is the optimizer's)."""
 
     def __init__(self, params: Sequence[torch.Tensor], position: Dict[int, int], xp):
         missing = [i for i, p in enumerate(params) if id(p) not in position]
@@ -76,7 +78,18 @@ class _BucketPlan:
         self.layout: Layout = tuple((position[id(params[i])], int(sizes[i])) for i in order)
         self.starts = np.concatenate(([0], np.cumsum(sizes[order])[:-1])).tolist()
         self.dim = int(sizes.sum())
-        self.perm = xp.asarray(np.concatenate([np.arange(offsets[i], offsets[i] + sizes[i]) for i in order]))
+        self.runs = merged_runs([(int(offsets[i]), start, int(sizes[i])) for i, start in zip(order, self.starts)])
+
+
+def merged_runs(runs: List[Tuple[int, int, int]]) -> List[Tuple[int, int, int]]:
+    """(src, dst, n) copies with each run that continues the previous one in both buffers merged into it."""
+    merged: List[Tuple[int, int, int]] = []
+    for src, dst, n in runs:
+        if merged and merged[-1][0] + merged[-1][2] == src and merged[-1][1] + merged[-1][2] == dst:
+            merged[-1] = (merged[-1][0], merged[-1][1], merged[-1][2] + n)
+        else:
+            merged.append((src, dst, n))
+    return merged
 
 
 class _Bucket:
@@ -96,7 +109,8 @@ class _Bucket:
 
     def load(self, flat, reads_iterate: bool) -> None:
         """v <- the bucket's gradient in the optimizer's order (float64); x <- its parameters."""
-        self.v[...] = flat[self.plan.perm]
+        for src, dst, n in self.plan.runs:
+            self.v[dst:dst + n] = flat[src:src + n]
         if reads_iterate:
             for p, start, (_, size) in zip(self.plan.params, self.plan.starts, self.plan.layout):
                 self.x[start:start + size] = as_array(p).reshape(-1)
@@ -241,7 +255,8 @@ def compressor_hook(state: CompressorState, bucket: dist.GradBucket) -> torch.fu
     b.engine.comp.exchange(b.v, b.k, b.x, lr, b.mean)
     b.engine.count()
     b.k += 1
-    flat[b.plan.perm] = b.mean
+    for src, dst, n in b.plan.runs:
+        flat[src:src + n] = b.mean[dst:dst + n]
     fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
     fut.set_result(buf)
     return fut
