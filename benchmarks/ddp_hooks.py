@@ -302,6 +302,7 @@ def plot(results: List[Dict[str, Any]], targets: Dict[str, Optional[float]], out
                    title=f"{dataset}: time to accuracy")
         for ax in row:
             ax.grid(alpha=0.3)
+            ax.ticklabel_format(axis="y", useOffset=False)  # accuracies that differ in the 3rd decimal
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
