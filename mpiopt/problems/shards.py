@@ -19,7 +19,9 @@ def load_problem(data_dir: str, comm=None) -> Tuple[LogisticProblem, Dict[str, A
     size must equal the number of shards. ``meta`` holds ``dataset``, ``n_samples``, ``n_features``,
     ``l2``, ``L`` (global smoothness), ``L_workers`` (one per shard), ``f_star`` and ``x_star`` (a list),
     the values ``mpiopt run`` passes to :func:`mpiopt.minimize`. Any rank's failure (missing shard,
-    wrong rank count, checksum) raises the same :class:`InputError` on every rank.
+    wrong rank count, checksum) raises the same :class:`InputError` on every rank, and so do ranks
+    that read different meta.json files (hosts holding different preprocessings at the same path:
+    each rank's shard would match its own copy, and the run would mix problems without a word).
     """
     from mpiopt.data import load_shard
     from mpiopt.run import as_communicator  # mpiopt.run imports this package: import it on first use
@@ -32,4 +34,19 @@ def load_problem(data_dir: str, comm=None) -> Tuple[LogisticProblem, Dict[str, A
     except InputError as exc:
         error = exc
     agree_or_raise(comm, error)
+    same_meta_or_raise(comm, data_dir, meta["meta_sha256"])
     return problem, meta
+
+
+def same_meta_or_raise(comm, data_dir: str, seal: str) -> None:
+    """Raise the same InputError on every rank unless every rank's meta.json has the same ``meta_sha256``."""
+    seals = comm.allgather_object(seal)
+    if len(set(seals)) == 1:
+        return
+    groups: Dict[str, list] = {}
+    for rank, found in enumerate(seals):
+        groups.setdefault(found, []).append(rank)
+    found = "; ".join(f"rank(s) {ranks} {found[:12]}..." for found, ranks in groups.items())
+    raise InputError(f"the ranks read different {data_dir}/meta.json files (meta_sha256: {found}): every host must "
+                     "hold the same preprocessed folder; copy it from one place (or put it on a shared file "
+                     "system)", collective=True)

@@ -138,6 +138,29 @@ def test_torch_optimizers_name_the_devices_they_run_on():
         mt.DGC(torch.nn.Linear(3, 1, device="meta").parameters(), lr=0.1)
 
 
+def test_ranks_that_read_different_meta_files_stop_with_one_message(tmp_path):
+    """Two 'hosts' with different preprocessings (another --l2) at the same path: an MPMD job whose
+    rank 1 is given the other folder. Each shard matches its own meta.json; the seal comparison stops it."""
+    import subprocess
+    import sys
+
+    from mpilaunch import mpiexec_path
+    from mpiopt import launch
+    from mpiopt.data import preprocess
+
+    cancer = load_breast_cancer()
+    for name, l2 in (("host-a", 1e-3), ("host-b", 2e-3)):
+        preprocess(cancer.data, 2.0 * cancer.target - 1.0, 2, l2, tmp_path / name, dataset="bc", source_sha256=None)
+    run = [sys.executable, "-m", "mpiopt", "run", "--method", "gd", "--iters", "5", "--no-progress"]
+    cmd = [mpiexec_path(), "-n", "1", *run, "--data", str(tmp_path / "host-a"), "--out", str(tmp_path / "a.json"),
+           ":", "-n", "1", *run, "--data", str(tmp_path / "host-b"), "--out", str(tmp_path / "a.json")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=launch.mpi_env(None))
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("mpiopt: error: the ranks read different") == 1, res.stderr
+    assert "rank(s) [0]" in res.stderr and "rank(s) [1]" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "a.json").exists()
+
+
 def test_load_problem_gives_the_cli_shards_to_python(tmp_path):
     from mpiopt.data import preprocess
 
