@@ -100,6 +100,7 @@ class IntCompressor(Compressor):
         self._alpha_vec = xp.empty(d) if nb > 1 else None
         self._block_of = xp.asarray(np.repeat(np.arange(nb, dtype=np.intp), self.sizes.astype(np.intp)))
         self._blocksq = np.empty(nb)
+        self._starts_dev = None
         self._diff = xp.empty(d) if nb > 1 else None
         self._max = np.empty(1)
         self._order: Optional[List[int]] = None
@@ -154,9 +155,14 @@ class IntCompressor(Compressor):
                     "(or use --alpha adaptive)")
         return "use --wire-dtype auto or a wider dtype"
 
-    def _host(self, a) -> np.ndarray:
-        """A numpy copy of a small device array (the per-block sums alpha needs); numpy arrays as they are."""
-        return a if isinstance(a, np.ndarray) else self.xp.asnumpy(a)
+    def _per_block(self, ufunc: np.ufunc, values, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """``ufunc.reduceat`` over the alpha blocks, on the device that holds ``values`` (only the one
+        value per block crosses to the host for a CuPy array)."""
+        if isinstance(values, np.ndarray):
+            return ufunc.reduceat(values, self.starts, out=out)
+        if self._starts_dev is None:
+            self._starts_dev = self.xp.asarray(self.starts)
+        return self.xp.asnumpy(getattr(self.xp, ufunc.__name__).reduceat(values, self._starts_dev))
 
     def _buffer(self, level: int):
         """(whole buffer, its d integers, its header) for ``level``, allocated on first use."""
@@ -193,7 +199,7 @@ class IntCompressor(Compressor):
             self.alpha_blocks[0] = alpha
             return alpha
         diff = self.quant.step_squares(x, st["x_prev"], self._diff)  # (x^k - x^{k-1})^2; x_prev <- x
-        sq = np.add.reduceat(self._host(diff), self.starts, out=self._blocksq)
+        sq = self._per_block(np.add, diff, out=self._blocksq)
         if st["have_r"]:
             r *= o["beta"]
             r += (1.0 - o["beta"]) * sq
@@ -217,8 +223,7 @@ class IntCompressor(Compressor):
         if self.dim == 0:
             self.alpha_blocks[...] = 1.0
             return self.alpha_blocks
-        absv = self._host(self.xp.abs(v))
-        peak = np.maximum.reduceat(absv, self.starts) if len(self.starts) > 1 else np.array([absv.max()])
+        peak = self._per_block(np.maximum, self.xp.abs(v))
         finite = np.isfinite(peak)
         mant, exps = np.frexp(np.where(finite, peak, 1.0))
         exps = exps.astype(np.int64) - (mant == 0.5)
