@@ -179,6 +179,24 @@ def test_block_alpha_follows_alg2():
     np.testing.assert_allclose(comp.alpha_blocks, per_block, rtol=1e-12)
 
 
+@pytest.mark.parametrize("starts", [[0, 100, 250], list(range(0, 300, 4))], ids=["slice-fill", "gather"])
+def test_block_alpha_reaches_every_coordinate_of_its_block(starts):
+    """Long blocks (>= 64 coordinates on average) get alpha by one slice fill per block, short ones
+    by a gather: either way coordinate j is scaled by its own block's alpha."""
+    d, lr, eps = 300, 0.3, 0.5
+    comp = make(IntCompressor, d, eps=eps, block_starts=starts, rounding="deterministic", wire_dtype="int64")
+    assert (comp._fill is not None) == (len(starts) == 3)  # both ways of spreading alpha are exercised
+    rng = np.random.default_rng(5)
+    v, x1 = rng.standard_normal(d), rng.standard_normal(d) * 0.01
+    mean, local = np.empty(d), np.empty(d)
+    comp.exchange(v, 0, np.zeros(d), lr, mean, local)
+    comp.exchange(v, 1, x1, lr, mean, local)
+    bounds = list(zip(starts, starts[1:] + [d]))
+    want = np.concatenate([np.full(hi - lo, lr * math.sqrt(hi - lo) / math.sqrt(
+        2 * float(np.sum(x1[lo:hi] ** 2)) + lr ** 2 * ((hi - lo) / d) * eps ** 2)) for lo, hi in bounds])
+    np.testing.assert_allclose(local, np.rint(want * v) / want, rtol=1e-12)
+
+
 def test_alpha0_makes_the_first_step_integer_and_constant_keeps_it():
     d = 5
     v = np.arange(d, dtype=float)

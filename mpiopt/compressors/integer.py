@@ -41,6 +41,8 @@ OVER, FITS_SMALLER, NON_FINITE = 0, 1, 2
 SHRINK_AFTER = 16
 """Steps in a row that every rank must fit the smaller dtype before ``auto`` speculates on it."""
 
+FILL_MIN_BLOCK = 64
+"""Average block size from which the per-coordinate alpha is written block by block (see ``_fill``)."""
 MIN_EXPONENT = -960
 """The smallest exponent of the first step's scaling: 2^960 times a dtype's bound stays finite."""
 NON_FINITE_EXPONENT = np.iinfo(np.int64).max
@@ -99,6 +101,10 @@ class IntCompressor(Compressor):
         xp = self.xp
         self._alpha_vec = xp.empty(d) if nb > 1 else None
         self._block_of = xp.asarray(np.repeat(np.arange(nb, dtype=np.intp), self.sizes.astype(np.intp)))
+        ends = np.append(self.starts[1:], d)
+        self._fill = list(zip(self.starts.tolist(), ends.tolist())) if xp is np and nb * FILL_MIN_BLOCK <= d else None
+        """Each block's (start, end) when alpha is spread by slice fills (numpy, blocks of >= FILL_MIN_BLOCK
+        coordinates on average: one memset-like fill per block beats a gather of d indices)."""
         self._blocksq = np.empty(nb)
         self._starts_dev = None
         self._diff = xp.empty(d) if nb > 1 else None
@@ -212,6 +218,11 @@ class IntCompressor(Compressor):
         """The alpha of each block as the exchange takes it: a float (one block) or one per coordinate."""
         if self._alpha_vec is None:
             return float(alphas[0])
+        if self._fill is not None:
+            vec = self._alpha_vec
+            for a, (lo, hi) in zip(alphas.tolist(), self._fill):
+                vec[lo:hi] = a
+            return vec
         return self.xp.take(self.xp.asarray(alphas), self._block_of, out=self._alpha_vec)
 
     def _exponent_alpha(self, v) -> np.ndarray:
