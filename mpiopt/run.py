@@ -47,6 +47,11 @@ class OptimizeResult(dict):
         return "OptimizeResult(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
+def context_rngs(ctx: Context) -> Dict[str, np.random.Generator]:
+    """The context's random streams by name: what a state record saves and restores."""
+    return {key: getattr(ctx, key) for key in RNG_KEYS}
+
+
 def as_communicator(comm) -> Communicator:
     """Accept None (COMM_WORLD: size 1 without mpiexec), an mpi4py communicator, or a Communicator."""
     if isinstance(comm, Communicator):
@@ -230,11 +235,9 @@ class Runner:
         shown = [(k, row[k]) for k in ("dist_sq", "f_gap", "grad_norm_sq") if row.get(k) is not None][:2]
         return " ".join(f"{k}={v:.3e}" for k, v in shown)
 
-    def rngs(self) -> Dict[str, np.random.Generator]:
-        return {key: getattr(self.ctx, key) for key in RNG_KEYS}
 
     def save_checkpoint(self, x: np.ndarray, k: int) -> None:
-        record = capture(self.method, self.rngs(), self.ctx.comm)
+        record = capture(self.method, context_rngs(self.ctx), self.ctx.comm)
         arrays = {"x": x, **{f"state/{n}": v for n, v in record.pop("arrays").items()}}
         info = {**record, "seconds": self.seconds,
                 "history": self.trace.history if self.ctx.comm.rank == 0 else None}
@@ -245,7 +248,7 @@ class Runner:
         arrays, info = saved["arrays"], saved["info"]
         x[...] = arrays["x"]
         record = {**info, "arrays": {n[len("state/"):]: v for n, v in arrays.items() if n.startswith("state/")}}
-        restore(record, self.method, self.rngs(), self.ctx.comm)
+        restore(record, self.method, context_rngs(self.ctx), self.ctx.comm)
         self.seconds = info["seconds"]
         if info.get("history") is not None:
             self.trace.restore(info["history"])

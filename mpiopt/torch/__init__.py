@@ -59,6 +59,7 @@ methods and refuse CUDA tensors. The GPU path needs a GPU to run: ``benchmarks/g
 exercises it; the CPU tests run the same code with numpy.
 """
 
+import functools
 import math
 from typing import Any, Callable, ClassVar, Dict, Iterable, Optional
 
@@ -71,11 +72,29 @@ from mpiopt.errors import RunError
 from mpiopt.methods import make_method
 from mpiopt.methods.base import Method, flagged_ranks
 from mpiopt.problems.torch import GradientBucket, array_module
-from mpiopt.run import RNG_KEYS, as_communicator, make_context
+from mpiopt.run import as_communicator, context_rngs, make_context
 from mpiopt.state import capture, restore
 
 SUPPORTED_DTYPES = (torch.float16, torch.float32, torch.float64)
 """Parameter dtypes the optimizers take (numpy, which the compressors run on, has no bfloat16)."""
+
+
+def record_to_torch(record: Dict[str, Any]) -> Dict[str, Any]:
+    """A state record (:mod:`mpiopt.state`) with its arrays as tensors, for ``torch.save`` and
+    ``torch.load(weights_only=True)``."""
+    return {**record, "arrays": {name: torch.from_numpy(value) for name, value in record["arrays"].items()}}
+
+
+def record_from_torch(record: Dict[str, Any]) -> Dict[str, Any]:
+    """The inverse of :func:`record_to_torch`: the arrays back as numpy arrays."""
+    return {**record, "arrays": {name: value.numpy() for name, value in record["arrays"].items()}}
+
+
+def check_identity(saved: Dict[str, Any], mine: Dict[str, Any], what: str) -> None:
+    """Raise ValueError(``what``: each key whose saved value differs from this object's) unless they match."""
+    wrong = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
+    if wrong:
+        raise ValueError(f"{what}: " + ", ".join(f"{k} saved {s!r}, here {h!r}" for k, (s, h) in wrong.items()))
 
 
 def non_finite_gradient(comm: Communicator, k: int, local_bad: bool) -> None:
@@ -207,15 +226,19 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self.k += 1
         return loss
 
+    def _with_momentum(self, mu: float):
+        """This step's move with heavy-ball momentum after decoding: m = mu m + move, kept on every
+        rank (so never sent); the move itself when ``mu`` is 0."""
+        if not mu:
+            return self._move
+        m = self._momentum
+        m *= mu
+        m += self._move
+        return m
+
     def _apply(self, lr: float, mu: float) -> None:
         """p -= lr (mu m + d) with m kept on every rank (heavy ball after decoding)."""
-        move = self._move
-        if mu:
-            m = self._momentum
-            m *= mu
-            m += move
-            move = m
-        self.xp.multiply(move, np.float64(lr), out=self._move)
+        self.xp.multiply(self._with_momentum(mu), np.float64(lr), out=self._move)
         self._param -= self._move  # computed in float64, cast to the parameters' dtype
 
     @property
@@ -233,30 +256,23 @@ class DistributedOptimizer(torch.optim.Optimizer):
         """Coordinates clipped to the wire dtype's bound so far on this rank (integer methods)."""
         return self.engine.clipped
 
-    def _rngs(self) -> Dict[str, np.random.Generator]:
-        return {key: getattr(self.ctx, key) for key in RNG_KEYS}
+    def _identity(self) -> Dict[str, Any]:
+        return {"method": self.method_name, "n_ranks": self.comm.size, "rank": self.comm.rank, "dim": self.bucket.dim}
 
     def state_dict(self) -> Dict[str, Any]:
         """This rank's optimizer state: hyper-parameters and the state record (:mod:`mpiopt.state`):
         the engine's arrays (method or compressor state, momentum, ...), step, streams, counters."""
-        record = capture(self.engine, self._rngs(), self.comm)
-        record["arrays"] = {name: torch.from_numpy(value) for name, value in record["arrays"].items()}
+        record = record_to_torch(capture(self.engine, context_rngs(self.ctx), self.comm))
         return {
             "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups],
-            "mpiopt": {"method": self.method_name, "n_ranks": self.comm.size, "rank": self.comm.rank,
-                       "dim": self.bucket.dim, "step": self.k, **record},
+            "mpiopt": {**self._identity(), "step": self.k, **record},
         }
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restore a state saved by the same optimizer class on the same rank of a same-size job."""
         saved = state_dict["mpiopt"]
-        mine = {"method": self.method_name, "n_ranks": self.comm.size, "rank": self.comm.rank, "dim": self.bucket.dim}
-        wrong = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
-        if wrong:
-            raise ValueError("optimizer state does not match this optimizer: " +
-                             ", ".join(f"{k} saved {s!r}, here {h!r}" for k, (s, h) in wrong.items()))
-        record = {**saved, "arrays": {name: value.numpy() for name, value in saved["arrays"].items()}}
-        restore(record, self.engine, self._rngs(), self.comm)
+        check_identity(saved, self._identity(), "optimizer state does not match this optimizer")
+        restore(record_from_torch(saved), self.engine, context_rngs(self.ctx), self.comm)
         self.k = int(saved["step"])
         for group, hyper in zip(self.param_groups, state_dict["param_groups"]):
             group.update(hyper)
@@ -272,21 +288,21 @@ class _CompressorOptimizer(DistributedOptimizer):
     def _build(self, options: Dict[str, Any]) -> _CompressorEngine:
         ctx = self.ctx
         comp = compressor_class(self.compressor)(self.comm, self.bucket.dim, seed=ctx.seed, worker=ctx.worker,
-                                                 fail=self._fail, xp=self.xp, **options)
+                                                 fail=functools.partial(non_finite_gradient, self.comm), xp=self.xp,
+                                                 **options)
         comp.prepare(self._param)
         engine = _CompressorEngine(comp)
         if self.reads_iterate:
             self._iterate = engine.state["iterate"] = self._param.astype(np.float64)
+            self._iterate_move = self.xp.empty(self.bucket.dim)
         return engine
-
-    def _fail(self, k: int, local_bad: bool) -> None:
-        non_finite_gradient(self.comm, k, local_bad)
 
     def _direction(self, lr: float) -> None:
         comp = self.engine.comp
         if self.reads_iterate:
             comp.exchange(self.problem.v, self.k, self._iterate, lr, self._move)
-            self._iterate -= lr * self._move
+            self.xp.multiply(self._move, np.float64(lr), out=self._iterate_move)
+            self._iterate -= self._iterate_move
         else:  # these compressors do not read the iterate
             comp.exchange(self.problem.v, self.k, None, lr, self._move)
         self.engine.count()
@@ -399,12 +415,7 @@ class _MethodOptimizer(DistributedOptimizer):
 
     def _apply(self, lr: float, mu: float) -> None:
         """p -= (mu m + u) for the method's update u (which already includes lr)."""
-        move = self._move
-        if mu and not self.momentum_in_method:
-            m = self._momentum
-            m *= mu
-            m += move
-            move = m
+        move = self._with_momentum(0.0 if self.momentum_in_method else mu)
         np.subtract(self._param, move, out=self._param, casting="same_kind")
 
 

@@ -40,6 +40,7 @@ CUDA buckets run on CuPy arrays (DLPack views, the CuPy quantizer, NCCL); that p
 is exercised by ``benchmarks/gpu_check.py`` only.
 """
 
+import functools
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -51,7 +52,8 @@ from mpiopt.compressors import compressor_class
 from mpiopt.compressors.integer import IntCompressor
 from mpiopt.problems.torch import array_module, as_array
 from mpiopt.state import capture, restore
-from mpiopt.torch import _CompressorEngine, non_finite_gradient, with_integer_first_step
+from mpiopt.torch import (_CompressorEngine, check_identity, non_finite_gradient, record_from_torch, record_to_torch,
+                          with_integer_first_step)
 from mpiopt.torch.comm import TorchCommunicator
 
 Layout = Tuple[Tuple[int, int], ...]
@@ -65,7 +67,7 @@ class _BucketPlan:
     each (src, dst, n) in ``runs`` (one run per parameter, adjacent ones merged: one run when DDP's
     order is the optimizer's)."""
 
-    def __init__(self, params: Sequence[torch.Tensor], position: Dict[int, int], xp):
+    def __init__(self, params: Sequence[torch.Tensor], position: Dict[int, int]):
         missing = [i for i, p in enumerate(params) if id(p) not in position]
         if missing:
             raise ValueError(f"the DDP bucket holds {len(missing)} parameter(s) the optimizer does not: give the "
@@ -96,13 +98,13 @@ class _Bucket:
     """One bucket index: its plan, its compressor (with the counters of a method) and step counter."""
 
     def __init__(self, state: "CompressorState", plan: _BucketPlan, index: int, xp):
-        self.plan, self.xp, self.k = plan, xp, 0
+        self.plan, self.k = plan, 0
         opts = dict(state.options)
         if "block_starts" in {o.name for o in state.cls.options}:
             opts["block_starts"] = plan.starts if state.block == "layer" else None
         comm = state.comm if xp is np else on_device(state.comm)
         comp = state.cls(comm, plan.dim, seed=state.seed + (index << 32), worker=state.comm.rank,
-                         fail=state.fail, xp=xp, **opts)
+                         fail=functools.partial(non_finite_gradient, state.comm), xp=xp, **opts)
         self.engine = _CompressorEngine(comp)
         self.v, self.x, self.mean = xp.empty(plan.dim), xp.zeros(plan.dim), xp.empty(plan.dim)
         comp.prepare(self.x)  # compile its kernels (once per process) before the first exchange
@@ -116,8 +118,7 @@ class _Bucket:
                 self.x[start:start + size] = as_array(p).reshape(-1)
 
     def record(self) -> Dict[str, Any]:
-        rec = capture(self.engine, {}, self.engine.comp.comm)
-        rec["arrays"] = {name: torch.as_tensor(value) for name, value in rec["arrays"].items()}
+        rec = record_to_torch(capture(self.engine, {}, self.engine.comp.comm))
         return {"layout": [list(e) for e in self.plan.layout], "step": self.k, **rec}
 
     def restore(self, saved: Dict[str, Any], index: int) -> None:
@@ -126,8 +127,7 @@ class _Bucket:
             raise ValueError(f"saved hook state of bucket {index} is for parameters {list(layout)} (position in the "
                              f"optimizer, numel), this DDP bucket holds {list(self.plan.layout)}: build the model "
                              "and DDP (bucket_cap_mb) as in the saved run")
-        arrays = {name: value.numpy() for name, value in saved["arrays"].items()}
-        restore({**saved, "arrays": arrays}, self.engine, {}, self.engine.comp.comm)
+        restore(record_from_torch(saved), self.engine, {}, self.engine.comp.comm)
         self.k = int(saved["step"])
 
 
@@ -159,9 +159,6 @@ class CompressorState:
         self.buckets: Dict[int, _Bucket] = {}
         self._saved: Dict[int, Dict[str, Any]] = {}
 
-    def fail(self, k: int, local_bad: bool) -> None:
-        non_finite_gradient(self.comm, k, local_bad)
-
     def bucket(self, grad_bucket: dist.GradBucket) -> _Bucket:
         """The compressor of ``grad_bucket``'s index, made on first use (restoring a loaded state);
         a bucket DDP only reordered keeps its compressor, one with other parameters gets a new one."""
@@ -169,7 +166,7 @@ class CompressorState:
         known = self.buckets.get(index)
         if known is not None and known.plan.ids == tuple(id(p) for p in params):
             return known
-        plan = _BucketPlan(params, self._position, array_module(grad_bucket.buffer().device))
+        plan = _BucketPlan(params, self._position)
         if known is not None and known.plan.layout == plan.layout:
             known.plan = plan
             return known
@@ -213,19 +210,17 @@ class CompressorState:
                 "max_abs_q": self.max_abs_q, "redone_steps": self.redone_steps}
 
     # ---- checkpoints -------------------------------------------------------------------------
+    def _identity(self) -> Dict[str, Any]:
+        return {"compressor": self.cls.name, "n_ranks": self.comm.size, "rank": self.comm.rank, "seed": self.seed}
+
     def state_dict(self) -> Dict[str, Any]:
         """This rank's hook state: each bucket's layout, step and state record (tensors and plain values)."""
-        return {"compressor": self.cls.name, "n_ranks": self.comm.size, "rank": self.comm.rank, "seed": self.seed,
-                "buckets": {index: b.record() for index, b in self.buckets.items()}}
+        return {**self._identity(), "buckets": {index: b.record() for index, b in self.buckets.items()}}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restore a state saved on the same rank of a same-size job with the same compressor; buckets
         not built yet are restored when the hook first meets them."""
-        mine = {"compressor": self.cls.name, "n_ranks": self.comm.size, "rank": self.comm.rank, "seed": self.seed}
-        wrong = {k: (state_dict.get(k), v) for k, v in mine.items() if state_dict.get(k) != v}
-        if wrong:
-            raise ValueError("hook state does not match this hook: " +
-                             ", ".join(f"{k} saved {s!r}, here {h!r}" for k, (s, h) in wrong.items()))
+        check_identity(state_dict, self._identity(), "hook state does not match this hook")
         self._saved = dict(state_dict["buckets"])
         for index in list(self._saved):
             if index in self.buckets:
