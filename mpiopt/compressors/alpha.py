@@ -7,28 +7,36 @@ never sent; the current step size is passed at every call, so LR schedules are f
 """
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from mpiopt.compressors.base import bad_option
 
 
+def block_constants(sizes: np.ndarray, eps: float) -> Tuple[np.ndarray, np.ndarray]:
+    """sqrt(d_l) and eps^2 d_l / d: the parts of Alg. 2's alpha that are the same at every step."""
+    return np.sqrt(sizes), (eps ** 2) * sizes / max(float(sizes.sum()), 1.0)
+
+
 def adaptive_alpha(lr: float, r: np.ndarray, sizes: np.ndarray, n: int, eps: float,
-                   out: Optional[np.ndarray] = None) -> Union[float, np.ndarray]:
+                   out: Optional[np.ndarray] = None,
+                   constants: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Union[float, np.ndarray]:
     """alpha per block for step size ``lr``, running averages ``r`` and block sizes ``sizes`` (float64).
 
     One block gives a Python float, evaluated as lr sqrt(d) / sqrt(2 n r + (lr eps)^2); several give
-    an array (into ``out`` when given), evaluated as lr (sqrt(d_l) / sqrt(2 n r_l + lr^2 eps^2 d_l / d)).
+    an array (into ``out`` when given), evaluated as lr (sqrt(d_l) / sqrt(2 n r_l + lr^2 eps^2 d_l / d)),
+    with ``constants`` = :func:`block_constants` of ``sizes`` and ``eps`` when the caller keeps them.
     The two evaluation orders are the ones every stored trajectory was computed with.
     """
     if len(sizes) == 1:
         return lr * math.sqrt(float(sizes[0])) / math.sqrt(2.0 * n * float(r[0]) + (lr * eps) ** 2)
+    sqrt_sizes, eps_share = block_constants(sizes, eps) if constants is None else constants
     a = np.empty(len(sizes)) if out is None else out
     np.multiply(r, 2.0 * n, out=a)
-    a += (lr * lr) * ((eps ** 2) * sizes / max(float(sizes.sum()), 1.0))
+    a += (lr * lr) * eps_share
     np.sqrt(a, out=a)
-    np.divide(np.sqrt(sizes), a, out=a)
+    np.divide(sqrt_sizes, a, out=a)
     a *= lr
     return a
 

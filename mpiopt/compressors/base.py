@@ -249,11 +249,11 @@ class GatherCompressor(Compressor):
 
     collective = "allgather"
 
-    def setup_gather(self, dtype, items: int) -> None:
+    def setup_gather(self, dtype, items: int, vals_dtype=np.float64) -> None:
         xp = self.xp
         self.send = xp.zeros(items, dtype=dtype)
         self.recv = xp.empty((self.n, items), dtype=dtype)
-        self.vals = xp.empty((self.n, self.dim))
+        self.vals = xp.empty((self.n, self.dim), dtype=vals_dtype)
         self.order = worker_order(self.comm, self.worker)
 
     def encode(self, v, k: int) -> bool:

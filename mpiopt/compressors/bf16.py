@@ -11,7 +11,7 @@ sum and stops together.
 
 import numpy as np
 
-from mpiopt.compressors.base import GatherCompressor, all_finite, register, sum_rows, worker_order
+from mpiopt.compressors.base import GatherCompressor, all_finite, register, sum_rows
 
 BITS = np.dtype(np.uint16)
 WORD = np.dtype(np.uint32)
@@ -56,11 +56,8 @@ class BF16Compressor(GatherCompressor):
 
     def __init__(self, comm, dim, **kw):
         super().__init__(comm, dim, **kw)
-        xp, n = self.xp, self.n
-        self.send = xp.zeros(dim, dtype=BITS)
-        self.recv = xp.empty((n, dim), dtype=BITS)
-        self.vals = xp.empty((n, dim), dtype=np.float32)
-        self.order = worker_order(comm, self.worker)
+        xp = self.xp
+        self.setup_gather(BITS, dim, vals_dtype=np.float32)
         self._f32 = xp.empty(dim, dtype=np.float32)
         self._scratch = xp.empty(dim, dtype=WORD)
         self._total = xp.empty(dim, dtype=np.float32)

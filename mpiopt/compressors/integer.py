@@ -20,18 +20,17 @@ on it -- never on a dtype whose bound is below 1 (at 128+ ranks, int8: its heade
 the ranks either). Fixed dtypes clip to floor(M / n) and count the clipped coordinates.
 """
 
-import math
 from typing import List, Optional
 
 import numpy as np
 
-from mpiopt.compressors.alpha import adaptive_alpha, block_layout
+from mpiopt.comm import INT_DTYPES
+from mpiopt.compressors.alpha import adaptive_alpha, block_constants, block_layout
 from mpiopt.compressors.base import (KERNEL, Compressor, Option, all_finite, bad_option, info_bits_int, is_number,
                                      positive, positive_int, register, sum_rows, worker_order)
 from mpiopt.kernels import int_bound, warm_up
 from mpiopt.kernels.numpy import apply_step, float_below
 
-INT_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64))
 WIRE_NAMES = ("float64",) + tuple(str(t) for t in INT_DTYPES)
 """Index of ``steps_by_wire``: 0 = a float step, 1 + i = INT_DTYPES[i]."""
 HEADER = 3
@@ -92,7 +91,9 @@ class IntCompressor(Compressor):
         self._bufs: List[Optional[tuple]] = [None] * len(self.dtypes)
         self.starts = block_layout(d, o["block_size"], o["block_starts"])
         nb = len(self.starts)
-        self.sizes = np.diff(np.append(self.starts, d)).astype(np.float64)
+        ends = np.append(self.starts[1:], d)
+        self.sizes = (ends - self.starts).astype(np.float64)
+        self._constants = block_constants(self.sizes, o["eps"]) if nb > 1 else None
         self.alpha_blocks = np.zeros(nb)
         """The alpha of the last step, per block."""
         if o["alpha"] == "constant":
@@ -100,11 +101,12 @@ class IntCompressor(Compressor):
             self.alpha_blocks[...] = self._alpha0
         xp = self.xp
         self._alpha_vec = xp.empty(d) if nb > 1 else None
-        self._block_of = xp.asarray(np.repeat(np.arange(nb, dtype=np.intp), self.sizes.astype(np.intp)))
-        ends = np.append(self.starts[1:], d)
         self._fill = list(zip(self.starts.tolist(), ends.tolist())) if xp is np and nb * FILL_MIN_BLOCK <= d else None
         """Each block's (start, end) when alpha is spread by slice fills (numpy, blocks of >= FILL_MIN_BLOCK
         coordinates on average: one memset-like fill per block beats a gather of d indices)."""
+        self._block_of = (xp.asarray(np.repeat(np.arange(nb, dtype=np.intp), self.sizes.astype(np.intp)))
+                          if nb > 1 and self._fill is None else None)
+        """The block of each coordinate, for spreading alpha by a gather (only when not by fills)."""
         self._blocksq = np.empty(nb)
         self._starts_dev = None
         self._diff = xp.empty(d) if nb > 1 else None
@@ -212,7 +214,8 @@ class IntCompressor(Compressor):
         else:
             r[...] = sq
             st["have_r"][...] = 1
-        return self._spread(adaptive_alpha(lr, r, self.sizes, self.n, o["eps"], out=self.alpha_blocks))
+        return self._spread(adaptive_alpha(lr, r, self.sizes, self.n, o["eps"], out=self.alpha_blocks,
+                                           constants=self._constants))
 
     def _spread(self, alphas: np.ndarray):
         """The alpha of each block as the exchange takes it: a float (one block) or one per coordinate."""

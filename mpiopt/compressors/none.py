@@ -16,7 +16,8 @@ class NoCompression(Compressor):
     def __init__(self, comm, dim, **kw):
         super().__init__(comm, dim, **kw)
         self._wire = self.xp.empty(dim, dtype=np.dtype(self.opts["float_dtype"]))
-        self._local = self.xp.empty_like(self._wire)
+        self._local = None if self._wire.dtype == np.float64 else self.xp.empty_like(self._wire)
+        """v rounded to the wire's float32, the local C(v) (a float64 wire sends v as it is)."""
         self._bits = 8 * self._wire.itemsize * dim
 
     def _sum(self, v, k: int):
@@ -32,7 +33,9 @@ class NoCompression(Compressor):
     def exchange(self, v, k, x, lr, out_mean, out_local=None):
         wire = self._sum(v, k)
         self.xp.multiply(wire, 1.0 / self.n, out=out_mean)
-        if out_local is not None:
+        if out_local is not None and self._local is None:
+            out_local[...] = v
+        elif out_local is not None:
             self._local[...] = v
             out_local[...] = self._local
 

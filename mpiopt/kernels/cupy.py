@@ -248,9 +248,11 @@ class DeviceCommunicator:
             self._pinned[key] = cupyx.empty_pinned(buf.shape, dtype=buf.dtype)
         return self._pinned[key]
 
-    def _collective(self, op, bufs, out, *args, **kw):
-        """``op(*bufs, ...)`` on device buffers: directly (CUDA-aware MPI), or through pinned host
-        copies, uploading ``bufs[0]`` (what this rank sends) and copying the result back into ``out``."""
+    def _collective(self, op, bufs, *args, **kw):
+        """``op(*bufs, ...)`` on device buffers, whose last one receives the result: directly
+        (CUDA-aware MPI), or through pinned host copies, uploading ``bufs[0]`` (what this rank sends)
+        and copying the result back into ``bufs[-1]``."""
+        out = bufs[-1]
         if all(isinstance(b, np.ndarray) for b in bufs):
             return op(*bufs, *args, **kw)
         stream = cupy.cuda.get_current_stream()
@@ -263,34 +265,33 @@ class DeviceCommunicator:
             bufs[0].get(stream=stream, out=hosts[0], blocking=False)
         stream.synchronize()
         op(*hosts, *args, **kw)
-        host_out = hosts[[b is out for b in bufs].index(True)]
-        if host_out is not out:
-            out.set(host_out, stream=stream)
+        if hosts[-1] is not out:
+            out.set(hosts[-1], stream=stream)
         return out
 
     def allreduce_int(self, buf, count: bool = True):
         """Sum an integer array over all ranks, in place (exact)."""
-        return self._collective(self.comm.allreduce_int, (buf,), buf, count=count)
+        return self._collective(self.comm.allreduce_int, (buf,), count=count)
 
     def allreduce_float(self, buf, count: bool = True):
         """Sum a float array over all ranks, in place."""
-        return self._collective(self.comm.allreduce_float, (buf,), buf, count=count)
+        return self._collective(self.comm.allreduce_float, (buf,), count=count)
 
     def allreduce_max(self, buf, count: bool = True):
         """Element-wise maximum over all ranks, in place."""
-        return self._collective(self.comm.allreduce_max, (buf,), buf, count=count)
+        return self._collective(self.comm.allreduce_max, (buf,), count=count)
 
     def allgather(self, sendbuf, recvbuf, count: bool = True):
         """Gather equal-sized blocks from every rank into ``recvbuf``."""
-        return self._collective(self.comm.allgather, (sendbuf, recvbuf), recvbuf, count=count)
+        return self._collective(self.comm.allgather, (sendbuf, recvbuf), count=count)
 
     def allgatherv(self, sendbuf, recvbuf, counts: np.ndarray, count: bool = True):
         """Gather blocks of different sizes (``counts[r]`` items from rank r) into ``recvbuf``."""
-        return self._collective(self.comm.allgatherv, (sendbuf, recvbuf), recvbuf, counts, count=count)
+        return self._collective(self.comm.allgatherv, (sendbuf, recvbuf), counts, count=count)
 
     def broadcast(self, buf, root: int = 0):
         """``root``'s array into every rank's ``buf``, in place (set-up only)."""
-        return self._collective(self.comm.broadcast, (buf,), buf, root=root)
+        return self._collective(self.comm.broadcast, (buf,), root=root)
 
     def allgather_object(self, obj):
         return self.comm.allgather_object(obj)
