@@ -344,14 +344,9 @@ def mpiexec_path() -> str:
 
 def _run_mpi(cmd: List[str], env: Dict[str, str], timeout: float) -> None:
     """Run an mpiexec job in its own process group; on any failure or signal, end that group."""
-    from netbed import end_group
+    from netbed import run_in_group
 
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    try:
-        rc = proc.wait(timeout=timeout)
-    except BaseException:
-        end_group(proc)
-        raise
+    rc = run_in_group(cmd, env, timeout)
     if rc != 0:
         raise RuntimeError(f"the MPI job failed (exit {rc}): {' '.join(cmd[:8])} ...")
 
@@ -383,9 +378,8 @@ def run_one(args, net: str, ranks: int) -> Dict[str, object]:
                       flush=True)
                 before = bed.counters()
                 _run_mpi(bed.mpmd(mpiexec_path(), argv), {**env, **bed.env()}, args.timeout)
-                after = bed.counters()
                 info = {**bed.describe(), "link_check": check,
-                        "benchmark_nic_tx_bytes": sum(a["tx_bytes"] - b["tx_bytes"] for a, b in zip(after, before))}
+                        "benchmark_nic_tx_bytes": netbed.nic_traffic(before, bed.counters())["nic_tx_bytes"]}
         with open(out) as f:
             got = json.load(f)
     return {"rows": got["rows"], "mpi_library": got["mpi_library"], "netbed": info}

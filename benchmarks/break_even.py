@@ -44,12 +44,11 @@ END = "<!-- break_even: end -->"
 
 def job_args(args, net: str) -> argparse.Namespace:
     """allreduce_step's options for one (network, ranks) job of the grid."""
-    base, delay = NETS[net]
+    delay = NETS[net][1]
     job = allreduce_step.parse_args(["--dims", *map(str, args.dims), "--kernels", "numba", "--variants", *VARIANTS,
                                      "--seconds", str(args.seconds), "--rounds", str(args.rounds),
                                      "--max-steps", str(args.max_steps), "--delay-ms", str(delay),
                                      "--timeout", str(args.timeout)])
-    job.net = base
     return job
 
 

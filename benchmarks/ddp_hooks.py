@@ -47,11 +47,9 @@ machine: compare them within one run.
 """
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -348,19 +346,6 @@ def worker_options(args, rank: int, init_method: str) -> List[str]:
     return opts
 
 
-def end_ranks(procs: List[subprocess.Popen], grace: float = 5.0) -> None:
-    """SIGTERM the workers' process group, SIGKILL it after ``grace`` seconds, reap every worker:
-    netbed.end_group's escalation for a group whose leader (rank 0) may have exited first."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if all(p.poll() is not None for p in procs):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(procs[0].pid, sig)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-            time.sleep(0.05)
-
-
 def run_ranks(cmds: List[List[str]], env: Dict[str, str], timeout: Optional[float]) -> List[Optional[int]]:
     """Run one command per rank, all in one new process group, and wait for them.
 
@@ -381,7 +366,7 @@ def run_ranks(cmds: List[List[str]], env: Dict[str, str], timeout: Optional[floa
                 raise JobError(f"the workers ran past --timeout {timeout:g} s; all were ended")
             time.sleep(0.1)
     finally:
-        end_ranks(procs)
+        netbed.end_group(procs)
 
 
 def run_on_bed(args) -> Dict[str, Any]:
@@ -393,15 +378,14 @@ def run_on_bed(args) -> Dict[str, Any]:
                  *worker_options(args, r, init)] for r in range(args.ranks)]
         before = bed.counters()
         codes = run_ranks(cmds, {**os.environ, "GLOO_SOCKET_IFNAME": netbed.NIC}, args.timeout)
-        after = bed.counters()
+        traffic = netbed.nic_traffic(before, bed.counters())
         described = bed.describe()
     failed = [f"rank {r} {'was ended' if c is None else f'exited {c}'}" for r, c in enumerate(codes) if c != 0]
     if failed:
         raise JobError(f"the job failed on the {args.net} bed ({', '.join(failed)}); every worker was ended")
-    nic = [{k: a[k] - b[k] for k in ("tx_bytes", "rx_bytes")} for a, b in zip(after, before)]
     return {"transport": f"gloo over TCP across netbed's emulated {args.net} network: one namespace per rank, "
                          f"GLOO_SOCKET_IFNAME={netbed.NIC}, rendezvous at {init}",
-            "nic_tx_bytes": sum(n["tx_bytes"] for n in nic), "nic_bytes": nic,
+            "nic_tx_bytes": traffic["nic_tx_bytes"], "nic_bytes": traffic["nic_bytes"],
             "netbed": {k: v for k, v in described.items() if k != "mpi_env"}}
 
 

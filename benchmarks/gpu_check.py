@@ -20,7 +20,6 @@ Each check's failure is recorded in OUT and makes the exit code 1; all passing g
 import argparse
 import hashlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -112,16 +111,11 @@ def check_throughput(size: int = 1 << 26, reps: int = 20) -> Dict[str, Any]:
             "copy_over_quantize": ratio, "goal": THROUGHPUT_GOAL}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def check_ddp_nccl(steps: int = 30) -> Dict[str, Any]:
     import torch
     import torch.distributed as dist
 
+    from ddp_hooks import free_port
     from deep import make_model
     from mpiopt.torch.hooks import IntSGDState, intsgd_hook
 

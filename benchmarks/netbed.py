@@ -40,6 +40,7 @@ with ``--json FILE``, as JSON). Its exit status is the job's.
 """
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
@@ -500,30 +501,39 @@ def run_job(bed: NetBed, command: Sequence[str], timeout: Optional[float] = None
 def _timed_job(bed: NetBed, cmd: List[str], timeout: Optional[float]) -> Dict[str, object]:
     before = bed.counters()
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=launch.mpi_env(bed.env()), start_new_session=True)
-    try:
-        rc = proc.wait(timeout=timeout)
-    except BaseException:
-        end_group(proc)
-        raise
+    rc = run_in_group(cmd, launch.mpi_env(bed.env()), timeout)
     seconds = time.monotonic() - start
-    after = bed.counters()
+    return {"returncode": rc, "seconds": seconds, **nic_traffic(before, bed.counters()), "bed": bed.describe()}
+
+
+def nic_traffic(before: List[Dict[str, int]], after: List[Dict[str, int]]) -> Dict[str, object]:
+    """The bytes each NIC sent and received between two :meth:`NetBed.counters` readings, and the total sent."""
     per_rank = [{k: a[k] - b[k] for k in ("tx_bytes", "rx_bytes")} for a, b in zip(after, before)]
-    return {"returncode": rc, "seconds": seconds, "nic_bytes": per_rank,
-            "nic_tx_bytes": sum(r["tx_bytes"] for r in per_rank), "bed": bed.describe()}
+    return {"nic_bytes": per_rank, "nic_tx_bytes": sum(r["tx_bytes"] for r in per_rank)}
 
 
-def end_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the job's process group, SIGKILL it after 5 s."""
+def run_in_group(cmd: Sequence[str], env: Dict[str, str], timeout: Optional[float]) -> int:
+    """Run ``cmd`` (an mpiexec job) in a process group of its own and return its exit code; on a
+    timeout, a failure or a signal here the whole group is ended first."""
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    except ProcessLookupError:
-        pass
+        return proc.wait(timeout=timeout)
+    except BaseException:
+        end_group([proc])
+        raise
+
+
+def end_group(procs: Sequence[subprocess.Popen], grace: float = 5.0) -> None:
+    """SIGTERM the process group led by ``procs[0]``, SIGKILL it after ``grace`` seconds, and reap
+    ``procs``: every member is waited for, also when the leader exited first."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if all(p.poll() is not None for p in procs):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(procs[0].pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.05)
 
 
 def _report_run(ranks: int, rate: str, info: Dict[str, object], json_out: Optional[str]) -> None:

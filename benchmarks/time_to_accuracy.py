@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -40,6 +39,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
+import netbed  # noqa: E402
 from allreduce_step import SINGLE_THREAD_ENV, machine_info  # noqa: E402
 from mpiopt.launch import mpi_env, mpiexec_path  # noqa: E402
 
@@ -107,10 +107,9 @@ class Launcher:
 
     def __call__(self, argv: List[str]) -> None:
         if self.bed is None:
-            cmd = [mpiexec_path(), "-n", str(self.ranks), sys.executable, "-m", "mpiopt", *argv[1:]]
-            rc = subprocess.run(cmd, env=mpi_env(), timeout=self.timeout).returncode
+            cmd = [mpiexec_path(), "-n", str(self.ranks), *netbed.job_argv(argv)]
+            rc = netbed.run_in_group(cmd, mpi_env(), self.timeout)
         else:
-            import netbed
             rc = netbed.run_job(self.bed, argv, timeout=self.timeout)["returncode"]
         if rc != 0:
             raise RuntimeError(f"{' '.join(argv)} failed on {self.net} (exit {rc})")
@@ -178,7 +177,6 @@ def run_net(args) -> Dict[str, object]:
               "sparse_rows": args.sparse_rows, "iters_override": args.iters}
     if args.net == "shm":
         return {**measure(args, Launcher("shm", args.ranks), datasets), "machine": machine, "config": config}
-    import netbed
     with netbed.NetBed(args.ranks, args.net) as bed:
         check = netbed.check_links(bed)
         got = measure(args, Launcher(args.net, args.ranks, bed), datasets)
