@@ -5,15 +5,11 @@ parsing, the MPMD command line, the refusal to run without permission).
 """
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from _bench import BENCH, mpiexec_or_skip, run_benchmark
 
-REPO = Path(__file__).resolve().parents[1]
-BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import allreduce_step  # noqa: E402
@@ -22,23 +18,10 @@ from mpiopt.kernels import cpu_kernel  # noqa: E402
 from mpiopt.kernels import numba as numba_kernel  # noqa: E402
 
 
-
-def _mpiexec_or_skip():
-    local = Path(sys.executable).parent / "mpiexec"
-    if not local.exists() and not any((Path(p) / "mpiexec").exists() for p in os.environ.get("PATH", "").split(":")):
-        pytest.skip("no mpiexec: install the [mpich] extra (pip install mpich)")
-
-
-def _run(args, timeout=240):
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
 def test_allreduce_step_writes_the_contracted_json(tmp_path):
-    _mpiexec_or_skip()
+    mpiexec_or_skip()
     out = tmp_path / "step.json"
-    proc = _run([BENCH / "allreduce_step.py", "--dims", "1000", "2e3", "--ranks", "2", "--net", "shm",
+    proc = run_benchmark([BENCH / "allreduce_step.py", "--dims", "1000", "2e3", "--ranks", "2", "--net", "shm",
                  "--json", out, "--seconds", "0.1", "--rounds", "2", "--max-steps", "3"])
     res = json.loads(out.read_text())
     assert isinstance(res["machine"], dict) and res["machine"]["cores"] >= 1
@@ -63,13 +46,13 @@ def test_allreduce_step_writes_the_contracted_json(tmp_path):
 def test_step_overhead_writes_its_json(a5a_path, tmp_path):
     """VR-IntDIANA's step against its floor, on 2 ranks for a few tiny blocks: the script runs the
     package's method (the int compressor, the L-SVRG reset coin) and writes its JSON."""
-    _mpiexec_or_skip()
+    mpiexec_or_skip()
     from mpiopt.data import load_libsvm, preprocess
 
     X, y = load_libsvm(a5a_path, n_features=123)
     preprocess(X, y, 2, 5e-4, tmp_path / "shards", dataset="a5a", source_sha256=None)
     out = tmp_path / "overhead.json"
-    _run([BENCH / "step_overhead.py", "--ranks", 2, "--blocks", 2, "--steps", 5, "--data", tmp_path / "shards",
+    run_benchmark([BENCH / "step_overhead.py", "--ranks", 2, "--blocks", 2, "--steps", 5, "--data", tmp_path / "shards",
           "--out", out])
     res = json.loads(out.read_text())
     assert res["method"] == "vr-intdiana" and res["ranks"] == 2 and res["steps_per_block"] == 5
@@ -80,11 +63,11 @@ def test_step_overhead_writes_its_json(a5a_path, tmp_path):
 
 
 def test_convex_benchmark_writes_traces_summary_and_figures_and_rebuilds_them(libsvm_dir, tmp_path):
-    _mpiexec_or_skip()
+    mpiexec_or_skip()
     out = tmp_path / "convex"
     common = ["--datasets", "a5a", "--data-dir", libsvm_dir, "--ranks", 2, "--seeds", 2, "--iters", 60,
               "--methods", "vr-intdiana", "l-svrg", "--out", out, "--shards-dir", tmp_path / "shards"]
-    proc = _run([BENCH / "convex.py", *common])
+    proc = run_benchmark([BENCH / "convex.py", *common])
     assert "| vr-intdiana |" in proc.stdout and "| l-svrg |" in proc.stdout
     summary = json.loads((out / "a5a" / "summary.json").read_text())
     assert [m["method"] for m in summary["methods"]] == ["vr-intdiana", "l-svrg"]
@@ -95,7 +78,7 @@ def test_convex_benchmark_writes_traces_summary_and_figures_and_rebuilds_them(li
     for suffix in ("png", "pdf"):
         (out / f"a5a.{suffix}").unlink()
     md = (out / "a5a" / "summary.md").read_text()
-    _run([BENCH / "convex.py", *common, "--no-run"])
+    run_benchmark([BENCH / "convex.py", *common, "--no-run"])
     assert (out / "a5a.png").stat().st_size > 10_000 and (out / "a5a.pdf").exists()
     assert (out / "a5a" / "summary.md").read_text() == md
 
@@ -123,7 +106,7 @@ def test_readme_sections_are_generated_from_json(tmp_path):
 
 def test_kernels_benchmark_writes_json(tmp_path):
     out = tmp_path / "kernels.json"
-    _run([BENCH / "kernels.py", "--dims", "1000", "--reps", "2", "--json", out])
+    run_benchmark([BENCH / "kernels.py", "--dims", "1000", "--reps", "2", "--json", out])
     res = json.loads(out.read_text())
     ops = {(r["op"], r["kernel"]) for r in res["results"]}
     assert ("memcpy", "numpy.copyto") in ops and ("quantize", "numpy") in ops and ("decode", "numpy") in ops

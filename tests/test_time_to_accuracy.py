@@ -2,15 +2,12 @@
 the sparse problem generator: the contracted JSON, the crossing read from the traces, the figures."""
 
 import json
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _bench import BENCH, run_benchmark
 
-REPO = Path(__file__).resolve().parents[1]
-BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import sparse_problem  # noqa: E402
@@ -19,12 +16,6 @@ from mpiopt.data import load_libsvm  # noqa: E402
 
 ROW_KEYS = {"dataset", "method", "wire", "net", "ranks", "reached", "seconds_to_tol", "bytes_to_tol",
             "iterations_to_tol"}
-
-
-def _run(args, timeout=240):
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 def test_sparse_problem_is_seeded_power_law_and_valid_libsvm(tmp_path):
@@ -48,7 +39,7 @@ def test_crossing_is_the_first_logged_row_at_or_under_tol():
 
 def test_shm_run_writes_the_contracted_json_and_figure(tmp_path, a5a_path):
     out = tmp_path / "tta.json"
-    _run([BENCH / "time_to_accuracy.py", "--net", "shm", "--ranks", "2", "--datasets", "a5a", "--methods",
+    run_benchmark([BENCH / "time_to_accuracy.py", "--net", "shm", "--ranks", "2", "--datasets", "a5a", "--methods",
           "l-svrg", "vr-intdiana", "--iters", "400", "--json", out, "--libsvm-dir", a5a_path.parent,
           "--shards-dir", tmp_path / "shards"])
     res = json.loads(out.read_text())
@@ -67,7 +58,7 @@ def test_shm_run_writes_the_contracted_json_and_figure(tmp_path, a5a_path):
     sent = {run["wire"]: run["history"]["wire_bytes"][-1] for run in res["runs"]}
     assert sent["float32"] * 2 == sent["float64"]
     assert sent["auto"] < sent["float32"] / 2
-    _run([BENCH / "time_to_accuracy.py", "--plot", out, "--figures", tmp_path])
+    run_benchmark([BENCH / "time_to_accuracy.py", "--plot", out, "--figures", tmp_path])
     assert (tmp_path / "time_to_accuracy_a5a.png").stat().st_size > 1000
 
 
