@@ -43,38 +43,26 @@ collected) shares the lock instead of reporting itself as another run."""
 class Checkpointer:
     """Saves and restores one rank's run state in ``directory``; ``fingerprint`` guards against mix-ups.
 
-    ``resume`` says whether this run continues earlier checkpoints (True) or starts afresh (False);
-    given, the directory is locked and checked here, before the first iteration. Left None, that
-    happens at the first :meth:`load_latest` (a resume) or :meth:`save` (a fresh start).
+    ``resume`` says whether this run continues earlier checkpoints (True) or starts afresh (False):
+    the directory is locked (by rank 0) and, for a fresh start, refused when it already holds
+    checkpoints, here, collectively, before the first iteration.
     """
 
-    def __init__(self, directory, comm: Communicator, fingerprint: Dict[str, Any], *,
-                 resume: Optional[bool] = None):
+    def __init__(self, directory, comm: Communicator, fingerprint: Dict[str, Any], *, resume: bool):
         self.dir = Path(directory)
         self.comm = comm
         self.fingerprint = json.dumps(fingerprint, sort_keys=True)
         self._mine: List[int] = []
         """Iterations of this rank's files that belong to this run: written by it, or resumed from."""
-        self._started = False
         self._release = None
-        if resume is not None:
-            self.start(resume)
-
-    def start(self, resume: bool) -> None:
-        """Collectively take the directory (rank 0 locks it) and, for a fresh start, refuse one that
-        already holds checkpoints. Does nothing after the first call."""
-        if self._started:
-            return
-        self._started = True
         error = None
-        if self.comm.rank == 0:
+        if comm.rank == 0:
             try:
                 lock = _acquire(self.dir)
                 self._release = weakref.finalize(self, _release, lock)
             except InputError as exc:
                 error = str(exc)
-        self._raise_first(error)
-        self._raise_first(None if resume else self._existing_checkpoints())
+        self._raise_first(error or (None if resume else self._existing_checkpoints()))
 
     def close(self) -> None:
         """Give up the directory's lock (also done when the Checkpointer is garbage collected)."""
@@ -88,6 +76,12 @@ class Checkpointer:
         if first:
             self.close()
             raise InputError(first, collective=True)
+
+    def _stop_all(self, message: str) -> None:
+        """Raise ``message``, which every rank computed from the same gathered data, on every rank
+        (releasing the lock first): no further exchange is needed."""
+        self.close()
+        raise InputError(message, collective=True)
 
     def _path(self, k: int, rank: Optional[int] = None) -> Path:
         return self.dir / f"rank_{self.comm.rank if rank is None else rank:03d}_it{k:09d}.npz"
@@ -121,7 +115,6 @@ class Checkpointer:
     def save(self, k: int, arrays: Dict[str, np.ndarray], info: Dict[str, Any]) -> None:
         """Write this rank's state after iteration k (temp file, fsync, rename), then prune the oldest
         files of this run beyond the newest ``KEEP``."""
-        self.start(resume=False)
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self._path(k)
         tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
@@ -148,14 +141,13 @@ class Checkpointer:
         by another configuration is refused on every rank at once; a damaged one (truncated, corrupt)
         is skipped with a warning for the next older iteration that all ranks can read.
         """
-        self.start(resume=True)
         mine = self._saved_iterations()
         verdict = self._foreign(mine[-1]) if mine else None
         everyone = self.comm.allgather_object((mine, verdict))
         problems = [f"rank {r}: {v}" for r, (_, v) in enumerate(everyone) if v]
         if problems:
-            self._raise_first(f"checkpoint in {self.dir} does not match this run ({problems[0]}); "
-                              "use another --checkpoint-dir or drop --resume")
+            self._stop_all(f"checkpoint in {self.dir} does not match this run ({problems[0]}); "
+                           "use another --checkpoint-dir or drop --resume")
         common = set(everyone[0][0]).intersection(*(set(its) for its, _ in everyone[1:]))
         damage = None
         for k in sorted(common, reverse=True):
@@ -169,8 +161,8 @@ class Checkpointer:
                 sys.stderr.write(f"mpiopt: warning: the checkpoint of iteration {k} in {self.dir} is damaged "
                                  f"({damage}); trying an older one\n")
         if damage:
-            self._raise_first(f"no intact checkpoint in {self.dir}: every iteration saved by all ranks is damaged "
-                              f"({damage}); delete the directory to start afresh, or use another --checkpoint-dir")
+            self._stop_all(f"no intact checkpoint in {self.dir}: every iteration saved by all ranks is damaged "
+                           f"({damage}); delete the directory to start afresh, or use another --checkpoint-dir")
         return None
 
     def _adopt(self, mine: List[int], k: int) -> None:
