@@ -155,7 +155,8 @@ class CompressedMethod(Method):
             self.state.update(self.vr.state)
         self._g = np.empty_like(x)
         self._mean = np.empty_like(x)
-        self._local = np.empty_like(x)
+        self._local = np.empty_like(x) if recipe.shift == "diana" or self.memory.needs_local else None
+        """This rank's C(v), for the steps that read it (DIANA's shift, EF memories)."""
         self.mu = float(self.opts.get("momentum", 0.0))
         if self.mu:
             self.state["m"] = np.zeros_like(x)
