@@ -9,7 +9,7 @@ when numba is installed) and each d:
 * ``quantize``: ``Quantizer.encode(g, alpha, out, step=k)`` -- randomized rounding of alpha * g with
   the counter-based noise, the clipping bound of 4 ranks, into a preallocated int8 buffer -- for a
   Gaussian g in float32 and in float64 (alpha such that |Int| <= 4, as IntSGD's adaptive alpha gives).
-* ``decode``: ``Quantizer.decode(S, alpha, n, out)`` -- S / (n alpha) from an int8 sum into a
+* ``decode``: ``Quantizer(...).decode(S, alpha, n, out)`` -- S / (n alpha) from an int8 sum into a
   float32 and a float64 ``out``.
 * ``memcpy``: ``np.copyto`` of the op's input array (and, for decode, of its output array).
 
@@ -111,7 +111,7 @@ def run(dims: Sequence[int], kernels: Sequence[str], reps: int, seed: int = 0) -
             for odt in (np.float32, np.float64):
                 out = np.empty(d, dtype=odt)
                 add({"op": "decode", "kernel": kname, "dtype": "int8", "out_dtype": np.dtype(odt).name},
-                    lambda mod=mod, out=out: mod.Quantizer.decode(s8, ALPHA, RANKS, out))
+                    lambda q=q, out=out: q.decode(s8, ALPHA, RANKS, out))
         times = [[] for _ in variants]
         for rep in range(reps):
             order = list(range(len(variants)))

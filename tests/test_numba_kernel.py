@@ -80,7 +80,7 @@ def test_block_alpha_matches(rounding):
     for out_dtype in (np.float32, np.float64):
         da, db = np.empty(d, dtype=out_dtype), np.empty(d, dtype=out_dtype)
         npk.Quantizer.decode(qa, alpha, 3, da)
-        nbk.Quantizer.decode(qb, alpha, 3, db)
+        nbk.Quantizer(qb.size, 0, 0).decode(qb, alpha, 3, db)
         np.testing.assert_array_equal(da, db)
 
 
@@ -125,7 +125,7 @@ def test_decode_matches(n, out_dtype, int_dtype):
     alpha = 0.37
     da, db = np.empty(d, dtype=out_dtype), np.empty(d, dtype=out_dtype)
     npk.Quantizer.decode(s, alpha, n, da)
-    nbk.Quantizer.decode(s, alpha, n, db)
+    nbk.Quantizer(s.size, 0, 0).decode(s, alpha, n, db)
     np.testing.assert_array_equal(da, db)
 
 
@@ -185,7 +185,7 @@ def test_decode_update_is_decode_then_numpy_update(x_dtype, block, n):
     mean = np.empty(d, dtype=x_dtype)
     npk.Quantizer.decode(s, alpha, n, mean)
     x_ref -= lr * mean
-    nbk.decode_update(s, alpha, n, lr, x_fused)
+    nbk.Quantizer(d, 0, 0).decode_update(s, alpha, n, lr, x_fused)
     np.testing.assert_array_equal(x_fused, x_ref)
     x_numpy = x_ref.copy()
     x_numba = x_ref.copy()
@@ -207,12 +207,12 @@ def test_decode_by_product_keeps_numpy_bits_over_every_sum(x_dtype, int_dtype):
         for n in (3, 4):
             ref, got = np.empty(s.size, dtype=x_dtype), np.empty(s.size, dtype=x_dtype)
             npk.Quantizer.decode(s, alpha, n, ref)
-            nbk.Quantizer.decode(s, alpha, n, got)
+            nbk.Quantizer(s.size, 0, 0).decode(s, alpha, n, got)
             np.testing.assert_array_equal(got, ref)
             x_ref = np.ones(s.size, dtype=x_dtype)
             x_got = x_ref.copy()
             x_ref -= 0.1 * ref
-            nbk.decode_update(s, alpha, n, 0.1, x_got)
+            nbk.Quantizer(s.size, 0, 0).decode_update(s, alpha, n, 0.1, x_got)
             np.testing.assert_array_equal(x_got, x_ref)
 
 
@@ -287,3 +287,115 @@ def test_step_squares_sum_has_numpys_pairwise_bits_at_every_length(x_dtype):
         assert got == ref, n
         assert ref == float(((x.astype(np.float64) - prev) ** 2).sum())
         np.testing.assert_array_equal(prev_nb, x)
+
+
+@pytest.mark.parametrize("rounding", ["random", "deterministic"])
+@pytest.mark.parametrize("out_dtype", [np.float32, np.float64])
+def test_block_values_are_the_spread_alpha(rounding, out_dtype):
+    """alpha given as one value per block (``blocks``) gives every integer and decoded bit of the same
+    alpha spread to each coordinate, in the fast (int8) and the exact (wide) path."""
+    rng = np.random.default_rng(21)
+    d = 3001
+    starts = [0, 1, 9, 137, 1000, 2999]
+    sizes = np.diff(starts + [d])
+    v = gradient(d, np.float64, seed=2)
+    for scale in (1.0, 1e4):  # |Int| <= 127, then beyond (the exact path)
+        values = scale * rng.uniform(0.5, 40.0, len(starts))
+        spread = np.repeat(values, sizes)
+        plain, blocked = nbk.Quantizer(d, 7, 3, 4, rounding), nbk.Quantizer(d, 7, 3, 4, rounding, blocks=starts)
+        qa, qb = np.empty(d, np.int32), np.empty(d, np.int32)
+        assert plain.encode(v, spread, qa, step=5) == blocked.encode(v, values, qb, step=5)
+        np.testing.assert_array_equal(qa, qb)
+        la, lb = np.empty(d), np.empty(d)
+        np.testing.assert_array_equal(plain.decode_local(spread, la), blocked.decode_local(values, lb))
+        ma, mb = np.empty(d, out_dtype), np.empty(d, out_dtype)
+        np.testing.assert_array_equal(plain.decode(qa, spread, 3, ma), blocked.decode(qb, values, 3, mb))
+        xa, xb = np.ones(d, out_dtype), np.ones(d, out_dtype)
+        np.testing.assert_array_equal(plain.decode_update(qa, spread, 3, 0.1, xa),
+                                      blocked.decode_update(qb, values, 3, 0.1, xb))
+
+
+def shuffled_runs(rng, starts, d):
+    """(position, coordinate, count) runs placing the blocks [starts[i], starts[i+1]) in a random order."""
+    ends = starts[1:] + [d]
+    order = rng.permutation(len(starts))
+    runs, pos = [], 0
+    for i in order:
+        runs.append((pos, starts[i], ends[i] - starts[i]))
+        pos += ends[i] - starts[i]
+    return runs
+
+
+def place(values, runs):
+    """values (coordinate order) at the positions of ``runs``."""
+    out = np.empty_like(values)
+    for p, c, n in runs:
+        out[p:p + n] = values[c:c + n]
+    return out
+
+
+@pytest.mark.parametrize("blocks", [False, True])
+@pytest.mark.parametrize("vdtype", [np.float32, np.float64])
+def test_a_layout_moves_each_coordinates_integers_and_means(blocks, vdtype):
+    """With ``layout`` the arrays hold coordinates in another order (a DDP bucket): each coordinate's
+    integer, decoded mean and block maximum are those of the plain layout, moved to its position;
+    set_layout follows a new order."""
+    rng = np.random.default_rng(22)
+    d = 4099
+    starts = [0, 3, 130, 1111, 2048, 4000]
+    runs = shuffled_runs(rng, starts, d)
+    v = gradient(d, vdtype, seed=3)
+    alpha = rng.uniform(1.0, 60.0, len(starts)) if blocks else 17.0
+    for scale in (1.0, 1e3):
+        plain = nbk.Quantizer(d, 1, 2, 4, blocks=starts)
+        moved = nbk.Quantizer(d, 1, 2, 4, blocks=starts, layout=runs)
+        assert not moved.identity and plain.identity
+        qa, qb = np.empty(d, np.int16), np.empty(d, np.int16)
+        plain.encode(v * scale, alpha, qa, step=9)
+        moved.encode(place(v, runs) * scale, alpha, qb, step=9)
+        np.testing.assert_array_equal(place(qa, runs), qb)
+        ma, mb = np.empty(d, np.float32), np.empty(d, np.float32)
+        np.testing.assert_array_equal(place(plain.decode(qa, alpha, 4, ma), runs), moved.decode(qb, alpha, 4, mb))
+    peaks_a, peaks_b = np.empty(len(starts)), np.empty(len(starts))
+    np.testing.assert_array_equal(plain.block_max_abs(v, peaks_a), moved.block_max_abs(place(v, runs), peaks_b))
+    np.testing.assert_array_equal(peaks_a, np.maximum.reduceat(np.abs(v.astype(np.float64)), starts))
+    other = shuffled_runs(rng, starts, d)
+    moved.set_layout(other)
+    q8a, q8b = np.empty(d, np.int8), np.empty(d, np.int8)
+    plain.encode(v, 1.0, q8a, step=4)
+    moved.encode(place(v, other), 1.0, q8b, step=4)
+    np.testing.assert_array_equal(place(q8a, other), q8b)
+
+
+def test_block_step_squares_have_reduceats_bits():
+    """The fused per-block ||x - x_prev||^2 equals numpy's add.reduceat of the squares (first square
+    plus a pairwise sum of the rest) for blocks of 1 to thousands of coordinates, and x_prev <- x."""
+    rng = np.random.default_rng(23)
+    for trial in range(40):
+        d = int(rng.integers(2, 6000))
+        nb = int(rng.integers(1, min(d, 12) + 1))
+        starts = [0] + np.sort(rng.choice(np.arange(1, d), nb - 1, replace=False)).tolist()
+        x = (rng.standard_normal(d) * 10.0 ** rng.integers(-6, 6, d)).astype(np.float32 if trial % 2 else np.float64)
+        prev = rng.standard_normal(d)
+        ref = np.add.reduceat((x.astype(np.float64) - prev) ** 2, starts)
+        got = nbk.Quantizer(d, 0, 0, blocks=starts).block_step_squares(x, prev, np.empty(nb))
+        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(prev, x)
+
+
+def test_block_max_abs_flags_non_finite_blocks():
+    v = np.array([1.0, -3.0, np.nan, 2.0, np.inf, -1.0, 5.0, -7.5])
+    got = nbk.Quantizer(8, 0, 0, blocks=[0, 2, 4, 6]).block_max_abs(v, np.empty(4))
+    assert got[0] == 3.0 and np.isnan(got[1]) and np.isinf(got[2]) and got[3] == 7.5
+
+
+@pytest.mark.parametrize("runs, why", [
+    ([(0, 0, 5)], "tile"),                         # 5 of 6
+    ([(0, 0, 3), (2, 3, 3)], "tile"),              # positions overlap
+    ([(0, 0, 3), (3, 2, 3)], "tile"),              # coordinates overlap
+])
+def test_a_layout_must_tile_both_ranges(runs, why):
+    with pytest.raises(ValueError, match=why):
+        nbk.Quantizer(6, 0, 0, layout=runs)
+    with pytest.raises(ValueError, match="ascend"):
+        nbk.Quantizer(6, 0, 0, blocks=[0, 4, 4])

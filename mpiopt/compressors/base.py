@@ -152,9 +152,11 @@ class Compressor:
         """Facts for the trace's config (filled before any buffer exists)."""
         return {}
 
-    def quantizer(self, size: int, rounding: str = "random"):
-        """The counter-based rounding kernel of this compressor's array module and ``kernel`` option."""
-        return make_quantizer(self.xp, self.opts.get("kernel"), size, self.seed, self.worker, self.n, rounding)
+    def quantizer(self, size: int, rounding: str = "random", **placement: Any):
+        """The counter-based rounding kernel of this compressor's array module and ``kernel`` option
+        (``placement``: ``blocks``, ``layout``, see :func:`mpiopt.kernels.cpu_quantizer`)."""
+        return make_quantizer(self.xp, self.opts.get("kernel"), size, self.seed, self.worker, self.n, rounding,
+                              **placement)
 
     def prepare(self, x: np.ndarray) -> None:
         """Compile whatever the first exchange would compile (called before the timed loop)."""

@@ -75,6 +75,8 @@ class IntCompressor(Compressor):
                valid=positive_int, rule="a positive integer"),
         Option("block_starts", None, list, "first coordinate of each alpha block (e.g. one per layer)",
                cli=False),
+        Option("layout", None, list, "(position, coordinate, count) runs: v and the mean hold coordinates in "
+               "another order (a DDP bucket's buffer); numba kernel only", cli=False),
         KERNEL,
     )
 
@@ -87,10 +89,15 @@ class IntCompressor(Compressor):
         self._wire_slot = [WIRE_NAMES.index(str(t)) for t in self.dtypes]
         self.first = min(lv for lv, b in enumerate(self.bounds) if b >= 1)
         start_level = self.first if self.auto else self.dtypes.index(np.dtype(o["wire_dtype"]))
-        self.quant = self.quantizer(d, o["rounding"])
-        self._bufs: List[Optional[tuple]] = [None] * len(self.dtypes)
         self.starts = block_layout(d, o["block_size"], o["block_starts"])
         nb = len(self.starts)
+        try:
+            self.quant = self.quantizer(d, o["rounding"], blocks=self.starts if nb > 1 else None, layout=o["layout"])
+        except ValueError as e:
+            raise bad_option(f"layout: {e}") from None
+        self.takes_blocks = bool(getattr(self.quant, "takes_blocks", False))
+        """alpha goes to the kernel as one value per block (else spread to every coordinate)."""
+        self._bufs: List[Optional[tuple]] = [None] * len(self.dtypes)
         ends = np.append(self.starts[1:], d)
         self.sizes = (ends - self.starts).astype(np.float64)
         self._constants = block_constants(self.sizes, o["eps"]) if nb > 1 else None
@@ -100,16 +107,18 @@ class IntCompressor(Compressor):
             self._alpha0 = float(o["alpha0"])
             self.alpha_blocks[...] = self._alpha0
         xp = self.xp
-        self._alpha_vec = xp.empty(d) if nb > 1 else None
+        spreads = nb > 1 and not self.takes_blocks
+        self._alpha_vec = xp.empty(d) if spreads else None
         self._fill = list(zip(self.starts.tolist(), ends.tolist())) if xp is np and nb * FILL_MIN_BLOCK <= d else None
         """Each block's (start, end) when alpha is spread by slice fills (numpy, blocks of >= FILL_MIN_BLOCK
         coordinates on average: one memset-like fill per block beats a gather of d indices)."""
         self._block_of = (xp.asarray(np.repeat(np.arange(nb, dtype=np.intp), self.sizes.astype(np.intp)))
-                          if nb > 1 and self._fill is None else None)
+                          if spreads and self._fill is None else None)
         """The block of each coordinate, for spreading alpha by a gather (only when not by fills)."""
         self._blocksq = np.empty(nb)
         self._starts_dev = None
-        self._diff = xp.empty(d) if nb > 1 else None
+        self._diff = xp.empty(d) if spreads else None
+        self._peak = np.empty(nb)
         self._max = np.empty(1)
         self._order: Optional[List[int]] = None
         self.state = {
@@ -156,6 +165,16 @@ class IntCompressor(Compressor):
     def prepare(self, x):
         warm_up(self.opts["kernel"])
 
+    def set_layout(self, runs) -> None:
+        """v and the mean hold the coordinates in the order of ``runs`` from now on (see ``layout``)."""
+        if self.opts["layout"] is None:
+            raise bad_option("set_layout: this compressor was built without a layout (the option ``layout``)")
+        try:
+            self.quant.set_layout(runs)
+        except ValueError as e:
+            raise bad_option(f"layout: {e}") from None
+        self.opts["layout"] = runs
+
     def clip_advice(self) -> str:
         """What to do about clipped coordinates: with auto only an alpha too large for int64 clips."""
         if self.auto:
@@ -196,7 +215,7 @@ class IntCompressor(Compressor):
                 return self._spread(self._exponent_alpha(v))
             return None
         r = st["r"]
-        if self._alpha_vec is None:  # one block: Python floats, the same IEEE operations
+        if len(self.starts) == 1:  # one block: Python floats, the same IEEE operations
             sq = self.quant.step_squares_sum(x, st["x_prev"])  # ||x^k - x^{k-1}||^2; x_prev <- x
             if st["have_r"]:
                 sq = o["beta"] * float(r[0]) + (1.0 - o["beta"]) * sq
@@ -206,8 +225,10 @@ class IntCompressor(Compressor):
             alpha = adaptive_alpha(lr, r, self.sizes, self.n, o["eps"])
             self.alpha_blocks[0] = alpha
             return alpha
-        diff = self.quant.step_squares(x, st["x_prev"], self._diff)  # (x^k - x^{k-1})^2; x_prev <- x
-        sq = self._per_block(np.add, diff, out=self._blocksq)
+        if self.takes_blocks:  # sum per block of (x^k - x^{k-1})^2; x_prev <- x
+            sq = self.quant.block_step_squares(x, st["x_prev"], self._blocksq)
+        else:
+            sq = self._per_block(np.add, self.quant.step_squares(x, st["x_prev"], self._diff), out=self._blocksq)
         if st["have_r"]:
             r *= o["beta"]
             r += (1.0 - o["beta"]) * sq
@@ -218,9 +239,12 @@ class IntCompressor(Compressor):
                                            constants=self._constants))
 
     def _spread(self, alphas: np.ndarray):
-        """The alpha of each block as the exchange takes it: a float (one block) or one per coordinate."""
-        if self._alpha_vec is None:
+        """The alpha of each block as the exchange takes it: a float (one block), the blocks' values
+        (a kernel that ``takes_blocks``), or one per coordinate."""
+        if len(self.starts) == 1:
             return float(alphas[0])
+        if self.takes_blocks:
+            return alphas
         if self._fill is not None:
             vec = self._alpha_vec
             for a, (lo, hi) in zip(alphas.tolist(), self._fill):
@@ -237,7 +261,10 @@ class IntCompressor(Compressor):
         if self.dim == 0:
             self.alpha_blocks[...] = 1.0
             return self.alpha_blocks
-        peak = self._per_block(np.maximum, self.xp.abs(v))
+        if self.takes_blocks:
+            peak = self.quant.block_max_abs(v, self._peak)
+        else:
+            peak = self._per_block(np.maximum, self.xp.abs(v))
         finite = np.isfinite(peak)
         mant, exps = np.frexp(np.where(finite, peak, 1.0))
         exps = exps.astype(np.int64) - (mant == 0.5)
@@ -253,10 +280,13 @@ class IntCompressor(Compressor):
             self._rows = self.xp.empty((self.n, self.dim))
         v64 = self.xp.ascontiguousarray(v, dtype=np.float64)
         self.comm.allgather(v64, self._rows)
-        sum_rows(self._rows, self._order, out_mean)
-        if not all_finite(out_mean):
+        mean = out_mean if out_mean.dtype == np.float64 else self.xp.empty(self.dim)  # summed in float64
+        sum_rows(self._rows, self._order, mean)
+        if not all_finite(mean):
             self.fail(k, not all_finite(v))
-        out_mean *= 1.0 / self.n
+        mean *= 1.0 / self.n
+        if mean is not out_mean:
+            out_mean[...] = mean
         if out_local is not None:
             out_local[...] = v
         self.bits, self.clipped = 64 * self.dim, 0

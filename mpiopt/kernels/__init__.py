@@ -10,7 +10,7 @@ environment forces one. The choice changes speed only, never an integer or an it
 """
 
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 from mpiopt.kernels.numpy import ROUNDINGS, Quantizer, int_bound, stream_key, uniform
 
@@ -37,24 +37,36 @@ def cpu_kernel(name: Optional[str] = None) -> str:
 
 
 def cpu_quantizer(size: int, seed: int, worker: int, n_ranks: int = 1, rounding: str = "random",
-                  kernel: Optional[str] = None):
-    """A Quantizer of the kernel :func:`cpu_kernel` picks (same constructor and integers for both)."""
+                  kernel: Optional[str] = None, blocks: Optional[Sequence[int]] = None, layout=None):
+    """A Quantizer of the kernel :func:`cpu_kernel` picks (same constructor and integers for both).
+
+    ``blocks`` (alpha blocks' first coordinates) lets alpha be given per block to a kernel that takes
+    it (``takes_blocks``: numba); the numpy kernel takes per-coordinate alphas and ignores them.
+    ``layout`` (arrays in another order than the coordinates) needs the numba kernel."""
     if cpu_kernel(kernel) == "numba":
         from mpiopt.kernels.numba import Quantizer as NumbaQuantizer
 
-        return NumbaQuantizer(size, seed, worker, n_ranks, rounding)
+        return NumbaQuantizer(size, seed, worker, n_ranks, rounding, blocks=blocks, layout=layout)
+    _plain_layout_only(layout, "numpy")
     return Quantizer(size, seed, worker, n_ranks, rounding)
 
 
+def _plain_layout_only(layout, kernel: str) -> None:
+    if layout is not None:
+        raise ValueError(f"the {kernel} kernel takes arrays in coordinate order only (a layout needs numba)")
+
+
 def make_quantizer(xp, kernel: Optional[str], size: int, seed: int, worker: int, n_ranks: int = 1,
-                   rounding: str = "random"):
+                   rounding: str = "random", blocks: Optional[Sequence[int]] = None, layout=None):
     """The quantizer for arrays of module ``xp``: CuPy's kernel for CuPy arrays, else the CPU ``kernel``
-    (numba / numpy; None picks as :func:`cpu_kernel`). All of them give the same integers."""
+    (numba / numpy; None picks as :func:`cpu_kernel`). All of them give the same integers.
+    ``blocks`` and ``layout``: see :func:`cpu_quantizer`."""
     if getattr(xp, "__name__", "numpy") == "cupy":
         from mpiopt.kernels.cupy import Quantizer as CupyQuantizer
 
+        _plain_layout_only(layout, "CuPy")
         return CupyQuantizer(size, seed, worker, n_ranks, rounding)
-    return cpu_quantizer(size, seed, worker, n_ranks, rounding, kernel)
+    return cpu_quantizer(size, seed, worker, n_ranks, rounding, kernel, blocks, layout)
 
 
 def warm_up(kernel: str) -> None:

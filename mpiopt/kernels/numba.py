@@ -6,8 +6,9 @@
 same (seed, worker, step, coordinate): the SplitMix64 noise, the double product alpha * v (never
 contracted into an FMA: numba compiles without fast-math), the addition of u and the floor (or
 rint) are the formula of ``mpiopt.kernels.numpy``'s docstring, done per coordinate in one compiled,
-vectorized loop that never materializes the noise. The compressors use this kernel by default when numba is installed (see
-:mod:`mpiopt.kernels`).
+vectorized loop that never materializes the noise. The compressors use this kernel by default when
+numba is installed (see :mod:`mpiopt.kernels`). It also takes alpha as one value per block
+(``blocks``) and arrays in another order than the coordinates' (``layout``): see :class:`Quantizer`.
 
 Where the numpy kernel makes about twenty passes over 8-byte temporaries, one ``round`` here is one
 pass that reads v and writes Int(alpha v) as int8 (saturated at +-127) while it takes max |Int|;
@@ -16,8 +17,8 @@ values in a wider scratch. ``pack`` then casts (or clips and casts) that scratch
 buffer, and ``decode`` is one pass (a product with 1 / (n alpha) instead of the division when, checked
 over every possible int8 sum, that gives the division's bits -- nearly always for a float32 ``out``).
 ``decode_update`` applies IntSGD's x -= eta S / (n alpha) in one pass, bit for bit what ``decode``
-into a mean of x's dtype and ``x -= eta * mean`` give. ``rounded`` and ``sent`` (float64 views the numpy kernel keeps
-all the time) are made on demand, from the exact scratch, so reading them gives what numpy gives;
+into a mean of x's dtype and ``x -= eta * mean`` give. ``rounded`` and ``sent`` (float64 views the
+numpy kernel keeps all the time) are made on demand, from the exact scratch, so reading them gives what numpy gives;
 they are read-only here (QSGD's in-place edit of ``rounded`` needs the numpy kernel).
 
 Inputs may be float32 or float64; they are widened to double first, as the contract says (the numpy
@@ -29,7 +30,7 @@ fall back to ``mpiopt.kernels.numpy``.
 """
 
 import math
-from typing import Optional, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -96,54 +97,70 @@ if AVAILABLE:
         return _types.float64(_types.int64), codegen
 
     @_jit
-    def _round_fast(v, alpha, alpha_vec, key, random, out):
+    def _int_of(x, a, key, j, random):
+        """Int(a x) of coordinate j: floor(a x + u_j) or rint(a x), the product in double (no FMA);
+        ``key`` may be shifted by c * G to make coordinate c + j's counter j (see _shifted)."""
+        t = np.float64(x) * a
+        if random:
+            return np.floor(t + _u(key, j))
+        return np.rint(t)
+
+    # Every kernel below takes ``segs``, rows (position, coordinate, count, block): positions
+    # p..p+count-1 of the arrays hold coordinates c..c+count-1 (their noise counters), whose alpha is
+    # alphas[block], or avec[coordinate] when ``avec`` is not empty. Each row is handed to a loop
+    # over views of the arrays (contiguous, from 0), which LLVM vectorizes as it would a whole array.
+
+    @_jit
+    def _shifted(key, c):
+        """The key whose j-th noise is coordinate c + j's: u's counter term (j + 1) G is linear in j."""
+        return key + np.uint64(c) * _G
+
+    @_jit
+    def _coord_view(avec, c, n):
+        return avec[c:c + n] if avec.shape[0] > 0 else avec
+
+    @_jit
+    def _round_fast_run(v, a, avec, key, random, out, mx):
+        coord = avec.shape[0] > 0
+        for i in range(v.shape[0]):
+            t = _int_of(v[i], avec[i] if coord else a, key, i, random)
+            mx = max(mx, _bits(t) & _ABS)
+            out[i] = np.int64(min(max(t, -127.0), 127.0))
+        return mx
+
+    @_jit
+    def _round_fast(v, segs, alphas, avec, key, random, out):
         """Int(alpha v) clamped to +-127 into int8 ``out``; returns max |Int| (exact; inf or NaN
         when some coordinate is not finite, whose ``out`` is then garbage)."""
         mx = np.int64(0)
-        n = v.shape[0]
-        if alpha_vec.shape[0] == 0:
-            if random:
-                for j in range(n):
-                    t = np.floor(np.float64(v[j]) * alpha + _u(key, j))
-                    mx = max(mx, _bits(t) & _ABS)
-                    out[j] = np.int64(min(max(t, -127.0), 127.0))
-            else:
-                for j in range(n):
-                    t = np.rint(np.float64(v[j]) * alpha)
-                    mx = max(mx, _bits(t) & _ABS)
-                    out[j] = np.int64(min(max(t, -127.0), 127.0))
-        else:
-            if random:
-                for j in range(n):
-                    t = np.floor(np.float64(v[j]) * alpha_vec[j] + _u(key, j))
-                    mx = max(mx, _bits(t) & _ABS)
-                    out[j] = np.int64(min(max(t, -127.0), 127.0))
-            else:
-                for j in range(n):
-                    t = np.rint(np.float64(v[j]) * alpha_vec[j])
-                    mx = max(mx, _bits(t) & _ABS)
-                    out[j] = np.int64(min(max(t, -127.0), 127.0))
+        for s in range(segs.shape[0]):
+            p, c, n = segs[s, 0], segs[s, 1], segs[s, 2]
+            mx = _round_fast_run(v[p:p + n], alphas[segs[s, 3]], _coord_view(avec, c, n), _shifted(key, c), random,
+                                 out[p:p + n], mx)
         return _from_bits(mx)
 
     @_jit
-    def _round_exact(v, alpha, alpha_vec, key, random, out):
-        """Int(alpha v) exactly (non-finite -> 0) into ``out`` (int32 or float64); returns
-        (max |Int| as a double, number of non-finite coordinates)."""
-        mx = 0.0
-        bad = 0
-        scalar = alpha_vec.shape[0] == 0
-        for j in range(v.shape[0]):
-            a = alpha if scalar else alpha_vec[j]
-            t = np.float64(v[j]) * a
-            if random:
-                t = np.floor(t + _u(key, j))
-            else:
-                t = np.rint(t)
+    def _round_exact_run(v, a, avec, key, random, out, mx, bad):
+        coord = avec.shape[0] > 0
+        for i in range(v.shape[0]):
+            t = _int_of(v[i], avec[i] if coord else a, key, i, random)
             if not np.abs(t) < np.inf:
                 t = 0.0
                 bad += 1
             mx = max(mx, abs(t))
-            out[j] = t
+            out[i] = t
+        return mx, bad
+
+    @_jit
+    def _round_exact(v, segs, alphas, avec, key, random, out):
+        """Int(alpha v) exactly (non-finite -> 0) into ``out`` (int32 or float64); returns (max |Int|
+        as a double, number of non-finite coordinates)."""
+        mx = 0.0
+        bad = 0
+        for s in range(segs.shape[0]):
+            p, c, n = segs[s, 0], segs[s, 1], segs[s, 2]
+            mx, bad = _round_exact_run(v[p:p + n], alphas[segs[s, 3]], _coord_view(avec, c, n), _shifted(key, c),
+                                       random, out[p:p + n], mx, bad)
         return mx, bad
 
     @_jit
@@ -159,26 +176,18 @@ if AVAILABLE:
         return clipped
 
     @_jit
-    def _divide_clipped(src, bound, alpha, alpha_vec, out):
-        """out = clip(src, +-bound) / alpha (the numpy kernel's ``sent / alpha``)."""
-        b = np.float64(bound)
-        if alpha_vec.shape[0] == 0:
-            for j in range(src.shape[0]):
-                out[j] = min(max(np.float64(src[j]), -b), b) / alpha
-        else:
-            for j in range(src.shape[0]):
-                out[j] = min(max(np.float64(src[j]), -b), b) / alpha_vec[j]
+    def _divide_clipped_run(src, b, a, avec, out):
+        coord = avec.shape[0] > 0
+        for i in range(src.shape[0]):
+            out[i] = min(max(np.float64(src[i]), -b), b) / (avec[i] if coord else a)
 
     @_jit
-    def _decode_scalar(s, c, r, mul, out):
-        """out = S / c with c = n * alpha, rounded to out's dtype (one double division, as numpy's
-        np.divide). With ``mul`` (see _product_is_quotient) the division is the product S * r."""
-        if mul:
-            for j in range(s.shape[0]):
-                out[j] = np.float64(s[j]) * r
-        else:
-            for j in range(s.shape[0]):
-                out[j] = np.float64(s[j]) / c
+    def _divide_clipped(src, bound, segs, alphas, avec, out):
+        """out = clip(src, +-bound) / alpha (the numpy kernel's ``sent / alpha``)."""
+        b = np.float64(bound)
+        for s in range(segs.shape[0]):
+            p, c, n = segs[s, 0], segs[s, 1], segs[s, 2]
+            _divide_clipped_run(src[p:p + n], b, alphas[segs[s, 3]], _coord_view(avec, c, n), out[p:p + n])
 
     @_jit
     def _product_is_quotient(lo, hi, c, r, sample):
@@ -191,31 +200,53 @@ if AVAILABLE:
         return True
 
     @_jit
-    def _decode_vec(s, alpha_vec, inv_n, out):
-        """out = S / alpha_j, stored in out's dtype, then out *= 1/n in out's dtype (numpy's two steps)."""
-        for j in range(s.shape[0]):
-            out[j] = np.float64(s[j]) / alpha_vec[j]
-            out[j] = out[j] * inv_n
-
-    @_jit
-    def _decode_update_scalar(s, c, r, mul, lr, x):
-        """x -= lr * m with m = S / c rounded to x's dtype: numpy's ``decode`` into a mean of x's
-        dtype followed by ``x -= lr * mean`` (lr has x's dtype), in one pass."""
-        if mul:
-            for j in range(s.shape[0]):
-                m = x.dtype.type(np.float64(s[j]) * r)
-                x[j] = x[j] - lr * m
+    def _decode_run(s, a, avec, one, c, r, mul, inv_n, out):
+        """out = S / (n alpha) in out's dtype: with one alpha (``one``) S / c (c = n alpha; S * r when
+        ``mul``), one rounding; else numpy's two steps S / alpha_j, then * (1 / n), each rounded."""
+        if one and mul:
+            for i in range(s.shape[0]):
+                out[i] = np.float64(s[i]) * r
+        elif one:
+            for i in range(s.shape[0]):
+                out[i] = np.float64(s[i]) / c
         else:
-            for j in range(s.shape[0]):
-                m = x.dtype.type(np.float64(s[j]) / c)
-                x[j] = x[j] - lr * m
+            coord = avec.shape[0] > 0
+            for i in range(s.shape[0]):
+                out[i] = np.float64(s[i]) / (avec[i] if coord else a)
+                out[i] = out[i] * inv_n
 
     @_jit
-    def _decode_update_vec(s, alpha_vec, inv_n, lr, x):
-        for j in range(s.shape[0]):
-            m = x.dtype.type(np.float64(s[j]) / alpha_vec[j])
-            m = m * inv_n
-            x[j] = x[j] - lr * m
+    def _decode(s, segs, alphas, avec, one, c, r, mul, inv_n, out):
+        for k in range(segs.shape[0]):
+            p, ctr, n = segs[k, 0], segs[k, 1], segs[k, 2]
+            _decode_run(s[p:p + n], alphas[segs[k, 3]], _coord_view(avec, ctr, n), one, c, r, mul, inv_n,
+                        out[p:p + n])
+
+    @_jit
+    def _decode_update_run(s, a, avec, one, c, r, mul, inv_n, lr, x):
+        """x -= lr * m with m the mean of _decode_run rounded to x's dtype: numpy's ``decode`` into a
+        mean of x's dtype followed by ``x -= lr * mean`` (lr has x's dtype), in one pass."""
+        if one and mul:
+            for i in range(s.shape[0]):
+                m = x.dtype.type(np.float64(s[i]) * r)
+                x[i] = x[i] - lr * m
+        elif one:
+            for i in range(s.shape[0]):
+                m = x.dtype.type(np.float64(s[i]) / c)
+                x[i] = x[i] - lr * m
+        else:
+            coord = avec.shape[0] > 0
+            for i in range(s.shape[0]):
+                m = x.dtype.type(np.float64(s[i]) / (avec[i] if coord else a))
+                m = m * inv_n
+                x[i] = x[i] - lr * m
+
+    @_jit
+    def _decode_update(s, segs, alphas, avec, one, c, r, mul, inv_n, lr, x):
+        for k in range(segs.shape[0]):
+            p, ctr, n = segs[k, 0], segs[k, 1], segs[k, 2]
+            _decode_update_run(s[p:p + n], alphas[segs[k, 3]], _coord_view(avec, ctr, n), one, c, r, mul, inv_n,
+                               lr, x[p:p + n])
 
     @_jit
     def _step_squares(x, x_prev, out):
@@ -273,6 +304,31 @@ if AVAILABLE:
         return _pairwise_step_squares(x, x_prev, lo, half) + _pairwise_step_squares(x, x_prev, lo + half, n - half)
 
     @_jit
+    def _block_step_squares(x, x_prev, starts, ends, out):
+        """out[b] = sum of (x_j - x_prev_j)^2 over block b = [starts[b], ends[b]) with the bits of
+        numpy's ``add.reduceat`` of those squares (a segment's first square plus the pairwise sum of
+        the rest), and x_prev = x: the fused form of step_squares then reduceat."""
+        for b in range(starts.shape[0]):
+            lo, n = starts[b], ends[b] - starts[b]
+            first = _sq(x, x_prev, lo)
+            out[b] = first + _pairwise_step_squares(x, x_prev, lo + 1, n - 1) if n > 1 else first
+
+    @_jit
+    def _block_max_abs(v, segs, out):
+        """out[block] = max |v| over each block's coordinates (NaN or inf when one is not finite)."""
+        out[:] = 0.0
+        for k in range(segs.shape[0]):
+            p, n, b = segs[k, 0], segs[k, 2], segs[k, 3]
+            m = out[b]
+            for i in range(n):
+                a = abs(np.float64(v[p + i]))
+                if a > m or a != a:
+                    m = a
+                    if a != a:
+                        break
+            out[b] = m
+
+    @_jit
     def _materialize(src, bound, out):
         b = np.float64(bound)
         for j in range(src.shape[0]):
@@ -311,13 +367,37 @@ def _check() -> None:
         raise ImportError("mpiopt.kernels.numba needs numba (pip install numba); use mpiopt.kernels.numpy instead")
 
 
-def _alpha_args(alpha, size: int):
-    if np.ndim(alpha) == 0:
-        return float(alpha), _EMPTY
-    a = np.ascontiguousarray(alpha, dtype=np.float64)
-    if a.shape != (size,):
-        raise ValueError(f"alpha must be a scalar or an array of {size} values, got shape {a.shape}")
-    return 0.0, a
+Runs = Sequence[Tuple[int, int, int]]
+"""A layout: (position in the arrays, first coordinate, count) runs that tile both [0, size) ranges."""
+
+
+def segments(size: int, starts: Optional[Sequence[int]] = None, runs: Optional[Runs] = None) -> np.ndarray:
+    """The kernels' (position, coordinate, count, block) rows: each run of the layout ``runs``
+    (default: positions are coordinates) cut where an alpha block (first coordinates ``starts``,
+    default one block) begins. Raises ValueError unless the runs tile [0, size) as positions and as
+    coordinates, and the blocks start at 0 and ascend strictly below ``size``."""
+    bounds = np.asarray([0] if starts is None else starts, dtype=np.int64)
+    if (bounds.ndim != 1 or not bounds.size or bounds[0] != 0 or (np.diff(bounds) <= 0).any()
+            or (size and bounds[-1] >= size)):
+        raise ValueError(f"block starts must ascend strictly from 0 below {size}, got {bounds.tolist()}")
+    runs = [(0, 0, size)] if runs is None else [(int(p), int(c), int(n)) for p, c, n in runs if n]
+    for what, key in (("positions", 0), ("coordinates", 1)):
+        covered = 0
+        for run in sorted(runs, key=lambda r: r[key]):
+            if run[key] != covered or run[2] < 0:
+                raise ValueError(f"the layout's runs must tile the {size} {what} once each, got {runs}")
+            covered += run[2]
+        if covered != size:
+            raise ValueError(f"the layout's runs must tile the {size} {what} once each, got {runs}")
+    ends = np.append(bounds[1:], size)
+    rows = []
+    for pos, coord, count in runs:
+        block = int(np.searchsorted(bounds, coord, side="right")) - 1
+        while count:
+            take = min(count, int(ends[block]) - coord)
+            rows.append((pos, coord, take, block))
+            pos, coord, count, block = pos + take, coord + take, count - take, block + 1
+    return np.array(rows, dtype=np.int64).reshape(-1, 4)
 
 
 class Quantizer:
@@ -325,14 +405,31 @@ class Quantizer:
 
     ``round`` keeps Int(alpha v) in an exact scratch (int8 while max |Int| <= 127, else int32 or
     float64), so v may change after it, as with the numpy kernel.
+
+    Two things the numpy kernel does not take: ``blocks`` (the first coordinate of each alpha block,
+    IntSGD's Alg. 2), after which alpha may be given as one value per block (no per-coordinate
+    vector is spread); and ``layout`` (:data:`Runs`, changed with :meth:`set_layout`): the arrays
+    handed in and out (v, the integers, the decoded means) hold coordinate c at another position,
+    e.g. a DDP bucket's buffer, whose parameters are in another order than the optimizer's. The
+    integers of each coordinate are those of the plain layout; ``x`` of the step-squares methods
+    stays in coordinate order.
     """
 
-    def __init__(self, size: int, seed: int, worker: int, n_ranks: int = 1, rounding: str = "random"):
+    takes_blocks = True
+    """alpha may be one value per block of ``blocks`` (see above)."""
+
+    def __init__(self, size: int, seed: int, worker: int, n_ranks: int = 1, rounding: str = "random",
+                 blocks: Optional[Sequence[int]] = None, layout: Optional[Runs] = None):
         _check()
         if rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
         self.size, self.seed, self.worker, self.n_ranks, self.rounding = size, seed, worker, n_ranks, rounding
         self._worker_key = worker_key(seed, worker)
+        self._starts = np.asarray([0] if blocks is None else blocks, dtype=np.int64)
+        self._ends = np.append(self._starts[1:], size)
+        self.n_blocks = len(self._starts)
+        self.set_layout(layout)
+        self._one = np.empty(1)
         self._checked_into: Optional[np.ndarray] = None
         self._squares: Optional[np.ndarray] = None
         self._spec = np.zeros(size, dtype=np.int8)
@@ -348,8 +445,30 @@ class Quantizer:
         self.max_abs = 0.0
         self.finite = True
 
+    def set_layout(self, layout: Optional[Runs]) -> None:
+        """Where the arrays hold each coordinate from now on (None: position = coordinate)."""
+        self._segs = segments(self.size, self._starts, layout)
+        self._segs_one = self._segs.copy()
+        self._segs_one[:, 3] = 0
+        self.identity = layout is None or self._segs.shape[0] == 0 or bool(
+            (self._segs[:, 0] == self._segs[:, 1]).all())
+
+    def _alpha(self, alpha):
+        """(segments, per-block alphas, per-coordinate alphas, whether one alpha) for the kernels."""
+        if isinstance(alpha, float) or np.ndim(alpha) == 0:
+            self._one[0] = alpha
+            return self._segs_one, self._one, _EMPTY, True
+        a = np.ascontiguousarray(alpha, dtype=np.float64)
+        if a.shape == (self.n_blocks,):
+            return self._segs, a, _EMPTY, False
+        if a.shape != (self.size,):
+            raise ValueError(f"alpha must be a scalar, an array of {self.size} values or one of {self.n_blocks} "
+                             f"block values, got shape {a.shape}")
+        return self._segs_one, self._one, a, False
+
     def noise(self, step: int) -> np.ndarray:
-        """This worker's u_j for ``step`` (a view of an internal buffer, overwritten by the next call)."""
+        """This worker's u_j for ``step``, in coordinate order (a view of an internal buffer,
+        overwritten by the next call)."""
         _noise(self._key(step), self.noise_buf)
         return self.noise_buf
 
@@ -375,33 +494,32 @@ class Quantizer:
                 raise ValueError(f"into must be a contiguous int8 array of shape ({self.size},), got "
                                  f"{into.dtype} {into.shape}")
             self._checked_into = into
-        a, avec = (float(alpha), _EMPTY) if isinstance(alpha, float) else _alpha_args(alpha, self.size)
+        segs, alphas, avec, _ = self._alpha(alpha)
         key = self._key(step)
         random = self.rounding == "random"
         target = self._spec if into is None else into
-        mx = float(_round_fast(v, a, avec, key, random, target))
+        mx = float(_round_fast(v, segs, alphas, avec, key, random, target))
         self._rounded_ok = self._sent_ok = False
         self._sent_bound = float("inf")
         self._pending = None
         if mx <= _SPEC_MAX:
             self._src, self.max_abs, self.finite = target, mx, True
             if into is not None:
-                self._pending = (v, a, avec, key, random)
+                self._pending = (v, segs, alphas.copy(), avec, key, random)
                 self._into_fresh = True
             return self
         # Rare: values beyond int8, or non-finite inputs: store them exactly.
         wide_dtype = np.int32 if mx <= np.iinfo(np.int32).max else np.float64
         if self._wide is None or self._wide.dtype != wide_dtype:
             self._wide = np.empty(self.size, dtype=wide_dtype)
-        m, bad = _round_exact(v, a, avec, key, random, self._wide)
+        m, bad = _round_exact(v, segs, alphas, avec, key, random, self._wide)
         self._src, self.max_abs, self.finite = self._wide, float(m), bad == 0
         return self
 
     def _exact(self) -> np.ndarray:
         """The exact rounded values (recomputed into the scratch when they were written to ``into``)."""
         if self._pending is not None:
-            v, a, avec, key, random = self._pending
-            _round_fast(v, a, avec, key, random, self._spec)
+            _round_fast(*self._pending, self._spec)
             self._src, self._pending = self._spec, None
         return self._src
 
@@ -451,19 +569,20 @@ class Quantizer:
 
     def decode_local(self, alpha: Union[float, np.ndarray], out: np.ndarray) -> np.ndarray:
         """This worker's own decoded C(v) = sent / alpha."""
-        a, avec = _alpha_args(alpha, self.size)
-        _divide_clipped(self._exact(), min(self._sent_bound, 2.0 ** 1023), a, avec, out)
+        segs, alphas, avec, _ = self._alpha(alpha)
+        _divide_clipped(self._exact(), min(self._sent_bound, 2.0 ** 1023), segs, alphas, avec, out)
         return out
 
-    @staticmethod
-    def decode(sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, out: np.ndarray) -> np.ndarray:
+    def _decoding(self, sum_int: np.ndarray, alpha, n: int, out: np.ndarray):
+        """The kernels' arguments of S / (n alpha) into ``out``'s dtype (see _mean_of)."""
+        segs, alphas, avec, one = self._alpha(alpha)
+        c = n * float(alphas[0]) if one else 1.0
+        mul = one and _may_multiply(sum_int, c, out)
+        return segs, alphas, avec, one, c, 1.0 / c if mul else 0.0, mul, out.dtype.type(1.0 / n)
+
+    def decode(self, sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, out: np.ndarray) -> np.ndarray:
         """S / (n alpha) into ``out``, bit for bit what the numpy kernel writes."""
-        _check()
-        if np.ndim(alpha) == 0:
-            c = n * float(alpha)
-            _decode_scalar(sum_int, c, 1.0 / c, _may_multiply(sum_int, c, out), out)
-        else:
-            _decode_vec(sum_int, np.ascontiguousarray(alpha, dtype=np.float64), out.dtype.type(1.0 / n), out)
+        _decode(sum_int, *self._decoding(sum_int, alpha, n, out), out)
         return out
 
     @staticmethod
@@ -486,27 +605,25 @@ class Quantizer:
             return float(self._squares.sum())
         return float(0.0 + _pairwise_step_squares(x, x_prev, 0, n))  # 0.0 +: numpy's sum of none is +0.0
 
-    @staticmethod
-    def decode_update(sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, lr: float,
+    def block_step_squares(self, x: np.ndarray, x_prev: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """||x - x_prev||^2 of each block into ``out``, with the bits of ``step_squares`` then numpy's
+        ``add.reduceat`` at the block starts, and x_prev <- x, in one pass (x in coordinate order)."""
+        _block_step_squares(x, x_prev, self._starts, self._ends, out)
+        return out
+
+    def block_max_abs(self, v: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """max |v| of each block into ``out`` (v in the layout; NaN or inf where a value is not finite)."""
+        _block_max_abs(v, self._segs, out)
+        return out
+
+    def decode_update(self, sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, lr: float,
                       x: np.ndarray) -> np.ndarray:
-        """x -= lr * S / (n alpha) in one pass (see :func:`decode_update`)."""
-        return decode_update(sum_int, alpha, n, lr, x)
-
-
-def decode_update(sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, lr: float,
-                  x: np.ndarray) -> np.ndarray:
-    """x -= lr * S / (n alpha), in place and in one pass: bit for bit what ``decode`` into a mean of
-    x's dtype followed by ``x -= lr * mean`` gives (IntSGD's update, without materializing the mean)."""
-    _check()
-    if x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
-        raise ValueError(f"x must be a contiguous float32 or float64 array, got {x.dtype}")
-    lr_t = x.dtype.type(lr)
-    if isinstance(alpha, float) or np.ndim(alpha) == 0:
-        c = n * float(alpha)
-        _decode_update_scalar(sum_int, c, 1.0 / c, _may_multiply(sum_int, c, x), lr_t, x)
-    else:
-        _decode_update_vec(sum_int, np.ascontiguousarray(alpha, dtype=np.float64), x.dtype.type(1.0 / n), lr_t, x)
-    return x
+        """x -= lr * S / (n alpha), in place and in one pass: bit for bit what ``decode`` into a mean
+        of x's dtype followed by ``x -= lr * mean`` gives (IntSGD's update, without materializing the mean)."""
+        if x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
+            raise ValueError(f"x must be a contiguous float32 or float64 array, got {x.dtype}")
+        _decode_update(sum_int, *self._decoding(sum_int, alpha, n, x), x.dtype.type(lr), x)
+        return x
 
 
 def warm_up() -> None:
@@ -516,10 +633,13 @@ def warm_up() -> None:
     for vt in (np.float32, np.float64):
         v = np.linspace(-3, 3, 16).astype(vt)
         for rounding in ROUNDINGS:
-            q = Quantizer(16, 0, 0, 2, rounding)
+            q = Quantizer(16, 0, 0, 2, rounding, blocks=[0, 8])
             for dt in (np.int8, np.int16, np.int32, np.int64):
                 buf = np.empty(16, dtype=dt)
                 q.encode(v, 10.0, buf, step=0)
                 for ot in (np.float32, np.float64):
-                    Quantizer.decode(buf, 10.0, 2, np.empty(16, dtype=ot))
-                    decode_update(buf, 10.0, 2, 0.1, np.zeros(16, dtype=ot))
+                    for alpha in (10.0, np.array([10.0, 3.0])):
+                        q.decode(buf, alpha, 2, np.empty(16, dtype=ot))
+                        q.decode_update(buf, alpha, 2, 0.1, np.zeros(16, dtype=ot))
+        q.block_step_squares(v, np.zeros(16), np.empty(2))
+        q.block_max_abs(v, np.empty(2))

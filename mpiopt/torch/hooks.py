@@ -50,6 +50,7 @@ import torch.distributed as dist
 from mpiopt.comm import Communicator, on_device
 from mpiopt.compressors import compressor_class
 from mpiopt.compressors.integer import IntCompressor
+from mpiopt.kernels import cpu_kernel
 from mpiopt.problems.torch import array_module, as_array
 from mpiopt.state import capture, restore
 from mpiopt.torch import (_CompressorEngine, check_identity, non_finite_gradient, record_from_torch, record_to_torch,
@@ -77,10 +78,21 @@ class _BucketPlan:
         order = np.argsort([position[id(p)] for p in params], kind="stable")
         self.ids = tuple(id(p) for p in params)
         self.params = [params[i] for i in order]
+        self._views: List[torch.Tensor] = []
+        self._ptrs: List[int] = []
         self.layout: Layout = tuple((position[id(params[i])], int(sizes[i])) for i in order)
         self.starts = np.concatenate(([0], np.cumsum(sizes[order])[:-1])).tolist()
         self.dim = int(sizes.sum())
         self.runs = merged_runs([(int(offsets[i]), start, int(sizes[i])) for i, start in zip(order, self.starts)])
+
+    def flat_views(self) -> List[torch.Tensor]:
+        """The parameters as flat views, in the optimizer's order (kept between steps; made again
+        when a parameter's storage was replaced, e.g. by ``p.data = ...``)."""
+        ptrs = [p.data_ptr() for p in self.params]
+        if ptrs != self._ptrs:
+            self._views = [p.detach().reshape(-1) for p in self.params]
+            self._ptrs = ptrs if all(v.data_ptr() == q for v, q in zip(self._views, ptrs)) else []
+        return self._views
 
 
 def merged_runs(runs: List[Tuple[int, int, int]]) -> List[Tuple[int, int, int]]:
@@ -95,27 +107,58 @@ def merged_runs(runs: List[Tuple[int, int, int]]) -> List[Tuple[int, int, int]]:
 
 
 class _Bucket:
-    """One bucket index: its plan, its compressor (with the counters of a method) and step counter."""
+    """One bucket index: its plan, its compressor (with the counters of a method) and step counter.
 
-    def __init__(self, state: "CompressorState", plan: _BucketPlan, index: int, xp):
+    ``in_place``: the compressor reads the gradient from the bucket's buffer and writes the mean
+    back into it, in DDP's order (the int compressor with the numba kernel, given the plan's runs as
+    its ``layout``); otherwise both are copied to and from float64 vectors in the optimizer's order."""
+
+    def __init__(self, state: "CompressorState", plan: _BucketPlan, index: int, xp, dtype: torch.dtype):
         self.plan, self.k = plan, 0
         opts = dict(state.options)
-        if "block_starts" in {o.name for o in state.cls.options}:
+        names = {o.name for o in state.cls.options}
+        if "block_starts" in names:
             opts["block_starts"] = plan.starts if state.block == "layer" else None
+        self.in_place = "layout" in names and xp is np and cpu_kernel(opts.get("kernel")) == "numba"
+        if self.in_place:
+            opts["layout"] = plan.runs
         comm = state.comm if xp is np else on_device(state.comm)
         comp = state.cls(comm, plan.dim, seed=state.seed + (index << 32), worker=state.comm.rank,
                          fail=functools.partial(non_finite_gradient, state.comm), xp=xp, **opts)
         self.engine = _CompressorEngine(comp)
-        self.v, self.x, self.mean = xp.empty(plan.dim), xp.zeros(plan.dim), xp.empty(plan.dim)
+        if self.in_place:
+            self.v = self.mean = None
+            self._x = torch.zeros(plan.dim, dtype=dtype)
+            self.x = self._x.numpy()
+        else:
+            self.v, self.x, self.mean = xp.empty(plan.dim), xp.zeros(plan.dim), xp.empty(plan.dim)
         comp.prepare(self.x)  # compile its kernels (once per process) before the first exchange
 
-    def load(self, flat, reads_iterate: bool) -> None:
-        """v <- the bucket's gradient in the optimizer's order (float64); x <- its parameters."""
+    def replan(self, plan: _BucketPlan) -> None:
+        """DDP reordered the bucket's parameters (same ones): follow the new order."""
+        self.plan = plan
+        if self.in_place:
+            self.engine.comp.set_layout(plan.runs)
+
+    def load(self, flat, reads_iterate: bool):
+        """The gradient as the compressor takes it (``flat`` itself in place, else a float64 copy in
+        the optimizer's order), and x <- the parameters (in the optimizer's order)."""
+        if self.in_place:
+            if reads_iterate:
+                torch.cat(self.plan.flat_views(), out=self._x)
+            return flat
         for src, dst, n in self.plan.runs:
             self.v[dst:dst + n] = flat[src:src + n]
         if reads_iterate:
             for p, start, (_, size) in zip(self.plan.params, self.plan.starts, self.plan.layout):
                 self.x[start:start + size] = as_array(p).reshape(-1)
+        return self.v
+
+    def store(self, flat) -> None:
+        """The mean into the bucket's buffer (already there in place)."""
+        if not self.in_place:
+            for src, dst, n in self.plan.runs:
+                flat[src:src + n] = self.mean[dst:dst + n]
 
     def record(self) -> Dict[str, Any]:
         rec = record_to_torch(capture(self.engine, {}, self.engine.comp.comm))
@@ -168,9 +211,10 @@ class CompressorState:
             return known
         plan = _BucketPlan(params, self._position)
         if known is not None and known.plan.layout == plan.layout:
-            known.plan = plan
+            known.replan(plan)
             return known
-        made = self.buckets[index] = _Bucket(self, plan, index, array_module(grad_bucket.buffer().device))
+        buf = grad_bucket.buffer()
+        made = self.buckets[index] = _Bucket(self, plan, index, array_module(buf.device), buf.dtype)
         if index in self._saved:
             made.restore(self._saved.pop(index), index)
         return made
@@ -245,13 +289,12 @@ def compressor_hook(state: CompressorState, bucket: dist.GradBucket) -> torch.fu
     buf = bucket.buffer()
     b = state.bucket(bucket)
     flat = as_array(buf)
-    b.load(flat, state.reads_iterate)
+    v = b.load(flat, state.reads_iterate)
     lr = float(state.optimizer.param_groups[0]["lr"])
-    b.engine.comp.exchange(b.v, b.k, b.x, lr, b.mean)
+    b.engine.comp.exchange(v, b.k, b.x, lr, flat if b.in_place else b.mean)
     b.engine.count()
     b.k += 1
-    for src, dst, n in b.plan.runs:
-        flat[src:src + n] = b.mean[dst:dst + n]
+    b.store(flat)
     fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
     fut.set_result(buf)
     return fut

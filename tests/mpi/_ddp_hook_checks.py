@@ -10,7 +10,9 @@ Every check asserts on every rank (a failed assert exits non-zero) and prints on
   What is compared: every integer buffer each rank hands to ``allreduce_int`` and ``allreduce_max``
   (the first step's exponents, one per layer; then int8 from the first step on, nothing in float),
   recorded by a communicator that copies the buffer before sending it, must be equal, step by step,
-  between A and B; so must the final parameters. To make the second
+  between A and B, once A's integers are moved from their places in DDP's bucket (which DDP reorders
+  after the first step) to their coordinates' places in the optimizer's order; so must the final
+  parameters. To make the second
   comparison meaningful, A applies the update with IntSGD's arithmetic, p <- p - (lr * g), in
   float64: torch.optim.SGD fuses it into one multiply-add, whose last bit differs, and alpha reads
   the parameters' movement, so any one-bit difference would change later integers. (The optimizer
@@ -124,9 +126,21 @@ def hooked(comm=None, hook=intsgd_hook):
     return ddp, state
 
 
+def in_optimizer_order(sent: np.ndarray, runs) -> np.ndarray:
+    """A bucket's integer buffer (coordinates where the (position, coordinate, count) ``runs`` put
+    them, then the header) with each coordinate moved to its place in the optimizer's order."""
+    out = sent.copy()
+    for pos, coord, count in runs:
+        out[coord:coord + count] = sent[pos:pos + count]
+    return out
+
+
 def same_as_intsgd(X, y):
     ddp, state = hooked(RecordingCommunicator())
-    ddp_steps(ddp, state, X, y, range(STEPS))
+    runs = []
+    ddp_steps(ddp, state, X, y, range(STEPS), on_step=lambda k: runs.append(list(state.buckets[0].plan.runs)))
+    assert len(state.buckets) == 1
+    assert runs[-1] != runs[0] == [(0, 0, state.buckets[0].plan.dim)], "DDP's rebuilt bucket should reorder the layers"
     plain = model()
     rec_b = RecordingCommunicator()
     opt = mpiopt.torch.IntSGD(plain.parameters(), rec_b, lr=lr_at(0), seed=SEED, wire_dtype="auto")
@@ -142,6 +156,7 @@ def same_as_intsgd(X, y):
     assert sent_a[0].dtype == np.int64 and sent_a[0].shape == (layers,)  # the first step's exponents
     assert all(a.dtype == np.int8 for a in sent_a[1:])
     for k, (a, b) in enumerate(zip(sent_a, sent_b)):
+        a = in_optimizer_order(a, runs[k - 1]) if k else a
         assert a.dtype == b.dtype and np.array_equal(a, b), f"step {k}: the hook sent other values than IntSGD"
     assert torch.equal(flat(ddp.module), flat(plain)), "final parameters differ from IntSGD's"
     assert state.bytes_sent == rec_b.bytes_sent and state.info_bits == opt.info_bits
