@@ -459,3 +459,48 @@ def test_a_name_that_fixes_the_compressor_does_not_offer_the_compressor_option(p
         mpiopt.minimize(problem, "natsgd", wire_dtype="int8", iters=1)
     takes = str(err.value).split("it takes: ")[1].split(", ")
     assert "compressor" not in takes and "kernel" in takes
+
+
+@pytest.mark.parametrize("options", [dict(first_step="float"), dict(first_step="exponent"),
+                                     dict(first_step="exponent", block_starts=[0, 5, 40, 41, 90]),
+                                     dict(first_step="float", block_starts=[0, 5, 40, 41, 90], wire_dtype="int32")])
+def test_a_layout_sends_each_coordinates_integers_from_its_place(options):
+    """``layout`` (the DDP hook's in-place path, numba kernel): v and the mean hold the coordinates in
+    another order; every step's mean is the plain compressor's, each value moved to its place, and
+    alpha, x_prev and the counters are the same (float32 buffers, as a DDP bucket's)."""
+    pytest.importorskip("numba")
+    d = 100
+    runs = [(0, 90, 10), (10, 41, 49), (59, 0, 5), (64, 5, 35), (99, 40, 1)]
+    rng = np.random.default_rng(4)
+    plain, moved = make(IntCompressor, d, kernel="numba", **options), make(IntCompressor, d, kernel="numba",
+                                                                          layout=runs, **options)
+    x = np.zeros(d, dtype=np.float32)
+    mean_plain, mean_moved = np.empty(d, dtype=np.float32), np.empty(d, dtype=np.float32)
+    for k in range(6):
+        v = rng.standard_normal(d).astype(np.float32) * (10.0 if k == 3 else 1.0)
+        x -= 0.1 * v
+        plain.exchange(v, k, x, LR, mean_plain)
+        moved.exchange(place(v, runs), k, x, LR, mean_moved)
+        np.testing.assert_array_equal(place(mean_plain, runs), mean_moved)
+        np.testing.assert_array_equal(plain.alpha_blocks, moved.alpha_blocks)
+        assert plain.bits == moved.bits
+    assert plain.state["steps_by_wire"].tolist() == moved.state["steps_by_wire"].tolist()
+    moved.set_layout([(0, 0, d)])
+    plain.exchange(v, 6, x, LR, mean_plain)
+    moved.exchange(v, 6, x, LR, mean_moved)
+    np.testing.assert_array_equal(mean_plain, mean_moved)
+
+
+def place(values, runs):
+    """values (coordinate order) at the positions of the (position, coordinate, count) ``runs``."""
+    out = np.empty_like(values)
+    for pos, coord, count in runs:
+        out[pos:pos + count] = values[coord:coord + count]
+    return out
+
+
+def test_a_layout_needs_the_numba_kernel():
+    with pytest.raises(InputError, match="layout"):
+        make(IntCompressor, 4, kernel="numpy", layout=[(0, 0, 4)])
+    with pytest.raises(InputError, match="layout"):
+        make(IntCompressor, 4).set_layout([(0, 0, 4)])
