@@ -194,9 +194,16 @@ def epochs_of(dataset: str, args) -> int:
     return args.epochs if TASKS[dataset]["model"] == "cnn" else args.mlp_epochs or args.epochs
 
 
+def interleaved(hooks: List[str], seeds: int) -> List[tuple]:
+    """(seed, hook) in the order they run: seed by seed, every hook once per seed, the hooks' order
+    rotated by one at each seed, so that a machine that slows down or speeds up during the run (a
+    shared host) weighs on every hook alike instead of on whichever ran then."""
+    return [(seed, hooks[(seed + i) % len(hooks)]) for seed in range(seeds) for i in range(len(hooks))]
+
+
 def worker(rank: int, args, init_method: str) -> None:
-    """Rank ``rank`` of the job: join the gloo group at ``init_method``, train every (dataset, hook,
-    seed); rank 0 writes the records to ``args.worker_out``. Ends the process."""
+    """Rank ``rank`` of the job: join the gloo group at ``init_method``, train every (dataset, seed,
+    hook) in :func:`interleaved` order; rank 0 writes the records to ``args.worker_out``. Ends the process."""
     import torch
     import torch.distributed as dist
 
@@ -209,14 +216,13 @@ def worker(rank: int, args, init_method: str) -> None:
     records = []
     for dataset in args.datasets:
         data = load_task(dataset, Path(args.libsvm_dir))
-        for hook_name in args.hooks:
-            for seed in range(args.seeds):
-                rec = train_one(hook_name, dataset, data, epochs_of(dataset, args), seed, meter)
-                records.append(rec)
-                if rank == 0:
-                    print(f"{dataset:7s} {hook_name:9s} seed {seed}  acc {rec['test_accuracy']:.4f}  "
-                          f"{rec['bytes_per_step']:9.0f} B/step  {1e3 * rec['seconds_per_step']:.2f} ms/step",
-                          flush=True)
+        for seed, hook_name in interleaved(args.hooks, args.seeds):
+            rec = train_one(hook_name, dataset, data, epochs_of(dataset, args), seed, meter)
+            records.append(rec)
+            if rank == 0:
+                print(f"{dataset:7s} {hook_name:9s} seed {seed}  acc {rec['test_accuracy']:.4f}  "
+                      f"{rec['bytes_per_step']:9.0f} B/step  {1e3 * rec['seconds_per_step']:.2f} ms/step",
+                      flush=True)
     if rank == 0:
         Path(args.worker_out).write_text(json.dumps(records))
     dist.barrier()

@@ -72,6 +72,16 @@ def test_seconds_to_accuracy_is_read_from_the_seed_mean_curve():
     assert [results[h]["seconds_to_accuracy"] for h in ("allreduce", "intsgd", "fp16")] == [3, 1, None]
 
 
+def test_hooks_run_interleaved_seed_by_seed_in_rotated_order():
+    """Every (seed, hook) runs once, all hooks of a seed before the next seed, the order rotated by one
+    per seed: a machine that drifts during the run weighs on every hook alike."""
+    import ddp_hooks
+
+    order = ddp_hooks.interleaved(["a", "b", "c"], 3)
+    assert order == [(0, "a"), (0, "b"), (0, "c"), (1, "b"), (1, "c"), (1, "a"), (2, "c"), (2, "a"), (2, "b")]
+    assert sorted(order) == [(s, h) for s in range(3) for h in "abc"]
+
+
 def test_1gbit_without_a_bed_exits_2_with_netbeds_message(tmp_path):
     """Not root, no tc, or (here as root) a lock that is a symbolic link: the bed is refused before
     anything runs."""

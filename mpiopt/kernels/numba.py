@@ -34,7 +34,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from mpiopt.kernels.numpy import GOLDEN, MASK, MUL1, MUL2, ROUNDINGS, float_below, int_bound, mix64, worker_key
+from mpiopt.kernels.numpy import GOLDEN, MASK, MUL1, MUL2, ROUNDINGS, float_below, int_bound, worker_key
 
 try:
     import numba as _nb
@@ -67,6 +67,14 @@ if AVAILABLE:
         z = (z ^ (z >> _S27)) * _M2
         z = z ^ (z >> _S31)
         return np.float64(np.int64(z >> _S11)) * _UNIT
+
+    @_jit
+    def _stream_key(worker_part, step):
+        """key(seed, worker, step) = mix64(worker_key + step + G), in uint64 arithmetic (wrapping)."""
+        z = worker_part + step + _G
+        z = (z ^ (z >> _S30)) * _M1
+        z = (z ^ (z >> _S27)) * _M2
+        return z ^ (z >> _S31)
 
     @_jit
     def _noise(key, out):
@@ -424,12 +432,13 @@ class Quantizer:
         if rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
         self.size, self.seed, self.worker, self.n_ranks, self.rounding = size, seed, worker, n_ranks, rounding
-        self._worker_key = worker_key(seed, worker)
+        self._worker_key = np.uint64(worker_key(seed, worker))
         self._starts = np.asarray([0] if blocks is None else blocks, dtype=np.int64)
         self._ends = np.append(self._starts[1:], size)
         self.n_blocks = len(self._starts)
         self.set_layout(layout)
         self._one = np.empty(1)
+        self._inverses: dict = {}
         self._checked_into: Optional[np.ndarray] = None
         self._squares: Optional[np.ndarray] = None
         self._spec = np.zeros(size, dtype=np.int8)
@@ -455,10 +464,11 @@ class Quantizer:
 
     def _alpha(self, alpha):
         """(segments, per-block alphas, per-coordinate alphas, whether one alpha) for the kernels."""
-        if isinstance(alpha, float) or np.ndim(alpha) == 0:
+        if alpha.__class__ is float or np.ndim(alpha) == 0:
             self._one[0] = alpha
             return self._segs_one, self._one, _EMPTY, True
-        a = np.ascontiguousarray(alpha, dtype=np.float64)
+        a = alpha if alpha.__class__ is np.ndarray and alpha.dtype == np.float64 and alpha.flags.c_contiguous \
+            else np.ascontiguousarray(alpha, dtype=np.float64)
         if a.shape == (self.n_blocks,):
             return self._segs, a, _EMPTY, False
         if a.shape != (self.size,):
@@ -474,7 +484,7 @@ class Quantizer:
 
     def _key(self, step: int) -> np.uint64:
         """key(seed, worker, step) of the noise formula (= ``stream_key``; the worker's part cached)."""
-        return np.uint64(mix64(self._worker_key + (step & MASK) + GOLDEN))
+        return np.uint64(_stream_key(self._worker_key, np.uint64(step & MASK)))  # numba returns a Python int
 
     def round(self, v: np.ndarray, alpha: Union[float, np.ndarray], step: int,
               into: Optional[np.ndarray] = None) -> "Quantizer":
@@ -486,7 +496,8 @@ class Quantizer:
         writes to instead of the internal scratch, so that ``pack(into)`` right after has nothing to
         copy. The caller may then sum ``into`` in place: whatever needs the values afterwards (a
         second ``pack`` into a wider dtype, ``sent``, ``rounded``, ``decode_local``) recomputes them
-        from v, so v must stay unchanged until then (the numpy kernel has no such condition)."""
+        from v, so v (and an alpha array) must stay unchanged until then (the numpy kernel has no such
+        condition)."""
         if v.shape != (self.size,):
             raise ValueError(f"v must have shape ({self.size},), got {v.shape}")
         if into is not None and into is not self._checked_into:
@@ -494,7 +505,7 @@ class Quantizer:
                 raise ValueError(f"into must be a contiguous int8 array of shape ({self.size},), got "
                                  f"{into.dtype} {into.shape}")
             self._checked_into = into
-        segs, alphas, avec, _ = self._alpha(alpha)
+        segs, alphas, avec, one = self._alpha(alpha)
         key = self._key(step)
         random = self.rounding == "random"
         target = self._spec if into is None else into
@@ -505,7 +516,7 @@ class Quantizer:
         if mx <= _SPEC_MAX:
             self._src, self.max_abs, self.finite = target, mx, True
             if into is not None:
-                self._pending = (v, segs, alphas.copy(), avec, key, random)
+                self._pending = (v, segs, alphas.copy() if one else alphas, avec, key, random)
                 self._into_fresh = True
             return self
         # Rare: values beyond int8, or non-finite inputs: store them exactly.
@@ -578,7 +589,10 @@ class Quantizer:
         segs, alphas, avec, one = self._alpha(alpha)
         c = n * float(alphas[0]) if one else 1.0
         mul = one and _may_multiply(sum_int, c, out)
-        return segs, alphas, avec, one, c, 1.0 / c if mul else 0.0, mul, out.dtype.type(1.0 / n)
+        inv_n = self._inverses.get((n, out.dtype))
+        if inv_n is None:
+            inv_n = self._inverses[(n, out.dtype)] = out.dtype.type(1.0 / n)
+        return segs, alphas, avec, one, c, 1.0 / c if mul else 0.0, mul, inv_n
 
     def decode(self, sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, out: np.ndarray) -> np.ndarray:
         """S / (n alpha) into ``out``, bit for bit what the numpy kernel writes."""

@@ -63,6 +63,7 @@ class TorchCommunicator:
         self.rank = dist.get_rank(group)
         self.size = dist.get_world_size(group)
         self.backend = str(dist.get_backend(group))
+        self._copies_host_arrays = self.backend == "nccl"
         self.bytes_sent = 0
         self.int_dtypes = INT_DTYPES
 
@@ -74,14 +75,13 @@ class TorchCommunicator:
         """The tensor a collective gets for ``buf``: a view of it; under NCCL, which takes device
         tensors only, a device copy of a host array (small control messages, e.g. a max)."""
         tensor = as_tensor(buf)
-        if self.backend == "nccl" and tensor.device.type == "cpu":
+        if self._copies_host_arrays and tensor.device.type == "cpu":
             return tensor.to(torch.device("cuda", torch.cuda.current_device()))
         return tensor
 
-    @staticmethod
-    def _land(buf, tensor: torch.Tensor):
+    def _land(self, buf, tensor: torch.Tensor):
         """Copy a collective's result back into ``buf`` when :meth:`_wire` gave a copy."""
-        if isinstance(buf, np.ndarray) and tensor.device.type != "cpu":
+        if self._copies_host_arrays and isinstance(buf, np.ndarray) and tensor.device.type != "cpu":
             as_tensor(buf).view(-1).copy_(tensor.reshape(-1))
         return buf
 

@@ -288,7 +288,7 @@ def compressor_hook(state: CompressorState, bucket: dist.GradBucket) -> torch.fu
     gets the same bits); returns a completed Future holding the bucket's buffer."""
     buf = bucket.buffer()
     b = state.bucket(bucket)
-    flat = as_array(buf)
+    flat = buf.numpy() if b.in_place else as_array(buf)
     v = b.load(flat, state.reads_iterate)
     lr = float(state.optimizer.param_groups[0]["lr"])
     b.engine.comp.exchange(v, b.k, b.x, lr, flat if b.in_place else b.mean)
