@@ -18,6 +18,11 @@ the sum again in the smallest dtype with n max <= M, so nothing is clipped and t
 ``SHRINK_AFTER`` steps in a row that every rank fitted the next smaller dtype, the next step speculates
 on it -- never on a dtype whose bound is below 1 (at 128+ ranks, int8: its header could not count
 the ranks either). Fixed dtypes clip to floor(M / n) and count the clipped coordinates.
+
+With a kernel that ``takes_blocks`` (numba), block alphas go to it as one value per block and the
+blocks' ||x^k - x^{k-1}||^2 come from one fused pass (the bits of the squares' ``add.reduceat``);
+otherwise alpha is spread to every coordinate. ``layout`` (numba only; the DDP hook's in-place
+path) lets v and the mean hold the coordinates in another order, x staying in coordinate order.
 """
 
 from typing import List, Optional

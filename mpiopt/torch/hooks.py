@@ -13,13 +13,19 @@
     ddp.register_comm_hook(state, compressor_hook)
 
 Each DDP bucket gets its own compressor (one :class:`~mpiopt.compressors.integer.IntCompressor`
-per bucket index) over a :class:`~mpiopt.torch.comm.TorchCommunicator` of the process group. The
-hook hands the compressor the bucket's gradient in float64, with the bucket's parameters in the
-*optimizer's* order (DDP orders a bucket's buffer by gradient readiness, and reorders it when it
-rebuilds its buckets after the first iteration): so the integers do not depend on DDP's bucket
-order, and on a one-bucket model they are those of :class:`mpiopt.torch.IntSGD`. The hook writes
-the mean over ranks of the decoded vectors back into the bucket and returns a completed Future
-holding it: every rank gets the same bits, so the replicas stay bit-identical.
+per bucket index) over a :class:`~mpiopt.torch.comm.TorchCommunicator` of the process group. A
+coordinate's integer is keyed on its place in the *optimizer's* order (DDP orders a bucket's buffer
+by gradient readiness, and reorders it when it rebuilds its buckets after the first iteration): so
+the integers do not depend on DDP's bucket order, and on a one-bucket model they are those of
+:class:`mpiopt.torch.IntSGD`, coordinate by coordinate. On CPU tensors with the numba kernel the int
+compressor works in the bucket's buffer itself (its ``layout`` maps DDP's order to the optimizer's):
+it rounds the float32 gradient where it lies and writes the mean there, with no float64 copy. The
+mean is then rounded to the bucket's dtype as ``mpiopt.torch.IntSGD``'s decode into the parameters'
+dtype rounds it (with one alpha per layer: S / alpha, then times 1 / n, each in that dtype; the
+same bits as a float64 mean cast once whenever n is a power of two and the mean is not subnormal). Other compressors and CUDA
+buckets get the gradient copied to float64 in the optimizer's order, and the mean copied back. The
+hook returns a completed Future holding the bucket: every rank gets the same bits, so the replicas
+stay bit-identical.
 
 IntSGD's alpha (Alg. 1, or Alg. 2 with one block per layer: ``block='layer'``, the default; one
 block per bucket: ``block='bucket'``) reads the real parameter movement ||x^k - x^{k-1}||^2 of
