@@ -22,10 +22,10 @@ compressor works in the bucket's buffer itself (its ``layout`` maps DDP's order 
 it rounds the float32 gradient where it lies and writes the mean there, with no float64 copy. The
 mean is then rounded to the bucket's dtype as ``mpiopt.torch.IntSGD``'s decode into the parameters'
 dtype rounds it (with one alpha per layer: S / alpha, then times 1 / n, each in that dtype; the
-same bits as a float64 mean cast once whenever n is a power of two and the mean is not subnormal). Other compressors and CUDA
-buckets get the gradient copied to float64 in the optimizer's order, and the mean copied back. The
-hook returns a completed Future holding the bucket: every rank gets the same bits, so the replicas
-stay bit-identical.
+same bits as a float64 mean cast once whenever n is a power of two and the mean is not subnormal).
+Other compressors and CUDA buckets get the gradient copied to float64 in the optimizer's order, and
+the mean copied back. The hook returns a completed Future holding the bucket: every rank gets the
+same bits, so the replicas stay bit-identical.
 
 IntSGD's alpha (Alg. 1, or Alg. 2 with one block per layer: ``block='layer'``, the default; one
 block per bucket: ``block='bucket'``) reads the real parameter movement ||x^k - x^{k-1}||^2 of
