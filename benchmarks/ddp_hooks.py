@@ -19,18 +19,21 @@ momentum and weight decay, the same initial weights per seed, and the same minib
 ``bytes_per_step`` is measured: every torch.distributed collective the hooks call (all_reduce,
 all_gather*) is wrapped in this process and the bytes of the tensor this rank hands it are summed
 over the training steps, then divided by the steps (mean over ranks). ``seconds_per_step`` is the
-training wall time per step (slowest rank; evaluation excluded). ``test_accuracy`` is the final
-model's accuracy on the test set, mean over the seeds. ``curve`` is the seed-mean ``[cumulative
+training wall time per step (slowest rank; evaluation excluded); ``cpu_seconds_per_step`` the CPU
+time a rank's process used per training step (all its threads, mean over ranks): on a shared
+machine it drifts less than wall time, and it shows what a hook costs apart from the network.
+``test_accuracy`` is the final model's accuracy on the test set, mean over the seeds. ``curve`` is the seed-mean ``[cumulative
 training seconds (slowest rank, evaluation excluded), test accuracy]`` after each epoch, and
 ``seconds_to_accuracy`` the first of those seconds at which the curve reaches ``target_accuracy``
 (``--target-accuracy``; by default the ``allreduce`` hook's final seed-mean accuracy on that dataset
 minus 0.5 points), ``null`` with ``reached: false`` when it never does.
 
-    python benchmarks/ddp_hooks.py --ranks 4 --epochs 8 --mlp-epochs 1 --seeds 3 \\
+    python benchmarks/ddp_hooks.py --ranks 4 --epochs 12 --mlp-epochs 6 --seeds 3 \\
         --json benchmarks/results/ddp_hooks.json --net shm
 
 writes OUT (``{"results": [{"hook", "dataset", "test_accuracy", "bytes_per_step",
-"seconds_per_step", "seeds", "curve", "target_accuracy", "seconds_to_accuracy", "reached"}, ...]}``
+"seconds_per_step", "cpu_seconds_per_step", "seeds", "curve", "target_accuracy", "seconds_to_accuracy",
+"reached"}, ...]}``
 plus a header of the settings) and a figure ``<OUT stem>.png`` (per dataset: accuracy vs bytes per
 step, vs seconds per step, and vs cumulative training seconds).
 
@@ -161,11 +164,11 @@ def train_one(hook_name: str, dataset: str, data, epochs: int, seed: int, meter:
     ddp.register_comm_hook(state, hook)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.6 * epochs), int(0.85 * epochs)], gamma=0.1)
     rng = np.random.default_rng([seed, rank])
-    meter.bytes, seconds, curve = 0, 0.0, []
+    meter.bytes, seconds, cpu, curve = 0, 0.0, 0.0, []
     for _ in range(epochs):
         order = rows[torch.from_numpy(rng.permutation(len(rows))[: steps * batch])]
         dist.barrier()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         meter.on = True
         for s in range(steps):
             idx = order[s * batch:(s + 1) * batch]
@@ -174,16 +177,20 @@ def train_one(hook_name: str, dataset: str, data, epochs: int, seed: int, meter:
             opt.step()
         meter.on = False
         seconds += time.perf_counter() - t0
+        cpu += time.process_time() - c0
         sched.step()
         curve.append([slowest(seconds), accuracy(ddp.module, Xte, yte)])
     sent = torch.tensor([meter.bytes], dtype=torch.float64)
     dist.all_reduce(sent)
+    cpu_all = torch.tensor([cpu], dtype=torch.float64)
+    dist.all_reduce(cpu_all)
     params = torch.cat([p.detach().reshape(-1) for p in ddp.parameters()])
     every = [torch.empty_like(params) for _ in range(size)]
     dist.all_gather(every, params)
     return {"hook": hook_name, "dataset": dataset, "seed": seed, "test_accuracy": curve[-1][1],
             "bytes_per_step": float(sent) / size / (steps * epochs),
             "seconds_per_step": curve[-1][0] / (steps * epochs), "steps": steps * epochs,
+            "cpu_seconds_per_step": float(cpu_all) / size / (steps * epochs),
             "sent_bytes": int(sent), "curve": curve,
             "identical_on_all_ranks": all(torch.equal(e, every[0]) for e in every),
             "hook_stats": state.stats() if hasattr(state, "stats") else None}
@@ -221,7 +228,8 @@ def worker(rank: int, args, init_method: str) -> None:
             records.append(rec)
             if rank == 0:
                 print(f"{dataset:7s} {hook_name:9s} seed {seed}  acc {rec['test_accuracy']:.4f}  "
-                      f"{rec['bytes_per_step']:9.0f} B/step  {1e3 * rec['seconds_per_step']:.2f} ms/step",
+                      f"{rec['bytes_per_step']:9.0f} B/step  {1e3 * rec['seconds_per_step']:.2f} ms/step  "
+                      f"{1e3 * rec['cpu_seconds_per_step']:.2f} CPU ms/step",
                       flush=True)
     if rank == 0:
         Path(args.worker_out).write_text(json.dumps(records))
@@ -245,7 +253,7 @@ def aggregate(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         groups.setdefault((r["hook"], r["dataset"]), []).append(r)
     return [{"hook": hook, "dataset": dataset,
              **{key: float(np.mean([r[key] for r in runs])) for key in ("test_accuracy", "bytes_per_step",
-                                                                        "seconds_per_step")},
+                                                                        "seconds_per_step", "cpu_seconds_per_step")},
              "seeds": [r["seed"] for r in runs],
              "curve": np.mean([r["curve"] for r in runs], axis=0).tolist()} for (hook, dataset), runs in groups.items()]
 
@@ -316,13 +324,14 @@ def print_table(results: List[Dict[str, Any]], targets: Dict[str, Optional[float
     """Accuracy, bytes, time per step and seconds to the target, against the allreduce hook."""
     base = {r["dataset"]: r for r in results if r["hook"] == "allreduce"}
     print(f"{'dataset':8s} {'hook':9s} {'test acc':>8s} {'vs fp32':>8s} {'B/step':>9s} {'fp32/B':>7s} {'ms/step':>8s} "
-          f"{'s to tgt':>8s}")
+          f"{'CPU ms':>7s} {'s to tgt':>8s}")
     for r in results:
         b = base.get(r["dataset"], r)
         to = f"{r['seconds_to_accuracy']:8.2f}" if r["reached"] else f"{'never':>8s}"
         print(f"{r['dataset']:8s} {r['hook']:9s} {100 * r['test_accuracy']:8.2f} "
               f"{100 * (r['test_accuracy'] - b['test_accuracy']):+8.2f} {r['bytes_per_step']:9.0f} "
-              f"{b['bytes_per_step'] / r['bytes_per_step']:7.2f} {1e3 * r['seconds_per_step']:8.2f} {to}")
+              f"{b['bytes_per_step'] / r['bytes_per_step']:7.2f} {1e3 * r['seconds_per_step']:8.2f} "
+              f"{1e3 * r['cpu_seconds_per_step']:7.2f} {to}")
     print("target test accuracy: " + ", ".join(f"{d} {'none (no allreduce run)' if t is None else f'{100 * t:.2f}%'}"
                                                for d, t in targets.items()))
 

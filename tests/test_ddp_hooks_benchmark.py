@@ -37,7 +37,8 @@ def test_two_ranks_digits_json_and_measured_bytes(tmp_path):
     rows = {r["hook"]: r for r in report["results"]}
     assert sorted(rows) == ["allreduce", "intsgd"]
     for r in rows.values():
-        assert set(r) == CONTRACT | TIME_TO_ACCURACY
+        assert set(r) == CONTRACT | TIME_TO_ACCURACY | {"cpu_seconds_per_step"}
+        assert 0 < r["cpu_seconds_per_step"] < 10 * r["seconds_per_step"]
         assert r["dataset"] == "digits" and r["seeds"] == [0] and 0 <= r["test_accuracy"] <= 1
         assert len(r["curve"]) == 1 and r["curve"][-1][1] == r["test_accuracy"]
     steps = (1347 // 2) // 32
@@ -57,7 +58,7 @@ def test_seconds_to_accuracy_is_read_from_the_seed_mean_curve():
     import ddp_hooks
 
     records = [{"hook": h, "dataset": "digits", "seed": s, "test_accuracy": c[-1][1], "bytes_per_step": 1.0,
-                "seconds_per_step": 1.0, "curve": c}
+                "seconds_per_step": 1.0, "cpu_seconds_per_step": 1.0, "curve": c}
                for h, s, c in [("allreduce", 0, [[1, 0.5], [2, 0.9]]), ("allreduce", 1, [[3, 0.7], [4, 0.9]]),
                                ("intsgd", 0, [[1, 0.8], [2, 0.88]]), ("intsgd", 1, [[1, 0.9], [2, 0.88]]),
                                ("fp16", 0, [[1, 0.5], [2, 0.6]]), ("fp16", 1, [[1, 0.5], [2, 0.6]])]]
