@@ -20,9 +20,10 @@ the integers do not depend on DDP's bucket order, and on a one-bucket model they
 :class:`mpiopt.torch.IntSGD`, coordinate by coordinate. On CPU tensors with the numba kernel the int
 compressor works in the bucket's buffer itself (its ``layout`` maps DDP's order to the optimizer's):
 it rounds the float32 gradient where it lies and writes the mean there, with no float64 copy. The
-mean is then rounded to the bucket's dtype as ``mpiopt.torch.IntSGD``'s decode into the parameters'
-dtype rounds it (with one alpha per layer: S / alpha, then times 1 / n, each in that dtype; the
-same bits as a float64 mean cast once whenever n is a power of two and the mean is not subnormal).
+mean is decoded into the bucket's dtype as every kernel decodes into a float32 array: S / (n alpha)
+rounded once with one alpha; with one alpha per layer S / alpha, then times 1 / n, each rounded to
+that dtype (the bits of a float64 mean cast once, as the copy path writes, whenever n is a power of
+two and the mean is not subnormal; otherwise they may differ in the last bit).
 Other compressors and CUDA buckets get the gradient copied to float64 in the optimizer's order, and
 the mean copied back. The hook returns a completed Future holding the bucket: every rank gets the
 same bits, so the replicas stay bit-identical.
