@@ -61,7 +61,7 @@ exercises it; the CPU tests run the same code with numpy.
 
 import functools
 import math
-from typing import Any, Callable, ClassVar, Dict, Iterable, Optional
+from typing import Any, Callable, ClassVar, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -351,7 +351,7 @@ class IntSGD(_CompressorOptimizer):
 
     def _build(self, options: Dict[str, Any]) -> _CompressorEngine:
         if self.block == "layer":
-            options["block_starts"] = [o for o, _ in self.bucket.blocks]
+            options["block_starts"] = layer_starts(self.bucket.blocks)
         return super()._build(options)
 
     @property
@@ -359,6 +359,12 @@ class IntSGD(_CompressorOptimizer):
         """The alpha of the last step, per block (one per parameter tensor with ``block='layer'``,
         one value with ``block=None``); zeros before the first integer step."""
         return self.engine.comp.alpha_blocks.copy()
+
+
+def layer_starts(blocks: Iterable[Tuple[int, int]]) -> Optional[List[int]]:
+    """The first coordinate of each parameter tensor's alpha block, from (offset, numel) pairs: an
+    empty tensor has no coordinates and so no block; None (one block) when no tensor has any."""
+    return [offset for offset, numel in blocks if numel] or None
 
 
 def with_integer_first_step(options: Dict[str, Any]) -> Dict[str, Any]:

@@ -60,8 +60,8 @@ from mpiopt.compressors.integer import IntCompressor
 from mpiopt.kernels import cpu_kernel
 from mpiopt.problems.torch import array_module, as_array
 from mpiopt.state import capture, restore
-from mpiopt.torch import (_CompressorEngine, check_identity, non_finite_gradient, record_from_torch, record_to_torch,
-                          with_integer_first_step)
+from mpiopt.torch import (_CompressorEngine, check_identity, layer_starts, non_finite_gradient, record_from_torch,
+                          record_to_torch, with_integer_first_step)
 from mpiopt.torch.comm import TorchCommunicator
 
 Layout = Tuple[Tuple[int, int], ...]
@@ -125,7 +125,8 @@ class _Bucket:
         opts = dict(state.options)
         names = {o.name for o in state.cls.options}
         if "block_starts" in names:
-            opts["block_starts"] = plan.starts if state.block == "layer" else None
+            opts["block_starts"] = (layer_starts(zip(plan.starts, (numel for _, numel in plan.layout)))
+                                    if state.block == "layer" else None)
         self.in_place = "layout" in names and xp is np and cpu_kernel(opts.get("kernel")) == "numba"
         if self.in_place:
             opts["layout"] = plan.runs

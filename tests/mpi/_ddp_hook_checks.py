@@ -27,6 +27,7 @@ Every check asserts on every rank (a failed assert exits non-zero) and prints on
 * ``int16``: IntSGDState(wire_dtype='int16') is refused on gloo with an InputError that says why.
 * ``nat``: CompressorState(compressor='nat') + compressor_hook trains with ranks identical every
   step, sending one byte per coordinate (and nat's 4-byte header) per step.
+* ``empty-layer``: a zero-size parameter gets no alpha block; ranks stay identical.
 """
 
 import hashlib
@@ -227,6 +228,27 @@ def other_compressor(X, y):
     print("ok nat", state.stats())
 
 
+def empty_layer(X, y):
+    """A model with a zero-size parameter: it gets no alpha block (it has no coordinates), the other
+    layers one each, and training keeps every rank's parameters identical."""
+    net = model()
+    net.register_parameter("empty", torch.nn.Parameter(torch.zeros(0, dtype=torch.float64)))
+    ddp = torch.nn.parallel.DistributedDataParallel(net)
+    state = IntSGDState(None, torch.optim.SGD(ddp.parameters(), lr=lr_at(0)), seed=SEED)
+    ddp.register_comm_hook(state, intsgd_hook)
+    for k in range(3):
+        ddp.zero_grad()
+        xb, yb = batch(X, y, k)
+        (F.cross_entropy(ddp(xb), yb) + net.empty.sum()).backward()
+        with torch.no_grad():
+            for p in ddp.parameters():
+                p.sub_(p.grad * lr_at(k))
+        same_on_all_ranks(net, k)
+    blocks = [b.engine.comp.alpha_blocks.size for b in state.buckets.values()]
+    assert blocks == [4], blocks
+    print("ok empty-layer", state.stats())
+
+
 if __name__ == "__main__":
     init_gloo()
     X, y = shard()
@@ -235,4 +257,5 @@ if __name__ == "__main__":
     overflow(X, y)
     int16_refused()
     other_compressor(X, y)
+    empty_layer(X, y)
     finish()

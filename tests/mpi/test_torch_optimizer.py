@@ -79,6 +79,21 @@ def test_one_process_int8_wire_bytes_and_block_alpha():
     assert all(p.grad.untyped_storage().data_ptr() == opt.bucket.grads.data_ptr() for p in model.parameters())
 
 
+def test_an_empty_parameter_tensor_has_no_alpha_block():
+    """A zero-size parameter (e.g. a layer built with 0 features) has no coordinates: per-layer
+    alpha gives it no block instead of refusing the repeated start."""
+    model, x, y = tiny()
+    model.register_parameter("empty", torch.nn.Parameter(torch.zeros(0)))
+    opt = mt.IntSGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        (torch.nn.functional.cross_entropy(model(x), y) + model.empty.sum()).backward()
+        opt.step()
+    assert opt.alpha.shape == (4,) and (opt.alpha > 0).all()
+    assert mt.layer_starts([(0, 0), (0, 5), (5, 0), (5, 3), (8, 0)]) == [0, 5]
+    assert mt.layer_starts([(0, 0)]) is None
+
+
 def test_argument_checks():
     model, _, _ = tiny()
     with pytest.raises(ValueError, match="one parameter group"):
