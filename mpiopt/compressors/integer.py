@@ -1,7 +1,7 @@
 """int: IntSGD's compressor. Q_i = Int(alpha v_i), S = one integer Allreduce(SUM), mean = S / (n alpha).
 
 alpha is :func:`mpiopt.compressors.alpha.adaptive_alpha` of the iterate's movement (Alg. 1, or Alg. 2
-per block with ``block_size``/``block_starts``); r starts at the first ||x^1 - x^0||^2, as in the
+per block with ``block_size``/``block_starts``, where ``lr`` may be one step size per block); r starts at the first ||x^1 - x^0||^2, as in the
 reference code. The first step has no x^{k-1}: unless ``alpha0`` is given it sends v in float64 (an
 Allgather summed in worker order, so it is exact and independent of the rank order), or, with
 ``first_step='exponent'``, integers already: per alpha block, e = ceil(log2 max_i max_j |v_ij|) from

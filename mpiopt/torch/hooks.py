@@ -31,7 +31,9 @@ same bits, so the replicas stay bit-identical.
 IntSGD's alpha (Alg. 1, or Alg. 2 with one block per layer: ``block='layer'``, the default; one
 block per bucket: ``block='bucket'``) reads the real parameter movement ||x^k - x^{k-1}||^2 of
 the bucket's parameters, taken when the hook runs (during backward, before the optimizer's step),
-and the step size ``optimizer.param_groups[0]["lr"]`` of this step, so LR schedules are followed.
+and the optimizer's step size of this step, so LR schedules are followed: with param groups of
+different ``lr``, each layer's alpha reads its own group's (one alpha per bucket then refuses to
+run with an :class:`~mpiopt.errors.InputError`).
 Every input of alpha is the same on all ranks, so alpha is never sent. A bucket's first step has no
 x^{k-1}: it sends integers scaled by the largest |g| over the ranks (``first_step='exponent'``, the
 default here, unless ``alpha0`` is given: one integer MAX Allreduce of an exponent per block), or
@@ -57,6 +59,7 @@ import torch.distributed as dist
 from mpiopt.comm import Communicator, on_device
 from mpiopt.compressors import compressor_class
 from mpiopt.compressors.integer import IntCompressor
+from mpiopt.errors import InputError
 from mpiopt.kernels import cpu_kernel
 from mpiopt.problems.torch import array_module, as_array
 from mpiopt.state import capture, restore
@@ -75,7 +78,7 @@ class _BucketPlan:
     each (src, dst, n) in ``runs`` (one run per parameter, adjacent ones merged: one run when DDP's
     order is the optimizer's)."""
 
-    def __init__(self, params: Sequence[torch.Tensor], position: Dict[int, int]):
+    def __init__(self, params: Sequence[torch.Tensor], position: Dict[int, int], group: Dict[int, int]):
         missing = [i for i, p in enumerate(params) if id(p) not in position]
         if missing:
             raise ValueError(f"the DDP bucket holds {len(missing)} parameter(s) the optimizer does not: give the "
@@ -85,6 +88,8 @@ class _BucketPlan:
         order = np.argsort([position[id(p)] for p in params], kind="stable")
         self.ids = tuple(id(p) for p in params)
         self.params = [params[i] for i in order]
+        self.groups = [group[id(p)] for p in self.params]
+        """The optimizer's param group of each parameter (optimizer's order)."""
         self._views: List[torch.Tensor] = []
         self._ptrs: List[int] = []
         self.layout: Layout = tuple((position[id(params[i])], int(sizes[i])) for i in order)
@@ -124,9 +129,14 @@ class _Bucket:
         self.plan, self.k = plan, 0
         opts = dict(state.options)
         names = {o.name for o in state.cls.options}
+        self.layer_groups: Optional[np.ndarray] = None
+        """The param group of each alpha block (one per non-empty parameter), when alpha has a block per layer."""
         if "block_starts" in names:
             opts["block_starts"] = (layer_starts(zip(plan.starts, (numel for _, numel in plan.layout)))
                                     if state.block == "layer" else None)
+            if state.block == "layer":
+                self.layer_groups = np.array([g for g, (_, numel) in zip(plan.groups, plan.layout) if numel],
+                                             dtype=np.intp)
         self.in_place = "layout" in names and xp is np and cpu_kernel(opts.get("kernel")) == "numba"
         if self.in_place:
             opts["layout"] = plan.runs
@@ -141,6 +151,24 @@ class _Bucket:
         else:
             self.v, self.x, self.mean = xp.empty(plan.dim), xp.zeros(plan.dim), xp.empty(plan.dim)
         comp.prepare(self.x)  # compile its kernels (once per process) before the first exchange
+
+    def step_size(self, groups: List[Dict[str, Any]]):
+        """This step's lr for alpha: a float when the bucket's parameters share one, else one per
+        layer block (each its param group's lr). Raises InputError when one alpha (``block='bucket'``)
+        would have to serve parameters with different step sizes."""
+        lrs = [float(g["lr"]) for g in groups]
+        if lrs.count(lrs[0]) == len(lrs):
+            return lrs[0]
+        mine = {lrs[g] for g in self.plan.groups}
+        if len(mine) == 1:
+            return mine.pop()
+        if self.layer_groups is None:
+            if not isinstance(self.engine.comp, IntCompressor):
+                return lrs[self.plan.groups[0]]  # only the int compressor reads the step size
+            raise InputError(f"one alpha per bucket (block='bucket') cannot follow the optimizer's param groups' "
+                             f"different step sizes {sorted(mine)}; use block='layer' (each layer's alpha "
+                             "reads its own group's lr)")
+        return np.array(lrs)[self.layer_groups]
 
     def replan(self, plan: _BucketPlan) -> None:
         """DDP reordered the bucket's parameters (same ones): follow the new order."""
@@ -207,6 +235,7 @@ class CompressorState:
         self.reads_iterate = issubclass(self.cls, IntCompressor)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         self._position = {id(p): i for i, p in enumerate(params)}
+        self._group = {id(p): gi for gi, group in enumerate(optimizer.param_groups) for p in group["params"]}
         self.buckets: Dict[int, _Bucket] = {}
         self._saved: Dict[int, Dict[str, Any]] = {}
 
@@ -217,7 +246,7 @@ class CompressorState:
         known = self.buckets.get(index)
         if known is not None and known.plan.ids == tuple(id(p) for p in params):
             return known
-        plan = _BucketPlan(params, self._position)
+        plan = _BucketPlan(params, self._position, self._group)
         if known is not None and known.plan.layout == plan.layout:
             known.replan(plan)
             return known
@@ -298,7 +327,7 @@ def compressor_hook(state: CompressorState, bucket: dist.GradBucket) -> torch.fu
     b = state.bucket(bucket)
     flat = buf.numpy() if b.in_place else as_array(buf)
     v = b.load(flat, state.reads_iterate)
-    lr = float(state.optimizer.param_groups[0]["lr"])
+    lr = b.step_size(state.optimizer.param_groups)
     b.engine.comp.exchange(v, b.k, b.x, lr, flat if b.in_place else b.mean)
     b.engine.count()
     b.k += 1

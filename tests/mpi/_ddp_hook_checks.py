@@ -28,6 +28,8 @@ Every check asserts on every rank (a failed assert exits non-zero) and prints on
 * ``nat``: CompressorState(compressor='nat') + compressor_hook trains with ranks identical every
   step, sending one byte per coordinate (and nat's 4-byte header) per step.
 * ``empty-layer``: a zero-size parameter gets no alpha block; ranks stay identical.
+* ``group-lr``: param groups with different lr give each layer's alpha its own group's lr;
+  ``block='bucket'`` refuses them.
 """
 
 import hashlib
@@ -41,6 +43,7 @@ from sklearn.datasets import load_digits
 
 import mpiopt.torch
 from _torch_common import finish, init_gloo
+from mpiopt.compressors.alpha import adaptive_alpha
 from mpiopt.errors import InputError
 from mpiopt.torch.comm import TorchCommunicator
 from mpiopt.torch.hooks import CompressorState, IntSGDState, compressor_hook, intsgd_hook
@@ -249,6 +252,43 @@ def empty_layer(X, y):
     print("ok empty-layer", state.stats())
 
 
+def group_step_sizes(X, y):
+    """Param groups with different lr: each layer's alpha is Alg. 2's with its own group's lr (equal,
+    bit for bit, to adaptive_alpha of the compressor's r and those step sizes), ranks stay identical;
+    one alpha per bucket refuses to run with an InputError that names block='layer'."""
+    net = model()
+    first, second = list(net[0].parameters()), list(net[2].parameters())
+    lrs = (0.2, 0.02)
+    ddp = torch.nn.parallel.DistributedDataParallel(net)
+    opt = torch.optim.SGD([{"params": first, "lr": lrs[0]}, {"params": second, "lr": lrs[1]}])
+    state = IntSGDState(None, opt, seed=SEED)
+    ddp.register_comm_hook(state, intsgd_hook)
+    for k in range(4):
+        ddp.zero_grad()
+        xb, yb = batch(X, y, k)
+        F.cross_entropy(ddp(xb), yb).backward()
+        with torch.no_grad():
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    p.sub_(p.grad * group["lr"])
+        same_on_all_ranks(net, k)
+    comp = next(iter(state.buckets.values())).engine.comp
+    per_block = np.array([lrs[0], lrs[0], lrs[1], lrs[1]])
+    want = adaptive_alpha(per_block, comp.state["r"], comp.sizes, dist.get_world_size(), comp.opts["eps"])
+    assert np.array_equal(comp.alpha_blocks, want), (comp.alpha_blocks, want)
+    ddp = torch.nn.parallel.DistributedDataParallel(model())
+    opt = torch.optim.SGD([{"params": list(ddp.module[0].parameters()), "lr": lrs[0]},
+                           {"params": list(ddp.module[2].parameters()), "lr": lrs[1]}])
+    ddp.register_comm_hook(IntSGDState(None, opt, seed=SEED, block="bucket"), intsgd_hook)
+    try:
+        F.cross_entropy(ddp(X[:BATCH]), y[:BATCH]).backward()
+    except Exception as exc:  # DDP re-raises the hook's error from backward
+        assert "block='layer'" in str(exc), exc
+    else:
+        raise AssertionError("one alpha per bucket ran with two different step sizes")
+    print("ok group-lr", comp.alpha_blocks.tolist())
+
+
 if __name__ == "__main__":
     init_gloo()
     X, y = shard()
@@ -258,4 +298,5 @@ if __name__ == "__main__":
     int16_refused()
     other_compressor(X, y)
     empty_layer(X, y)
+    group_step_sizes(X, y)
     finish()
