@@ -24,8 +24,8 @@ mean is decoded into the bucket's dtype as every kernel decodes into a float32 a
 rounded once with one alpha; with one alpha per layer S / alpha, then times 1 / n, each rounded to
 that dtype (the bits of a float64 mean cast once, as the copy path writes, whenever n is a power of
 two and the mean is not subnormal; otherwise they may differ in the last bit).
-Other compressors and CUDA buckets get the gradient copied to float64 in the optimizer's order, and
-the mean copied back. The hook returns a completed Future holding the bucket: every rank gets the
+Other compressors, float16 and CUDA buckets get the gradient copied to float64 in the optimizer's
+order, and the mean copied back; bfloat16 buckets are refused (numpy has no bfloat16). The hook returns a completed Future holding the bucket: every rank gets the
 same bits, so the replicas stay bit-identical.
 
 IntSGD's alpha (Alg. 1, or Alg. 2 with one block per layer: ``block='layer'``, the default; one
@@ -70,6 +70,8 @@ from mpiopt.torch.comm import TorchCommunicator
 Layout = Tuple[Tuple[int, int], ...]
 """A bucket's contents: (position in the optimizer's parameter list, numel) of each parameter."""
 BLOCKS = ("layer", "bucket")
+IN_PLACE_DTYPES = (torch.float32, torch.float64)
+"""Bucket dtypes the numba kernel reads and writes in place (a float16 bucket is copied to float64)."""
 
 
 class _BucketPlan:
@@ -137,7 +139,8 @@ class _Bucket:
             if state.block == "layer":
                 self.layer_groups = np.array([g for g, (_, numel) in zip(plan.groups, plan.layout) if numel],
                                              dtype=np.intp)
-        self.in_place = "layout" in names and xp is np and cpu_kernel(opts.get("kernel")) == "numba"
+        self.in_place = ("layout" in names and xp is np and dtype in IN_PLACE_DTYPES
+                         and cpu_kernel(opts.get("kernel")) == "numba")
         if self.in_place:
             opts["layout"] = plan.runs
         comm = state.comm if xp is np else on_device(state.comm)
@@ -251,6 +254,10 @@ class CompressorState:
             known.replan(plan)
             return known
         buf = grad_bucket.buffer()
+        if buf.dtype == torch.bfloat16:
+            raise InputError("the mpiopt hooks cannot take bfloat16 gradients (numpy and CuPy have no bfloat16): "
+                             "keep the parameters in float32 (torch.autocast computes in bfloat16 with float32 "
+                             "parameters) or float16")
         made = self.buckets[index] = _Bucket(self, plan, index, array_module(buf.device), buf.dtype)
         if index in self._saved:
             made.restore(self._saved.pop(index), index)

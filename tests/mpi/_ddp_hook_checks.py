@@ -30,6 +30,7 @@ Every check asserts on every rank (a failed assert exits non-zero) and prints on
 * ``empty-layer``: a zero-size parameter gets no alpha block; ranks stay identical.
 * ``group-lr``: param groups with different lr give each layer's alpha its own group's lr;
   ``block='bucket'`` refuses them.
+* ``low-precision``: a float16 model trains with ranks identical; bfloat16 is refused, saying so.
 """
 
 import hashlib
@@ -289,6 +290,30 @@ def group_step_sizes(X, y):
     print("ok group-lr", comp.alpha_blocks.tolist())
 
 
+def low_precision(X, y):
+    """A float16 model trains (its bucket is copied to float64 and back) with ranks identical every
+    step; a bfloat16 one is refused with an InputError that says so."""
+    for dtype in (torch.float16, torch.bfloat16):
+        ddp = torch.nn.parallel.DistributedDataParallel(model().to(dtype))
+        state = IntSGDState(None, torch.optim.SGD(ddp.parameters(), lr=lr_at(0)), seed=SEED)
+        ddp.register_comm_hook(state, intsgd_hook)
+        try:
+            for k in range(3):
+                ddp.zero_grad()
+                xb, yb = batch(X, y, k)
+                F.cross_entropy(ddp(xb.to(dtype)).float(), yb).backward()
+                with torch.no_grad():
+                    for p in ddp.parameters():
+                        p.sub_(p.grad * lr_at(k))
+                same_on_all_ranks(ddp.module, k)
+        except Exception as exc:  # DDP re-raises the hook's error from backward
+            assert dtype == torch.bfloat16 and "bfloat16" in str(exc), exc
+        else:
+            assert dtype == torch.float16, "a bfloat16 bucket was accepted"
+            assert not next(iter(state.buckets.values())).in_place
+    print("ok low-precision")
+
+
 if __name__ == "__main__":
     init_gloo()
     X, y = shard()
@@ -299,4 +324,5 @@ if __name__ == "__main__":
     other_compressor(X, y)
     empty_layer(X, y)
     group_step_sizes(X, y)
+    low_precision(X, y)
     finish()
