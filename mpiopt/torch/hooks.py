@@ -25,8 +25,9 @@ rounded once with one alpha; with one alpha per layer S / alpha, then times 1 / 
 that dtype (the bits of a float64 mean cast once, as the copy path writes, whenever n is a power of
 two and the mean is not subnormal; otherwise they may differ in the last bit).
 Other compressors, float16 and CUDA buckets get the gradient copied to float64 in the optimizer's
-order, and the mean copied back; bfloat16 buckets are refused (numpy has no bfloat16). The hook returns a completed Future holding the bucket: every rank gets the
-same bits, so the replicas stay bit-identical.
+order, and the mean copied back; bfloat16 buckets are refused (numpy has no bfloat16). The hook
+returns a completed Future holding the bucket: every rank gets the same bits, so the replicas stay
+bit-identical.
 
 IntSGD's alpha (Alg. 1, or Alg. 2 with one block per layer: ``block='layer'``, the default; one
 block per bucket: ``block='bucket'``) reads the real parameter movement ||x^k - x^{k-1}||^2 of
