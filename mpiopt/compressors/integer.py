@@ -1,13 +1,13 @@
 """int: IntSGD's compressor. Q_i = Int(alpha v_i), S = one integer Allreduce(SUM), mean = S / (n alpha).
 
 alpha is :func:`mpiopt.compressors.alpha.adaptive_alpha` of the iterate's movement (Alg. 1, or Alg. 2
-per block with ``block_size``/``block_starts``, where ``lr`` may be one step size per block); r starts at the first ||x^1 - x^0||^2, as in the
-reference code. The first step has no x^{k-1}: unless ``alpha0`` is given it sends v in float64 (an
-Allgather summed in worker order, so it is exact and independent of the rank order), or, with
-``first_step='exponent'``, integers already: per alpha block, e = ceil(log2 max_i max_j |v_ij|) from
-a MAX Allreduce of each rank's integer exponents (no float crosses the wire), and alpha =
-floor(M / n) / 2^e, so that no rank's |alpha v| exceeds the speculative dtype's bound (SwitchML's
-scaling, for this one step). ``alpha='constant'`` uses ``alpha0`` throughout.
+per block with ``block_size``/``block_starts``, where ``lr`` may be one step size per block); r
+starts at the first ||x^1 - x^0||^2, as in the reference code. The first step has no x^{k-1}: unless
+``alpha0`` is given it sends v in float64 (an Allgather summed in worker order, so it is exact and
+independent of the rank order), or, with ``first_step='exponent'``, integers already: per alpha
+block, e = ceil(log2 max_i max_j |v_ij|) from a MAX Allreduce of each rank's integer exponents (no
+float crosses the wire), and alpha = floor(M / n) / 2^e, so that no rank's |alpha v| exceeds the
+speculative dtype's bound (SwitchML's scaling, for this one step). ``alpha='constant'`` uses ``alpha0`` throughout.
 
 ``wire_dtype='auto'`` costs one collective per step in the common case: the integers go out in a
 speculative dtype (the narrowest the communicator sums whose bound floor(M / n) is >= 1, then the one

@@ -163,12 +163,13 @@ class _Bucket:
         lrs = [float(g["lr"]) for g in groups]
         if lrs.count(lrs[0]) == len(lrs):
             return lrs[0]
-        mine = {lrs[g] for g in self.plan.groups}
-        if len(mine) == 1:
-            return mine.pop()
+        here = self.plan.groups if self.layer_groups is None else self.layer_groups.tolist()
+        mine = {lrs[g] for g in here}
+        if len(mine) <= 1:
+            return mine.pop() if mine else lrs[0]
         if self.layer_groups is None:
             if not isinstance(self.engine.comp, IntCompressor):
-                return lrs[self.plan.groups[0]]  # only the int compressor reads the step size
+                return lrs[here[0]]  # only the int compressor reads the step size
             raise InputError(f"one alpha per bucket (block='bucket') cannot follow the optimizer's param groups' "
                              f"different step sizes {sorted(mine)}; use block='layer' (each layer's alpha "
                              "reads its own group's lr)")
