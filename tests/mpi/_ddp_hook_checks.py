@@ -31,6 +31,8 @@ Every check asserts on every rank (a failed assert exits non-zero) and prints on
 * ``group-lr``: param groups with different lr give each layer's alpha its own group's lr;
   ``block='bucket'`` refuses them.
 * ``low-precision``: a float16 model trains with ranks identical; bfloat16 is refused, saying so.
+* ``in-place``: with several buckets the numba kernel's in-place path trains the parameters of the
+  numpy kernel's float64 copy path, bit for bit.
 """
 
 import hashlib
@@ -290,6 +292,26 @@ def group_step_sizes(X, y):
     print("ok group-lr", comp.alpha_blocks.tolist())
 
 
+def in_place_is_the_copy_path(X, y):
+    """Several buckets (a 300,000-parameter MLP, bucket_cap_mb=1), which DDP rebuilds after the first
+    step: the numba kernel working in the buckets' buffers gives, bit for bit, the parameters of the
+    numpy kernel's float64 copy path (n is a power of two here, so the two decodings agree)."""
+    finals = []
+    for kernel in ("numba", "numpy"):
+        torch.manual_seed(0)
+        wide = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
+                                   torch.nn.ReLU(), torch.nn.Linear(512, 10)).double()
+        ddp = torch.nn.parallel.DistributedDataParallel(wide, bucket_cap_mb=1)  # 2 buckets once rebuilt
+        state = IntSGDState(None, torch.optim.SGD(ddp.parameters(), lr=lr_at(0)), seed=SEED, kernel=kernel)
+        ddp.register_comm_hook(state, intsgd_hook)
+        ddp_steps(ddp, state, X, y, range(6))
+        assert len(state.buckets) > 1 and all(b.in_place == (kernel == "numba") for b in state.buckets.values()), \
+            [(i, b.plan.dim, b.in_place) for i, b in state.buckets.items()]
+        finals.append(flat(ddp.module))
+    assert torch.equal(*finals), "in place and copied buckets trained different parameters"
+    print("ok in-place", len(state.buckets), "buckets")
+
+
 def low_precision(X, y):
     """A float16 model trains (its bucket is copied to float64 and back) with ranks identical every
     step; a bfloat16 one is refused with an InputError that says so."""
@@ -325,4 +347,5 @@ if __name__ == "__main__":
     empty_layer(X, y)
     group_step_sizes(X, y)
     low_precision(X, y)
+    in_place_is_the_copy_path(X, y)
     finish()

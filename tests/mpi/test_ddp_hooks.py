@@ -17,7 +17,7 @@ from torchlaunch import run_torch
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 HERE = Path(__file__).resolve().parent
-CHECKS = ("ok same-as-IntSGD identical", "ok resume", "ok overflow", "ok int16", "ok nat", "ok empty-layer", "ok group-lr", "ok low-precision")
+CHECKS = ("ok same-as-IntSGD identical", "ok resume", "ok overflow", "ok int16", "ok nat", "ok empty-layer", "ok group-lr", "ok low-precision", "ok in-place")
 
 
 @pytest.mark.parametrize("n", [2, 4])
