@@ -235,7 +235,6 @@ class Runner:
         shown = [(k, row[k]) for k in ("dist_sq", "f_gap", "grad_norm_sq") if row.get(k) is not None][:2]
         return " ".join(f"{k}={v:.3e}" for k, v in shown)
 
-
     def save_checkpoint(self, x: np.ndarray, k: int) -> None:
         record = capture(self.method, context_rngs(self.ctx), self.ctx.comm)
         arrays = {"x": x, **{f"state/{n}": v for n, v in record.pop("arrays").items()}}

@@ -179,13 +179,21 @@ def test_block_alpha_follows_alg2():
     np.testing.assert_allclose(comp.alpha_blocks, per_block, rtol=1e-12)
 
 
+@pytest.mark.parametrize("kernel", ["numpy", "numba"])
 @pytest.mark.parametrize("starts", [[0, 100, 250], list(range(0, 300, 4))], ids=["slice-fill", "gather"])
-def test_block_alpha_reaches_every_coordinate_of_its_block(starts):
-    """Long blocks (>= 64 coordinates on average) get alpha by one slice fill per block, short ones
-    by a gather: either way coordinate j is scaled by its own block's alpha."""
+def test_block_alpha_reaches_every_coordinate_of_its_block(starts, kernel):
+    """With the numpy kernel long blocks (>= 64 coordinates on average) get alpha by one slice fill
+    per block, short ones by a gather; the numba kernel takes one alpha per block as it is: every
+    way, coordinate j is scaled by its own block's alpha."""
+    if kernel == "numba":
+        pytest.importorskip("numba")
     d, lr, eps = 300, 0.3, 0.5
-    comp = make(IntCompressor, d, eps=eps, block_starts=starts, rounding="deterministic", wire_dtype="int64")
-    assert (comp._fill is not None) == (len(starts) == 3)  # both ways of spreading alpha are exercised
+    comp = make(IntCompressor, d, eps=eps, block_starts=starts, rounding="deterministic", wire_dtype="int64",
+                kernel=kernel)
+    if kernel == "numpy":
+        assert (comp._fill is not None) == (len(starts) == 3)  # both ways of spreading alpha are exercised
+    else:
+        assert comp.takes_blocks and comp._fill is None and comp._alpha_vec is None
     rng = np.random.default_rng(5)
     v, x1 = rng.standard_normal(d), rng.standard_normal(d) * 0.01
     mean, local = np.empty(d), np.empty(d)

@@ -114,7 +114,8 @@ class IntCompressor(Compressor):
         xp = self.xp
         spreads = nb > 1 and not self.takes_blocks
         self._alpha_vec = xp.empty(d) if spreads else None
-        self._fill = list(zip(self.starts.tolist(), ends.tolist())) if xp is np and nb * FILL_MIN_BLOCK <= d else None
+        self._fill = (list(zip(self.starts.tolist(), ends.tolist()))
+                      if spreads and xp is np and nb * FILL_MIN_BLOCK <= d else None)
         """Each block's (start, end) when alpha is spread by slice fills (numpy, blocks of >= FILL_MIN_BLOCK
         coordinates on average: one memset-like fill per block beats a gather of d indices)."""
         self._block_of = (xp.asarray(np.repeat(np.arange(nb, dtype=np.intp), self.sizes.astype(np.intp)))
@@ -205,7 +206,7 @@ class IntCompressor(Compressor):
         return views
 
     def _next_alpha(self, v: np.ndarray, x: np.ndarray, lr: float):
-        """This step's alpha (a float, or a per-coordinate array with blocks; None: send floats),
+        """This step's alpha (a float; with blocks, as :meth:`_spread` gives it; None: send floats),
         remembering x as x^{k-1} for the next step."""
         st, o = self.state, self.opts
         if o["alpha"] == "constant":

@@ -459,8 +459,11 @@ class Quantizer:
         self._segs = segments(self.size, self._starts, layout)
         self._segs_one = self._segs.copy()
         self._segs_one[:, 3] = 0
-        self.identity = layout is None or self._segs.shape[0] == 0 or bool(
-            (self._segs[:, 0] == self._segs[:, 1]).all())
+
+    @property
+    def identity(self) -> bool:
+        """Whether every coordinate sits at its own position (the plain layout)."""
+        return bool((self._segs[:, 0] == self._segs[:, 1]).all())
 
     def _alpha(self, alpha):
         """(segments, per-block alphas, per-coordinate alphas, whether one alpha) for the kernels."""
