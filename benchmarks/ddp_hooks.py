@@ -16,8 +16,9 @@ intsgd      ``mpiopt.torch.hooks.intsgd_hook`` with ``IntSGDState(wire_dtype="au
 
 Every run uses torch.optim.SGD with deep.py's lr (divided by 10 at 60% and 85% of the epochs),
 momentum and weight decay, the same initial weights per seed, and the same minibatches.
-``bytes_per_step`` is measured: every torch.distributed collective the hooks call (all_reduce,
-all_gather*) is wrapped in this process and the bytes of the tensor this rank hands it are summed
+``bytes_per_step`` is measured: every all-reduce and all-gather of a torch.distributed process group
+(the methods of ``ProcessGroup`` that ``dist.all_reduce`` / ``dist.all_gather*`` and mpiopt's
+TorchCommunicator call) is wrapped in this process and the bytes of the tensors this rank hands it are summed
 over the training steps, then divided by the steps (mean over ranks). ``seconds_per_step`` is the
 training wall time per step (slowest rank; evaluation excluded); ``cpu_seconds_per_step`` the CPU
 time a rank's process used per training step (all its threads, mean over ranks): on a shared
@@ -72,7 +73,7 @@ from deep import MOMENTUM, TASKS, WEIGHT_DECAY, accuracy, load_task, make_model,
 HOOKS = ("allreduce", "fp16", "bf16", "powersgd", "intsgd")
 MARKERS = ("o", "s", "D", "^", "*")
 DATASETS = ("digits", "a9a")
-GATHERS = ("all_gather_single", "all_gather_into_tensor", "all_gather")
+GATHERS = ("all_gather_single", "allgather", "_allgather_base")
 TARGET_MARGIN = 0.005
 """The default target accuracy is the allreduce hook's final accuracy minus this (0.5 points)."""
 BED_PORT = 29500
@@ -83,28 +84,37 @@ BED_PORT = 29500
 # worker side (one process per rank)
 # ---------------------------------------------------------------------------------------------------
 class ByteMeter:
-    """Counts the bytes this rank hands to torch.distributed's all_reduce / all_gather* while on.
+    """Counts the bytes this rank hands to the process groups' all-reduce / all-gather while on.
 
-    The hooks look these functions up in ``torch.distributed`` at each call, so wrapping the module's
-    attributes sees every collective of every hook (torch's and mpiopt's alike)."""
+    Every torch.distributed collective ends in a method of ``torch.distributed.ProcessGroup``
+    (``dist.all_reduce`` calls ``allreduce``, ``dist.all_gather_single`` and
+    ``all_gather_into_tensor`` call ``all_gather_single``, ``dist.all_gather`` calls ``allgather``),
+    and mpiopt's TorchCommunicator calls ``allreduce`` directly: wrapping those methods of the class
+    sees every collective of every hook (torch's and mpiopt's alike)."""
 
     def __init__(self):
         import torch.distributed as dist
 
         self.on, self.bytes = False, 0
-        dist.all_reduce = self._wrap(dist.all_reduce, lambda args, kw: args[0] if args else kw["tensor"])
+        group = dist.ProcessGroup
+        group.allreduce = self._wrap(group.allreduce, lambda args: args[0])
         for name in GATHERS:  # (output, input): the input is what this rank sends
-            setattr(dist, name, self._wrap(getattr(dist, name), lambda args, kw: args[1] if len(args) > 1 else
-                                           kw.get("input_tensor", kw.get("tensor"))))
+            setattr(group, name, self._wrap(getattr(group, name), lambda args: args[1]))
 
     def _wrap(self, fn: Callable, sent: Callable) -> Callable:
-        def counted(*args, **kw):
+        def counted(group, *args, **kw):
             if self.on:
-                t = sent(args, kw)
-                self.bytes += t.numel() * t.element_size()
-            return fn(*args, **kw)
+                self.bytes += sum(t.numel() * t.element_size() for t in _tensors(sent(args)))
+            return fn(group, *args, **kw)
 
         return counted
+
+
+def _tensors(arg) -> List[Any]:
+    """The tensors in a collective's argument: a tensor, or (nested) lists of them."""
+    if isinstance(arg, (list, tuple)):
+        return [t for a in arg for t in _tensors(a)]
+    return [arg]
 
 
 def make_hook(name: str, opt, seed: int):

@@ -383,6 +383,44 @@ def test_block_step_squares_have_reduceats_bits():
         np.testing.assert_array_equal(prev, x)
 
 
+def test_block_adaptive_alpha_has_the_int_compressors_bits():
+    """One pass of squares, r update and alpha gives what block_step_squares, numpy's in-place r
+    update and adaptive_alpha give: same alpha, r and x_prev bits, with one lr or one per block, for
+    moving blocks and still ones (where only the eps term is left)."""
+    from mpiopt.compressors.alpha import adaptive_alpha, block_constants
+
+    rng = np.random.default_rng(29)
+    for trial in range(40):
+        d = int(rng.integers(3, 5000))
+        nb = int(rng.integers(2, min(d, 10) + 1))
+        starts = [0] + np.sort(rng.choice(np.arange(1, d), nb - 1, replace=False)).tolist()
+        sizes = np.diff(np.append(starts, d)).astype(np.float64)
+        constants = block_constants(sizes, 10.0 ** -rng.integers(4, 10))
+        x = (rng.standard_normal(d) * 10.0 ** rng.integers(-6, 3, d)).astype(np.float32 if trial % 2 else np.float64)
+        prev, r = rng.standard_normal(d), rng.uniform(0, 2, nb)
+        still = rng.random(nb) < 0.5  # blocks that did not move: alpha is decided by the eps term there
+        for b in np.flatnonzero(still):
+            lo, hi = starts[b], starts[b] + int(sizes[b])
+            prev[lo:hi] = x[lo:hi]
+        r[still] = 0.0
+        prev_ref, r_ref = prev.copy(), r.copy()
+        lr = float(rng.uniform(1e-4, 1)) if trial % 3 else rng.uniform(1e-4, 1, nb)
+        have_r, beta, n = bool(trial % 4), float(rng.uniform(0, 0.99)), int(rng.integers(1, 64))
+        q = nbk.Quantizer(d, 0, 0, blocks=starts)
+        got = q.block_adaptive_alpha(x, prev, r, have_r, beta, lr, n, constants, np.empty(nb), np.empty(nb))
+        sq = q.block_step_squares(x, prev_ref, np.empty(nb))
+        if have_r:
+            r_ref *= beta
+            r_ref += (1.0 - beta) * sq
+        else:
+            r_ref[...] = sq
+        ref = adaptive_alpha(lr, r_ref, sizes, n, 0.0, constants=constants)
+        assert got.tobytes() == ref.tobytes() and r.tobytes() == r_ref.tobytes()
+        np.testing.assert_array_equal(prev, prev_ref)
+    with pytest.raises(ValueError, match="one per block"):
+        q.block_adaptive_alpha(x, prev, r, True, 0.9, np.ones(nb + 1), 2, constants, np.empty(nb), np.empty(nb))
+
+
 def test_block_max_abs_flags_non_finite_blocks():
     v = np.array([1.0, -3.0, np.nan, 2.0, np.inf, -1.0, 5.0, -7.5])
     got = nbk.Quantizer(8, 0, 0, blocks=[0, 2, 4, 6]).block_max_abs(v, np.empty(4))

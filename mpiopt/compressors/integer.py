@@ -221,6 +221,11 @@ class IntCompressor(Compressor):
                 return self._spread(self._exponent_alpha(v))
             return None
         r = st["r"]
+        if self.takes_blocks and len(self.starts) > 1:  # squares, r and alpha in one pass, the bits of the lines below
+            self.quant.block_adaptive_alpha(x, st["x_prev"], r, st["have_r"], o["beta"], lr, self.n, self._constants,
+                                            self._blocksq, self.alpha_blocks)
+            st["have_r"][...] = 1
+            return self.alpha_blocks
         if len(self.starts) == 1:  # one block: Python floats, the same IEEE operations
             sq = self.quant.step_squares_sum(x, st["x_prev"])  # ||x^k - x^{k-1}||^2; x_prev <- x
             if st["have_r"]:
@@ -231,10 +236,7 @@ class IntCompressor(Compressor):
             alpha = adaptive_alpha(lr, r, self.sizes, self.n, o["eps"])
             self.alpha_blocks[0] = alpha
             return alpha
-        if self.takes_blocks:  # sum per block of (x^k - x^{k-1})^2; x_prev <- x
-            sq = self.quant.block_step_squares(x, st["x_prev"], self._blocksq)
-        else:
-            sq = self._per_block(np.add, self.quant.step_squares(x, st["x_prev"], self._diff), out=self._blocksq)
+        sq = self._per_block(np.add, self.quant.step_squares(x, st["x_prev"], self._diff), out=self._blocksq)
         if st["have_r"]:
             r *= o["beta"]
             r += (1.0 - o["beta"]) * sq

@@ -322,6 +322,22 @@ if AVAILABLE:
             out[b] = first + _pairwise_step_squares(x, x_prev, lo + 1, n - 1) if n > 1 else first
 
     @_jit
+    def _block_adaptive_alpha(x, x_prev, starts, ends, sq, r, have_r, beta, keep, two_n, lr, lrs, sqrt_sizes,
+                              eps_share, out):
+        """_block_step_squares into ``sq``, then r = beta r + keep sq (r = sq when not ``have_r``) and
+        out = lr (sqrt(d_l) / sqrt(2 n r + lr^2 eps_share)) per block (lr = lrs[b] when ``lrs`` is not
+        empty), each operation rounded as numpy's array operations of the int compressor round it."""
+        _block_step_squares(x, x_prev, starts, ends, sq)
+        per_block = lrs.shape[0] > 0
+        for b in range(starts.shape[0]):
+            if have_r:
+                r[b] = r[b] * beta + keep * sq[b]
+            else:
+                r[b] = sq[b]
+            step = lrs[b] if per_block else lr
+            out[b] = (sqrt_sizes[b] / np.sqrt(r[b] * two_n + (step * step) * eps_share[b])) * step
+
+    @_jit
     def _block_max_abs(v, segs, out):
         """out[block] = max |v| over each block's coordinates (NaN or inf when one is not finite)."""
         out[:] = 0.0
@@ -467,11 +483,13 @@ class Quantizer:
 
     def _alpha(self, alpha):
         """(segments, per-block alphas, per-coordinate alphas, whether one alpha) for the kernels."""
-        if alpha.__class__ is float or np.ndim(alpha) == 0:
+        if alpha.__class__ is np.ndarray and alpha.ndim == 1 and alpha.dtype == np.float64 and alpha.flags.c_contiguous:
+            a = alpha  # the common case first: block alphas as the int compressor hands them
+        elif alpha.__class__ is float or np.ndim(alpha) == 0:
             self._one[0] = alpha
             return self._segs_one, self._one, _EMPTY, True
-        a = alpha if alpha.__class__ is np.ndarray and alpha.dtype == np.float64 and alpha.flags.c_contiguous \
-            else np.ascontiguousarray(alpha, dtype=np.float64)
+        else:
+            a = np.ascontiguousarray(alpha, dtype=np.float64)
         if a.shape == (self.n_blocks,):
             return self._segs, a, _EMPTY, False
         if a.shape != (self.size,):
@@ -628,6 +646,23 @@ class Quantizer:
         _block_step_squares(x, x_prev, self._starts, self._ends, out)
         return out
 
+    def block_adaptive_alpha(self, x: np.ndarray, x_prev: np.ndarray, r: np.ndarray, have_r: bool, beta: float,
+                             lr: Union[float, np.ndarray], n: int, constants: Tuple[np.ndarray, np.ndarray],
+                             squares: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """IntSGD's Alg. 2 step in one pass: ``block_step_squares`` into ``squares`` (x_prev <- x), the
+        running averages r <- beta r + (1 - beta) squares (r <- squares when not ``have_r``), and
+        alpha per block into ``out``, with the bits of
+        :func:`mpiopt.compressors.alpha.adaptive_alpha` (``constants``: its block_constants; ``lr``
+        one step size or one per block) after numpy's in-place r update."""
+        sqrt_sizes, eps_share = constants
+        one = isinstance(lr, float) or np.ndim(lr) == 0
+        lrs = _EMPTY if one else np.ascontiguousarray(lr, dtype=np.float64)
+        if lrs.shape not in ((0,), (self.n_blocks,)):
+            raise ValueError(f"lr must be one step size or one per block ({self.n_blocks}), got shape {lrs.shape}")
+        _block_adaptive_alpha(x, x_prev, self._starts, self._ends, squares, r, bool(have_r), float(beta),
+                              1.0 - beta, 2.0 * n, float(lr) if one else 0.0, lrs, sqrt_sizes, eps_share, out)
+        return out
+
     def block_max_abs(self, v: np.ndarray, out: np.ndarray) -> np.ndarray:
         """max |v| of each block into ``out`` (v in the layout; NaN or inf where a value is not finite)."""
         _block_max_abs(v, self._segs, out)
@@ -659,4 +694,6 @@ def warm_up() -> None:
                         q.decode(buf, alpha, 2, np.empty(16, dtype=ot))
                         q.decode_update(buf, alpha, 2, 0.1, np.zeros(16, dtype=ot))
         q.block_step_squares(v, np.zeros(16), np.empty(2))
+        q.block_adaptive_alpha(v, np.zeros(16), np.zeros(2), False, 0.9, 0.1, 2, (np.ones(2), np.ones(2)),
+                               np.empty(2), np.empty(2))
         q.block_max_abs(v, np.empty(2))

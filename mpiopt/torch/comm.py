@@ -8,7 +8,9 @@ launcher that calls ``torch.distributed.init_process_group``) instead of ``mpiex
     result = mpiopt.minimize(problem, "vr-intdiana", comm=TorchCommunicator())
 
 Arrays go to the collectives without a copy (``torch.from_numpy`` for numpy arrays, DLPack for
-device arrays); under NCCL, which takes device tensors only, host arrays (small control messages)
+device arrays; the views of the last few arrays are kept, as a compressor sums the same buffers at
+every step), and the all-reduces call the process group's ``allreduce`` as ``dist.all_reduce`` does,
+without its per-call checks (membership is checked once, when the communicator is built); under NCCL, which takes device tensors only, host arrays (small control messages)
 are copied to the device and back. ``bytes_sent`` counts what this rank hands to each collective, as
 :class:`mpiopt.comm.MPICommunicator` does. gloo and NCCL cannot SUM int16 (gloo answers "Invalid
 scalar type"), so ``int_dtypes`` is (int8, int32, int64): the int compressor's ``auto`` climbs
@@ -19,17 +21,20 @@ variable-size all-gather); only this rank's real bytes are counted.
 
 import os
 import sys
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed import AllreduceOptions
 
 from mpiopt.errors import InputError
 
 INT_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.int32, np.int64))
 """The integer types gloo and NCCL can SUM, narrowest first (no int16)."""
 FLOAT_DTYPES = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64))
+VIEWS_KEPT = 16
+"""Tensor views of this many arrays are kept between collectives (then the cache starts over)."""
 
 
 def as_tensor(buf) -> torch.Tensor:
@@ -43,6 +48,14 @@ def _check_dtype(buf, allowed, what: str) -> None:
     if np.dtype(buf.dtype) not in allowed:
         raise TypeError(f"{what} takes {', '.join(map(str, allowed))} arrays over torch.distributed, "
                         f"got {buf.dtype}")
+
+
+def _allreduce_options(op) -> AllreduceOptions:
+    """The options ``dist.all_reduce(tensor, op)`` hands its process group (a blocking call)."""
+    opts = AllreduceOptions()
+    opts.reduceOp = op
+    opts.asyncOp = False
+    return opts
 
 
 class TorchCommunicator:
@@ -61,9 +74,15 @@ class TorchCommunicator:
                              "torch.distributed.init_process_group(...) first (torchrun sets its environment)")
         self.group = group
         self.rank = dist.get_rank(group)
+        if self.rank < 0:
+            raise InputError("TorchCommunicator: this process is not a member of the given process group")
         self.size = dist.get_world_size(group)
         self.backend = str(dist.get_backend(group))
         self._copies_host_arrays = self.backend == "nccl"
+        self._pg = dist.group.WORLD if group is None else group
+        self._views: Dict[int, Tuple[Any, torch.Tensor]] = {}
+        """id(array) -> (array, its tensor view): a compressor sums the same buffers at every step."""
+        self._options = {op: _allreduce_options(op) for op in (dist.ReduceOp.SUM, dist.ReduceOp.MAX)}
         self.bytes_sent = 0
         self.int_dtypes = INT_DTYPES
 
@@ -74,7 +93,14 @@ class TorchCommunicator:
     def _wire(self, buf) -> torch.Tensor:
         """The tensor a collective gets for ``buf``: a view of it; under NCCL, which takes device
         tensors only, a device copy of a host array (small control messages, e.g. a max)."""
-        tensor = as_tensor(buf)
+        known = self._views.get(id(buf))
+        if known is not None and known[0] is buf:
+            tensor = known[1]
+        else:
+            tensor = as_tensor(buf)
+            if len(self._views) >= VIEWS_KEPT:
+                self._views.clear()
+            self._views[id(buf)] = (buf, tensor)  # holding buf keeps its id from being reused
         if self._copies_host_arrays and tensor.device.type == "cpu":
             return tensor.to(torch.device("cuda", torch.cuda.current_device()))
         return tensor
@@ -87,7 +113,9 @@ class TorchCommunicator:
 
     def _reduce(self, buf, op, count: bool):
         tensor = self._wire(buf)
-        dist.all_reduce(tensor, op=op, group=self.group)
+        work = self._pg.allreduce([tensor], self._options[op])  # what dist.all_reduce calls, less its checks
+        if work is not None:
+            work.wait()
         self._count(buf.nbytes, count)
         return self._land(buf, tensor)
 

@@ -130,6 +130,7 @@ class _Bucket:
 
     def __init__(self, state: "CompressorState", plan: _BucketPlan, index: int, xp, dtype: torch.dtype):
         self.plan, self.k = plan, 0
+        self._flat, self._flat_ptr, self._flat_numel = None, -1, -1
         opts = dict(state.options)
         names = {o.name for o in state.cls.options}
         self.layer_groups: Optional[np.ndarray] = None
@@ -156,10 +157,20 @@ class _Bucket:
             self.v, self.x, self.mean = xp.empty(plan.dim), xp.zeros(plan.dim), xp.empty(plan.dim)
         comp.prepare(self.x)  # compile its kernels (once per process) before the first exchange
 
+    def flat(self, buf: torch.Tensor):
+        """The bucket's buffer as the compressor reads it (a numpy view in place, else an array of
+        ``buf``'s module), kept while DDP hands the same buffer (holding it keeps its address)."""
+        if buf.data_ptr() != self._flat_ptr or buf.numel() != self._flat_numel:
+            self._flat = buf.numpy() if self.in_place else as_array(buf)
+            self._flat_ptr, self._flat_numel = buf.data_ptr(), buf.numel()
+        return self._flat
+
     def step_size(self, groups: List[Dict[str, Any]]):
         """This step's lr for alpha: a float when the bucket's parameters share one, else one per
         layer block (each its param group's lr). Raises InputError when one alpha (``block='bucket'``)
         would have to serve parameters with different step sizes."""
+        if len(groups) == 1:
+            return float(groups[0]["lr"])
         lrs = [float(g["lr"]) for g in groups]
         if lrs.count(lrs[0]) == len(lrs):
             return lrs[0]
@@ -334,7 +345,7 @@ def compressor_hook(state: CompressorState, bucket: dist.GradBucket) -> torch.fu
     gets the same bits); returns a completed Future holding the bucket's buffer."""
     buf = bucket.buffer()
     b = state.bucket(bucket)
-    flat = buf.numpy() if b.in_place else as_array(buf)
+    flat = b.flat(buf)
     v = b.load(flat, state.reads_iterate)
     lr = b.step_size(state.optimizer.param_groups)
     b.engine.comp.exchange(v, b.k, b.x, lr, flat if b.in_place else b.mean)

@@ -2,7 +2,7 @@
 
     (torchlaunch, n ranks) python _torch_comm_checks.py all|abort
 
-``all`` runs every check but ``abort``, each asserting on every rank (a failed assert exits
+``all`` runs every check but ``abort`` (``subgroup`` needs 3 or more ranks), each asserting on every rank (a failed assert exits
 non-zero; one launch, as starting torch on n processes costs seconds). ``abort``: rank 1 aborts
 while rank 0 waits in a collective, which must then fail (exit 4) instead of hanging.
 """
@@ -91,6 +91,33 @@ def auto_climbs(comm: TorchCommunicator) -> None:
     print("wires:", wires)
 
 
+def subgroup(comm: TorchCommunicator) -> None:
+    """A communicator of a subgroup (ranks 1..n-1) sums over its members only, the same buffer
+    again at the next call (its tensor view is kept); rank 0, outside it, is refused at once."""
+    import torch.distributed as dist
+
+    members = list(range(1, comm.size))
+    group = dist.new_group(members)
+    if comm.rank == 0:
+        try:
+            TorchCommunicator(group)
+        except InputError as exc:
+            assert "not a member" in str(exc)
+        else:
+            raise AssertionError("a communicator of a group without this rank was built")
+        return
+    sub = TorchCommunicator(group)
+    assert (sub.rank, sub.size) == (comm.rank - 1, len(members))
+    a = np.zeros(3, dtype=np.int32)
+    for step in range(3):
+        a[...] = comm.rank + step
+        sub.allreduce_int(a)
+        assert (a == sum(members) + step * len(members)).all(), (step, a)
+    m = np.array([float(comm.rank)])
+    sub.allreduce_max(m)
+    assert m[0] == comm.size - 1
+
+
 def abort(comm: TorchCommunicator) -> None:
     if comm.rank == 1:
         comm.abort(3)
@@ -106,6 +133,6 @@ def abort(comm: TorchCommunicator) -> None:
 if __name__ == "__main__":
     init_gloo()
     comm = TorchCommunicator()
-    for check in ((collectives, int16_refused, auto_climbs) if sys.argv[1] == "all" else (abort,)):
+    for check in ((collectives, int16_refused, auto_climbs, subgroup) if sys.argv[1] == "all" else (abort,)):
         check(comm)
     finish()

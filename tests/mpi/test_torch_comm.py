@@ -38,7 +38,8 @@ def test_minimize_over_torch_gives_the_mpi_x_final_bit_for_bit(n, a5a_for, tmp_p
 
 def test_every_collective_int16_refusal_and_auto_ladder_on_4_ranks():
     """Results and byte counts of each collective; int16 refused with the dtypes gloo sums; ``auto``
-    goes int8 -> int32 on an overflow with the mean exact to 1/alpha (see _torch_comm_checks.py)."""
+    goes int8 -> int32 on an overflow with the mean exact to 1/alpha; a subgroup's communicator sums
+    over its members and refuses a rank outside it (see _torch_comm_checks.py)."""
     res = run_torch(4, HERE / "_torch_comm_checks.py", "all", timeout=90)
     assert res.returncode == 0, res.stdout
     assert res.stdout.count("cannot sum int16 (it sums int8, int32, int64)") == 4
