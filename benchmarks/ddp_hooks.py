@@ -15,7 +15,11 @@ intsgd      ``mpiopt.torch.hooks.intsgd_hook`` with ``IntSGDState(wire_dtype="au
 ==========  =====================================================================================
 
 Every run uses torch.optim.SGD with deep.py's lr (divided by 10 at 60% and 85% of the epochs),
-momentum and weight decay, the same initial weights per seed, and the same minibatches.
+momentum and weight decay, the same initial weights per seed, and the same minibatches. For each
+seed, every hook's model is built in each rank's process and they train side by side, one epoch
+each in turn, the hooks' order rotated at each epoch: a shared machine that drifts during the run
+then weighs on every hook alike (timed hook by hook, whole runs of 5 to 20 s apart, the same code
+differed by up to 5 % between hooks from one run to the next).
 ``bytes_per_step`` is measured: every all-reduce and all-gather of a torch.distributed process group
 (the methods of ``ProcessGroup`` that ``dist.all_reduce`` / ``dist.all_gather*`` and mpiopt's
 TorchCommunicator call) is wrapped in this process and the bytes of the tensors this rank hands it are summed
@@ -35,7 +39,8 @@ minus 0.5 points), ``null`` with ``reached: false`` when it never does.
 writes OUT (``{"results": [{"hook", "dataset", "test_accuracy", "bytes_per_step",
 "seconds_per_step", "cpu_seconds_per_step", "seeds", "curve", "target_accuracy", "seconds_to_accuracy",
 "reached"}, ...]}``
-plus a header of the settings) and a figure ``<OUT stem>.png`` (per dataset: accuracy vs bytes per
+plus a header of the settings, with ``final_parameters_sha256``: the SHA-256 of each run's final
+parameters (``dataset/hook/seedS``), the same on every network and with any other hooks beside it) and a figure ``<OUT stem>.png`` (per dataset: accuracy vs bytes per
 step, vs seconds per step, and vs cumulative training seconds).
 
 ``--net shm``: R processes spawned here, gloo over TCP loopback on this machine. ``--net 1gbit``: the
@@ -51,6 +56,7 @@ machine: compare them within one run.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -152,58 +158,83 @@ def slowest(seconds: float) -> float:
     return float(t)
 
 
-def train_one(hook_name: str, dataset: str, data, epochs: int, seed: int, meter: ByteMeter) -> Dict[str, Any]:
-    """Train one model under DDP with one hook; every rank returns the same record.
+class HookRun:
+    """One model trained under DDP with one hook, an epoch at a time (see :func:`train_seed`)."""
 
-    ``curve`` holds, after each epoch, the slowest rank's cumulative training seconds and the test
-    accuracy (evaluation and the per-epoch barrier are not timed)."""
-    import torch
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
+    def __init__(self, hook_name: str, dataset: str, data, epochs: int, seed: int):
+        import torch
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
 
-    rank, size = dist.get_rank(), dist.get_world_size()
-    task = TASKS[dataset]
-    Xtr, ytr, Xte, yte = (torch.from_numpy(a) for a in data)
-    rows = torch.from_numpy(shard(len(ytr), rank, size))
-    batch = task["batch"]
-    steps = (len(ytr) // size) // batch
-    torch.manual_seed(seed)
-    ddp = DistributedDataParallel(make_model(task["model"], Xtr.shape[1] if Xtr.ndim == 2 else 0))
-    opt = torch.optim.SGD(ddp.parameters(), lr=task["lr"], momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    state, hook = make_hook(hook_name, opt, seed)
-    ddp.register_comm_hook(state, hook)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.6 * epochs), int(0.85 * epochs)], gamma=0.1)
-    rng = np.random.default_rng([seed, rank])
-    meter.bytes, seconds, cpu, curve = 0, 0.0, 0.0, []
-    for _ in range(epochs):
-        order = rows[torch.from_numpy(rng.permutation(len(rows))[: steps * batch])]
+        rank, size = dist.get_rank(), dist.get_world_size()
+        task = TASKS[dataset]
+        self.hook_name, self.dataset, self.seed, self.epochs = hook_name, dataset, seed, epochs
+        self.Xtr, self.ytr, self.Xte, self.yte = (torch.from_numpy(a) for a in data)
+        self.rows = torch.from_numpy(shard(len(self.ytr), rank, size))
+        self.batch = task["batch"]
+        self.steps = (len(self.ytr) // size) // self.batch
+        torch.manual_seed(seed)
+        self.ddp = DistributedDataParallel(make_model(task["model"], self.Xtr.shape[1] if self.Xtr.ndim == 2 else 0))
+        self.opt = torch.optim.SGD(self.ddp.parameters(), lr=task["lr"], momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+        self.state, hook = make_hook(hook_name, self.opt, seed)
+        self.ddp.register_comm_hook(self.state, hook)
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, [int(0.6 * epochs), int(0.85 * epochs)], gamma=0.1)
+        self.rng = np.random.default_rng([seed, rank])
+        self.sent, self.seconds, self.cpu, self.curve = 0, 0.0, 0.0, []
+
+    def epoch(self, meter: ByteMeter) -> None:
+        """One timed epoch (after a barrier), then the evaluation (not timed)."""
+        import torch
+        import torch.distributed as dist
+
+        order = self.rows[torch.from_numpy(self.rng.permutation(len(self.rows))[: self.steps * self.batch])]
         dist.barrier()
+        meter.bytes = 0
         t0, c0 = time.perf_counter(), time.process_time()
         meter.on = True
-        for s in range(steps):
-            idx = order[s * batch:(s + 1) * batch]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(ddp(Xtr[idx]), ytr[idx]).backward()
-            opt.step()
+        for s in range(self.steps):
+            idx = order[s * self.batch:(s + 1) * self.batch]
+            self.opt.zero_grad()
+            torch.nn.functional.cross_entropy(self.ddp(self.Xtr[idx]), self.ytr[idx]).backward()
+            self.opt.step()
         meter.on = False
-        seconds += time.perf_counter() - t0
-        cpu += time.process_time() - c0
-        sched.step()
-        curve.append([slowest(seconds), accuracy(ddp.module, Xte, yte)])
-    sent = torch.tensor([meter.bytes], dtype=torch.float64)
-    dist.all_reduce(sent)
-    cpu_all = torch.tensor([cpu], dtype=torch.float64)
-    dist.all_reduce(cpu_all)
-    params = torch.cat([p.detach().reshape(-1) for p in ddp.parameters()])
-    every = [torch.empty_like(params) for _ in range(size)]
-    dist.all_gather(every, params)
-    return {"hook": hook_name, "dataset": dataset, "seed": seed, "test_accuracy": curve[-1][1],
-            "bytes_per_step": float(sent) / size / (steps * epochs),
-            "seconds_per_step": curve[-1][0] / (steps * epochs), "steps": steps * epochs,
-            "cpu_seconds_per_step": float(cpu_all) / size / (steps * epochs),
-            "sent_bytes": int(sent), "curve": curve,
-            "identical_on_all_ranks": all(torch.equal(e, every[0]) for e in every),
-            "hook_stats": state.stats() if hasattr(state, "stats") else None}
+        self.seconds += time.perf_counter() - t0
+        self.cpu += time.process_time() - c0
+        self.sent += meter.bytes
+        self.sched.step()
+        self.curve.append([slowest(self.seconds), accuracy(self.ddp.module, self.Xte, self.yte)])
+
+    def record(self) -> Dict[str, Any]:
+        """The run's record (the same on every rank)."""
+        import torch
+        import torch.distributed as dist
+
+        size, steps = dist.get_world_size(), self.steps * self.epochs
+        totals = torch.tensor([self.sent, self.cpu], dtype=torch.float64)
+        dist.all_reduce(totals)
+        params = torch.cat([p.detach().reshape(-1) for p in self.ddp.parameters()])
+        every = [torch.empty_like(params) for _ in range(size)]
+        dist.all_gather(every, params)
+        return {"hook": self.hook_name, "dataset": self.dataset, "seed": self.seed,
+                "test_accuracy": self.curve[-1][1], "bytes_per_step": float(totals[0]) / size / steps,
+                "seconds_per_step": self.curve[-1][0] / steps, "steps": steps,
+                "cpu_seconds_per_step": float(totals[1]) / size / steps, "sent_bytes": int(totals[0]),
+                "curve": self.curve, "identical_on_all_ranks": all(torch.equal(e, every[0]) for e in every),
+                "parameters_sha256": hashlib.sha256(params.numpy().tobytes()).hexdigest(),
+                "hook_stats": self.state.stats() if hasattr(self.state, "stats") else None}
+
+
+def train_seed(hooks: List[str], dataset: str, data, epochs: int, seed: int, meter: ByteMeter) -> List[Dict[str, Any]]:
+    """Train one model per hook, epoch by epoch in :func:`interleaved` order; their records.
+
+    ``curve`` holds, after each epoch, the slowest rank's cumulative training seconds and the test
+    accuracy (evaluation and the per-epoch barrier are not timed). Each model sees the same
+    minibatches, and trains the same bits, as it would alone (no model draws random numbers after
+    its initialization)."""
+    runs = {hook: HookRun(hook, dataset, data, epochs, seed) for hook in hooks}
+    for _, hook in interleaved(hooks, epochs):
+        runs[hook].epoch(meter)
+    return [runs[hook].record() for hook in hooks]
 
 
 def epochs_of(dataset: str, args) -> int:
@@ -211,16 +242,18 @@ def epochs_of(dataset: str, args) -> int:
     return args.epochs if TASKS[dataset]["model"] == "cnn" else args.mlp_epochs or args.epochs
 
 
-def interleaved(hooks: List[str], seeds: int) -> List[tuple]:
-    """(seed, hook) in the order they run: seed by seed, every hook once per seed, the hooks' order
-    rotated by one at each seed, so that a machine that slows down or speeds up during the run (a
-    shared host) weighs on every hook alike instead of on whichever ran then."""
-    return [(seed, hooks[(seed + i) % len(hooks)]) for seed in range(seeds) for i in range(len(hooks))]
+def interleaved(hooks: List[str], epochs: int) -> List[tuple]:
+    """(epoch, hook) in the order they run: epoch by epoch, every hook's model one epoch, the hooks'
+    order rotated by one at each epoch, so that a machine that slows down or speeds up during the run
+    (a shared host) weighs on every hook alike instead of on whichever ran then, and no hook always
+    follows the same one."""
+    return [(epoch, hooks[(epoch + i) % len(hooks)]) for epoch in range(epochs) for i in range(len(hooks))]
 
 
 def worker(rank: int, args, init_method: str) -> None:
-    """Rank ``rank`` of the job: join the gloo group at ``init_method``, train every (dataset, seed,
-    hook) in :func:`interleaved` order; rank 0 writes the records to ``args.worker_out``. Ends the process."""
+    """Rank ``rank`` of the job: join the gloo group at ``init_method``, train every hook's model on
+    each dataset, seed by seed (:func:`train_seed`); rank 0 writes the records to ``args.worker_out``.
+    Ends the process."""
     import torch
     import torch.distributed as dist
 
@@ -233,14 +266,14 @@ def worker(rank: int, args, init_method: str) -> None:
     records = []
     for dataset in args.datasets:
         data = load_task(dataset, Path(args.libsvm_dir))
-        for seed, hook_name in interleaved(args.hooks, args.seeds):
-            rec = train_one(hook_name, dataset, data, epochs_of(dataset, args), seed, meter)
-            records.append(rec)
-            if rank == 0:
-                print(f"{dataset:7s} {hook_name:9s} seed {seed}  acc {rec['test_accuracy']:.4f}  "
-                      f"{rec['bytes_per_step']:9.0f} B/step  {1e3 * rec['seconds_per_step']:.2f} ms/step  "
-                      f"{1e3 * rec['cpu_seconds_per_step']:.2f} CPU ms/step",
-                      flush=True)
+        for seed in range(args.seeds):
+            for rec in train_seed(args.hooks, dataset, data, epochs_of(dataset, args), seed, meter):
+                records.append(rec)
+                if rank == 0:
+                    print(f"{dataset:7s} {rec['hook']:9s} seed {seed}  acc {rec['test_accuracy']:.4f}  "
+                          f"{rec['bytes_per_step']:9.0f} B/step  {1e3 * rec['seconds_per_step']:.2f} ms/step  "
+                          f"{1e3 * rec['cpu_seconds_per_step']:.2f} CPU ms/step",
+                          flush=True)
     if rank == 0:
         Path(args.worker_out).write_text(json.dumps(records))
     dist.barrier()
@@ -453,6 +486,8 @@ def drive(args) -> None:
               "target_rule": "--target-accuracy" if args.target_accuracy is not None else
               f"allreduce's final seed-mean test accuracy - {TARGET_MARGIN}",
               "identical_on_all_ranks": all(r["identical_on_all_ranks"] for r in records),
+              "final_parameters_sha256": {f"{r['dataset']}/{r['hook']}/seed{r['seed']}": r["parameters_sha256"]
+                                          for r in records},
               "intsgd_stats": [r["hook_stats"] for r in records if r["hook"] == "intsgd"],
               "wall_seconds": round(time.perf_counter() - t0, 1)}
     out.write_text(json.dumps({**header, "results": results}, indent=1))

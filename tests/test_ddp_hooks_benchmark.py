@@ -1,6 +1,6 @@
 """benchmarks/ddp_hooks.py end to end on a tiny budget: 2 gloo ranks, digits, 1 epoch, 1 seed.
 
-Checks the JSON's exact shape, that the bytes per step are measured (fp32 allreduce hands 4 bytes
+Checks the JSON's exact shape, that a model trains the same bits beside other hooks as alone, that the bytes per step are measured (fp32 allreduce hands 4 bytes
 per parameter to all_reduce each step; intsgd one byte per parameter plus its 3-slot header each
 step, and one int64 exponent per layer on its first step),
 the time-to-accuracy fields (a curve per record, seconds to the target read from it) and that
@@ -54,6 +54,22 @@ def test_two_ranks_digits_json_and_measured_bytes(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 0
 
 
+def test_a_model_trains_the_same_bits_beside_other_hooks_as_alone(tmp_path):
+    """The hooks' models take turns epoch by epoch in one process: intsgd's final parameters are
+    those of intsgd trained alone (same minibatches, no shared random state)."""
+    pytest.importorskip("torch")
+    shas = []
+    for hooks in (["fp16", "intsgd"], ["intsgd"]):
+        out = tmp_path / f"{len(hooks)}.json"
+        res = subprocess.run([sys.executable, str(SCRIPT), "--ranks", "2", "--epochs", "2", "--seeds", "1",
+                              "--datasets", "digits", "--hooks", *hooks, "--json", str(out)],
+                             capture_output=True, text=True, timeout=240)
+        assert res.returncode == 0, res.stdout + res.stderr
+        shas.append(json.loads(out.read_text())["final_parameters_sha256"])
+    assert len(shas[0]) == 2 and len(set(shas[0].values())) == 2
+    assert shas[0]["digits/intsgd/seed0"] == shas[1]["digits/intsgd/seed0"]
+
+
 def test_seconds_to_accuracy_is_read_from_the_seed_mean_curve():
     import ddp_hooks
 
@@ -73,14 +89,14 @@ def test_seconds_to_accuracy_is_read_from_the_seed_mean_curve():
     assert [results[h]["seconds_to_accuracy"] for h in ("allreduce", "intsgd", "fp16")] == [3, 1, None]
 
 
-def test_hooks_run_interleaved_seed_by_seed_in_rotated_order():
-    """Every (seed, hook) runs once, all hooks of a seed before the next seed, the order rotated by one
-    per seed: a machine that drifts during the run weighs on every hook alike."""
+def test_hooks_take_turns_epoch_by_epoch_in_rotated_order():
+    """Every (epoch, hook) runs once, all hooks' epoch e before epoch e + 1, the order rotated by one
+    per epoch: a machine that drifts during the run weighs on every hook alike."""
     import ddp_hooks
 
     order = ddp_hooks.interleaved(["a", "b", "c"], 3)
     assert order == [(0, "a"), (0, "b"), (0, "c"), (1, "b"), (1, "c"), (1, "a"), (2, "c"), (2, "a"), (2, "b")]
-    assert sorted(order) == [(s, h) for s in range(3) for h in "abc"]
+    assert sorted(order) == [(e, h) for e in range(3) for h in "abc"]
 
 
 def test_1gbit_without_a_bed_exits_2_with_netbeds_message(tmp_path):
