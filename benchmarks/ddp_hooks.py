@@ -40,8 +40,9 @@ writes OUT (``{"results": [{"hook", "dataset", "test_accuracy", "bytes_per_step"
 "seconds_per_step", "cpu_seconds_per_step", "seeds", "curve", "target_accuracy", "seconds_to_accuracy",
 "reached"}, ...]}``
 plus a header of the settings, with ``final_parameters_sha256``: the SHA-256 of each run's final
-parameters (``dataset/hook/seedS``), the same on every network and with any other hooks beside it) and a figure ``<OUT stem>.png`` (per dataset: accuracy vs bytes per
-step, vs seconds per step, and vs cumulative training seconds).
+parameters (``dataset/hook/seedS``), the same on every network and with any other hooks beside
+it) and a figure ``<OUT stem>.png`` (per dataset: accuracy vs bytes per step, vs seconds per step,
+and vs cumulative training seconds).
 
 ``--net shm``: R processes spawned here, gloo over TCP loopback on this machine. ``--net 1gbit``: the
 emulated cluster of ``benchmarks/netbed.py`` (root and ``tc`` needed, else it says why and exits 2):

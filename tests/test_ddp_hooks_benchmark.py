@@ -1,9 +1,9 @@
 """benchmarks/ddp_hooks.py end to end on a tiny budget: 2 gloo ranks, digits, 1 epoch, 1 seed.
 
-Checks the JSON's exact shape, that a model trains the same bits beside other hooks as alone, that the bytes per step are measured (fp32 allreduce hands 4 bytes
-per parameter to all_reduce each step; intsgd one byte per parameter plus its 3-slot header each
-step, and one int64 exponent per layer on its first step),
-the time-to-accuracy fields (a curve per record, seconds to the target read from it) and that
+Checks the JSON's exact shape, that a model trains the same bits beside other hooks as alone, that
+the bytes per step are measured (fp32 allreduce hands 4 bytes per parameter to all_reduce each step;
+intsgd one byte per parameter plus its 3-slot header each step, and one int64 exponent per layer on
+its first step), the time-to-accuracy fields (a curve per record, seconds to the target read from it) and that
 --net 1gbit without a usable test bed stops with netbed's one-line message (exit 2) instead of
 running on the wrong network. The run across the bed itself is in tests/mpi/test_netbed_run.py."""
 

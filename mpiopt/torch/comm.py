@@ -10,8 +10,9 @@ launcher that calls ``torch.distributed.init_process_group``) instead of ``mpiex
 Arrays go to the collectives without a copy (``torch.from_numpy`` for numpy arrays, DLPack for
 device arrays; the views of the last few arrays are kept, as a compressor sums the same buffers at
 every step), and the all-reduces call the process group's ``allreduce`` as ``dist.all_reduce`` does,
-without its per-call checks (membership is checked once, when the communicator is built); under NCCL, which takes device tensors only, host arrays (small control messages)
-are copied to the device and back. ``bytes_sent`` counts what this rank hands to each collective, as
+without its per-call checks (membership is checked once, when the communicator is built). Under
+NCCL, which takes device tensors only, host arrays (small control messages) are copied to the
+device and back. ``bytes_sent`` counts what this rank hands to each collective, as
 :class:`mpiopt.comm.MPICommunicator` does. gloo and NCCL cannot SUM int16 (gloo answers "Invalid
 scalar type"), so ``int_dtypes`` is (int8, int32, int64): the int compressor's ``auto`` climbs
 int8 -> int32 -> int64 here, and a fixed ``wire_dtype='int16'`` is refused when the compressor is

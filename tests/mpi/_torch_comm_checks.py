@@ -2,8 +2,9 @@
 
     (torchlaunch, n ranks) python _torch_comm_checks.py all|abort
 
-``all`` runs every check but ``abort`` (``subgroup`` needs 3 or more ranks), each asserting on every rank (a failed assert exits
-non-zero; one launch, as starting torch on n processes costs seconds). ``abort``: rank 1 aborts
+``all`` runs every check but ``abort`` (``subgroup`` needs 3 or more ranks), each asserting on
+every rank (a failed assert exits non-zero; one launch, as starting torch on n processes costs
+seconds). ``abort``: rank 1 aborts
 while rank 0 waits in a collective, which must then fail (exit 4) instead of hanging.
 """
 
