@@ -8,6 +8,7 @@ seconds). ``abort``: rank 1 aborts
 while rank 0 waits in a collective, which must then fail (exit 4) instead of hanging.
 """
 
+import os
 import sys
 
 import numpy as np
@@ -120,14 +121,15 @@ def subgroup(comm: TorchCommunicator) -> None:
 
 
 def abort(comm: TorchCommunicator) -> None:
-    if comm.rank == 1:
-        comm.abort(3)
     try:
+        comm.barrier()  # rank 1 aborts only once rank 0 is past gloo's connection set-up (else its init fails)
+        if comm.rank == 1:
+            comm.abort(3)
         comm.allreduce_float(np.zeros(4))
         comm.allreduce_float(np.zeros(4))
     except Exception as exc:  # gloo reports the closed peer
-        print("collective failed:", type(exc).__name__)
-        sys.exit(4)
+        print("collective failed:", type(exc).__name__, flush=True)
+        os._exit(4)  # not sys.exit: tearing down a process group whose peer is gone can abort (SIGABRT)
     raise AssertionError("a collective with an aborted rank succeeded")
 
 
