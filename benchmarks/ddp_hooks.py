@@ -463,6 +463,7 @@ def runnable_datasets(args) -> List[str]:
 def drive(args) -> None:
     """Run the job on the asked network, then write the JSON and the figure and print the table."""
     args.datasets = runnable_datasets(args)
+    args.hooks = list(dict.fromkeys(args.hooks))  # a hook named twice is one model (they train side by side)
     if not args.datasets:
         raise JobError("no dataset to run")
     out = Path(args.json).resolve()
