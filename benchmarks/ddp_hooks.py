@@ -31,14 +31,17 @@ machine it drifts less than wall time, and it shows what a hook costs apart from
 training seconds (slowest rank, evaluation excluded), test accuracy]`` after each epoch, and
 ``seconds_to_accuracy`` the first of those seconds at which the curve reaches ``target_accuracy``
 (``--target-accuracy``; by default the ``allreduce`` hook's final seed-mean accuracy on that dataset
-minus 0.5 points), ``null`` with ``reached: false`` when it never does.
+minus 0.5 points), ``null`` with ``reached: false`` when it never does. ``vs_fp16`` (every hook
+but fp16, when fp16 ran): each epoch's seconds against fp16's in the same seed and epoch, which ran
+a few seconds apart, as ``median_epoch_ratio`` over those pairs and ``epochs_faster``, the pairs in
+which the hook was faster, of ``epochs``.
 
     python benchmarks/ddp_hooks.py --ranks 4 --epochs 12 --mlp-epochs 6 --seeds 3 \\
         --json benchmarks/results/ddp_hooks.json --net shm
 
 writes OUT (``{"results": [{"hook", "dataset", "test_accuracy", "bytes_per_step",
 "seconds_per_step", "cpu_seconds_per_step", "seeds", "curve", "target_accuracy", "seconds_to_accuracy",
-"reached"}, ...]}``
+"reached", "vs_fp16"}, ...]}``
 plus a header of the settings, with ``final_parameters_sha256``: the SHA-256 of each run's final
 parameters (``dataset/hook/seedS``), the same on every network and with any other hooks beside
 it) and a figure ``<OUT stem>.png`` (per dataset: accuracy vs bytes per step, vs seconds per step,
@@ -82,6 +85,8 @@ MARKERS = ("o", "s", "D", "^", "*")
 DATASETS = ("digits", "a9a")
 GATHERS = ("all_gather_single", "allgather", "_allgather_base")
 TARGET_MARGIN = 0.005
+PAIRED_WITH = "fp16"
+"""The hook every other one is compared with epoch by epoch (``vs_fp16`` in the results)."""
 """The default target accuracy is the allreduce hook's final accuracy minus this (0.5 points)."""
 BED_PORT = 29500
 """gloo's rendezvous port at rank 0's bed address (a fresh namespace: nothing else listens there)."""
@@ -302,6 +307,26 @@ def aggregate(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
              "curve": np.mean([r["curve"] for r in runs], axis=0).tolist()} for (hook, dataset), runs in groups.items()]
 
 
+def epoch_seconds(curve: List[List[float]]) -> np.ndarray:
+    """Each epoch's training seconds: the increments of a curve's cumulative seconds."""
+    return np.diff([0.0] + [point[0] for point in curve])
+
+
+def add_epoch_pairs(results: List[Dict[str, Any]], records: List[Dict[str, Any]], base: str = PAIRED_WITH) -> None:
+    """Give every result but ``base``'s ``vs_<base>``: its epoch seconds against ``base``'s in the
+    same (seed, epoch) -- the two trained in turn, a few seconds apart, so a drifting machine weighs
+    on both alike -- as the median ratio over the pairs and the number of pairs it was faster in."""
+    epochs = {(r["dataset"], r["hook"], r["seed"]): epoch_seconds(r["curve"]) for r in records}
+    for result in results:
+        mine = [(t, epochs.get((result["dataset"], base, seed))) for seed in result["seeds"]
+                for t in [epochs[(result["dataset"], result["hook"], seed)]]]
+        if result["hook"] == base or any(b is None for _, b in mine):
+            continue
+        ratios = np.concatenate([t / b for t, b in mine])
+        result[f"vs_{base}"] = {"median_epoch_ratio": float(np.median(ratios)),
+                                "epochs_faster": int((ratios < 1).sum()), "epochs": int(ratios.size)}
+
+
 def seconds_to(curve: List[List[float]], target: Optional[float]) -> Optional[float]:
     """The first cumulative seconds at which ``curve`` ([seconds, accuracy] per epoch) reaches
     ``target``; None if it never does or there is no target."""
@@ -367,15 +392,18 @@ def plot(results: List[Dict[str, Any]], targets: Dict[str, Optional[float]], out
 def print_table(results: List[Dict[str, Any]], targets: Dict[str, Optional[float]]) -> None:
     """Accuracy, bytes, time per step and seconds to the target, against the allreduce hook."""
     base = {r["dataset"]: r for r in results if r["hook"] == "allreduce"}
+    pair = f"vs_{PAIRED_WITH}"
     print(f"{'dataset':8s} {'hook':9s} {'test acc':>8s} {'vs fp32':>8s} {'B/step':>9s} {'fp32/B':>7s} {'ms/step':>8s} "
-          f"{'CPU ms':>7s} {'s to tgt':>8s}")
+          f"{'CPU ms':>7s} {'s to tgt':>8s}  epochs {pair} (median ratio, faster in)")
     for r in results:
         b = base.get(r["dataset"], r)
         to = f"{r['seconds_to_accuracy']:8.2f}" if r["reached"] else f"{'never':>8s}"
+        vs = (f"{r[pair]['median_epoch_ratio']:.3f}, {r[pair]['epochs_faster']} of {r[pair]['epochs']}"
+              if pair in r else "")
         print(f"{r['dataset']:8s} {r['hook']:9s} {100 * r['test_accuracy']:8.2f} "
               f"{100 * (r['test_accuracy'] - b['test_accuracy']):+8.2f} {r['bytes_per_step']:9.0f} "
               f"{b['bytes_per_step'] / r['bytes_per_step']:7.2f} {1e3 * r['seconds_per_step']:8.2f} "
-              f"{1e3 * r['cpu_seconds_per_step']:7.2f} {to}")
+              f"{1e3 * r['cpu_seconds_per_step']:7.2f} {to}  {vs}")
     print("target test accuracy: " + ", ".join(f"{d} {'none (no allreduce run)' if t is None else f'{100 * t:.2f}%'}"
                                                for d, t in targets.items()))
 
@@ -478,6 +506,7 @@ def drive(args) -> None:
     records = json.loads(raw.read_text())
     raw.unlink()
     results = aggregate(records)
+    add_epoch_pairs(results, records)
     targets = add_time_to_accuracy(results, args.target_accuracy)
     plot(results, targets, out.with_suffix(".png"))
     hook_bytes = sum(r["sent_bytes"] for r in records)

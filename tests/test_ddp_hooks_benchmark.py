@@ -90,6 +90,27 @@ def test_seconds_to_accuracy_is_read_from_the_seed_mean_curve():
     assert [results[h]["seconds_to_accuracy"] for h in ("allreduce", "intsgd", "fp16")] == [3, 1, None]
 
 
+def test_each_hook_is_paired_with_fp16_epoch_by_epoch():
+    """vs_fp16 compares each (seed, epoch)'s seconds with fp16's in the same seed and epoch: the
+    median of the ratios and how many were below 1; fp16 itself, or a dataset without fp16, has none."""
+    import ddp_hooks
+
+    def rec(hook, seed, cumulative, dataset="digits"):
+        return {"hook": hook, "dataset": dataset, "seed": seed, "test_accuracy": 0.9, "bytes_per_step": 1.0,
+                "seconds_per_step": 1.0, "cpu_seconds_per_step": 1.0, "curve": [[c, 0.9] for c in cumulative]}
+
+    records = [rec("fp16", 0, [1.0, 2.0, 3.0]), rec("fp16", 1, [2.0, 4.0, 6.0]),
+               rec("intsgd", 0, [0.9, 2.0, 2.9]), rec("intsgd", 1, [2.2, 4.0, 5.8]),  # ratios .9 1.1 .9 / 1.1 .9 .9
+               rec("intsgd", 0, [1.0, 2.0], dataset="a9a")]
+    results = ddp_hooks.aggregate(records)
+    ddp_hooks.add_epoch_pairs(results, records)
+    by = {(r["dataset"], r["hook"]): r for r in results}
+    pair = by[("digits", "intsgd")]["vs_fp16"]
+    assert (pair["epochs_faster"], pair["epochs"]) == (4, 6)
+    assert pair["median_epoch_ratio"] == pytest.approx(0.9)
+    assert "vs_fp16" not in by[("digits", "fp16")] and "vs_fp16" not in by[("a9a", "intsgd")]
+
+
 def test_hooks_take_turns_epoch_by_epoch_in_rotated_order():
     """Every (epoch, hook) runs once, all hooks' epoch e before epoch e + 1, the order rotated by one
     per epoch: a machine that drifts during the run weighs on every hook alike."""
