@@ -6,6 +6,7 @@ Skipped (with the reason) where numba is not installed; the numpy kernel is the 
 import numpy as np
 import pytest
 
+from mpiopt.compressors.alpha import adaptive_alpha, block_constants
 from mpiopt.kernels import numpy as npk
 
 nbk = pytest.importorskip("mpiopt.kernels.numba")
@@ -378,17 +379,18 @@ def test_block_step_squares_have_reduceats_bits():
         x = (rng.standard_normal(d) * 10.0 ** rng.integers(-6, 6, d)).astype(np.float32 if trial % 2 else np.float64)
         prev = rng.standard_normal(d)
         ref = np.add.reduceat((x.astype(np.float64) - prev) ** 2, starts)
-        got = nbk.Quantizer(d, 0, 0, blocks=starts).block_step_squares(x, prev, np.empty(nb))
+        q = nbk.Quantizer(d, 0, 0, blocks=starts)
+        got = np.empty(nb)
+        q.block_adaptive_alpha(x, prev, np.zeros(nb), False, 0.9, 0.1, 2, block_constants(np.ones(nb), 1e-8), got,
+                               np.empty(nb))
         np.testing.assert_array_equal(got, ref)
         np.testing.assert_array_equal(prev, x)
 
 
 def test_block_adaptive_alpha_has_the_int_compressors_bits():
-    """One pass of squares, r update and alpha gives what block_step_squares, numpy's in-place r
-    update and adaptive_alpha give: same alpha, r and x_prev bits, with one lr or one per block, for
+    """One pass of squares, r update and alpha gives what numpy's add.reduceat of the squares, its
+    in-place r update and adaptive_alpha give: same alpha, r and x_prev bits, with one lr or one per block, for
     moving blocks and still ones (where only the eps term is left)."""
-    from mpiopt.compressors.alpha import adaptive_alpha, block_constants
-
     rng = np.random.default_rng(29)
     for trial in range(40):
         d = int(rng.integers(3, 5000))
@@ -408,7 +410,8 @@ def test_block_adaptive_alpha_has_the_int_compressors_bits():
         have_r, beta, n = bool(trial % 4), float(rng.uniform(0, 0.99)), int(rng.integers(1, 64))
         q = nbk.Quantizer(d, 0, 0, blocks=starts)
         got = q.block_adaptive_alpha(x, prev, r, have_r, beta, lr, n, constants, np.empty(nb), np.empty(nb))
-        sq = q.block_step_squares(x, prev_ref, np.empty(nb))
+        sq = np.add.reduceat((x.astype(np.float64) - prev_ref) ** 2, starts)
+        prev_ref[...] = x
         if have_r:
             r_ref *= beta
             r_ref += (1.0 - beta) * sq

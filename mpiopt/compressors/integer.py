@@ -7,7 +7,8 @@ starts at the first ||x^1 - x^0||^2, as in the reference code. The first step ha
 independent of the rank order), or, with ``first_step='exponent'``, integers already: per alpha
 block, e = ceil(log2 max_i max_j |v_ij|) from a MAX Allreduce of each rank's integer exponents (no
 float crosses the wire), and alpha = floor(M / n) / 2^e, so that no rank's |alpha v| exceeds the
-speculative dtype's bound (SwitchML's scaling, for this one step). ``alpha='constant'`` uses ``alpha0`` throughout.
+speculative dtype's bound (SwitchML's scaling, for this one step). ``alpha='constant'`` uses
+``alpha0`` throughout.
 
 ``wire_dtype='auto'`` costs one collective per step in the common case: the integers go out in a
 speculative dtype (the narrowest the communicator sums whose bound floor(M / n) is >= 1, then the one
@@ -19,9 +20,10 @@ the sum again in the smallest dtype with n max <= M, so nothing is clipped and t
 on it -- never on a dtype whose bound is below 1 (at 128+ ranks, int8: its header could not count
 the ranks either). Fixed dtypes clip to floor(M / n) and count the clipped coordinates.
 
-With a kernel that ``takes_blocks`` (numba), block alphas go to it as one value per block and the
-blocks' ||x^k - x^{k-1}||^2 come from one fused pass (the bits of the squares' ``add.reduceat``);
-otherwise alpha is spread to every coordinate. ``layout`` (numba only; the DDP hook's in-place
+With a kernel that ``takes_blocks`` (numba), block alphas go to it as one value per block, and the
+blocks' ||x^k - x^{k-1}||^2, their running averages r and alpha come from one fused pass (the bits of
+the squares' ``add.reduceat`` and of the numpy arithmetic below); otherwise alpha is spread to every
+coordinate. ``layout`` (numba only; the DDP hook's in-place
 path) lets v and the mean hold the coordinates in another order, x staying in coordinate order.
 """
 

@@ -18,8 +18,8 @@ buffer, and ``decode`` is one pass (a product with 1 / (n alpha) instead of the 
 over every possible int8 sum, that gives the division's bits -- nearly always for a float32 ``out``).
 ``decode_update`` applies IntSGD's x -= eta S / (n alpha) in one pass, bit for bit what ``decode``
 into a mean of x's dtype and ``x -= eta * mean`` give. ``rounded`` and ``sent`` (float64 views the
-numpy kernel keeps all the time) are made on demand, from the exact scratch, so reading them gives what numpy gives;
-they are read-only here (QSGD's in-place edit of ``rounded`` needs the numpy kernel).
+numpy kernel keeps all the time) are made on demand, from the exact scratch, so reading them gives
+what numpy gives; they are read-only here (QSGD's in-place edit of ``rounded`` needs the numpy kernel).
 
 Inputs may be float32 or float64; they are widened to double first, as the contract says (the numpy
 kernel does the same when alpha is a ``numpy.float64`` or an array; with a Python float and a float32
@@ -606,7 +606,7 @@ class Quantizer:
         return out
 
     def _decoding(self, sum_int: np.ndarray, alpha, n: int, out: np.ndarray):
-        """The kernels' arguments of S / (n alpha) into ``out``'s dtype (see _mean_of)."""
+        """The kernels' arguments of S / (n alpha) into ``out``'s dtype (see _decode_run)."""
         segs, alphas, avec, one = self._alpha(alpha)
         c = n * float(alphas[0]) if one else 1.0
         mul = one and _may_multiply(sum_int, c, out)
@@ -640,18 +640,13 @@ class Quantizer:
             return float(self._squares.sum())
         return float(0.0 + _pairwise_step_squares(x, x_prev, 0, n))  # 0.0 +: numpy's sum of none is +0.0
 
-    def block_step_squares(self, x: np.ndarray, x_prev: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """||x - x_prev||^2 of each block into ``out``, with the bits of ``step_squares`` then numpy's
-        ``add.reduceat`` at the block starts, and x_prev <- x, in one pass (x in coordinate order)."""
-        _block_step_squares(x, x_prev, self._starts, self._ends, out)
-        return out
-
     def block_adaptive_alpha(self, x: np.ndarray, x_prev: np.ndarray, r: np.ndarray, have_r: bool, beta: float,
                              lr: Union[float, np.ndarray], n: int, constants: Tuple[np.ndarray, np.ndarray],
                              squares: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """IntSGD's Alg. 2 step in one pass: ``block_step_squares`` into ``squares`` (x_prev <- x), the
-        running averages r <- beta r + (1 - beta) squares (r <- squares when not ``have_r``), and
-        alpha per block into ``out``, with the bits of
+        """IntSGD's Alg. 2 step in one pass (x in coordinate order): each block's ||x - x_prev||^2 into
+        ``squares``, with the bits of ``step_squares`` then numpy's ``add.reduceat`` at the block
+        starts, and x_prev <- x; the running averages r <- beta r + (1 - beta) squares (r <- squares
+        when not ``have_r``); and alpha per block into ``out``, with the bits of
         :func:`mpiopt.compressors.alpha.adaptive_alpha` (``constants``: its block_constants; ``lr``
         one step size or one per block) after numpy's in-place r update."""
         sqrt_sizes, eps_share = constants
@@ -693,7 +688,6 @@ def warm_up() -> None:
                     for alpha in (10.0, np.array([10.0, 3.0])):
                         q.decode(buf, alpha, 2, np.empty(16, dtype=ot))
                         q.decode_update(buf, alpha, 2, 0.1, np.zeros(16, dtype=ot))
-        q.block_step_squares(v, np.zeros(16), np.empty(2))
         q.block_adaptive_alpha(v, np.zeros(16), np.zeros(2), False, 0.9, 0.1, 2, (np.ones(2), np.ones(2)),
                                np.empty(2), np.empty(2))
         q.block_max_abs(v, np.empty(2))

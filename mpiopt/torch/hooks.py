@@ -169,8 +169,6 @@ class _Bucket:
         """This step's lr for alpha: a float when the bucket's parameters share one, else one per
         layer block (each its param group's lr). Raises InputError when one alpha (``block='bucket'``)
         would have to serve parameters with different step sizes."""
-        if len(groups) == 1:
-            return float(groups[0]["lr"])
         lrs = [float(g["lr"]) for g in groups]
         if lrs.count(lrs[0]) == len(lrs):
             return lrs[0]
