@@ -22,8 +22,14 @@ then weighs on every hook alike (timed hook by hook, whole runs of 5 to 20 s apa
 differed by up to 5 % between hooks from one run to the next).
 ``bytes_per_step`` is measured: every all-reduce and all-gather of a torch.distributed process group
 (the methods of ``ProcessGroup`` that ``dist.all_reduce`` / ``dist.all_gather*`` and mpiopt's
-TorchCommunicator call) is wrapped in this process and the bytes of the tensors this rank hands it are summed
-over the training steps, then divided by the steps (mean over ranks). ``seconds_per_step`` is the
+TorchCommunicator call, and the TorchCommunicator's recursive-doubling all-reduce) is wrapped in this process and the bytes of the tensors this rank hands it are summed
+over the training steps, then divided by the steps (mean over ranks): the size of what a hook
+sums or gathers, whatever algorithm moves it. ``wire_bytes_per_step`` is what the network interface
+sent per training step (its ``tx_bytes`` counter read around each epoch: TCP/IP headers and
+acknowledgements included; under ``--net shm`` the loopback's count, shared by all ranks, divided by
+the ranks; mean over ranks), which depends on the algorithm: gloo's ring all-reduce sends
+2(n - 1) / n times the buffer, mpiopt's recursive doubling (small integer sums) log2(n) times it.
+``seconds_per_step`` is the
 training wall time per step (slowest rank; evaluation excluded); ``cpu_seconds_per_step`` the CPU
 time a rank's process used per training step (all its threads, mean over ranks): on a shared
 machine it drifts less than wall time, and it shows what a hook costs apart from the network.
@@ -40,7 +46,7 @@ which the hook was faster, of ``epochs``.
         --json benchmarks/results/ddp_hooks.json --net shm
 
 writes OUT (``{"results": [{"hook", "dataset", "test_accuracy", "bytes_per_step",
-"seconds_per_step", "cpu_seconds_per_step", "seeds", "curve", "target_accuracy", "seconds_to_accuracy",
+"wire_bytes_per_step", "seconds_per_step", "cpu_seconds_per_step", "seeds", "curve", "target_accuracy", "seconds_to_accuracy",
 "reached", "vs_fp16"}, ...]}``
 plus a header of the settings, with ``final_parameters_sha256``: the SHA-256 of each run's final
 parameters (``dataset/hook/seedS``), the same on every network and with any other hooks beside
@@ -101,17 +107,22 @@ class ByteMeter:
     Every torch.distributed collective ends in a method of ``torch.distributed.ProcessGroup``
     (``dist.all_reduce`` calls ``allreduce``, ``dist.all_gather_single`` and
     ``all_gather_into_tensor`` call ``all_gather_single``, ``dist.all_gather`` calls ``allgather``),
-    and mpiopt's TorchCommunicator calls ``allreduce`` directly: wrapping those methods of the class
-    sees every collective of every hook (torch's and mpiopt's alike)."""
+    and mpiopt's TorchCommunicator calls ``allreduce`` directly, or its recursive-doubling
+    all-reduce over send/recv (``DoublingAllreduce``, counted as one all-reduce of its buffer):
+    wrapping those methods of the classes sees every collective of every hook (torch's and mpiopt's
+    alike)."""
 
     def __init__(self):
         import torch.distributed as dist
+
+        from mpiopt.torch.doubling import DoublingAllreduce
 
         self.on, self.bytes = False, 0
         group = dist.ProcessGroup
         group.allreduce = self._wrap(group.allreduce, lambda args: args[0])
         for name in GATHERS:  # (output, input): the input is what this rank sends
             setattr(group, name, self._wrap(getattr(group, name), lambda args: args[1]))
+        DoublingAllreduce.__call__ = self._wrap(DoublingAllreduce.__call__, lambda args: args[0])
 
     def _wrap(self, fn: Callable, sent: Callable) -> Callable:
         def counted(group, *args, **kw):
@@ -120,6 +131,23 @@ class ByteMeter:
             return fn(group, *args, **kw)
 
         return counted
+
+
+class WireMeter:
+    """The bytes this rank's network interface sent (``/sys/class/net/IF/statistics/tx_bytes``:
+    what crossed the wire, TCP/IP headers and acknowledgements included). Under ``--net shm`` the
+    interface is the loopback, shared by all ranks: its count is divided by the ranks. ``None``
+    where the counter cannot be read."""
+
+    def __init__(self, interface: str, ranks: int):
+        self.path = Path("/sys/class/net") / interface / "statistics" / "tx_bytes"
+        self.share = ranks if interface == "lo" else 1
+
+    def read(self) -> Optional[float]:
+        try:
+            return int(self.path.read_text()) / self.share
+        except (OSError, ValueError):
+            return None
 
 
 def _tensors(arg) -> List[Any]:
@@ -187,8 +215,9 @@ class HookRun:
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, [int(0.6 * epochs), int(0.85 * epochs)], gamma=0.1)
         self.rng = np.random.default_rng([seed, rank])
         self.sent, self.seconds, self.cpu, self.curve = 0, 0.0, 0.0, []
+        self.wire: Optional[float] = 0.0
 
-    def epoch(self, meter: ByteMeter) -> None:
+    def epoch(self, meter: ByteMeter, wire: WireMeter) -> None:
         """One timed epoch (after a barrier), then the evaluation (not timed)."""
         import torch
         import torch.distributed as dist
@@ -196,6 +225,7 @@ class HookRun:
         order = self.rows[torch.from_numpy(self.rng.permutation(len(self.rows))[: self.steps * self.batch])]
         dist.barrier()
         meter.bytes = 0
+        w0 = wire.read()
         t0, c0 = time.perf_counter(), time.process_time()
         meter.on = True
         for s in range(self.steps):
@@ -206,6 +236,8 @@ class HookRun:
         meter.on = False
         self.seconds += time.perf_counter() - t0
         self.cpu += time.process_time() - c0
+        w1 = wire.read()
+        self.wire = None if None in (w0, w1, self.wire) else self.wire + w1 - w0
         self.sent += meter.bytes
         self.sched.step()
         self.curve.append([slowest(self.seconds), accuracy(self.ddp.module, self.Xte, self.yte)])
@@ -216,8 +248,9 @@ class HookRun:
         import torch.distributed as dist
 
         size, steps = dist.get_world_size(), self.steps * self.epochs
-        totals = torch.tensor([self.sent, self.cpu], dtype=torch.float64)
+        totals = torch.tensor([self.sent, self.cpu, math.nan if self.wire is None else self.wire], dtype=torch.float64)
         dist.all_reduce(totals)
+        wire = float(totals[2]) / size / steps
         params = torch.cat([p.detach().reshape(-1) for p in self.ddp.parameters()])
         every = [torch.empty_like(params) for _ in range(size)]
         dist.all_gather(every, params)
@@ -225,12 +258,14 @@ class HookRun:
                 "test_accuracy": self.curve[-1][1], "bytes_per_step": float(totals[0]) / size / steps,
                 "seconds_per_step": self.curve[-1][0] / steps, "steps": steps,
                 "cpu_seconds_per_step": float(totals[1]) / size / steps, "sent_bytes": int(totals[0]),
+                "wire_bytes_per_step": None if math.isnan(wire) else wire,
                 "curve": self.curve, "identical_on_all_ranks": all(torch.equal(e, every[0]) for e in every),
                 "parameters_sha256": hashlib.sha256(params.numpy().tobytes()).hexdigest(),
                 "hook_stats": self.state.stats() if hasattr(self.state, "stats") else None}
 
 
-def train_seed(hooks: List[str], dataset: str, data, epochs: int, seed: int, meter: ByteMeter) -> List[Dict[str, Any]]:
+def train_seed(hooks: List[str], dataset: str, data, epochs: int, seed: int, meter: ByteMeter,
+               wire: WireMeter) -> List[Dict[str, Any]]:
     """Train one model per hook, epoch by epoch in :func:`interleaved` order; their records.
 
     ``curve`` holds, after each epoch, the slowest rank's cumulative training seconds and the test
@@ -239,7 +274,7 @@ def train_seed(hooks: List[str], dataset: str, data, epochs: int, seed: int, met
     its initialization)."""
     runs = {hook: HookRun(hook, dataset, data, epochs, seed) for hook in hooks}
     for _, hook in interleaved(hooks, epochs):
-        runs[hook].epoch(meter)
+        runs[hook].epoch(meter, wire)
     return [runs[hook].record() for hook in hooks]
 
 
@@ -269,23 +304,34 @@ def worker(rank: int, args, init_method: str) -> None:
 
     warm_up(cpu_kernel())  # intsgd's quantizer compiled before any timed step, as mpiopt run does
     meter = ByteMeter()
+    wire = WireMeter(os.environ.get("GLOO_SOCKET_IFNAME", "lo"), args.ranks)
     records = []
     for dataset in args.datasets:
         data = load_task(dataset, Path(args.libsvm_dir))
         for seed in range(args.seeds):
-            for rec in train_seed(args.hooks, dataset, data, epochs_of(dataset, args), seed, meter):
+            for rec in train_seed(args.hooks, dataset, data, epochs_of(dataset, args), seed, meter, wire):
                 records.append(rec)
                 if rank == 0:
                     print(f"{dataset:7s} {rec['hook']:9s} seed {seed}  acc {rec['test_accuracy']:.4f}  "
-                          f"{rec['bytes_per_step']:9.0f} B/step  {1e3 * rec['seconds_per_step']:.2f} ms/step  "
+                          f"{rec['bytes_per_step']:9.0f} B/step  {rec['wire_bytes_per_step'] or math.nan:9.0f} wire B/step  "
+                          f"{1e3 * rec['seconds_per_step']:.2f} ms/step  "
                           f"{1e3 * rec['cpu_seconds_per_step']:.2f} CPU ms/step",
                           flush=True)
+    finish_worker(rank, args.worker_out, records)
+
+
+def finish_worker(rank: int, out: str, records: Any) -> None:
+    """Rank 0 writes ``records`` (JSON) to ``out``; every rank leaves the group together and ends its
+    process at once, skipping torch's C++ teardown, which can SIGABRT a finished worker and fail
+    the whole spawn."""
+    import torch.distributed as dist
+
     if rank == 0:
-        Path(args.worker_out).write_text(json.dumps(records))
+        Path(out).write_text(json.dumps(records))
     dist.barrier()
     dist.destroy_process_group()
     sys.stdout.flush()
-    os._exit(0)  # skip torch's C++ teardown, which can SIGABRT a finished worker and fail the whole spawn
+    os._exit(0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -303,8 +349,14 @@ def aggregate(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return [{"hook": hook, "dataset": dataset,
              **{key: float(np.mean([r[key] for r in runs])) for key in ("test_accuracy", "bytes_per_step",
                                                                         "seconds_per_step", "cpu_seconds_per_step")},
+             "wire_bytes_per_step": mean_or_none([r["wire_bytes_per_step"] for r in runs]),
              "seeds": [r["seed"] for r in runs],
              "curve": np.mean([r["curve"] for r in runs], axis=0).tolist()} for (hook, dataset), runs in groups.items()]
+
+
+def mean_or_none(values: List[Optional[float]]) -> Optional[float]:
+    """The mean, or None when any value is None (a counter that could not be read)."""
+    return None if any(v is None for v in values) else float(np.mean(values))
 
 
 def epoch_seconds(curve: List[List[float]]) -> np.ndarray:
@@ -393,16 +445,18 @@ def print_table(results: List[Dict[str, Any]], targets: Dict[str, Optional[float
     """Accuracy, bytes, time per step and seconds to the target, against the allreduce hook."""
     base = {r["dataset"]: r for r in results if r["hook"] == "allreduce"}
     pair = f"vs_{PAIRED_WITH}"
-    print(f"{'dataset':8s} {'hook':9s} {'test acc':>8s} {'vs fp32':>8s} {'B/step':>9s} {'fp32/B':>7s} {'ms/step':>8s} "
+    print(f"{'dataset':8s} {'hook':9s} {'test acc':>8s} {'vs fp32':>8s} {'B/step':>9s} {'fp32/B':>7s} {'wire B':>9s} "
+          f"{'ms/step':>8s} "
           f"{'CPU ms':>7s} {'s to tgt':>8s}  epochs {pair} (median ratio, faster in)")
     for r in results:
         b = base.get(r["dataset"], r)
         to = f"{r['seconds_to_accuracy']:8.2f}" if r["reached"] else f"{'never':>8s}"
         vs = (f"{r[pair]['median_epoch_ratio']:.3f}, {r[pair]['epochs_faster']} of {r[pair]['epochs']}"
               if pair in r else "")
+        wire = "-" if r["wire_bytes_per_step"] is None else f"{r['wire_bytes_per_step']:.0f}"
         print(f"{r['dataset']:8s} {r['hook']:9s} {100 * r['test_accuracy']:8.2f} "
               f"{100 * (r['test_accuracy'] - b['test_accuracy']):+8.2f} {r['bytes_per_step']:9.0f} "
-              f"{b['bytes_per_step'] / r['bytes_per_step']:7.2f} {1e3 * r['seconds_per_step']:8.2f} "
+              f"{b['bytes_per_step'] / r['bytes_per_step']:7.2f} {wire:>9s} {1e3 * r['seconds_per_step']:8.2f} "
               f"{1e3 * r['cpu_seconds_per_step']:7.2f} {to}  {vs}")
     print("target test accuracy: " + ", ".join(f"{d} {'none (no allreduce run)' if t is None else f'{100 * t:.2f}%'}"
                                                for d, t in targets.items()))

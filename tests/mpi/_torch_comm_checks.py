@@ -1,11 +1,12 @@
 """Helper of test_torch_comm.py: every TorchCommunicator collective over real gloo, checked on each rank.
 
-    (torchlaunch, n ranks) python _torch_comm_checks.py all|abort
+    (torchlaunch, n ranks) python _torch_comm_checks.py all|abort doubling|ring
 
 ``all`` runs every check but ``abort`` (``subgroup`` needs 3 or more ranks), each asserting on
 every rank (a failed assert exits non-zero; one launch, as starting torch on n processes costs
 seconds). ``abort``: rank 1 aborts
-while rank 0 waits in a collective, which must then fail (exit 4) instead of hanging.
+while rank 0 waits in a collective (an integer sum by recursive doubling, or a float sum by gloo's
+ring), which must then fail (exit 4) instead of hanging.
 """
 
 import os
@@ -93,9 +94,51 @@ def auto_climbs(comm: TorchCommunicator) -> None:
     print("wires:", wires)
 
 
+def doubling(comm: TorchCommunicator) -> None:
+    """Integer sums and maxima of up to ``doubling_bytes`` go by recursive doubling (no call of the
+    backend's all-reduce) with the ring's bits, int8 wrap-around included; larger buffers and float
+    sums go to the backend."""
+    import torch.distributed as dist
+
+    ring = TorchCommunicator(doubling_bytes=0)
+    calls = []
+    backend_allreduce = dist.ProcessGroup.allreduce
+    dist.ProcessGroup.allreduce = lambda group, *a, **kw: calls.append(1) or backend_allreduce(group, *a, **kw)
+    try:
+        rng = np.random.default_rng(comm.rank)
+        for t in comm.int_dtypes:
+            info = np.iinfo(t)
+            a = rng.integers(info.min, info.max, size=1000, endpoint=True, dtype=t)  # int8 sums wrap
+            b = a.copy()
+            comm.allreduce_int(a)
+            assert not calls, f"a {a.nbytes}-byte {t} sum went to the backend"
+            ring.allreduce_int(b)
+            assert calls and np.array_equal(a, b), t
+            calls.clear()
+        m = rng.standard_normal(7).astype(np.float32)
+        m2 = m.copy()
+        comm.allreduce_max(m)
+        ring.allreduce_max(m2)
+        assert len(calls) == 1 and np.array_equal(m, m2)
+        calls.clear()
+        big = np.ones(comm.doubling_bytes + 1, dtype=np.int8)
+        comm.allreduce_int(big)
+        comm.allreduce_float(np.ones(3))
+        assert len(calls) == 2 and (big == comm.size).all()
+    finally:
+        dist.ProcessGroup.allreduce = backend_allreduce
+    try:
+        TorchCommunicator(doubling_bytes=-1)
+    except InputError as exc:
+        assert "doubling_bytes" in str(exc)
+    else:
+        raise AssertionError("doubling_bytes=-1 was accepted")
+
+
 def subgroup(comm: TorchCommunicator) -> None:
     """A communicator of a subgroup (ranks 1..n-1) sums over its members only, the same buffer
-    again at the next call (its tensor view is kept); rank 0, outside it, is refused at once."""
+    again at the next call (its tensor view is kept; with 4 ranks, 3 members: recursive doubling
+    with a fold); rank 0, outside it, is refused at once."""
     import torch.distributed as dist
 
     members = list(range(1, comm.size))
@@ -125,8 +168,11 @@ def abort(comm: TorchCommunicator) -> None:
         comm.barrier()  # rank 1 aborts only once rank 0 is past gloo's connection set-up (else its init fails)
         if comm.rank == 1:
             comm.abort(3)
-        comm.allreduce_float(np.zeros(4))
-        comm.allreduce_float(np.zeros(4))
+        for _ in range(2):
+            if sys.argv[2] == "doubling":
+                comm.allreduce_int(np.zeros(4, dtype=np.int8))
+            else:
+                comm.allreduce_float(np.zeros(4))
     except Exception as exc:  # gloo reports the closed peer
         print("collective failed:", type(exc).__name__, flush=True)
         os._exit(4)  # not sys.exit: tearing down a process group whose peer is gone can abort (SIGABRT)
@@ -136,6 +182,6 @@ def abort(comm: TorchCommunicator) -> None:
 if __name__ == "__main__":
     init_gloo()
     comm = TorchCommunicator()
-    for check in ((collectives, int16_refused, auto_climbs, subgroup) if sys.argv[1] == "all" else (abort,)):
+    for check in ((collectives, int16_refused, auto_climbs, doubling, subgroup) if sys.argv[1] == "all" else (abort,)):
         check(comm)
     finish()
