@@ -143,3 +143,18 @@ def test_network_run_without_permission_fails_loudly(monkeypatch, capsys, tmp_pa
     assert rc != 0
     assert "need root" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_torch_allreduce_compares_doubling_with_the_ring(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "ta.json"
+    run_benchmark([BENCH / "torch_allreduce.py", "--ranks", "3", "--sizes", "64", "4096", "--calls", "3",
+                   "--turns", "2", "--json", out])
+    res = json.loads(out.read_text())
+    assert (res["ranks"], res["calls"], res["turns"]) == (3, 3, 2)
+    assert [r["bytes"] for r in res["results"]] == [64, 4096]
+    for r in res["results"]:
+        assert set(r) == {"bytes", "doubling_seconds", "ring_seconds", "doubling_cpu_seconds", "ring_cpu_seconds",
+                          "doubling_vs_ring"}
+        assert r["doubling_seconds"] > 0 and r["ring_seconds"] > 0
+        assert r["doubling_vs_ring"] == pytest.approx(r["doubling_seconds"] / r["ring_seconds"])
