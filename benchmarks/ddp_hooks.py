@@ -22,9 +22,10 @@ then weighs on every hook alike (timed hook by hook, whole runs of 5 to 20 s apa
 differed by up to 5 % between hooks from one run to the next).
 ``bytes_per_step`` is measured: every all-reduce and all-gather of a torch.distributed process group
 (the methods of ``ProcessGroup`` that ``dist.all_reduce`` / ``dist.all_gather*`` and mpiopt's
-TorchCommunicator call, and the TorchCommunicator's recursive-doubling all-reduce) is wrapped in this process and the bytes of the tensors this rank hands it are summed
-over the training steps, then divided by the steps (mean over ranks): the size of what a hook
-sums or gathers, whatever algorithm moves it. ``wire_bytes_per_step`` is what the network interface
+TorchCommunicator call, and the TorchCommunicator's recursive-doubling all-reduce) is wrapped in
+this process and the bytes of the tensors this rank hands it are summed over the training steps,
+then divided by the steps (mean over ranks): the size of what a hook sums or gathers, whatever
+algorithm moves it. ``wire_bytes_per_step`` is what the network interface
 sent per training step (its ``tx_bytes`` counter read around each epoch: TCP/IP headers and
 acknowledgements included; under ``--net shm`` the loopback's count, shared by all ranks, divided by
 the ranks; mean over ranks), which depends on the algorithm: gloo's ring all-reduce sends
@@ -46,8 +47,8 @@ which the hook was faster, of ``epochs``.
         --json benchmarks/results/ddp_hooks.json --net shm
 
 writes OUT (``{"results": [{"hook", "dataset", "test_accuracy", "bytes_per_step",
-"wire_bytes_per_step", "seconds_per_step", "cpu_seconds_per_step", "seeds", "curve", "target_accuracy", "seconds_to_accuracy",
-"reached", "vs_fp16"}, ...]}``
+"wire_bytes_per_step", "seconds_per_step", "cpu_seconds_per_step", "seeds", "curve", "target_accuracy",
+"seconds_to_accuracy", "reached", "vs_fp16"}, ...]}``
 plus a header of the settings, with ``final_parameters_sha256``: the SHA-256 of each run's final
 parameters (``dataset/hook/seedS``), the same on every network and with any other hooks beside
 it) and a figure ``<OUT stem>.png`` (per dataset: accuracy vs bytes per step, vs seconds per step,
@@ -313,7 +314,8 @@ def worker(rank: int, args, init_method: str) -> None:
                 records.append(rec)
                 if rank == 0:
                     print(f"{dataset:7s} {rec['hook']:9s} seed {seed}  acc {rec['test_accuracy']:.4f}  "
-                          f"{rec['bytes_per_step']:9.0f} B/step  {rec['wire_bytes_per_step'] or math.nan:9.0f} wire B/step  "
+                          f"{rec['bytes_per_step']:9.0f} B/step  "
+                          f"{wire_text(rec['wire_bytes_per_step']):>9s} wire B/step  "
                           f"{1e3 * rec['seconds_per_step']:.2f} ms/step  "
                           f"{1e3 * rec['cpu_seconds_per_step']:.2f} CPU ms/step",
                           flush=True)
@@ -446,20 +448,24 @@ def print_table(results: List[Dict[str, Any]], targets: Dict[str, Optional[float
     base = {r["dataset"]: r for r in results if r["hook"] == "allreduce"}
     pair = f"vs_{PAIRED_WITH}"
     print(f"{'dataset':8s} {'hook':9s} {'test acc':>8s} {'vs fp32':>8s} {'B/step':>9s} {'fp32/B':>7s} {'wire B':>9s} "
-          f"{'ms/step':>8s} "
-          f"{'CPU ms':>7s} {'s to tgt':>8s}  epochs {pair} (median ratio, faster in)")
+          f"{'ms/step':>8s} {'CPU ms':>7s} {'s to tgt':>8s}  epochs {pair} (median ratio, faster in)")
     for r in results:
         b = base.get(r["dataset"], r)
         to = f"{r['seconds_to_accuracy']:8.2f}" if r["reached"] else f"{'never':>8s}"
         vs = (f"{r[pair]['median_epoch_ratio']:.3f}, {r[pair]['epochs_faster']} of {r[pair]['epochs']}"
               if pair in r else "")
-        wire = "-" if r["wire_bytes_per_step"] is None else f"{r['wire_bytes_per_step']:.0f}"
         print(f"{r['dataset']:8s} {r['hook']:9s} {100 * r['test_accuracy']:8.2f} "
               f"{100 * (r['test_accuracy'] - b['test_accuracy']):+8.2f} {r['bytes_per_step']:9.0f} "
-              f"{b['bytes_per_step'] / r['bytes_per_step']:7.2f} {wire:>9s} {1e3 * r['seconds_per_step']:8.2f} "
+              f"{b['bytes_per_step'] / r['bytes_per_step']:7.2f} {wire_text(r['wire_bytes_per_step']):>9s} "
+              f"{1e3 * r['seconds_per_step']:8.2f} "
               f"{1e3 * r['cpu_seconds_per_step']:7.2f} {to}  {vs}")
     print("target test accuracy: " + ", ".join(f"{d} {'none (no allreduce run)' if t is None else f'{100 * t:.2f}%'}"
                                                for d, t in targets.items()))
+
+
+def wire_text(wire_bytes: Optional[float]) -> str:
+    """Wire bytes per step as printed: "-" where the interface's counter could not be read."""
+    return "-" if wire_bytes is None else f"{wire_bytes:.0f}"
 
 
 def free_port() -> int:

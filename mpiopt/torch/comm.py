@@ -17,10 +17,10 @@ device and back. Under gloo, exact reductions (integer sums, maxima) of CPU buff
 rounds instead of the ring's 2(n - 1), each rank sending log2 n times the buffer instead of
 2(n - 1) / n times it; the same bits); float sums and larger buffers go to the backend's
 all-reduce. ``bytes_sent`` counts what this rank hands to each collective (the buffer, whatever the
-algorithm), as :class:`mpiopt.comm.MPICommunicator` does. gloo and NCCL cannot SUM int16 (gloo answers "Invalid
-scalar type"), so ``int_dtypes`` is (int8, int32, int64): the int compressor's ``auto`` climbs
-int8 -> int32 -> int64 here, and a fixed ``wire_dtype='int16'`` is refused when the compressor is
-built. ``allgatherv`` pads every block to the largest count (torch.distributed has no
+algorithm), as :class:`mpiopt.comm.MPICommunicator` does. gloo and NCCL cannot SUM int16 (gloo
+answers "Invalid scalar type"), so ``int_dtypes`` is (int8, int32, int64): the int compressor's
+``auto`` climbs int8 -> int32 -> int64 here, and a fixed ``wire_dtype='int16'`` is refused when the
+compressor is built. ``allgatherv`` pads every block to the largest count (torch.distributed has no
 variable-size all-gather); only this rank's real bytes are counted.
 """
 
@@ -127,11 +127,10 @@ class TorchCommunicator:
             as_tensor(buf).view(-1).copy_(tensor.reshape(-1))
         return buf
 
-    def _reduce(self, buf, op, count: bool, exact: bool):
-        """``buf`` reduced in place; ``exact``: the result does not depend on the operands' order."""
+    def _reduce(self, buf, op, count: bool):
         tensor = self._wire(buf)
-        if exact and buf.nbytes <= self.doubling_bytes and tensor.device.type == "cpu":
-            self._doubling(tensor, "sum" if op == dist.ReduceOp.SUM else "max")
+        if buf.nbytes <= self.doubling_bytes and tensor.device.type == "cpu" and DoublingAllreduce.takes(tensor, op):
+            self._doubling(tensor, op)
         else:
             work = self._pg.allreduce([tensor], self._options[op])  # what dist.all_reduce calls, less its checks
             if work is not None:
@@ -142,17 +141,17 @@ class TorchCommunicator:
     def allreduce_int(self, buf, count: bool = True):
         """Sum an int8/int32/int64 array over all ranks, in place (exact, order-independent)."""
         _check_dtype(buf, self.int_dtypes, "allreduce_int")
-        return self._reduce(buf, dist.ReduceOp.SUM, count, exact=True)
+        return self._reduce(buf, dist.ReduceOp.SUM, count)
 
     def allreduce_float(self, buf, count: bool = True):
         """Sum a float16/float32/float64 array over all ranks, in place."""
         _check_dtype(buf, FLOAT_DTYPES, "allreduce_float")
-        return self._reduce(buf, dist.ReduceOp.SUM, count, exact=False)
+        return self._reduce(buf, dist.ReduceOp.SUM, count)
 
     def allreduce_max(self, buf, count: bool = True):
         """Element-wise maximum over all ranks, in place (integer or float arrays)."""
         _check_dtype(buf, self.int_dtypes + FLOAT_DTYPES, "allreduce_max")
-        return self._reduce(buf, dist.ReduceOp.MAX, count, exact=True)
+        return self._reduce(buf, dist.ReduceOp.MAX, count)
 
     def allgather(self, sendbuf, recvbuf, count: bool = True):
         """Gather equal-sized blocks from every rank: ``recvbuf`` has ``size * len(sendbuf)`` items."""

@@ -28,12 +28,13 @@ SCRATCH_KEPT = 8
 """Scratch tensors kept between calls (then the cache starts over)."""
 
 
-def doubling_plan(rank: int, size: int) -> Tuple[Optional[int], List[int], Optional[int]]:
-    """(fold, partners, unfold) of ``rank`` among ``size`` ranks.
+def doubling_plan(rank: int, size: int) -> Tuple[Optional[int], List[int]]:
+    """(fold, partners) of ``rank`` among ``size`` ranks.
 
-    ``fold``: the rank this one hands its buffer to before the doubling (then it takes no part in
-    it) or, for the rank above it, receives one from; ``partners``: its peer in each doubling round;
-    ``unfold``: the rank it sends the result to (or, a folded rank, receives it from)."""
+    ``fold``: the rank this one hands its buffer to before the doubling and gets the result back
+    from (an even rank: it takes no part in the doubling), or, for the odd rank above it, receives
+    that buffer from and sends the result back to; None for the others. ``partners``: its peer in
+    each doubling round."""
     if size < 1 or not 0 <= rank < size:
         raise ValueError(f"rank {rank} is not one of {size} ranks")
     low = 1 << (size.bit_length() - 1)
@@ -41,7 +42,7 @@ def doubling_plan(rank: int, size: int) -> Tuple[Optional[int], List[int], Optio
     if rank < 2 * extra:
         peer = rank + 1 if rank % 2 == 0 else rank - 1
         if rank % 2 == 0:
-            return peer, [], peer
+            return peer, []
         virtual = rank // 2
     else:
         peer, virtual = None, rank - extra
@@ -51,27 +52,34 @@ def doubling_plan(rank: int, size: int) -> Tuple[Optional[int], List[int], Optio
         other = virtual ^ bit
         partners.append(2 * other + 1 if other < extra else other + extra)
         bit <<= 1
-    return peer, partners, peer
+    return peer, partners
 
 
 class DoublingAllreduce:
-    """The all-reduce of one process group by recursive doubling; ``op`` is 'sum' (integer tensors)
-    or 'max'. A scratch tensor per (dtype, shape) is kept: a compressor sums the same buffer at every step."""
+    """The all-reduce of one process group by recursive doubling, for ``dist.ReduceOp.SUM`` of integer
+    tensors and ``dist.ReduceOp.MAX`` (see :meth:`takes`). A scratch tensor per (dtype, shape) is
+    kept: a compressor sums the same buffer at every step."""
 
     def __init__(self, group: dist.ProcessGroup, rank: int, size: int):
         self.group, self.rank, self.size = group, rank, size
-        self.fold, self.partners, self.unfold = doubling_plan(rank, size)
+        self.fold, self.partners = doubling_plan(rank, size)
         self._scratch: Dict[tuple, torch.Tensor] = {}
 
-    def __call__(self, tensor: torch.Tensor, op: str) -> None:
+    @staticmethod
+    def takes(tensor: torch.Tensor, op: dist.ReduceOp) -> bool:
+        """Whether the reduction's result does not depend on the order of its operands (a maximum, or
+        a sum of integers): only then does doubling give the ring's bits."""
+        return op == dist.ReduceOp.MAX or (op == dist.ReduceOp.SUM and not tensor.is_floating_point())
+
+    def __call__(self, tensor: torch.Tensor, op: dist.ReduceOp) -> None:
         """Reduce the contiguous CPU ``tensor`` over the group, in place."""
-        if op == "sum" and tensor.is_floating_point():
-            raise TypeError("the doubling all-reduce sums integer tensors only (a float sum's rounding depends "
-                            "on the order of its operands)")
-        add = torch.Tensor.add_ if op == "sum" else _max_into
+        if not self.takes(tensor, op):
+            raise TypeError(f"the doubling all-reduce takes maxima and integer sums only, not {op} of {tensor.dtype} "
+                            "(a float sum's rounding depends on the order of its operands)")
+        add = torch.Tensor.add_ if op == dist.ReduceOp.SUM else _max_into
         if self.fold is not None and self.rank % 2 == 0:
             self._send(tensor, self.fold, FOLD_ROUND)
-            self._recv(tensor, self.unfold, UNFOLD_ROUND)
+            self._recv(tensor, self.fold, UNFOLD_ROUND)
             return
         scratch = self._scratch_for(tensor)
         if self.fold is not None:
@@ -82,8 +90,8 @@ class DoublingAllreduce:
             self._recv(scratch, peer, j)
             sent.wait()
             add(tensor, scratch)
-        if self.unfold is not None:
-            self._send(tensor, self.unfold, UNFOLD_ROUND)
+        if self.fold is not None:
+            self._send(tensor, self.fold, UNFOLD_ROUND)
 
     def _send(self, tensor: torch.Tensor, peer: int, round_: int) -> None:
         self.group.send([tensor], peer, TAG + round_).wait()
