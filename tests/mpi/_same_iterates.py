@@ -1,21 +1,38 @@
 """Helper of test_same_iterates.py (run under mpiexec): x_final of every method on a5a, as hex floats.
 
-    mpiexec -n 6 python _same_iterates.py DATA_DIR OUT.json
+    mpiexec -n 6 python _same_iterates.py DATA_DIR OUT.json plain|second
 
-Rank 0 writes {label: [float.hex of each coordinate of x_final]} for CONFIGS (seed 3, 400
-iterations, each method's defaults otherwise), so the stored file pins iterates to the last bit.
+For each configuration of CONFIGS (seed 3, 400 iterations, each method's defaults otherwise) rank 0
+writes ``runs``: ``{label: {"x": [float.hex of each coordinate of x_final], "f_gap_tail": float.hex
+of the mean f - f* over the last 100 iterations (logged every 20), "compressor": its name,
+"reversed": bool}}``, and ``cpu``: the numpy SIMD targets and the OpenBLAS kernels this run used.
+
+``plain`` runs straight through on COMM_WORLD. ``second`` is the same-machine second run the test
+compares bit for bit with ``plain``: every configuration stops at iteration 200 with a checkpoint
+and is resumed to 400 in the same job, and where the compressor's sum does not depend on the rank
+order (every collective but a float MPI Allreduce, whose association is the MPI library's) the ranks
+are reversed (``COMM_WORLD.Split(0, key=size-1-rank)``, each process keeping its shard and noise
+stream through ``worker=`` its world rank).
 """
 
 import json
 import sys
+from pathlib import Path
 
+import numpy as np
 from mpi4py import MPI
 
 import mpiopt
+from mpiopt.comm import MPICommunicator
+from mpiopt.compressors.base import REGISTRY
 from mpiopt.data import load_shard
+from mpiopt.methods import METHODS
 from mpiopt.problems import LogisticProblem
 
 ITERS = 400
+LOG_EVERY = 20
+TAIL = 100
+"""f_gap_tail averages the logged f - f* of the last TAIL iterations (iterations 300, 320, ..., 400)."""
 CONFIGS = (
     ("gd", {}),
     ("sgd", {}),
@@ -47,20 +64,59 @@ def label(method, opts):
     return method + "".join(f",{k}={v}" for k, v in sorted(opts.items()))
 
 
-def main(data_dir, out):
+def compressor_of(method, opts):
+    """The compressor a configuration runs (as mpiopt.methods.composed picks it; the run's trace confirms)."""
+    recipe, fixed = METHODS[method]
+    return recipe.compressor or fixed.get("compressor") or opts.get("compressor", recipe.default_compressor)
+
+
+def cpu():
+    """numpy's enabled SIMD dispatch targets and OpenBLAS's kernel set (what NPY_DISABLE_CPU_FEATURES
+    and OPENBLAS_CORETYPE change)."""
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    from threadpoolctl import threadpool_info
+
+    blas = sorted(str(lib.get("architecture")) for lib in threadpool_info() if lib.get("internal_api") == "openblas")
+    return {"numpy": sorted(t for t in __cpu_dispatch__ if __cpu_features__.get(t)), "openblas": blas}
+
+
+def run(problem, method, opts, comm, worker, meta, second, ckpt):
+    """One configuration; ``second`` stops at ITERS / 2 with a checkpoint and resumes to ITERS."""
+    common = dict(iters=ITERS, seed=3, L=meta["L"], L_max=max(meta["L_workers"]), f_star=meta["f_star"],
+                  log_every=LOG_EVERY, worker=worker, **opts)
+    if not second:
+        return mpiopt.minimize(problem, method, comm, **common)
+    saving = dict(checkpoint_dir=ckpt, checkpoint_every=ITERS // 2)
+    first = mpiopt.minimize(problem, method, comm, callback=lambda k, x: k == ITERS // 2, **saving, **common)
+    assert first.status == "callback", first.message
+    res = mpiopt.minimize(problem, method, comm, resume=True, **saving, **common)
+    assert res.trace["resumed_from"] == ITERS // 2, res.trace.get("resumed_from")
+    return res
+
+
+def main(data_dir, out, variant):
+    if variant not in ("plain", "second"):
+        raise SystemExit(f"variant must be plain or second, got {variant!r}")
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
+    reversed_ = MPICommunicator(world.Split(0, key=size - 1 - rank))
     A, b, meta = load_shard(data_dir, rank, size)
-    report = {}
-    for method, opts in CONFIGS:
+    second = variant == "second"
+    runs = {}
+    for i, (method, opts) in enumerate(CONFIGS):
         problem = LogisticProblem(A, b, meta["l2"], smoothness=meta["L_workers"][rank])
-        res = mpiopt.minimize(problem, method, world, iters=ITERS, seed=3, L=meta["L"],
-                              L_max=max(meta["L_workers"]), log_every=ITERS, **opts)
-        report[label(method, opts)] = [float(v).hex() for v in res.x]
+        compressor = compressor_of(method, opts)
+        flip = second and REGISTRY[compressor].collective != "allreduce_float"
+        comm, ckpt = reversed_ if flip else world, Path(out).with_suffix(f".ckpt{i}")
+        res = run(problem, method, opts, comm, rank, meta, second, ckpt)
+        assert res.trace["config"]["compressor"] == compressor, (method, opts, res.trace["config"]["compressor"])
+        gaps = res.trace["history"]["f_gap"][-(TAIL // LOG_EVERY + 1):]
+        runs[label(method, opts)] = {"x": [float(v).hex() for v in res.x], "f_gap_tail": float(np.mean(gaps)).hex(),
+                                     "compressor": compressor, "reversed": flip}
     if rank == 0:
         with open(out, "w") as fh:
-            json.dump(report, fh, indent=0)
+            json.dump({"cpu": cpu(), "runs": runs}, fh, indent=0)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])
