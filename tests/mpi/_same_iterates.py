@@ -3,9 +3,10 @@
     mpiexec -n 6 python _same_iterates.py DATA_DIR OUT.json plain|second
 
 For each configuration of CONFIGS (seed 3, 400 iterations, each method's defaults otherwise) rank 0
-writes ``runs``: ``{label: {"x": [float.hex of each coordinate of x_final], "f_gap_tail": float.hex
-of the mean f - f* over the last 100 iterations (logged every 20), "compressor": its name,
-"reversed": bool}}``, and ``cpu``: the numpy SIMD targets and the OpenBLAS kernels this run used.
+writes ``runs``: ``{label: {"x": [float.hex of each coordinate of x_final], "x_early": the same of x
+after iteration 30, "f_gap_tail": float.hex of the mean f - f* over the last 100 iterations (logged
+every 20), "compressor": its name, "reversed": bool}}``, and ``cpu``: the numpy SIMD targets and the
+OpenBLAS kernels this run used.
 
 ``plain`` runs straight through on COMM_WORLD. ``second`` is the same-machine second run the test
 compares bit for bit with ``plain``: every configuration stops at iteration 200 with a checkpoint
@@ -30,6 +31,8 @@ from mpiopt.methods import METHODS
 from mpiopt.problems import LogisticProblem
 
 ITERS = 400
+EARLY = 30
+"""x_early is x after this iteration."""
 LOG_EVERY = 20
 TAIL = 100
 """f_gap_tail averages the logged f - f* of the last TAIL iterations (iterations 300, 320, ..., 400)."""
@@ -64,6 +67,10 @@ def label(method, opts):
     return method + "".join(f",{k}={v}" for k, v in sorted(opts.items()))
 
 
+def hexes(x):
+    return [float(v).hex() for v in x]
+
+
 def compressor_of(method, opts):
     """The compressor a configuration runs (as mpiopt.methods.composed picks it; the run's trace confirms)."""
     recipe, fixed = METHODS[method]
@@ -81,17 +88,26 @@ def cpu():
 
 
 def run(problem, method, opts, comm, worker, meta, second, ckpt):
-    """One configuration; ``second`` stops at ITERS / 2 with a checkpoint and resumes to ITERS."""
+    """One configuration: (its result, x after iteration EARLY); ``second`` stops at ITERS / 2 with a
+    checkpoint and resumes to ITERS."""
     common = dict(iters=ITERS, seed=3, L=meta["L"], L_max=max(meta["L_workers"]), f_star=meta["f_star"],
                   log_every=LOG_EVERY, worker=worker, **opts)
+    early = []
+    stop = ITERS // 2 if second else ITERS + 1
+
+    def watch(k, x):
+        if k == EARLY:
+            early.append(x.copy())
+        return k == stop
+
     if not second:
-        return mpiopt.minimize(problem, method, comm, **common)
-    saving = dict(checkpoint_dir=ckpt, checkpoint_every=ITERS // 2)
-    first = mpiopt.minimize(problem, method, comm, callback=lambda k, x: k == ITERS // 2, **saving, **common)
+        return mpiopt.minimize(problem, method, comm, callback=watch, **common), early[0]
+    saving = dict(checkpoint_dir=ckpt, checkpoint_every=stop)
+    first = mpiopt.minimize(problem, method, comm, callback=watch, **saving, **common)
     assert first.status == "callback", first.message
     res = mpiopt.minimize(problem, method, comm, resume=True, **saving, **common)
-    assert res.trace["resumed_from"] == ITERS // 2, res.trace.get("resumed_from")
-    return res
+    assert res.trace["resumed_from"] == stop, res.trace.get("resumed_from")
+    return res, early[0]
 
 
 def main(data_dir, out, variant):
@@ -108,11 +124,12 @@ def main(data_dir, out, variant):
         compressor = compressor_of(method, opts)
         flip = second and REGISTRY[compressor].collective != "allreduce_float"
         comm, ckpt = reversed_ if flip else world, Path(out).with_suffix(f".ckpt{i}")
-        res = run(problem, method, opts, comm, rank, meta, second, ckpt)
+        res, x_early = run(problem, method, opts, comm, rank, meta, second, ckpt)
         assert res.trace["config"]["compressor"] == compressor, (method, opts, res.trace["config"]["compressor"])
         gaps = res.trace["history"]["f_gap"][-(TAIL // LOG_EVERY + 1):]
-        runs[label(method, opts)] = {"x": [float(v).hex() for v in res.x], "f_gap_tail": float(np.mean(gaps)).hex(),
-                                     "compressor": compressor, "reversed": flip}
+        runs[label(method, opts)] = {"x": hexes(res.x), "x_early": hexes(x_early),
+                                     "f_gap_tail": float(np.mean(gaps)).hex(), "compressor": compressor,
+                                     "reversed": flip}
     if rank == 0:
         with open(out, "w") as fh:
             json.dump({"cpu": cpu(), "runs": runs}, fh, indent=0)
