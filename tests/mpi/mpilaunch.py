@@ -20,10 +20,10 @@ def mpiexec_path() -> str:
 def run_mpi(n: int, args, timeout: float = 120, env=None) -> subprocess.CompletedProcess:
     """``mpiexec -n n python -m mpiopt ARGS`` with a hard timeout; output captured as text."""
     cmd = [mpiexec_path(), "-n", str(n), sys.executable, "-m", "mpiopt", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=launch.mpi_env(env))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=launch.mpi_env(n, env))
 
 
 def run_script(n: int, script: Path, *args, timeout: float = 120, env=None) -> subprocess.CompletedProcess:
     """``mpiexec -n n python SCRIPT ARGS`` for test helper scripts that call the Python API."""
     cmd = [mpiexec_path(), "-n", str(n), sys.executable, str(script), *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=launch.mpi_env(env))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=launch.mpi_env(n, env))
