@@ -360,7 +360,7 @@ def worker_argv(args, net: str, out: str) -> List[str]:
 
 def run_one(args, net: str, ranks: int) -> Dict[str, object]:
     """One mpiexec job: every dim and variant for ``ranks`` ranks on ``net``."""
-    env = {**os.environ, **SINGLE_THREAD_ENV}
+    env = launch.mpi_env(ranks, SINGLE_THREAD_ENV)
     with tempfile.TemporaryDirectory(prefix="allreduce_step-") as tmp:
         out = os.path.join(tmp, "rows.json")
         argv = worker_argv(args, net, out)

@@ -69,7 +69,7 @@ def run_one(shards: Path, ranks: int, label: str, method: str, extra, seed: int,
            "--method", method, *extra, "--iters", str(args.iters), "--tol", str(args.tol), "--batch", str(batch),
            "--seed", str(seed), "--log-every", str(args.log_every), "--no-progress", "--label", label,
            "--out", str(trace)]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env())
+    res = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env(ranks))
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)}\nfailed with exit code {res.returncode}:\n{res.stderr}")
     return json.loads(trace.read_text())

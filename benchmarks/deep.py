@@ -274,7 +274,7 @@ def drive(args) -> None:
            "--worker-out", str(raw), "--epochs", str(args.epochs), "--mlp-epochs", str(args.mlp_epochs or args.epochs),
            "--seeds", str(args.seeds), "--libsvm-dir", str(args.libsvm_dir), "--datasets", *args.datasets,
            "--methods", *args.methods]
-    env = mpi_env({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    env = mpi_env(args.ranks, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     t0 = time.perf_counter()
     res = subprocess.run(cmd, env=env)
     if res.returncode != 0:

@@ -201,7 +201,7 @@ def check_mpi_resnet18(scratch: Path) -> Dict[str, Any]:
 
     out = scratch.with_name(scratch.stem + "-mpi.json")
     cmd = [mpiexec_path(), "-n", "4", sys.executable, str(Path(__file__).resolve()), "--mpi-worker", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=mpi_env(None))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=mpi_env(4))
     if res.returncode != 0 or not out.is_file():
         return {"ok": False, "status": "failed", "exit_code": res.returncode, "output": (res.stdout + res.stderr)[-3000:]}
     result = json.loads(out.read_text())

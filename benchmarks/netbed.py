@@ -437,7 +437,7 @@ def check_links(bed: NetBed, nbytes: int = 40_000_000, reps: int = 3, timeout: f
     before = bed.counters()
     src = allreduce_time(bed.ranks, nbytes, "float32", reps)
     cmd = bed.mpmd(mpiexec_path(), [sys.executable, "-c", src])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **bed.env()})
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=launch.mpi_env(bed.ranks, bed.env()))
     if proc.returncode != 0:
         raise NetBedError(f"MPI across the bed failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -486,7 +486,7 @@ def run_job(bed: NetBed, command: Sequence[str], timeout: Optional[float] = None
 
     ``launch_by``: ``mpmd`` (one mpiexec, each rank started inside its namespace) or ``hostfile``
     (mpiexec -f with the ranks' addresses, see :meth:`NetBed.hostfile_launch`). The job gets this
-    process's environment, mpiopt's oversubscription setting and the bed's MPI environment; it runs
+    process's environment, mpiopt's launch settings for its rank count and the bed's MPI environment; it runs
     in its own process group, ended on any failure, timeout or signal. Returns the exit code, the
     seconds it took and the bytes each NIC sent and received meanwhile."""
     with tempfile.TemporaryDirectory(prefix="netbed-") as tmp:
@@ -501,7 +501,7 @@ def run_job(bed: NetBed, command: Sequence[str], timeout: Optional[float] = None
 def _timed_job(bed: NetBed, cmd: List[str], timeout: Optional[float]) -> Dict[str, object]:
     before = bed.counters()
     start = time.monotonic()
-    rc = run_in_group(cmd, launch.mpi_env(bed.env()), timeout)
+    rc = run_in_group(cmd, launch.mpi_env(bed.ranks, bed.env()), timeout)
     seconds = time.monotonic() - start
     return {"returncode": rc, "seconds": seconds, **nic_traffic(before, bed.counters()), "bed": bed.describe()}
 

@@ -78,7 +78,7 @@ def launch(args: argparse.Namespace) -> int:
         cmd = [mpiexec_path(), "-n", str(args.ranks), sys.executable, __file__, "--inner", "--data", data,
                "--blocks", str(args.blocks), "--steps", str(args.steps), "--batch", str(args.batch),
                "--out", str(args.out)]
-        return subprocess.call(cmd, env=mpi_env())
+        return subprocess.call(cmd, env=mpi_env(args.ranks))
 
 
 def measure(args: argparse.Namespace) -> None:

@@ -108,7 +108,7 @@ class Launcher:
     def __call__(self, argv: List[str]) -> None:
         if self.bed is None:
             cmd = [mpiexec_path(), "-n", str(self.ranks), *netbed.job_argv(argv)]
-            rc = netbed.run_in_group(cmd, mpi_env(), self.timeout)
+            rc = netbed.run_in_group(cmd, mpi_env(self.ranks), self.timeout)
         else:
             rc = netbed.run_job(self.bed, argv, timeout=self.timeout)["returncode"]
         if rc != 0:

@@ -147,8 +147,9 @@ def on_device(comm: Communicator) -> Communicator:
 
 
 def library_version() -> str:
-    """The first line of the MPI library's version string (recorded in every trace)."""
-    return MPI.Get_library_version().strip().splitlines()[0]
+    """The first line of the MPI library's version string (recorded in every trace); Open MPI's ends in
+    a NUL byte, dropped."""
+    return MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0]
 
 
 def __getattr__(name: str):

@@ -9,9 +9,11 @@ import json
 import math
 import os
 import platform
+import shutil
+import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -40,7 +42,28 @@ def environment(mpi_library: str, n_ranks: int) -> Dict[str, Any]:
         "n_ranks": n_ranks,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        **slurm_facts(),
     }
+
+
+def slurm_facts() -> Dict[str, Optional[str]]:
+    """Under Slurm (``SLURM_JOB_ID`` set): the job id and Slurm's version (``srun --version``, null
+    where srun is not on PATH); nothing otherwise, so runs outside Slurm keep their keys."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    return {"slurm_job_id": job, "slurm_version": _slurm_version()}
+
+
+def _slurm_version() -> Optional[str]:
+    srun = shutil.which("srun")
+    if srun is None:
+        return None
+    try:
+        out = subprocess.run([srun, "--version"], capture_output=True, text=True, timeout=30).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out[-1] if out else None
 
 
 class Trace:

@@ -154,7 +154,7 @@ def test_ranks_that_read_different_meta_files_stop_with_one_message(tmp_path):
     run = [sys.executable, "-m", "mpiopt", "run", "--method", "gd", "--iters", "5", "--no-progress"]
     cmd = [mpiexec_path(), "-n", "1", *run, "--data", str(tmp_path / "host-a"), "--out", str(tmp_path / "a.json"),
            ":", "-n", "1", *run, "--data", str(tmp_path / "host-b"), "--out", str(tmp_path / "a.json")]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=launch.mpi_env(None))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=launch.mpi_env(2))
     assert res.returncode == 2, res.stderr
     assert res.stderr.count("mpiopt: error: the ranks read different") == 1, res.stderr
     assert "rank(s) [0]" in res.stderr and "rank(s) [1]" in res.stderr and "Traceback" not in res.stderr

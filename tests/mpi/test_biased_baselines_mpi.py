@@ -33,7 +33,7 @@ def data_file() -> Path:
 
 def launch(n: int, script: str, args, timeout: float = 180) -> None:
     cmd = [mpiexec_path(), "-n", str(n), sys.executable, str(HERE / script), *map(str, args)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE, env=mpi_env())
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE, env=mpi_env(n))
     assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
 
 
