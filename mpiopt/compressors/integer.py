@@ -124,7 +124,6 @@ class IntCompressor(Compressor):
                           if spreads and self._fill is None else None)
         """The block of each coordinate, for spreading alpha by a gather (only when not by fills)."""
         self._blocksq = np.empty(nb)
-        self._starts_dev = None
         self._diff = xp.empty(d) if spreads else None
         self._peak = np.empty(nb)
         self._max = np.empty(1)
@@ -190,14 +189,11 @@ class IntCompressor(Compressor):
                     "(or use --alpha adaptive)")
         return "use --wire-dtype auto or a wider dtype"
 
-    def _per_block(self, ufunc: np.ufunc, values, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """``ufunc.reduceat`` over the alpha blocks, on the device that holds ``values`` (only the one
-        value per block crosses to the host for a CuPy array)."""
-        if isinstance(values, np.ndarray):
-            return ufunc.reduceat(values, self.starts, out=out)
-        if self._starts_dev is None:
-            self._starts_dev = self.xp.asarray(self.starts)
-        return self.xp.asnumpy(getattr(self.xp, ufunc.__name__).reduceat(values, self._starts_dev))
+    def _per_block(self, ufunc: np.ufunc, values: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """``ufunc.reduceat`` over the alpha blocks (numpy kernel only: the numba and CuPy kernels
+        ``take_blocks`` and reduce per block themselves, CuPy in a fixed order, since its
+        ``reduceat`` exists only for add and sums in an order that varies run to run)."""
+        return ufunc.reduceat(values, self.starts, out=out)
 
     def _buffer(self, level: int):
         """(whole buffer, its d integers, its header) for ``level``, allocated on first use."""
