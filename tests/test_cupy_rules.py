@@ -279,3 +279,18 @@ def test_make_quantizer_sends_device_modules_to_the_cupy_kernel():
     assert isinstance(q, Quantizer) and q.n_blocks == 2
     with pytest.raises(ValueError, match="layout"):
         make_quantizer(rules, None, 10, 0, 0, layout=[(0, 0, 10)])
+
+
+def test_every_launch_runs_on_the_stream_and_device_given():
+    """device_stream (what torch_stream(tensor) calls with torch's current stream and the tensor's
+    device): the quantizer's kernels are queued there, none on the default stream."""
+    from mpiopt.kernels.cupy import device_stream
+
+    q = Quantizer(D, 0, 0, 2, blocks=[0, 100], xp=rules)
+    v = rules.asarray(vector(np.float32))
+    with rules.counting() as seen, device_stream(1, 0xBEEF, xp=rules):
+        q.block_max_abs(v, np.empty(2))
+        q.encode(v, np.array([2.0, 3.0]), rules.empty(D, dtype=np.int8), step=0)
+        q.decode_update(rules.zeros(D, dtype=np.int8), np.array([2.0, 3.0]), 2, 0.1, rules.zeros(D, dtype=np.float32))
+    assert len(seen.launches) == 6
+    assert {(stream, device) for _, stream, device in seen.launches} == {(0xBEEF, 1)}
