@@ -105,6 +105,7 @@ class IntCompressor(Compressor):
         self.takes_blocks = bool(getattr(self.quant, "takes_blocks", False))
         """alpha goes to the kernel as one value per block (else spread to every coordinate)."""
         self._bufs: List[Optional[tuple]] = [None] * len(self.dtypes)
+        self._wire = None
         ends = np.append(self.starts[1:], d)
         self.sizes = (ends - self.starts).astype(np.float64)
         self._constants = block_constants(self.sizes, o["eps"]) if nb > 1 else None
@@ -196,10 +197,17 @@ class IntCompressor(Compressor):
         return ufunc.reduceat(values, self.starts, out=out)
 
     def _buffer(self, level: int):
-        """(whole buffer, its d integers, its header) for ``level``, allocated on first use."""
+        """(whole buffer, its d integers, its header) for ``level``: views of one byte buffer as wide as
+        the widest level used so far (allocated on first use, grown when a wider level comes), so the
+        wire costs d times the widest integer's size, not the sum of all the levels'. A step reads
+        only its own level's buffer, so the levels may share the memory."""
         views = self._bufs[level]
         if views is None:
-            buf = self.xp.zeros(self.dim + HEADER, dtype=self.dtypes[level])
+            need = (self.dim + HEADER) * self.dtypes[level].itemsize
+            if self._wire is None or self._wire.nbytes < need:
+                self._wire = self.xp.zeros(need, dtype=np.uint8)
+                self._bufs = [None] * len(self.dtypes)
+            buf = self._wire[:need].view(self.dtypes[level])
             views = self._bufs[level] = (buf, buf[:self.dim], buf[self.dim:])
         return views
 
