@@ -27,7 +27,9 @@ Kernels: ``RawKernel(code, name)`` runs the numpy *twin* registered for that ker
 :data:`TWINS` (the CUDA source cannot run here); each twin computes what the CUDA source says, in
 the same order where the order decides the bits (the fixed-order sums). A kernel without a twin is
 refused. ``cuda.ExternalStream``/``cuda.Device`` contexts set the current stream and device; every
-launch records them in ``stats.launches`` and ``Stream.synchronize`` counts in ``stats.syncs``.
+launch records them in ``stats.launches`` and ``Stream.synchronize`` counts in ``stats.syncs``;
+``stats.unsynced`` counts the launches the host has not waited for (a synchronize or a blocking
+read waits), so a test can check that MPI never reads device memory a kernel may still be writing.
 """
 
 import contextlib
@@ -49,9 +51,12 @@ class Stats:
     syncs: int = 0
     launches: List[Tuple[str, int, int]] = field(default_factory=list)
     """(kernel name, stream pointer, device) of each RawKernel launch."""
+    unsynced: int = 0
+    """Launches the host has not waited for yet (a synchronize or a blocking read waits for them):
+    what MPI reads from device memory while this is not 0 may not be written yet on a GPU."""
 
     def reset(self) -> None:
-        self.host_reads, self.syncs, self.launches = 0, 0, []
+        self.host_reads, self.syncs, self.launches, self.unsynced = 0, 0, [], 0
 
 
 stats = Stats()
@@ -70,8 +75,10 @@ def _refuse_dtype(dtype) -> None:
         raise TypeError(f"CuPy has no {np.dtype(dtype)} arrays (numeric dtypes only)")
 
 
-def _host_read() -> None:
+def _host_read(blocking: bool = True) -> None:
     stats.host_reads += 1
+    if blocking:
+        stats.unsynced = 0
 
 
 class ndarray:
@@ -138,7 +145,7 @@ class ndarray:
         return self._a.tolist()
 
     def get(self, stream=None, out=None, blocking: bool = True):
-        _host_read()
+        _host_read(blocking)
         if out is None:
             return self._a.copy()
         np.copyto(out, self._a)
@@ -389,6 +396,7 @@ class Stream:
 
     def synchronize(self) -> None:
         stats.syncs += 1
+        stats.unsynced = 0
 
     def __enter__(self) -> "Stream":
         _streams.append(self)
@@ -445,6 +453,7 @@ class RawKernel:
         if tuple(block) != (THREADS,) and self.kind not in ("finish",):
             raise ValueError(f"{self.name}: the twins assume {THREADS} threads per block, got {block}")
         stats.launches.append((self.name, _streams[-1].ptr, _devices[-1]))
+        stats.unsynced += 1
         TWINS[self.kind](*[a._a if isinstance(a, ndarray) else a for a in args])
 
 
@@ -599,4 +608,4 @@ def counting():
     try:
         yield seen
     finally:
-        seen._frozen = Stats(stats.host_reads, stats.syncs, list(stats.launches))
+        seen._frozen = Stats(stats.host_reads, stats.syncs, list(stats.launches), stats.unsynced)

@@ -347,3 +347,25 @@ def test_int_compressor_holds_at_most_12_device_bytes_per_parameter():
     assert "int32" in wires and comp.state["redone_steps"] >= 1, wires
     held = _device_bytes(comp, comp.quant)
     assert 9 * d <= held <= 12 * d + 1024, held / d
+
+
+class WaitingHost(MPICommunicator):
+    """COMM_SELF that checks, at each integer sum, that no kernel the host has not waited for could
+    still be writing the buffer MPI reads (on a GPU the quantizer's kernels run asynchronously).
+    A device buffer (CUDA-aware MPI's way) is summed through its memory here."""
+
+    def allreduce_int(self, buf, count: bool = True):
+        assert rules.stats.unsynced == 0, "MPI would read the integers before the quantizer has written them"
+        super().allreduce_int(buf._a if isinstance(buf, rules.ndarray) else buf, count)
+        return buf
+
+
+@pytest.mark.parametrize("cuda_aware", [False, True])
+def test_device_communicator_waits_for_the_quantizer_before_mpi_reads(cuda_aware):
+    comm = on_device(WaitingHost(MPI.COMM_SELF), xp=rules)
+    comm.cuda_aware = cuda_aware
+    comp = IntCompressor(comm, D, seed=0, worker=0, fail=fail, xp=rules, first_step="exponent")
+    x, mean = rules.zeros(D), rules.empty(D)
+    for k in range(3):
+        comp.exchange(rules.asarray(vector(seed=k)), k, x, 0.1, mean, None)
+        x -= 0.1 * mean
