@@ -1,58 +1,105 @@
-"""Every GPU check of mpiopt in one script (one GPU, a few minutes): ``python benchmarks/gpu_check.py --json OUT``.
+"""Every GPU check of mpiopt in one script (one or more GPUs, a few minutes): ``python benchmarks/gpu_check.py --json OUT``.
 
-Without a usable GPU (torch sees no CUDA device, or CuPy is missing) it prints one line saying so and
-exits with code 2. With one it runs, and writes to OUT:
+Preflight first: a CUDA device (torch), NVRTC (CuPy compiles a kernel), NCCL (torch.distributed) and
+MPI (mpi4py and an mpiexec). Without a CUDA device or NVRTC no check can run: the script prints one
+line naming everything missing and exits with code 2. Without NCCL the DDP checks run over gloo
+with CUDA tensors; without MPI the MPI check is skipped (its reason recorded); the checks that use
+torch.distributed never import mpi4py.
 
-* ``integers``: the CuPy quantizer's integers equal the numpy reference quantizer's for
-  1e3 .. 1e8 elements and float16 / float32 / float64 input (same seed, worker, step and alpha);
-* ``throughput``: quantizing (round + cast to int8) vs a device-to-device copy of the same input
-  bytes; the goal is copy time / quantize time >= 0.70;
-* ``ddp_nccl``: DDP + ``intsgd_hook`` over NCCL in this one process (the digits CNN of
-  ``benchmarks/deep.py`` on random inputs, 30 steps): it trains, nothing is clipped, the counters;
-* ``mpi_resnet18``: ``mpiexec -n 4`` ranks sharing the GPU, each training a ResNet-18 on
-  CIFAR-shaped random data for 50 steps with :class:`mpiopt.torch.IntSGD`; the parameters must be
-  bit-identical on all ranks (the integers go through MPI: the device buffer with CUDA-aware MPI,
-  else pinned host staging; ``cuda_aware`` records which).
+Checks, each one entry of OUT's ``checks`` list (``name``, ``status``: pass / fail / skip, its figures):
 
-Each check's failure is recorded in OUT and makes the exit code 1; all passing gives 0.
+* ``integers``: the CuPy quantizer's integers equal the numpy reference quantizer's for 1e3 .. 1e8
+  elements, float16 / float32 / float64 input, one alpha and one alpha per block;
+* ``throughput``: quantizing (``round`` + ``pack`` into int8: 9 bytes moved per float32 element)
+  vs a device-to-device copy of the same input (8 bytes per element); goal copy time / quantize
+  time >= 0.70;
+* ``hook_overlap``: 2 ranks (torch.multiprocessing; NCCL with >= 2 GPUs, else gloo with CUDA
+  tensors, the ranks sharing the GPU), an MLP of 8 layers in >= 8 DDP buckets: step seconds with
+  no communication, DDP's fp32 all-reduce, torch's fp16 hook and ``intsgd_hook``, and each hook's
+  exposed communication (its step minus the step without communication); passes when intsgd's
+  replicas are bit-identical and its loss finite;
+* ``resnet18_hooks``: the same for ResNet-18 on CIFAR-shaped random data (torchvision's when it is
+  installed, else the CIFAR ResNet-18 built here from torch.nn) with the fp32, fp16 and intsgd hooks;
+* ``mpi_resnet18``: ``mpiexec -n 2`` ranks sharing the GPU, each training ResNet-18 with
+  :class:`mpiopt.torch.IntSGD` on ``cuda:<rank mod GPUs>`` without ``set_device``; parameters
+  bit-identical on all ranks (``cuda_aware`` records whether MPI took the device buffers).
+
+A failing check makes the exit code 1; all passing (or skipped) gives 0.
 """
 
 import argparse
 import hashlib
 import json
+import os
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
 
 SIZES = tuple(10 ** e for e in range(3, 9))
 DTYPES = ("float16", "float32", "float64")
 THROUGHPUT_GOAL = 0.70
+REQUIRED = ("CUDA device", "NVRTC")
+"""Without these no check can run (exit 2)."""
 
 
-def no_gpu_reason() -> Optional[str]:
-    """Why the GPU checks cannot run here, or None when torch sees a CUDA device and CuPy imports."""
+def preflight() -> Dict[str, Optional[str]]:
+    """For each of CUDA device, NVRTC, NCCL and MPI: None when usable here, else why not."""
+    found: Dict[str, Optional[str]] = {}
     try:
         import torch
     except ImportError:
-        return "torch is not installed"
-    if not torch.cuda.is_available():
-        return "torch sees no CUDA device"
+        torch = None
+    found["CUDA device"] = ("torch is not installed" if torch is None else
+                            None if torch.cuda.is_available() else "torch sees no CUDA device")
     try:
         import cupy
 
-        cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # ImportError, or a CUDA runtime error without a device
-        return f"CuPy is not usable ({type(exc).__name__}: {exc})"
+        cupy.RawKernel('extern "C" __global__ void mpiopt_probe(int* x) { x[0] = 1; }', "mpiopt_probe").compile()
+        found["NVRTC"] = None
+    except ImportError:
+        found["NVRTC"] = "CuPy is not installed (pip install mpiopt[gpu])"
+    except Exception as exc:  # a CUDA or NVRTC error without a usable toolkit or device
+        found["NVRTC"] = f"CuPy cannot compile a kernel ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    if torch is None:
+        found["NCCL"] = "torch is not installed"
+    else:
+        import torch.distributed as dist
+
+        found["NCCL"] = None if dist.is_available() and dist.is_nccl_available() else "torch has no NCCL backend"
+    found["MPI"] = _mpi_missing()
+    return found
+
+
+def _mpi_missing() -> Optional[str]:
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("mpi4py") is None:
+            return "mpi4py is not installed"
+        from mpiopt.launch import mpiexec_path
+
+        mpiexec_path()
+    except (FileNotFoundError, ImportError) as exc:
+        return f"no mpiexec ({exc})"
     return None
 
+
+def missing_line(found: Dict[str, Optional[str]]) -> str:
+    """The one line printed when a required item is missing: every missing item with its reason."""
+    missing = "; ".join(f"{name}: {why}" for name, why in found.items() if why)
+    return f"gpu_check: cannot run (missing {missing}); no GPU check was run"
+
+
+# ---- checks -----------------------------------------------------------------------------------
 
 def check_integers() -> Dict[str, Any]:
     import cupy
@@ -64,19 +111,22 @@ def check_integers() -> Dict[str, Any]:
     for size in SIZES:
         rng = np.random.default_rng(size)
         base = rng.standard_normal(size) * 3.0
-        alpha = 7.5
+        starts = np.array([0, size // 3, size // 2])
+        block_alphas = np.array([7.5, 30.0, 0.25])
         for dtype in DTYPES:
             v = base.astype(dtype)
-            cpu = NumpyQuantizer(size, seed=11, worker=2, n_ranks=4)
-            cpu.round(v, alpha, 5)
-            want = np.empty(size, dtype=np.int32)
-            cpu.pack(want)
-            gpu = CupyQuantizer(size, seed=11, worker=2, n_ranks=4)
-            gpu.round(cupy.asarray(v), alpha, 5)
-            got = cupy.empty(size, dtype=np.int32)
-            gpu.pack(got)
-            differ = int((cupy.asnumpy(got) != want).sum())
-            cases.append({"size": size, "dtype": dtype, "differing": differ})
+            for per_block in (False, True):
+                alpha = np.repeat(block_alphas, np.diff(np.append(starts, size))) if per_block else 7.5
+                cpu = NumpyQuantizer(size, seed=11, worker=2, n_ranks=4)
+                cpu.round(v, alpha, 5)
+                want = np.empty(size, dtype=np.int32)
+                cpu.pack(want)
+                gpu = CupyQuantizer(size, seed=11, worker=2, n_ranks=4, blocks=starts)
+                gpu.round(cupy.asarray(v), block_alphas if per_block else alpha, 5)
+                got = cupy.empty(size, dtype=np.int32)
+                gpu.pack(got)
+                cases.append({"size": size, "dtype": dtype, "alpha": "per block" if per_block else "one",
+                              "differing": int((cupy.asnumpy(got) != want).sum())})
     return {"ok": all(c["differing"] == 0 for c in cases), "cases": cases}
 
 
@@ -108,40 +158,18 @@ def check_throughput(size: int = 1 << 26, reps: int = 20) -> Dict[str, Any]:
     t_copy = timed(lambda k: cupy.copyto(copy, v))
     ratio = t_copy / t_quant
     return {"ok": ratio >= THROUGHPUT_GOAL, "elements": size, "quantize_seconds": t_quant, "copy_seconds": t_copy,
-            "copy_over_quantize": ratio, "goal": THROUGHPUT_GOAL}
+            "copy_over_quantize": ratio, "goal": THROUGHPUT_GOAL, "bytes_per_element": {"quantize": 9, "copy": 8},
+            "quantize_gb_per_s": 9 * size / t_quant / 1e9, "copy_gb_per_s": 8 * size / t_copy / 1e9,
+            "quantizer_device_bytes": q.device_bytes}
 
 
-def check_ddp_nccl(steps: int = 30) -> Dict[str, Any]:
-    import torch
-    import torch.distributed as dist
+def mlp(width: int = 1024, layers: int = 8):
+    import torch.nn as nn
 
-    from ddp_hooks import free_port
-    from deep import make_model
-    from mpiopt.torch.hooks import IntSGDState, intsgd_hook
-
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    try:
-        torch.manual_seed(0)
-        ddp = torch.nn.parallel.DistributedDataParallel(make_model("cnn", 0).cuda(), device_ids=[0])
-        opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
-        state = IntSGDState(None, opt, wire_dtype="auto", seed=0)
-        ddp.register_comm_hook(state, intsgd_hook)
-        X = torch.randn(256, 1, 8, 8, device="cuda")
-        y = torch.randint(0, 10, (256,), device="cuda")
-        losses = []
-        for k in range(steps):
-            idx = torch.arange(k * 32, (k + 1) * 32, device="cuda") % 256
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(ddp(X[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            losses.append(float(loss))
-        finite = all(bool(torch.isfinite(p).all()) for p in ddp.parameters())
-        stats = state.stats()
-        return {"ok": finite and stats["clipped"] == 0 and losses[-1] < losses[0], "loss_first": losses[0],
-                "loss_last": losses[-1], **stats}
-    finally:
-        dist.destroy_process_group()
+    mods: List[Any] = []
+    for _ in range(layers - 1):
+        mods += [nn.Linear(width, width), nn.ReLU()]
+    return nn.Sequential(*mods, nn.Linear(width, 10))
 
 
 def resnet18(classes: int = 10):
@@ -167,46 +195,186 @@ def resnet18(classes: int = 10):
     return nn.Sequential(*layers)
 
 
-def mpi_worker(out: str, steps: int = 50) -> None:
-    """One of the 4 MPI ranks of ``check_mpi_resnet18`` (run under mpiexec)."""
+def model_of(kind: str):
+    """(model, input shape, description) of ``kind``: 'mlp' or 'resnet18' (torchvision's if installed)."""
+    if kind == "mlp":
+        return mlp(), (1024,), "MLP 1024x8"
+    try:
+        import torchvision
+
+        return torchvision.models.resnet18(num_classes=10), (3, 32, 32), "torchvision resnet18"
+    except ImportError:
+        return resnet18(), (3, 32, 32), "resnet18 built from torch.nn (torchvision is not installed)"
+
+
+def _no_communication(state, bucket):
+    """A hook that communicates nothing (each rank keeps its own gradient): the step without
+    communication that each hook's exposed communication is measured against."""
+    import torch
+
+    fut = torch.futures.Future()
+    fut.set_result(bucket.buffer())
+    return fut
+
+
+def ddp_worker(rank: int, world: int, port: int, backend: str, kind: str, hooks: List[str], steps: int,
+               out: str) -> None:
+    """One rank of the DDP checks: each hook's model trained ``steps`` timed steps after 3 warm-up steps."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    from mpiopt.torch.hooks import IntSGDState, intsgd_hook
+
+    device = torch.device("cuda", rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)  # DDP with NCCL needs it; the mpiopt side takes the device from the tensors
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    results: Dict[str, Any] = {}
+    try:
+        gen = torch.Generator(device=device).manual_seed(1 + rank)
+        for hook in hooks:
+            torch.manual_seed(0)
+            model, shape, described = model_of(kind)
+            ddp = torch.nn.parallel.DistributedDataParallel(model.to(device), device_ids=[device.index],
+                                                            bucket_cap_mb=1)
+            opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
+            state = None
+            if hook == "none":
+                ddp.register_comm_hook(None, _no_communication)
+            elif hook == "fp16":
+                ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+            elif hook == "intsgd":
+                state = IntSGDState(None, opt, wire_dtype="auto", seed=0)
+                ddp.register_comm_hook(state, intsgd_hook)
+            losses, times = [], []
+            for k in range(steps + 3):
+                x = torch.randn(32, *shape, device=device, generator=gen)
+                y = torch.randint(0, 10, (32,), device=device, generator=gen)
+                torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(ddp(x), y)
+                loss.backward()
+                opt.step()
+                torch.cuda.synchronize(device)
+                if k >= 3:
+                    times.append(time.perf_counter() - t0)
+                    losses.append(float(loss))
+            flat = torch.cat([p.detach().reshape(-1) for p in ddp.parameters()]).cpu().numpy()
+            digests: List[Any] = [None] * world
+            dist.all_gather_object(digests, hashlib.sha256(flat.tobytes()).hexdigest())
+            results[hook] = {"step_seconds": float(np.median(times)), "loss_first": losses[0], "loss_last": losses[-1],
+                             "finite": bool(np.isfinite(losses).all()), "identical_on_all_ranks": len(set(digests)) == 1,
+                             **({"stats": state.stats()} if state is not None else {})}
+            results["model"] = described
+            results["parameters"] = int(flat.size)
+    finally:
+        dist.destroy_process_group()
+    if rank == 0:
+        Path(out).write_text(json.dumps(results))
+
+
+def ddp_report(results: Dict[str, Any]) -> Dict[str, Any]:
+    """Pass/fail and figures of a DDP check from rank 0's results: intsgd's replicas identical and its
+    loss finite; each hook's exposed communication = its step minus the step without communication."""
+    base = results.get("none", {}).get("step_seconds")
+    hooks = {h: r for h, r in results.items() if isinstance(r, dict)}
+    for h, r in hooks.items():
+        if base is not None and h != "none":
+            r["exposed_communication_seconds"] = r["step_seconds"] - base
+    intsgd = hooks.get("intsgd", {})
+    return {"ok": bool(intsgd.get("identical_on_all_ranks")) and bool(intsgd.get("finite")), **results}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def check_ddp(kind: str, hooks: List[str], found: Dict[str, Optional[str]], steps: int = 20) -> Dict[str, Any]:
+    import torch
+    import torch.multiprocessing as mp
+
+    backend = "nccl" if found["NCCL"] is None and torch.cuda.device_count() >= 2 else "gloo"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "ddp.json")
+        mp.spawn(ddp_worker, args=(2, free_port(), backend, kind, hooks, steps, out), nprocs=2, join=True)
+        results = json.loads(Path(out).read_text())
+    report = ddp_report(results)
+    report["backend"] = backend
+    report["gpus"] = torch.cuda.device_count()
+    return report
+
+
+def mpi_worker(out: str, steps: int = 30) -> None:
+    """One rank of ``check_mpi_resnet18`` (run under mpiexec): IntSGD on cuda:<rank mod GPUs>, no set_device."""
     import torch
     from mpi4py import MPI
 
     import mpiopt.torch as mt
 
     comm = MPI.COMM_WORLD
+    device = torch.device("cuda", comm.Get_rank() % torch.cuda.device_count())
     torch.manual_seed(0)
-    model = resnet18().cuda()
+    model = resnet18().to(device)
     opt = mt.IntSGD(model.parameters(), lr=0.05, momentum=0.9, wire_dtype="auto", seed=0)
-    gen = torch.Generator(device="cuda").manual_seed(1 + comm.Get_rank())
+    gen = torch.Generator(device=device).manual_seed(1 + comm.Get_rank())
     t0 = time.perf_counter()
     for _ in range(steps):
-        x = torch.randn(32, 3, 32, 32, device="cuda", generator=gen)
-        y = torch.randint(0, 10, (32,), device="cuda", generator=gen)
+        x = torch.randn(32, 3, 32, 32, device=device, generator=gen)
+        y = torch.randint(0, 10, (32,), device=device, generator=gen)
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    torch.cuda.synchronize()
+    torch.cuda.synchronize(device)
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu().numpy()
     digests = comm.allgather(hashlib.sha256(flat.tobytes()).hexdigest())
     if comm.Get_rank() == 0:
-        Path(out).write_text(json.dumps({"ok": len(set(digests)) == 1, "status": "trained", "steps": steps,
-                                         "seconds": time.perf_counter() - t0, "identical_on_all_ranks":
-                                         len(set(digests)) == 1, "wire_bytes": opt.wire_bytes,
-                                         "clipped": opt.clipped, "cuda_aware": bool(opt.comm.cuda_aware)}))
+        Path(out).write_text(json.dumps({"ok": len(set(digests)) == 1, "steps": steps,
+                                         "seconds": time.perf_counter() - t0,
+                                         "identical_on_all_ranks": len(set(digests)) == 1,
+                                         "wire_bytes": opt.wire_bytes, "clipped": opt.clipped,
+                                         "cuda_aware": bool(getattr(opt.comm, "cuda_aware", False))}))
 
 
-def check_mpi_resnet18(scratch: Path) -> Dict[str, Any]:
+def check_mpi_resnet18(found: Dict[str, Optional[str]]) -> Dict[str, Any]:
+    if found["MPI"] is not None:
+        return {"skip": f"MPI: {found['MPI']}"}
     from mpiopt.launch import mpi_env, mpiexec_path
 
-    out = scratch.with_name(scratch.stem + "-mpi.json")
-    cmd = [mpiexec_path(), "-n", "4", sys.executable, str(Path(__file__).resolve()), "--mpi-worker", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=mpi_env(4))
-    if res.returncode != 0 or not out.is_file():
-        return {"ok": False, "status": "failed", "exit_code": res.returncode, "output": (res.stdout + res.stderr)[-3000:]}
-    result = json.loads(out.read_text())
-    out.unlink()
-    return result
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "mpi.json"
+        cmd = [mpiexec_path(), "-n", "2", sys.executable, str(Path(__file__).resolve()), "--mpi-worker", str(out)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=mpi_env(2))
+        if res.returncode != 0 or not out.is_file():
+            return {"ok": False, "exit_code": res.returncode, "output": (res.stdout + res.stderr)[-3000:]}
+        return json.loads(out.read_text())
+
+
+def run_checks(checks: Dict[str, Callable[[], Dict[str, Any]]]) -> List[Dict[str, Any]]:
+    """Each check in turn: its figures with ``name``, ``status`` (pass / fail / skip) and ``seconds``;
+    an exception is that check's failure (recorded with its message), never the end of the run."""
+    report = []
+    for name, check in checks.items():
+        t0 = time.perf_counter()
+        try:
+            figures = check()
+        except Exception as exc:  # record it and go on to the next check
+            figures = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        status = "skip" if "skip" in figures else ("pass" if figures.pop("ok") else "fail")
+        entry = {"name": name, "status": status, "seconds": round(time.perf_counter() - t0, 2), **figures}
+        report.append(entry)
+        print(f"{name}: {status} ({entry['seconds']} s)", flush=True)
+    return report
+
+
+def write_report(path: Path, found: Dict[str, Optional[str]], checks: List[Dict[str, Any]], device: str) -> int:
+    """OUT's JSON (device, preflight, checks); the exit code: 1 when a check failed, else 0."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"device": device, "preflight": {k: v or "ok" for k, v in found.items()},
+                                "checks": checks}, indent=1))
+    return 1 if any(c["status"] == "fail" for c in checks) else 0
 
 
 def main(argv=None) -> int:
@@ -219,28 +387,20 @@ def main(argv=None) -> int:
         return 0
     if not args.json:
         p.error("--json OUT is required")
-    reason = no_gpu_reason()
-    if reason is not None:
-        print(f"gpu_check: no GPU available ({reason}); no GPU check was run")
+    found = preflight()
+    if any(found[name] for name in REQUIRED):
+        print(missing_line(found))
         return 2
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    checks = {"integers": check_integers, "throughput": check_throughput, "ddp_nccl": check_ddp_nccl,
-              "mpi_resnet18": lambda: check_mpi_resnet18(out)}
-    report: Dict[str, Any] = {}
-    for name, check in checks.items():
-        t0 = time.perf_counter()
-        try:
-            report[name] = check()
-        except Exception as exc:  # record it and go on to the next check
-            report[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        report[name]["seconds"] = round(time.perf_counter() - t0, 2)
-        print(f"{name}: {'ok' if report[name]['ok'] else 'FAILED'} ({report[name]['seconds']} s)", flush=True)
+    checks = {
+        "integers": check_integers,
+        "throughput": check_throughput,
+        "hook_overlap": lambda: check_ddp("mlp", ["none", "fp32", "fp16", "intsgd"], found),
+        "resnet18_hooks": lambda: check_ddp("resnet18", ["none", "fp32", "fp16", "intsgd"], found),
+        "mpi_resnet18": lambda: check_mpi_resnet18(found),
+    }
     import torch
 
-    report["device"] = torch.cuda.get_device_name(0)
-    out.write_text(json.dumps(report, indent=1))
-    return 0 if all(r["ok"] for r in report.values() if isinstance(r, dict)) else 1
+    return write_report(Path(args.json), found, run_checks(checks), torch.cuda.get_device_name(0))
 
 
 if __name__ == "__main__":

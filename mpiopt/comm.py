@@ -135,15 +135,22 @@ class MPICommunicator:
         self.comm.Abort(code)
 
 
-def on_device(comm: Communicator) -> Communicator:
+def on_device(comm: Communicator, xp=None) -> Communicator:
     """``comm`` made able to take CuPy buffers: as it is when it already does (torch.distributed,
-    whose NCCL takes device tensors), else a :class:`mpiopt.kernels.cupy.DeviceCommunicator` over
-    it (CUDA-aware MPI, or pinned host staging)."""
+    whose NCCL takes device tensors), else a :class:`mpiopt.device_comm.DeviceCommunicator` over
+    it (CUDA-aware MPI, or pinned host staging). ``xp``: the device array module (default CuPy)."""
     if getattr(comm, "takes_device_arrays", False):
         return comm
-    from mpiopt.kernels.cupy import DeviceCommunicator
+    from mpiopt.device_comm import DeviceCommunicator
 
-    return DeviceCommunicator(comm)
+    return DeviceCommunicator(comm, xp=xp)
+
+
+def as_communicator(comm) -> Communicator:
+    """Accept None (COMM_WORLD: size 1 without mpiexec), an mpi4py communicator, or a Communicator."""
+    if isinstance(comm, Communicator):
+        return comm
+    return MPICommunicator(comm if comm is not None else MPI.COMM_WORLD)
 
 
 def library_version() -> str:

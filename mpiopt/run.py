@@ -10,10 +10,9 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
-from mpi4py import MPI
 
 from mpiopt.checkpoint import Checkpointer
-from mpiopt.comm import Communicator, MPICommunicator, library_version
+from mpiopt.comm import Communicator, as_communicator, library_version
 from mpiopt.errors import InputError
 from mpiopt.methods import Context, Method, make_method
 from mpiopt.problems.base import Problem, checked
@@ -50,13 +49,6 @@ class OptimizeResult(dict):
 def context_rngs(ctx: Context) -> Dict[str, np.random.Generator]:
     """The context's random streams by name: what a state record saves and restores."""
     return {key: getattr(ctx, key) for key in RNG_KEYS}
-
-
-def as_communicator(comm) -> Communicator:
-    """Accept None (COMM_WORLD: size 1 without mpiexec), an mpi4py communicator, or a Communicator."""
-    if isinstance(comm, Communicator):
-        return comm
-    return MPICommunicator(comm if comm is not None else MPI.COMM_WORLD)
 
 
 def make_context(problem: Problem, comm: Communicator, seed: int, lr, batch, L, L_max,

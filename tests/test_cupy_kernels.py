@@ -1,13 +1,14 @@
 """The CuPy quantizer against the numpy reference: the same integers, bit for bit (GPU only).
 
-Skipped, with the reason, where CuPy is not installed or no CUDA device is visible. Checked: the
-in-kernel noise equals numpy's u_j; random and deterministic rounding of float32 and float64 inputs
-with scalar and per-coordinate alpha give identical integers, clipped counts, max |Int| and sent
-values for int8/int16/int32 wires, and int64 clipping at the largest double below the bound;
-non-finite inputs are zeroed and reported the same way; decoding
-(scalar and array alpha, and the local C(v)) is bitwise equal; DeviceCommunicator returns the same sums,
-maxima, gathers and broadcasts through pinned host staging and (where the library is CUDA-aware)
-directly, counting the bytes; numpy control buffers pass through it unchanged.
+Skipped, with the reason, where CuPy is not installed or no CUDA device is visible (the same
+Python code runs on the CPU under the CuPy-rules module: tests/test_cupy_rules.py). Checked: the
+in-kernel noise equals numpy's u_j; random and deterministic rounding of float16/32/64 inputs with
+scalar, per-block and per-coordinate alpha give identical integers, clipped counts, max |Int| and
+sent values for int8/int16/int32 wires, and int64 clipping at the largest double below the bound;
+non-finite inputs are zeroed and reported the same way; decoding (scalar and array alpha, the
+local C(v), the fused x -= lr mean) is bitwise equal; the fixed-order block sums and maxima are the
+bits of the rules module's numpy twins (so the same on every GPU, rank and run). DeviceCommunicator
+runs at 2 ranks in tests/mpi/test_device_comm.py.
 """
 
 import numpy as np
@@ -20,7 +21,7 @@ try:
 except cupy.cuda.runtime.CUDARuntimeError as err:
     pytest.skip(f"no usable CUDA device: {err}", allow_module_level=True)
 
-from mpiopt.comm import MPICommunicator  # noqa: E402
+import _cupy_rules as rules  # noqa: E402
 from mpiopt.kernels import cupy as gpu  # noqa: E402
 from mpiopt.kernels import numpy as ref  # noqa: E402
 
@@ -39,16 +40,23 @@ def test_noise_is_numpys(seed, worker, step):
 
 
 @pytest.mark.parametrize("rounding", ["random", "deterministic"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("wire", [np.int8, np.int16, np.int32])
-@pytest.mark.parametrize("per_coordinate", [False, True])
-def test_encode_is_bit_identical(rounding, dtype, wire, per_coordinate):
+@pytest.mark.parametrize("alpha_kind", ["scalar", "blocks", "coordinates"])
+def test_encode_is_bit_identical(rounding, dtype, wire, alpha_kind):
     n, seed, worker, step = 4, 11, 2, 37
     v = vector(dtype)
-    alpha = (np.linspace(0.5, 40.0, D) if per_coordinate else np.float64(9.5))
-    cpu, dev = ref.Quantizer(D, seed, worker, n, rounding), gpu.Quantizer(D, seed, worker, n, rounding)
+    starts = [0, 17, 5000]
+    block_alphas = np.array([40.0, 9.5, 0.5])
+    if alpha_kind == "scalar":
+        alpha = a_dev = np.float64(9.5)
+    elif alpha_kind == "blocks":
+        alpha, a_dev = np.repeat(block_alphas, np.diff(starts + [D])), block_alphas
+    else:
+        alpha = np.linspace(0.5, 40.0, D)
+        a_dev = cupy.asarray(alpha)
+    cpu, dev = ref.Quantizer(D, seed, worker, n, rounding), gpu.Quantizer(D, seed, worker, n, rounding, blocks=starts)
     out_cpu, out_dev = np.empty(D, wire), cupy.empty(D, wire)
-    a_dev = cupy.asarray(alpha) if per_coordinate else alpha
     clipped_cpu = cpu.encode(v, alpha, out_cpu, step=step)
     clipped_dev = dev.encode(cupy.asarray(v), a_dev, out_dev, step=step)
     np.testing.assert_array_equal(cupy.asnumpy(out_dev), out_cpu)
@@ -96,39 +104,41 @@ def test_decode_is_bit_identical(per_coordinate):
     s = np.random.default_rng(1).integers(-120, 120, D).astype(np.int8)
     alpha = np.linspace(0.1, 7.0, D) if per_coordinate else np.float64(0.37)
     a_dev = cupy.asarray(alpha) if per_coordinate else alpha
-    out_cpu, out_dev = np.empty(D), cupy.empty(D)
-    ref.Quantizer.decode(s, alpha, n, out_cpu)
-    gpu.Quantizer.decode(cupy.asarray(s), a_dev, n, out_dev)
-    np.testing.assert_array_equal(cupy.asnumpy(out_dev), out_cpu)
-
     cpu, dev = ref.Quantizer(D, 0, 0, n), gpu.Quantizer(D, 0, 0, n)
-    v = vector(np.float32)
-    cpu.encode(v, alpha, np.empty(D, np.int32), step=4)
-    dev.encode(cupy.asarray(v), a_dev, cupy.empty(D, np.int32), step=4)
-    np.testing.assert_array_equal(cupy.asnumpy(dev.decode_local(a_dev, out_dev)), cpu.decode_local(alpha, out_cpu))
+    for out_type in (np.float32, np.float64):
+        out_cpu, out_dev = np.empty(D, out_type), cupy.empty(D, out_type)
+        cpu.decode(s, alpha, n, out_cpu)
+        dev.decode(cupy.asarray(s), a_dev, n, out_dev)
+        np.testing.assert_array_equal(cupy.asnumpy(out_dev), out_cpu)
+        x_cpu = np.linspace(-1.0, 1.0, D).astype(out_type)
+        x_dev = cupy.asarray(x_cpu)
+        cpu.decode_update(s, alpha, n, 0.1, x_cpu)
+        dev.decode_update(cupy.asarray(s), a_dev, n, 0.1, x_dev)
+        np.testing.assert_array_equal(cupy.asnumpy(x_dev), x_cpu)
+        v = vector(np.float32)
+        cpu.encode(v, alpha, np.empty(D, np.int32), step=4)
+        dev.encode(cupy.asarray(v), a_dev, cupy.empty(D, np.int32), step=4)
+        np.testing.assert_array_equal(cupy.asnumpy(dev.decode_local(a_dev, out_dev)), cpu.decode_local(alpha, out_cpu))
 
 
-@pytest.mark.parametrize("cuda_aware", [False, True])
-def test_device_communicator(cuda_aware):
-    if cuda_aware and not gpu.cuda_aware_mpi():
-        pytest.skip("this MPI library is not CUDA-aware (MPIX_Query_cuda_support() == 0)")
-    comm = MPICommunicator()
-    red = gpu.DeviceCommunicator(comm, cuda_aware=cuda_aware)
-    buf = cupy.arange(-50, 50, dtype=np.int8)
-    red.allreduce_int(buf)
-    np.testing.assert_array_equal(cupy.asnumpy(buf), np.arange(-50, 50) * comm.size)
-    assert comm.bytes_sent == 100
-    f = cupy.linspace(0.0, 1.0, 33)
-    red.allreduce_float(f)
-    np.testing.assert_array_equal(cupy.asnumpy(f), np.linspace(0.0, 1.0, 33) * comm.size)
-    rows = cupy.empty((comm.size, 3))
-    red.allgather(cupy.full(3, float(comm.rank)), rows)
-    np.testing.assert_array_equal(cupy.asnumpy(rows), np.repeat(np.arange(comm.size, dtype=float), 3).reshape(-1, 3))
-    top = cupy.full(2, comm.rank, dtype=np.int64)
-    red.allreduce_max(top)
-    assert cupy.asnumpy(top).tolist() == [comm.size - 1] * 2
-    host = np.array([comm.rank], dtype=np.int64)
-    assert red.allreduce_max(host) is host and host[0] == comm.size - 1
-    root = cupy.full(4, float(comm.rank))
-    red.broadcast(root, root=0)
-    assert cupy.asnumpy(root).tolist() == [0.0] * 4
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_block_reductions_are_the_twins_bits(dtype):
+    """The CUDA kernels' fixed reduction order is the one the rules module's twins compute: the same
+    block sums and maxima, bit for bit, twice in a row."""
+    starts = [0, 3, 9000, 9001, 30_000]
+    d = 50_000
+    x = np.random.default_rng(2).standard_normal(d).astype(dtype)
+    prev = np.random.default_rng(3).standard_normal(d)
+    want_sq, got = np.empty(5), np.empty(5)
+    twin = gpu.Quantizer(d, 0, 0, 2, blocks=starts, xp=rules)
+    twin.block_adaptive_alpha(rules.asarray(x), rules.asarray(prev), np.zeros(5), False, 0.9, 0.1, 2,
+                              (np.ones(5), np.ones(5)), want_sq, np.empty(5))
+    for _ in range(2):
+        dev = gpu.Quantizer(d, 0, 0, 2, blocks=starts)
+        dev.block_adaptive_alpha(cupy.asarray(x), cupy.asarray(prev), np.zeros(5), False, 0.9, 0.1, 2,
+                                 (np.ones(5), np.ones(5)), got, np.empty(5))
+        np.testing.assert_array_equal(got, want_sq)
+    np.testing.assert_array_equal(dev.block_max_abs(cupy.asarray(x), got),
+                                  np.maximum.reduceat(np.abs(x.astype(np.float64)), starts))
+    assert dev.step_squares_sum(cupy.asarray(x), cupy.asarray(prev)) == twin.step_squares_sum(
+        rules.asarray(x), rules.asarray(prev))

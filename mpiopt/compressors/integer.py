@@ -105,6 +105,7 @@ class IntCompressor(Compressor):
         self.takes_blocks = bool(getattr(self.quant, "takes_blocks", False))
         """alpha goes to the kernel as one value per block (else spread to every coordinate)."""
         self._bufs: List[Optional[tuple]] = [None] * len(self.dtypes)
+        self._wire = None
         ends = np.append(self.starts[1:], d)
         self.sizes = (ends - self.starts).astype(np.float64)
         self._constants = block_constants(self.sizes, o["eps"]) if nb > 1 else None
@@ -124,7 +125,6 @@ class IntCompressor(Compressor):
                           if spreads and self._fill is None else None)
         """The block of each coordinate, for spreading alpha by a gather (only when not by fills)."""
         self._blocksq = np.empty(nb)
-        self._starts_dev = None
         self._diff = xp.empty(d) if spreads else None
         self._peak = np.empty(nb)
         self._max = np.empty(1)
@@ -190,20 +190,24 @@ class IntCompressor(Compressor):
                     "(or use --alpha adaptive)")
         return "use --wire-dtype auto or a wider dtype"
 
-    def _per_block(self, ufunc: np.ufunc, values, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """``ufunc.reduceat`` over the alpha blocks, on the device that holds ``values`` (only the one
-        value per block crosses to the host for a CuPy array)."""
-        if isinstance(values, np.ndarray):
-            return ufunc.reduceat(values, self.starts, out=out)
-        if self._starts_dev is None:
-            self._starts_dev = self.xp.asarray(self.starts)
-        return self.xp.asnumpy(getattr(self.xp, ufunc.__name__).reduceat(values, self._starts_dev))
+    def _per_block(self, ufunc: np.ufunc, values: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """``ufunc.reduceat`` over the alpha blocks (numpy kernel only: the numba and CuPy kernels
+        ``take_blocks`` and reduce per block themselves, CuPy in a fixed order, since its
+        ``reduceat`` exists only for add and sums in an order that varies run to run)."""
+        return ufunc.reduceat(values, self.starts, out=out)
 
     def _buffer(self, level: int):
-        """(whole buffer, its d integers, its header) for ``level``, allocated on first use."""
+        """(whole buffer, its d integers, its header) for ``level``: views of one byte buffer as wide as
+        the widest level used so far (allocated on first use, grown when a wider level comes), so the
+        wire costs d times the widest integer's size, not the sum of all the levels'. A step reads
+        only its own level's buffer, so the levels may share the memory."""
         views = self._bufs[level]
         if views is None:
-            buf = self.xp.zeros(self.dim + HEADER, dtype=self.dtypes[level])
+            need = (self.dim + HEADER) * self.dtypes[level].itemsize
+            if self._wire is None or self._wire.nbytes < need:
+                self._wire = self.xp.zeros(need, dtype=np.uint8)
+                self._bufs = [None] * len(self.dtypes)
+            buf = self._wire[:need].view(self.dtypes[level])
             views = self._bufs[level] = (buf, buf[:self.dim], buf[self.dim:])
         return views
 

@@ -63,7 +63,8 @@ class NatCompressor(GatherCompressor):
             xp.copyto(code, SPAN, where=tiny & up)
             xp.copyto(code, ZERO, where=tiny & ~up)
         xp.copyto(code, ZERO, where=xp.equal(a, 0.0, out=self._mask))
-        xp.add(code, 128, out=code, where=xp.signbit(v) & (code != ZERO))
+        negative = xp.logical_and(xp.signbit(v), code != ZERO, out=self._up)  # CuPy's ufuncs take no where=
+        xp.copyto(code, code + 128, where=negative)
         send, d = self.send, self.dim
         xp.copyto(send[:d], code, casting="unsafe")
         send[d:d + 2].view(np.int16)[0] = top
@@ -81,7 +82,7 @@ class NatCompressor(GatherCompressor):
         xp.subtract(tops, e, out=e)
         xp.ldexp(1.0, e, out=vals)
         vals[zero] = 0.0
-        xp.negative(vals, out=vals, where=codes >= 128)
+        xp.copyto(vals, -vals, where=codes >= 128)  # CuPy's ufuncs take no where=
         return True
 
     def message_bits(self):

@@ -12,6 +12,8 @@ environment forces one. The choice changes speed only, never an integer or an it
 import os
 from typing import Optional, Sequence
 
+import numpy as np
+
 from mpiopt.kernels.numpy import ROUNDINGS, Quantizer, int_bound, stream_key, uniform
 
 KERNEL_ENV = "MPIOPT_KERNEL"
@@ -58,14 +60,15 @@ def _plain_layout_only(layout, kernel: str) -> None:
 
 def make_quantizer(xp, kernel: Optional[str], size: int, seed: int, worker: int, n_ranks: int = 1,
                    rounding: str = "random", blocks: Optional[Sequence[int]] = None, layout=None):
-    """The quantizer for arrays of module ``xp``: CuPy's kernel for CuPy arrays, else the CPU ``kernel``
-    (numba / numpy; None picks as :func:`cpu_kernel`). All of them give the same integers.
+    """The quantizer for arrays of module ``xp``: numpy's go to the CPU ``kernel`` (numba / numpy;
+    None picks as :func:`cpu_kernel`), any other module's (CuPy; the CuPy-rules module of the tests)
+    to CuPy's kernel, which takes ``blocks`` too. All of them give the same integers.
     ``blocks`` and ``layout``: see :func:`cpu_quantizer`."""
-    if getattr(xp, "__name__", "numpy") == "cupy":
+    if xp is not np:
         from mpiopt.kernels.cupy import Quantizer as CupyQuantizer
 
         _plain_layout_only(layout, "CuPy")
-        return CupyQuantizer(size, seed, worker, n_ranks, rounding)
+        return CupyQuantizer(size, seed, worker, n_ranks, rounding, blocks=blocks, xp=xp)
     return cpu_quantizer(size, seed, worker, n_ranks, rounding, kernel, blocks, layout)
 
 

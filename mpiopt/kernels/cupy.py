@@ -1,35 +1,95 @@
-"""The CuPy quantizer kernel (extra ``[gpu]``): ``mpiopt.kernels.numpy``'s contract, fused on the GPU.
+"""The CuPy quantizer kernel (extra ``[gpu]``): ``mpiopt.kernels.numpy``'s contract, on the GPU.
 
-``Quantizer`` here has the numpy Quantizer's interface and gives the same integers, bit for bit, for
-the same (seed, worker, step, coordinate): the SplitMix64 noise of ``mpiopt.kernels.numpy`` is drawn
-inside one elementwise kernel together with the scaling and the rounding, so no noise array is ever
-materialized. Each step is one fused kernel (scale, noise, round, |.|), one max-reduction (a single
-scalar read back: the bound check and the auto wire dtype need it), and one cast kernel (or a fused
-clip-and-cast kernel when something must be clipped).
+``Quantizer`` here has the numba Quantizer's interface (``takes_blocks``: alpha may be one value per
+alpha block) and gives the numpy reference's integers, bit for bit, for the same (seed, worker,
+step, coordinate) and alpha: the SplitMix64 noise is drawn inside the kernels, so no noise array is
+ever stored, and Int(alpha v) is *recomputed* from v and the counter-based noise wherever it is
+needed rather than kept. A quantizer step is two passes over v:
 
-Bit-exactness with numpy rests on IEEE double arithmetic without contraction: the product alpha * v
-and the sum with u are written with ``__dmul_rn``/``__dadd_rn``, which NVRTC never fuses into an FMA
-(numpy does not fuse either). Inputs may be float32 or float64; they are widened to double first, as
-the contract says. Clipping uses the same largest double <= bound as numpy (``float_below``).
+* ``round``: per chunk, max |Int(alpha v)| over the finite values and the count of non-finite
+  ones (reads v: 4 bytes per element for float32); one 16-byte read-back, because the overflow
+  protocol of the int compressor decides the header from it before the collective;
+* ``pack``: Int(alpha v) again, clipped and cast into the wire buffer (reads v, writes the integer:
+  5 bytes per element for float32 into int8), counting the clipped ones per chunk (read back only
+  when something can have been clipped).
 
-``DeviceCommunicator`` hands CuPy buffers to a :class:`mpiopt.comm.Communicator`: directly when the
-MPI library is CUDA-aware (:func:`cuda_aware_mpi`), else through pinned host buffers (``cupyx.empty_pinned``),
-always after synchronizing the current stream, since MPI reads memory outside CUDA's stream order.
+So 9 bytes move per float32 element and nothing of size d is allocated by the quantizer beyond
+what its caller asks for (``sent``, ``rounded`` and ``noise`` are made on demand, for checks and
+for methods that need their own C(v)). v (and a device alpha array) must stay unchanged between
+``round`` and the last ``pack``/``decode_local`` of a step, as with the numba kernel.
+
+Every reduction has a fixed order, the same bits on every rank and every run: the coordinates are
+cut into chunks of at most ``CHUNK`` that never straddle an alpha block; each chunk is one CUDA
+block of ``THREADS`` threads, thread t adding coordinates lo + t, lo + t + THREADS, ... in that
+order, then a shared-memory tree of fixed shape; a second kernel adds a block's chunk sums in chunk
+order. (CuPy's float ``add.reduceat`` is computed from a float cumsum whose bits vary run to run
+and can be negative for a block that did not move; ``maximum.reduceat`` does not exist in CuPy.)
+The block sums of ||x - x_prev||^2 therefore differ in the last bits from numpy's pairwise sum
+(CPU); they are identical across ranks, runs and GPUs, which is what alpha needs.
+
+Bit-exactness of the integers with numpy rests on IEEE double arithmetic without contraction: the
+product alpha * v and the sum with u are written with ``__dmul_rn``/``__dadd_rn``, which NVRTC never
+fuses into an FMA. Inputs may be float16, float32 or float64; they are widened to double first.
+
+All work is queued on CuPy's current device and stream: wrap calls in :func:`torch_stream` (or
+:func:`device_stream`) to put them on torch's current stream of the tensor's device, so that the
+quantizer reads a bucket after what torch queued before it and the collective (NCCL, on torch's
+stream order) reads the integers after the quantizer wrote them, with no ``set_device``.
+
+``xp`` (default CuPy) is the array module the quantizer allocates with and launches ``RawKernel``s
+of; the tests pass the CuPy-rules module (numpy arrays under CuPy's rules, with numpy twins of these
+kernels), so the Python side of this module runs in ``make test`` without a GPU.
 """
 
-import ctypes
-import os
-from typing import Dict, Optional, Tuple, Union
+import contextlib
+import math
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
-import cupy
-import cupyx
 import numpy as np
-from mpi4py import MPI
 
-from mpiopt.comm import Communicator
-from mpiopt.kernels.numpy import GOLDEN, MUL1, MUL2, ROUNDINGS, float_below, int_bound, stream_key
+from mpiopt.kernels.numpy import GOLDEN, MASK, MUL1, MUL2, ROUNDINGS, float_below, int_bound, mix64, worker_key
 
-_PREAMBLE = f"""
+THREADS = 256
+"""Threads per CUDA block of the chunk kernels (part of the reduction order: never change it alone)."""
+CHUNK = 8192
+"""Most coordinates of one chunk (one CUDA block); chunks never straddle an alpha block."""
+
+C_TYPES = {np.dtype(np.float16): "__half", np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+           np.dtype(np.int8): "signed char", np.dtype(np.int16): "short", np.dtype(np.int32): "int",
+           np.dtype(np.int64): "long long"}
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+"""The dtypes a decoded mean or an updated x may have."""
+
+Alpha = Union[float, np.floating, np.ndarray, Any]
+
+
+def _cupy():
+    import cupy
+
+    return cupy
+
+
+def chunk_table(size: int, starts: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(lo, hi, block, first): chunk c covers [lo[c], hi[c]) inside alpha block ``block[c]``, and
+    block b's chunks are first[b] .. first[b + 1] - 1 (int64 arrays, built once on the host)."""
+    ends = np.append(starts[1:], size).astype(np.int64)
+    counts = np.maximum(-(-(ends - starts) // CHUNK), 0)
+    first = np.zeros(len(starts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=first[1:])
+    block = np.repeat(np.arange(len(starts), dtype=np.int64), counts)
+    lo = starts[block] + (np.arange(first[-1], dtype=np.int64) - first[block]) * CHUNK
+    hi = np.minimum(lo + CHUNK, ends[block])
+    return lo.astype(np.int64), hi.astype(np.int64), block, first
+
+
+HALF = """
+#include <cuda_fp16.h>
+__device__ __forceinline__ double mpiopt_load(const __half* p, long long j) { return (double)__half2float(p[j]); }
+"""
+"""Prepended for float16 inputs only (the one kernel family that needs CUDA's half header)."""
+
+PREAMBLE = f"""
+#define MPIOPT_THREADS {THREADS}
 __device__ __forceinline__ unsigned long long mpiopt_mix64(unsigned long long z) {{
     z = (z ^ (z >> 30)) * {MUL1:#x}ULL;
     z = (z ^ (z >> 27)) * {MUL2:#x}ULL;
@@ -39,263 +99,462 @@ __device__ __forceinline__ double mpiopt_uniform(unsigned long long key, long lo
     unsigned long long z = mpiopt_mix64(key + (unsigned long long)(j + 1) * {GOLDEN:#x}ULL);
     return ldexp((double)(z >> 11), -53);   /* exact: a 53-bit integer times 2**-53 */
 }}
+__device__ __forceinline__ double mpiopt_load(const double* p, long long j) {{ return p[j]; }}
+__device__ __forceinline__ double mpiopt_load(const float* p, long long j) {{ return (double)p[j]; }}
+/* alpha of coordinate j in chunk block b: mode 0 one scalar, 1 one per block, 2 one per coordinate */
+__device__ __forceinline__ double mpiopt_alpha(const double* alphas, double a0, int mode, long long b, long long j) {{
+    return mode == 0 ? a0 : (mode == 1 ? alphas[b] : alphas[j]);
+}}
+/* Int(alpha v): floor(alpha v + u_j) or rint(alpha v), in IEEE double without contraction */
+__device__ __forceinline__ double mpiopt_int(double v, double a, unsigned long long key, long long j, int random) {{
+    double t = __dmul_rn(v, a);
+    return random ? floor(__dadd_rn(t, mpiopt_uniform(key, j))) : rint(t);
+}}
+__device__ __forceinline__ float mpiopt_mul(float a, float b) {{ return __fmul_rn(a, b); }}
+__device__ __forceinline__ double mpiopt_mul(double a, double b) {{ return __dmul_rn(a, b); }}
+__device__ __forceinline__ float mpiopt_sub(float a, float b) {{ return __fsub_rn(a, b); }}
+__device__ __forceinline__ double mpiopt_sub(double a, double b) {{ return __dsub_rn(a, b); }}
+/* S / (n alpha) into O with numpy's operations: s / (n a) for one alpha, else (O)(s / a) * (O)(1 / n) */
+template <typename O> __device__ __forceinline__ O mpiopt_decode(double s, double a, int mode, double c, double inv_n) {{
+    return mode == 0 ? (O)__ddiv_rn(s, c) : mpiopt_mul((O)__ddiv_rn(s, a), (O)inv_n);
+}}
 """
 
-_FINISH = """
-    bool ok = isfinite(r);
-    t = ok ? r : 0.0;
-    a = ok ? fabs(r) : __longlong_as_double(0x7ff0000000000000LL);  /* +inf marks a non-finite input */
+_SUM_TREE = """
+    __shared__ double part[MPIOPT_THREADS];
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int w = MPIOPT_THREADS / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) part[threadIdx.x] = __dadd_rn(part[threadIdx.x], part[threadIdx.x + w]);
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[c] = part[0];
 """
 
-_ROUND = {
-    "random": cupy.ElementwiseKernel(
-        "V v, float64 alpha, uint64 key", "float64 t, float64 a",
-        "double r = floor(__dadd_rn(__dmul_rn((double)v, alpha), mpiopt_uniform(key, i)));" + _FINISH,
-        name="mpiopt_round_random", preamble=_PREAMBLE),
-    "deterministic": cupy.ElementwiseKernel(
-        "V v, float64 alpha", "float64 t, float64 a",
-        "double r = rint(__dmul_rn((double)v, alpha));" + _FINISH,
-        name="mpiopt_round_deterministic"),
+_MAX_TREE = """
+    __shared__ double part[MPIOPT_THREADS];
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int w = MPIOPT_THREADS / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) {
+            double o = part[threadIdx.x + w];
+            if (o > part[threadIdx.x] || o != o) part[threadIdx.x] = o;
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[c] = part[0];
+"""
+
+_COUNT_TREE = """
+    __shared__ long long cnt[MPIOPT_THREADS];
+    cnt[threadIdx.x] = n;
+    __syncthreads();
+    for (int w = MPIOPT_THREADS / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) cnt[threadIdx.x] += cnt[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) counts[c] = cnt[0];
+"""
+
+_CHUNK_ARGS = "const long long* lo, const long long* hi, const long long* blk"
+_ALPHA_ARGS = "const double* alphas, double a0, int mode"
+_LOOP = "long long c = blockIdx.x;\n    for (long long j = lo[c] + threadIdx.x; j < hi[c]; j += MPIOPT_THREADS)"
+
+_COMBINE = """extern "C" __global__ void {name}(const double* partial, const long long* first, long long nb,
+        double* out) {{
+    long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= nb) return;
+    double acc = 0.0;
+    for (long long c = first[b]; c < first[b + 1]; ++c) ACCUMULATE
+    out[b] = acc;
+}}"""
+"""One thread per alpha block folds its chunks' partial results in chunk order."""
+
+_SOURCES = {
+    # sum over the chunk of (x_j - x_prev_j)^2 in double, and x_prev_j = x_j
+    "sqdiff": """extern "C" __global__ void {name}(const {T}* x, double* x_prev, {chunk}, double* partial) {{
+    double acc = 0.0;
+    {loop} {{
+        double xj = mpiopt_load(x, j);
+        double t = __dsub_rn(xj, x_prev[j]);
+        acc = __dadd_rn(acc, __dmul_rn(t, t));
+        x_prev[j] = xj;
+    }}
+    {sum_tree}}}""",
+    # max |v| over the chunk, NaN when a value is NaN (an inf is its own max)
+    "absmax": """extern "C" __global__ void {name}(const {T}* v, {chunk}, double* partial) {{
+    double acc = 0.0;
+    {loop} {{
+        double a = fabs(mpiopt_load(v, j));
+        if (a > acc || a != a) acc = a;
+    }}
+    {max_tree}}}""",
+    # max |Int(alpha v)| over the chunk's finite values, and how many were not finite
+    "qmax": """extern "C" __global__ void {name}(const {T}* v, {alpha}, {chunk}, unsigned long long key, int random,
+        double* partial, long long* counts) {{
+    double acc = 0.0;
+    long long n = 0;
+    {loop} {{
+        double r = mpiopt_int(mpiopt_load(v, j), mpiopt_alpha(alphas, a0, mode, blk[c], j), key, j, random);
+        if (isfinite(r)) acc = fmax(acc, fabs(r)); else n += 1;
+    }}
+    {max_tree}
+    {count_tree}}}""",
+    # Int(alpha v) clipped to [-fb, fb] (non-finite: 0) cast into the wire; counts |Int| > bound
+    "pack": """extern "C" __global__ void {name}(const {T}* v, {alpha}, {chunk}, unsigned long long key, int random,
+        double bound, double fb, {Q}* out, long long* counts) {{
+    long long n = 0;
+    {loop} {{
+        double r = mpiopt_int(mpiopt_load(v, j), mpiopt_alpha(alphas, a0, mode, blk[c], j), key, j, random);
+        if (!isfinite(r)) r = 0.0;
+        if (fabs(r) > bound) n += 1;
+        out[j] = ({Q})fmin(fmax(r, -fb), fb);
+    }}
+    {count_tree}}}""",
+    # the values sent, as doubles: Int(alpha v) clipped to [-fb, fb], non-finite as 0
+    "values": """extern "C" __global__ void {name}(const {T}* v, {alpha}, {chunk}, unsigned long long key, int random,
+        double fb, double* out) {{
+    {loop} {{
+        double r = mpiopt_int(mpiopt_load(v, j), mpiopt_alpha(alphas, a0, mode, blk[c], j), key, j, random);
+        out[j] = isfinite(r) ? fmin(fmax(r, -fb), fb) : 0.0;
+    }}
+}}""",
+    # this worker's own C(v) = sent / alpha into O
+    "local": """extern "C" __global__ void {name}(const {T}* v, {alpha}, {chunk}, unsigned long long key, int random,
+        double fb, {O}* out) {{
+    {loop} {{
+        double a = mpiopt_alpha(alphas, a0, mode, blk[c], j);
+        double r = mpiopt_int(mpiopt_load(v, j), a, key, j, random);
+        out[j] = ({O})__ddiv_rn(isfinite(r) ? fmin(fmax(r, -fb), fb) : 0.0, a);
+    }}
+}}""",
+    # S / (n alpha) into O
+    "decode": """extern "C" __global__ void {name}(const {S}* s, {alpha}, {chunk}, double cn, double inv_n, {O}* out) {{
+    {loop} {{
+        out[j] = mpiopt_decode<{O}>((double)s[j], mpiopt_alpha(alphas, a0, mode, blk[c], j), mode, cn, inv_n);
+    }}
+}}""",
+    # x -= lr * S / (n alpha): decode into O, times (O)lr, subtracted (numpy's apply_step)
+    "decode_update": """extern "C" __global__ void {name}(const {S}* s, {alpha}, {chunk}, double cn, double inv_n,
+        {O} lr, {O}* x) {{
+    {loop} {{
+        {O} m = mpiopt_decode<{O}>((double)s[j], mpiopt_alpha(alphas, a0, mode, blk[c], j), mode, cn, inv_n);
+        x[j] = mpiopt_sub(x[j], mpiopt_mul(m, lr));
+    }}
+}}""",
+    # u_j for every coordinate (checks only: the other kernels draw it inline)
+    "noise": """extern "C" __global__ void {name}(unsigned long long key, long long size, double* out) {{
+    for (long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x; j < size; j += (long long)gridDim.x * blockDim.x)
+        out[j] = mpiopt_uniform(key, j);
+}}""",
+    # out[b] = the chunk sums of block b added in chunk order
+    "combine_sum": _COMBINE.replace("ACCUMULATE", "acc = __dadd_rn(acc, partial[c]);"),
+    # out[b] = the max of block b's chunk maxima (NaN sticky)
+    "combine_max": _COMBINE.replace("ACCUMULATE", "if (partial[c] > acc || partial[c] != partial[c]) acc = partial[c];"),
+    # out = [max of the chunk maxima, sum of the chunk counts] (one thread)
+    "finish": """extern "C" __global__ void {name}(const double* partial, const long long* counts, long long nc,
+        double* out) {{
+    double m = 0.0;
+    long long n = 0;
+    for (long long c = 0; c < nc; ++c) {{ m = fmax(m, partial[c]); n += counts[c]; }}
+    out[0] = m;
+    out[1] = (double)n;
+}}""",
 }
-_NOISE = cupy.ElementwiseKernel("uint64 key", "float64 u", "u = mpiopt_uniform(key, i);",
-                                name="mpiopt_noise", preamble=_PREAMBLE)
-_DROP_INF = cupy.ElementwiseKernel("float64 a", "float64 b", "b = isinf(a) ? 0.0 : a;", name="mpiopt_drop_inf")
-_CLIP_CAST = cupy.ElementwiseKernel("float64 t, float64 bound", "float64 c, Q q",
-                                    "c = fmin(fmax(t, -bound), bound); q = (Q)c;", name="mpiopt_clip_cast")
-_DIV_SCALAR = cupy.ElementwiseKernel("S s, float64 n_alpha", "float64 out",
-                                     "out = __ddiv_rn((double)s, n_alpha);", name="mpiopt_decode_scalar")
-_DIV_ARRAY = cupy.ElementwiseKernel("S s, float64 alpha, float64 inv_n", "float64 out",
-                                    "out = __dmul_rn(__ddiv_rn((double)s, alpha), inv_n);", name="mpiopt_decode_array")
-_DIV_LOCAL = cupy.ElementwiseKernel("float64 s, float64 alpha", "float64 out",
-                                    "out = __ddiv_rn(s, alpha);", name="mpiopt_decode_local")
 
-Alpha = Union[float, np.floating, "cupy.ndarray"]
+
+def _type_suffix(*dtypes: np.dtype) -> str:
+    return "".join("_" + np.dtype(t).name for t in dtypes)
+
+
+def kernel_name(kind: str, *dtypes) -> str:
+    """The C name of kernel ``kind`` for these element types, e.g. ``mpiopt_pack_float32_int8``."""
+    return f"mpiopt_{kind}{_type_suffix(*dtypes)}"
+
+
+def kernel_body(kind: str, **types: np.dtype) -> str:
+    """The CUDA C function of kernel ``kind`` with its element types (T: v or x, Q: the wire, S: a
+    sum, O: a decoded output), without the preamble."""
+    names = {k: C_TYPES[np.dtype(t)] for k, t in types.items()}
+    return _SOURCES[kind].format(name=kernel_name(kind, *types.values()), chunk=_CHUNK_ARGS, alpha=_ALPHA_ARGS,
+                                 loop=_LOOP, sum_tree=_SUM_TREE, max_tree=_MAX_TREE, count_tree=_COUNT_TREE, **names)
+
+
+def kernel_source(kind: str, **types: np.dtype) -> str:
+    """The CUDA C source of kernel ``kind``: the preamble (with the half header for float16) and the body."""
+    half = any(np.dtype(t) == np.float16 for t in types.values())
+    return (HALF if half else "") + PREAMBLE + kernel_body(kind, **types)
+
+
+_KERNELS: Dict[Tuple[int, str, Tuple[str, ...]], Any] = {}
+
+
+def kernel(xp: Any, kind: str, **types) -> Any:
+    """``xp.RawKernel`` of ``kind`` for these types, compiled once per array module and types."""
+    key = (id(xp), kind, tuple(np.dtype(t).name for t in types.values()))
+    made = _KERNELS.get(key)
+    if made is None:
+        made = _KERNELS[key] = xp.RawKernel(kernel_source(kind, **types), kernel_name(kind, *types.values()),
+                                            options=("-std=c++14",))
+    return made
 
 
 class Quantizer:
-    """Int(alpha * v) on the GPU for vectors of ``size`` coordinates; the numpy Quantizer's contract.
+    """Int(alpha * v) on the GPU for vectors of ``size`` coordinates; the numba Quantizer's interface.
 
-    ``encode(v, alpha, out, step=k)`` rounds alpha * v (alpha a scalar or a CuPy array of ``size``),
-    clips to the bound and writes the integers into the CuPy integer array ``out``; returns the number
-    clipped. After it, ``max_abs`` is max_j |Int(alpha v)_j| before clipping, ``finite`` whether v was
-    finite, and ``sent`` the values written (float64), for :meth:`decode_local`. All buffers live on
-    the current device and are allocated here, once.
+    ``blocks``: the first coordinate of each alpha block; alpha may then be one value per block (a
+    numpy or device array of ``len(blocks)``), besides a scalar or a device array of ``size``
+    values. After ``round``, ``max_abs`` is max_j |Int(alpha v)_j| over the finite values and
+    ``finite`` whether all were finite. Device memory: the chunk table and a few values per chunk
+    and per block, allocated on first use on the current device; ``sent``, ``rounded`` and
+    ``noise`` allocate d doubles each, on demand.
     """
 
-    def __init__(self, size: int, seed: int, worker: int, n_ranks: int = 1, rounding: str = "random"):
+    takes_blocks = True
+    """alpha may be one value per block of ``blocks``."""
+
+    def __init__(self, size: int, seed: int, worker: int, n_ranks: int = 1, rounding: str = "random",
+                 blocks: Optional[Sequence[int]] = None, xp: Any = None):
         if rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+        self.xp = _cupy() if xp is None else xp
         self.size, self.seed, self.worker, self.n_ranks, self.rounding = size, seed, worker, n_ranks, rounding
-        self.noise_buf = cupy.empty(size)
-        self.rounded = cupy.empty(size)
-        """Int(alpha v) as doubles, before clipping."""
-        self._clipped_buf = cupy.empty(size)
-        self._abs = cupy.empty(size)
-        self._mask = cupy.empty(size, dtype=bool)
-        self._max = cupy.empty((), dtype=np.float64)
-        self.sent = self.rounded
+        self._worker_key = worker_key(seed, worker)
+        starts = np.asarray([0] if blocks is None else blocks, dtype=np.int64)
+        self.n_blocks = len(starts)
+        self._host_table = chunk_table(size, starts)
+        self.n_chunks = len(self._host_table[0])
+        self._table: Optional[Tuple[Any, ...]] = None
+        self._dev: Dict[str, Any] = {}
+        self._alphas_host = np.full(self.n_blocks, np.nan)
+        self._last: Optional[tuple] = None
+        self._sent_bound = math.inf
         self.max_abs = 0.0
         self.finite = True
-        self._squares: Optional["cupy.ndarray"] = None
+
+    # -- device memory, made on first use ---------------------------------------------------------
+    def _buf(self, name: str, shape, dtype=np.float64):
+        """The device scratch ``name``, allocated once (on the current device) and reused."""
+        buf = self._dev.get(name)
+        if buf is None:
+            buf = self._dev[name] = self.xp.empty(shape, dtype=dtype)
+        return buf
+
+    def _chunks(self) -> Tuple[Any, ...]:
+        """(lo, hi, block, first, [0, n_chunks]) on the device."""
+        if self._table is None:
+            lo, hi, block, first = self._host_table
+            whole = np.array([0, self.n_chunks], dtype=np.int64)
+            self._table = tuple(self.xp.asarray(a) for a in (lo, hi, block, first, whole))
+        return self._table
+
+    @property
+    def device_bytes(self) -> int:
+        """Bytes of device memory this quantizer holds now (the chunk table and its scratch)."""
+        table = sum(int(a.nbytes) for a in self._table) if self._table is not None else 0
+        return table + sum(int(b.nbytes) for b in self._dev.values())
+
+    def _launch(self, kind: str, args: tuple, grid: Optional[int] = None, **types) -> None:
+        """Kernel ``kind`` over every chunk (or ``grid`` blocks), on the current stream."""
+        blocks = self.n_chunks if grid is None else grid
+        if blocks:
+            kernel(self.xp, kind, **types)((blocks,), (THREADS,), args)
+
+    def _alpha(self, alpha: Alpha) -> Tuple[Any, np.float64, np.int32]:
+        """(alphas, a0, mode) for the kernels: mode 0 one scalar a0, 1 one per block, 2 one per coordinate."""
+        dummy = self._buf("alphas", self.n_blocks)
+        if isinstance(alpha, self.xp.ndarray):
+            if alpha.dtype != np.float64 or alpha.ndim != 1 or alpha.shape[0] not in (self.n_blocks, self.size):
+                raise ValueError(f"a device alpha must be float64 of {self.n_blocks} blocks or {self.size} "
+                                 f"coordinates, got {alpha.dtype} {alpha.shape}")
+            return alpha, np.float64(0.0), np.int32(1 if alpha.shape[0] == self.n_blocks else 2)
+        if np.ndim(alpha) == 0:
+            return dummy, np.float64(alpha), np.int32(0)
+        host = np.asarray(alpha, dtype=np.float64)
+        if host.shape != (self.n_blocks,):
+            raise ValueError(f"alpha must be a scalar, {self.n_blocks} block values or a device array of "
+                             f"{self.size}, got shape {host.shape}")
+        if not np.array_equal(host, self._alphas_host):  # upload only what changed (decode reuses round's)
+            dummy.set(host)
+            self._alphas_host[...] = host
+        return dummy, np.float64(0.0), np.int32(1)
 
     def _key(self, step: int) -> np.uint64:
-        return np.uint64(stream_key(self.seed, self.worker, step))
+        return np.uint64(mix64(self._worker_key + (step & MASK) + GOLDEN))
 
-    def noise(self, step: int) -> "cupy.ndarray":
-        """This worker's u_j for ``step`` (for checks; :meth:`round` draws them inside its kernel)."""
-        return _NOISE(self._key(step), self.noise_buf)
+    def _v(self, v) -> Any:
+        if v.shape != (self.size,) or v.dtype not in C_TYPES or v.dtype.kind != "f":
+            raise ValueError(f"v must be a float16/32/64 device array of shape ({self.size},), got {v.dtype} {v.shape}")
+        if not v.flags.c_contiguous:
+            raise ValueError("v must be contiguous")
+        return v
 
-    def round(self, v: "cupy.ndarray", alpha: Alpha, step: int, into: Optional["cupy.ndarray"] = None) -> "cupy.ndarray":
-        """Int(alpha v) as doubles into ``rounded`` (no clipping); sets ``max_abs`` and ``finite``.
-        ``into`` (the numba kernel's one-pass int8 target) is accepted and not needed: ``pack`` casts."""
-        alpha = alpha if isinstance(alpha, cupy.ndarray) else np.float64(alpha)
-        if self.rounding == "random":
-            _ROUND["random"](v, alpha, self._key(step), self.rounded, self._abs)
-        else:
-            _ROUND["deterministic"](v, alpha, self.rounded, self._abs)
-        m = self._reduce_max()
-        self.finite = bool(np.isfinite(m))
-        if not self.finite:
-            _DROP_INF(self._abs, self._abs)
-            m = self._reduce_max()
-        self.max_abs = m
-        return self.rounded
+    # -- the quantizer contract -------------------------------------------------------------------
+    def noise(self, step: int):
+        """This worker's u_j for ``step`` (checks only; the other kernels draw it inline)."""
+        out = self._buf("noise", self.size)
+        kernel(self.xp, "noise")(((self.size + THREADS - 1) // THREADS or 1,), (THREADS,),
+                                 (self._key(step), np.int64(self.size), out))
+        return out
 
-    def _reduce_max(self) -> float:
-        if not self.size:
-            return 0.0
-        self._abs.max(out=self._max)
-        return float(self._max)
+    def round(self, v, alpha: Alpha, step: int, into=None) -> "Quantizer":
+        """max |Int(alpha v)| (``max_abs``) and whether every value was finite (``finite``), one
+        16-byte read-back; the integers themselves are made by ``pack``. ``into`` (the numba kernel's
+        int8 target) is accepted and not needed."""
+        v = self._v(v)
+        alphas, a0, mode = self._alpha(alpha)
+        lo, hi, blk, _, _ = self._chunks()
+        key, random = self._key(step), np.int32(self.rounding == "random")
+        pmax, counts = self._buf("partial", self.n_chunks), self._buf("counts", self.n_chunks, np.int64)
+        self._launch("qmax", (v, alphas, a0, mode, lo, hi, blk, key, random, pmax, counts), T=v.dtype)
+        res = self._buf("result", 2)
+        kernel(self.xp, "finish")((1,), (1,), (pmax, counts, np.int64(self.n_chunks), res))
+        m, bad = res.tolist()
+        self.max_abs, self.finite = float(m), bad == 0
+        self._last = (v, alphas, a0, mode, key, random)
+        self._sent_bound = math.inf
+        return self
 
-    def pack(self, out: "cupy.ndarray", bound: Optional[int] = None) -> int:
-        """Cast the rounded values, clipped to ``bound`` (default floor(M / n) of ``out``'s dtype), into
-        ``out``; returns the number of clipped coordinates and points ``sent`` at what went out."""
+    def _recompute(self) -> tuple:
+        if self._last is None:
+            raise RuntimeError("round() first: the integers are recomputed from its v and alpha")
+        v, alphas, a0, mode, key, random = self._last
+        lo, hi, blk, _, _ = self._chunks()
+        return v, (v, alphas, a0, mode, lo, hi, blk, key, random)
+
+    def pack(self, out, bound: Optional[int] = None) -> int:
+        """Int(alpha v) of the last ``round``, clipped to ``bound`` (default floor(M / n) of ``out``'s
+        dtype), cast into the device array ``out``; returns the number clipped (read back only when
+        ``max_abs`` exceeds the bound)."""
         if bound is None:
             bound = int_bound(out.dtype, self.n_ranks)
-        if self.max_abs > bound:
-            cupy.greater(self._abs, float(bound), out=self._mask)
-            clipped = int(cupy.count_nonzero(self._mask))
-            _CLIP_CAST(self.rounded, float_below(bound), self._clipped_buf, out)
-            self.sent = self._clipped_buf
-            return clipped
-        cupy.copyto(out, self.rounded, casting="unsafe")
-        self.sent = self.rounded
-        return 0
+        if out.shape != (self.size,) or out.dtype not in C_TYPES or out.dtype.kind != "i":
+            raise ValueError(f"out must be a signed integer device array of shape ({self.size},), got {out.dtype}")
+        v, args = self._recompute()
+        clips = self.max_abs > bound
+        fb = float_below(bound)
+        counts = self._buf("counts", self.n_chunks, np.int64)
+        self._launch("pack", args + (np.float64(bound), np.float64(fb), out, counts), T=v.dtype, Q=out.dtype)
+        self._sent_bound = fb if clips else math.inf
+        if not clips:
+            return 0
+        return int(counts.sum())
 
-    def encode(self, v: "cupy.ndarray", alpha: Alpha, out: "cupy.ndarray", *, step: int,
-               bound: Optional[int] = None) -> int:
-        """Int(alpha v), clipped, into the integer array ``out``; returns the number clipped."""
+    def encode(self, v, alpha: Alpha, out, *, step: int, bound: Optional[int] = None) -> int:
+        """Int(alpha v), clipped, into the integer device array ``out``; returns the number clipped."""
         self.round(v, alpha, step)
         return self.pack(out, bound)
 
-    def decode_local(self, alpha: Alpha, out: "cupy.ndarray") -> "cupy.ndarray":
-        """This worker's own decoded C(v) = sent / alpha."""
-        alpha = alpha if isinstance(alpha, cupy.ndarray) else np.float64(alpha)
-        return _DIV_LOCAL(self.sent, alpha, out)
-
-    @staticmethod
-    def step_squares(x: "cupy.ndarray", x_prev: "cupy.ndarray", out: "cupy.ndarray") -> "cupy.ndarray":
-        """out = (x - x_prev)^2 in float64, then x_prev <- x (numpy's operations, the same bits)."""
-        cupy.subtract(x, x_prev, out=out)
-        cupy.multiply(out, out, out=out)
-        cupy.copyto(x_prev, x)
+    def _values(self, name: str, fb: float):
+        v, args = self._recompute()
+        out = self._buf(name, self.size)
+        self._launch("values", args + (np.float64(fb), out), T=v.dtype)
         return out
-
-    def step_squares_sum(self, x: "cupy.ndarray", x_prev: "cupy.ndarray") -> float:
-        """||x - x_prev||^2 and x_prev <- x. The squares are summed on the host in numpy's pairwise
-        order, so that alpha is the CPU's bits (one device-to-host copy of d doubles per step)."""
-        if self._squares is None:
-            self._squares = cupy.empty(self.size)
-        return float(self.step_squares(x, x_prev, self._squares).get().sum())
-
-    @staticmethod
-    def decode(sum_int: "cupy.ndarray", alpha: Alpha, n: int, out: "cupy.ndarray") -> "cupy.ndarray":
-        """S / (n alpha) into ``out`` (float64), with numpy's operation order (bit-identical)."""
-        if isinstance(alpha, cupy.ndarray) and alpha.ndim:
-            return _DIV_ARRAY(sum_int, alpha, np.float64(1.0 / n), out)
-        return _DIV_SCALAR(sum_int, np.float64(n * float(alpha)), out)
-
-
-def _loaded_mpi_library() -> Optional[ctypes.CDLL]:
-    """The MPI shared library mpi4py loaded into this process (found in /proc/self/maps), if any."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "/libmpi" in line}
-    except OSError:
-        return None
-    for path in sorted(p for p in paths if os.path.basename(p).startswith(("libmpi.", "libmpi_abi."))):
-        try:
-            return ctypes.CDLL(path)
-        except OSError:
-            continue
-    return None
-
-
-def cuda_aware_mpi() -> bool:
-    """Whether the MPI library reads and writes CUDA device buffers itself.
-
-    In order: ``MPIOPT_CUDA_AWARE=0|1`` in the environment; ``MPI.Query_cuda_support()`` where mpi4py
-    has it; the library's ``MPIX_Query_cuda_support()`` (Open MPI, MPICH >= 4.1) or
-    ``MPIX_GPU_query_support(MPIX_GPU_SUPPORT_CUDA, ...)`` (MPICH), looked up with ctypes. Unknown
-    means False: staging through host memory is always correct, only slower.
-    """
-    forced = os.environ.get("MPIOPT_CUDA_AWARE")
-    if forced in ("0", "1"):
-        return forced == "1"
-    query = getattr(MPI, "Query_cuda_support", None)
-    if query is not None:
-        return bool(query())
-    lib = _loaded_mpi_library()
-    if lib is None:
-        return False
-    if hasattr(lib, "MPIX_Query_cuda_support"):
-        lib.MPIX_Query_cuda_support.restype = ctypes.c_int
-        return lib.MPIX_Query_cuda_support() == 1
-    if hasattr(lib, "MPIX_GPU_query_support"):
-        supported = ctypes.c_int(0)
-        return lib.MPIX_GPU_query_support(0, ctypes.byref(supported)) == 0 and supported.value == 1
-    return False
-
-
-class DeviceCommunicator:
-    """A Communicator for CuPy buffers over a host Communicator (MPI), counting bytes as it does.
-
-    CUDA-aware MPI gets the device buffers themselves; otherwise each buffer goes through a pinned
-    host buffer of the same shape and dtype (allocated on first use, then reused). Either way the
-    current stream is synchronized before MPI touches the memory. numpy buffers (small control
-    messages such as a max or the first step's exponents) go to the host Communicator unchanged.
-    """
-
-    takes_device_arrays = True
-
-    def __init__(self, comm: Communicator, cuda_aware: Optional[bool] = None):
-        self.comm = comm
-        self.rank, self.size, self.int_dtypes = comm.rank, comm.size, comm.int_dtypes
-        self.cuda_aware = cuda_aware_mpi() if cuda_aware is None else bool(cuda_aware)
-        self._pinned: Dict[Tuple[Tuple[int, ...], np.dtype], np.ndarray] = {}
 
     @property
-    def bytes_sent(self) -> int:
-        return self.comm.bytes_sent
+    def rounded(self):
+        """Int(alpha v) of the last ``round`` as doubles, before clipping (made on demand)."""
+        return self._values("rounded", math.inf)
 
-    @bytes_sent.setter
-    def bytes_sent(self, value: int) -> None:
-        self.comm.bytes_sent = value
+    @property
+    def sent(self):
+        """The values the last ``pack`` wrote, as doubles (made on demand)."""
+        return self._values("sent", self._sent_bound)
 
-    def _host(self, buf: "cupy.ndarray", slot: int = 0) -> np.ndarray:
-        key = (buf.shape, buf.dtype, slot)
-        if key not in self._pinned:
-            self._pinned[key] = cupyx.empty_pinned(buf.shape, dtype=buf.dtype)
-        return self._pinned[key]
-
-    def _collective(self, op, bufs, *args, **kw):
-        """``op(*bufs, ...)`` on device buffers, whose last one receives the result: directly
-        (CUDA-aware MPI), or through pinned host copies, uploading ``bufs[0]`` (what this rank sends)
-        and copying the result back into ``bufs[-1]``."""
-        out = bufs[-1]
-        if all(isinstance(b, np.ndarray) for b in bufs):
-            return op(*bufs, *args, **kw)
-        stream = cupy.cuda.get_current_stream()
-        if self.cuda_aware:
-            stream.synchronize()
-            op(*bufs, *args, **kw)
-            return out
-        hosts = [b if isinstance(b, np.ndarray) else self._host(b, slot) for slot, b in enumerate(bufs)]
-        if hosts[0] is not bufs[0]:
-            bufs[0].get(stream=stream, out=hosts[0], blocking=False)
-        stream.synchronize()
-        op(*hosts, *args, **kw)
-        if hosts[-1] is not out:
-            out.set(hosts[-1], stream=stream)
+    def decode_local(self, alpha: Alpha, out):
+        """This worker's own decoded C(v) = sent / alpha into ``out`` (float32 or float64)."""
+        if out.dtype not in FLOATS:
+            raise ValueError(f"out must be float32 or float64, got {out.dtype}")
+        v, args = self._recompute()
+        self._launch("local", args + (np.float64(self._sent_bound), out), T=v.dtype, O=out.dtype)
         return out
 
-    def allreduce_int(self, buf, count: bool = True):
-        """Sum an integer array over all ranks, in place (exact)."""
-        return self._collective(self.comm.allreduce_int, (buf,), count=count)
+    def _decoding(self, sum_int, alpha: Alpha, n: int, out) -> tuple:
+        if out.dtype not in FLOATS:
+            raise ValueError(f"out must be float32 or float64, got {out.dtype}")
+        alphas, a0, mode = self._alpha(alpha)
+        lo, hi, blk, _, _ = self._chunks()
+        return (sum_int, alphas, a0, mode, lo, hi, blk, np.float64(n * float(a0)), np.float64(1.0 / n))
 
-    def allreduce_float(self, buf, count: bool = True):
-        """Sum a float array over all ranks, in place."""
-        return self._collective(self.comm.allreduce_float, (buf,), count=count)
+    def decode(self, sum_int, alpha: Alpha, n: int, out):
+        """S / (n alpha) into ``out``: the numpy kernel's operations, bit for bit."""
+        self._launch("decode", self._decoding(sum_int, alpha, n, out) + (out,), S=sum_int.dtype, O=out.dtype)
+        return out
 
-    def allreduce_max(self, buf, count: bool = True):
-        """Element-wise maximum over all ranks, in place."""
-        return self._collective(self.comm.allreduce_max, (buf,), count=count)
+    def decode_update(self, sum_int, alpha: Alpha, n: int, lr: float, x):
+        """x -= lr * S / (n alpha) in place, in one pass: the bits of ``decode`` into a mean of x's
+        dtype followed by numpy's ``apply_step``."""
+        self._launch("decode_update", self._decoding(sum_int, alpha, n, x) + (x.dtype.type(lr), x),
+                     S=sum_int.dtype, O=x.dtype)
+        return x
 
-    def allgather(self, sendbuf, recvbuf, count: bool = True):
-        """Gather equal-sized blocks from every rank into ``recvbuf``."""
-        return self._collective(self.comm.allgather, (sendbuf, recvbuf), count=count)
+    def _block_squares(self, x, x_prev, whole: bool):
+        """Each block's (or, ``whole``, the vector's) sum of (x - x_prev)^2 in the fixed chunk
+        order, on the device; x_prev <- x."""
+        if x.shape != (self.size,) or x_prev.shape != (self.size,) or x_prev.dtype != np.float64:
+            raise ValueError(f"x and a float64 x_prev of shape ({self.size},) are needed")
+        lo, hi, blk, first, all_chunks = self._chunks()
+        partial = self._buf("partial", self.n_chunks)
+        self._launch("sqdiff", (x, x_prev, lo, hi, blk, partial), T=x.dtype)
+        nb = 1 if whole else self.n_blocks
+        out = self._buf("one" if whole else "blocks", nb)
+        kernel(self.xp, "combine_sum")(((nb + THREADS - 1) // THREADS,), (THREADS,),
+                                       (partial, all_chunks if whole else first, np.int64(nb), out))
+        return out
 
-    def allgatherv(self, sendbuf, recvbuf, counts: np.ndarray, count: bool = True):
-        """Gather blocks of different sizes (``counts[r]`` items from rank r) into ``recvbuf``."""
-        return self._collective(self.comm.allgatherv, (sendbuf, recvbuf), counts, count=count)
+    def step_squares_sum(self, x, x_prev) -> float:
+        """||x - x_prev||^2 in the fixed chunk order (the same bits on every rank and run), and x_prev <- x."""
+        return float(self._block_squares(x, x_prev, whole=True).tolist()[0])
 
-    def broadcast(self, buf, root: int = 0):
-        """``root``'s array into every rank's ``buf``, in place (set-up only)."""
-        return self._collective(self.comm.broadcast, (buf,), root=root)
+    def block_adaptive_alpha(self, x, x_prev, r: np.ndarray, have_r: bool, beta: float, lr, n: int,
+                             constants: Tuple[np.ndarray, np.ndarray], squares: np.ndarray,
+                             out: np.ndarray) -> np.ndarray:
+        """The numba kernel's method of this name: each block's ||x - x_prev||^2 (fixed order, on the
+        device; one read-back of a value per block) into ``squares``, x_prev <- x, then on the host
+        r <- beta r + (1 - beta) squares (r <- squares when not ``have_r``) and
+        alpha = lr (sqrt(d_l) / sqrt(2 n r + lr^2 eps_share)) per block into ``out`` (the numpy
+        operations of the int compressor, ``lr`` one step size or one per block)."""
+        squares[...] = self._block_squares(x, x_prev, whole=False).get()
+        if have_r:
+            r *= beta
+            r += (1.0 - beta) * squares
+        else:
+            r[...] = squares
+        sqrt_sizes, eps_share = constants
+        np.multiply(r, 2.0 * n, out=out)
+        out += np.multiply(lr, lr) * eps_share
+        np.sqrt(out, out=out)
+        np.divide(sqrt_sizes, out, out=out)
+        out *= lr
+        return out
 
-    def allgather_object(self, obj):
-        return self.comm.allgather_object(obj)
+    def block_max_abs(self, v, out: np.ndarray) -> np.ndarray:
+        """max |v| of each block into the host array ``out`` (NaN or inf where a value is not
+        finite); one read-back of a value per block."""
+        v = self._v(v)
+        lo, hi, blk, first, _ = self._chunks()
+        partial = self._buf("partial", self.n_chunks)
+        self._launch("absmax", (v, lo, hi, blk, partial), T=v.dtype)
+        dev = self._buf("blocks", self.n_blocks)
+        kernel(self.xp, "combine_max")(((self.n_blocks + THREADS - 1) // THREADS,), (THREADS,),
+                                       (partial, first, np.int64(self.n_blocks), dev))
+        out[...] = dev.get()
+        return out
 
-    def abort(self, code: int = 1) -> None:
-        self.comm.abort(code)
 
+@contextlib.contextmanager
+def device_stream(device: int, stream_ptr: int, xp: Any = None) -> Iterator[None]:
+    """CuPy's current device set to ``device`` and its current stream to the CUDA stream at
+    ``stream_ptr`` (owned by someone else, e.g. torch) for the ``with`` body."""
+    xp = _cupy() if xp is None else xp
+    with xp.cuda.Device(device), xp.cuda.ExternalStream(stream_ptr, device):
+        yield
+
+
+def torch_stream(tensor: Any, xp: Any = None):
+    """:func:`device_stream` of ``tensor``'s device and torch's current stream on it: the quantizer
+    then runs after whatever torch queued for the tensor, on its GPU, without ``torch.cuda.set_device``."""
+    import torch
+
+    stream = torch.cuda.current_stream(tensor.device)
+    return device_stream(tensor.device.index, stream.cuda_stream, xp)

@@ -23,8 +23,8 @@ def load_problem(data_dir: str, comm=None) -> Tuple[LogisticProblem, Dict[str, A
     that read different meta.json files (hosts holding different preprocessings at the same path:
     each rank's shard would match its own copy, and the run would mix problems without a word).
     """
+    from mpiopt.comm import as_communicator
     from mpiopt.data import load_shard
-    from mpiopt.run import as_communicator  # mpiopt.run imports this package: import it on first use
 
     comm = as_communicator(comm)
     problem, meta, error = None, None, None
