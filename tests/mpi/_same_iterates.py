@@ -42,6 +42,10 @@ CONFIGS = (
     ("dgc", {}),
 )
 
+PINNED = {"vr-intdiana": {"alpha": "paper"}}
+"""Options given beside each config's own, outside its label: the stored iterates were made with
+these (vr-intdiana's default alpha became 'fill' after they were stored)."""
+
 
 def label(method, opts):
     return method + "".join(f",{k}={v}" for k, v in sorted(opts.items()))
@@ -55,7 +59,7 @@ def main(data_dir, out):
     for method, opts in CONFIGS:
         problem = LogisticProblem(A, b, meta["l2"], smoothness=meta["L_workers"][rank])
         res = mpiopt.minimize(problem, method, world, iters=ITERS, seed=3, L=meta["L"],
-                              L_max=max(meta["L_workers"]), log_every=ITERS, **opts)
+                              L_max=max(meta["L_workers"]), log_every=ITERS, **opts, **PINNED.get(method, {}))
         report[label(method, opts)] = [float(v).hex() for v in res.x]
     if rank == 0:
         with open(out, "w") as fh:
