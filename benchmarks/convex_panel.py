@@ -127,7 +127,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=6000, help="iteration cap of each run")
     ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "libsvm")
     ap.add_argument("--work", type=Path, default=REPO / "data" / "convex_panel", help="shards (git-ignored)")
-    ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "convex_panel.json")
+    ap.add_argument("--json", type=Path, nargs="+", default=[REPO / "benchmarks" / "results" / "convex_panel.json"],
+                    help="where the results go (the first); --readme reads them all")
     ap.add_argument("--readme", action="store_true", help="only rewrite the README table from --json")
     ap.add_argument("--bend", action="store_true", help="only the issue's table and figure: the synthetic problem, "
                     "l2 1e-4, 4 ranks, ||x - x*||^2 every 10 iterations (alpha_bend.json and .png)")
@@ -135,7 +136,8 @@ def main(argv=None) -> int:
     if args.bend:
         return bend(args)
     if args.readme:
-        README.write_text(replace_section(README.read_text(), BEGIN, END, table(json.loads(args.json.read_text()))))
+        records = [json.loads(path.read_text()) for path in args.json]
+        README.write_text(replace_section(README.read_text(), BEGIN, END, table(records)))
         print(f"updated {README}")
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
@@ -156,7 +158,7 @@ def main(argv=None) -> int:
                 record["cases"].append(case)
                 record["wall_seconds"] = time.time() - start
                 record["load_average_after"] = os.getloadavg()
-                args.json.write_text(json.dumps(record, indent=1))
+                args.json[0].write_text(json.dumps(record, indent=1))
                 print(line(case), flush=True)
     return 0
 
@@ -196,8 +198,11 @@ def line(case: dict) -> str:
     return f"{case['problem']} l2={case['l2']:g} n={case['ranks']} b={case['batch']}: {runs}"
 
 
-def table(record: dict) -> str:
-    """The README table: iterations and bytes per rank to tol, and VR-IntDIANA's ratios to L-SVRG."""
+def table(records) -> str:
+    """The README table from one or more runs' records: iterations and bytes per rank to tol, and
+    VR-IntDIANA's ratios to L-SVRG."""
+    record = {**records[0], "cases": [c for r in records for c in r["cases"]],
+              "wall_seconds": sum(r["wall_seconds"] for r in records)}
     lines = [f"Iterations and bytes per rank to ||x - x*||^2 <= the level shown: {record['tol']:g}, or where "
              f"float64 L-SVRG did not reach it within the cap of {record['iteration_cap']:,} iterations, the "
              "smallest of 1e-2, 1e-4, 1e-6 it reached (`-`: not reached); batch 5% of a worker's rows; ratios "
@@ -218,9 +223,10 @@ def table(record: dict) -> str:
                 q = c["ratios"].get(label)
                 cells += ["-", "-"] if q is None else [f"{q['iterations_x']:.2f}", f"{q['bytes_fewer_x']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    la = ", ".join(f"{v:.1f}" for v in record["load_average_before"])
-    lines += ["", f"Wall time {record['wall_seconds'] / 60:.0f} min on {record['cpu_count']} shared cores "
-              f"(load average before: {la}); iterations do not depend on the load."]
+    la = "; ".join(", ".join(f"{v:.1f}" for v in r["load_average_before"]) for r in records)
+    lines += ["", f"Wall time {record['wall_seconds'] / 60:.0f} min in all ({len(records)} run(s) side by side) "
+              f"on {record['cpu_count']} shared cores (load average before: {la}); iterations do not depend "
+              "on the load."]
     return "\n".join(lines)
 
 

@@ -8,7 +8,9 @@ independent of the rank order), or, with ``first_step='exponent'``, integers alr
 block, e = ceil(log2 max_i max_j |v_ij|) from a MAX Allreduce of each rank's integer exponents (no
 float crosses the wire), and alpha = floor(M / n) / 2^e, so that no rank's |alpha v| exceeds the
 speculative dtype's bound (SwitchML's scaling, for this one step). ``alpha='constant'`` uses
-``alpha0`` throughout.
+``alpha0`` throughout. ``alpha='fill'`` (vr-intdiana's default) takes that scaling at every step,
+from an int16 MAX Allreduce of the exponents, for half the narrowest dtype's bound, and never goes
+below the first such step's alpha for the next wider dtype (see :meth:`IntCompressor._fill_alpha`).
 
 ``wire_dtype='auto'`` costs one collective per step in the common case: the integers go out in a
 speculative dtype (the narrowest the communicator sums whose bound floor(M / n) is >= 1, then the one
@@ -143,13 +145,14 @@ class IntCompressor(Compressor):
             "have_prev": np.zeros((), dtype=np.int8),
             "r": np.zeros(nb),
             "have_r": np.zeros((), dtype=np.int8),
-            "alpha_floor": np.zeros(nb),
             "level": np.array(start_level, dtype=np.int64),
             "max_abs_q": np.zeros(()),
             "steps_by_wire": np.zeros(len(WIRE_NAMES), dtype=np.int64),
             "redone_steps": np.zeros((), dtype=np.int64),
             "fit_streak": np.zeros((), dtype=np.int64),
         }
+        if o["alpha"] == "fill":
+            self.state["alpha_floor"] = np.zeros(nb)
 
     @classmethod
     def resolve(cls, given, comm):
@@ -297,7 +300,7 @@ class IntCompressor(Compressor):
         returns to it) and the rounding noise is as small as the bytes already paid for allow. floor_b
         is the first fill step's T / 2^e_b for the next wider dtype, kept for the whole run: the
         first steps' noise lands in every direction, also in those only a regularizer curves, where
-        it decays no faster than 1 - eta mu per step (docs/design.md, "Adaptive alpha"). The
+        it decays no faster than 1 - eta mu per step (docs/design.md, "Fill alpha"). The
         exponents' MAX Allreduce goes in int16 where the communicator has it (2 bytes a block)."""
         if self.dim == 0:
             self.alpha_blocks[...] = 1.0
