@@ -222,6 +222,41 @@ def test_alpha0_makes_the_first_step_integer_and_constant_keeps_it():
     assert IntCompressor.describe(IntCompressor.resolve({"alpha0": 2.0}, self_comm))["first_step"] == "int (alpha0)"
 
 
+def test_fill_alpha_fills_half_of_int8_and_keeps_the_first_steps_int16_floor():
+    """alpha='fill': alpha = max(T8 / 2^e, floor) with 2^e >= max|v| > 2^(e-1), T8 = 127 // 2 (one rank);
+    floor = T16 / 2^e1 of the first integer step, T16 = 32767 // 2, kept while |v| shrinks."""
+    d = 4
+    comp = make(IntCompressor, d, alpha="fill", rounding="deterministic")
+    mean, local = np.empty(d), np.empty(d)
+    v = np.array([0.3, -1.5, 0.02, 1.0])  # max 1.5: e = 1
+    comp.exchange(v, 0, np.zeros(d), LR, mean, local)
+    np.testing.assert_array_equal(mean, v)  # the first step sends floats, as with the paper's rule
+    comp.exchange(v, 1, np.ones(d), LR, mean, local)
+    floor = 16383 / 2.0
+    np.testing.assert_array_equal(comp.alpha_blocks, [floor])
+    np.testing.assert_allclose(local, np.rint(floor * v) / floor, rtol=0, atol=0)
+    assert comp.state["steps_by_wire"][2] == 1  # int16: floor * 1.5 > int8's bound
+    for scale, want in ((0.1, floor), (2.0 ** -20, 63 * 2.0 ** 19)):  # e = -2: 63 * 2^2 < floor; e = -19
+        sent = comp.comm.bytes_sent
+        comp.exchange(v * scale, 2, np.ones(d), LR, mean, local)
+        np.testing.assert_array_equal(comp.alpha_blocks, [want])
+        np.testing.assert_allclose(local, np.rint(want * v * scale) / want, rtol=0, atol=0)
+        assert comp.comm.bytes_sent - sent - 2 in (d + 3, 2 * (d + 3))  # an int16 exponent, the integers
+    np.testing.assert_array_equal(comp.state["alpha_floor"], [floor])
+
+
+def test_alpha_rule_names_and_the_methods_defaults(problem):
+    self_comm = MPICommunicator(MPI.COMM_SELF)
+    assert IntCompressor.resolve({}, self_comm)["alpha"] == "paper"
+    assert IntCompressor.resolve({"alpha": "adaptive"}, self_comm)["alpha"] == "paper"  # the earlier name
+    with pytest.raises(InputError, match="alpha"):
+        IntCompressor.resolve({"alpha": "largest"}, self_comm)
+    rule = {m: mpiopt.minimize(problem, m, iters=0, batch=16, **o).trace["config"]["alpha"]
+            for m, o in (("intsgd", {}), ("intdiana", {}), ("vr-intdiana", {}), ("vr-diana", {"compressor": "int"}))}
+    assert rule == {"intsgd": "paper", "intdiana": "paper", "vr-intdiana": "fill", "vr-diana": "fill"}
+    assert mpiopt.minimize(problem, "vr-intdiana", iters=0, batch=16, alpha="paper").trace["config"]["alpha"] == "paper"
+
+
 def test_exponent_first_step_sends_integers_scaled_by_the_largest_value():
     d = 6
     comp = make(IntCompressor, d, first_step="exponent", rounding="deterministic")
@@ -391,13 +426,21 @@ def test_vr_methods_share_one_theory_step_size(problem):
 
 def test_trace_counts_bytes_and_wire_dtypes(problem):
     d, iters = problem.dim, 50
-    res = mpiopt.minimize(problem, "vr-intdiana", iters=iters, batch=16, log_every=10)
+    res = mpiopt.minimize(problem, "vr-intdiana", iters=iters, batch=16, log_every=10, alpha="paper")
     assert res.trace["history"]["wire_bytes"][-1] == 8 * d + (iters - 1) * (d + 3)
     assert res.trace["config"]["first_step"].startswith("float64")
     wire = res.trace["wire"]
     assert wire["steps_by_wire"] == {"float64": 1, "int8": iters - 1} and 0 < wire["max_abs_q"] <= 127
     res = mpiopt.minimize(problem, "l-svrg", iters=iters, batch=16, log_every=10)
     assert res.trace["history"]["wire_bytes"][-1] == iters * 8 * d
+    fill = mpiopt.minimize(problem, "vr-intdiana", iters=iters, batch=16, log_every=10)
+    steps = fill.trace["wire"]["steps_by_wire"]  # its floor: int16 first, then int8 once the shift has learnt
+    assert fill.trace["config"]["alpha"] == "fill" and steps["float64"] == 1 and sum(steps.values()) == iters
+    sizes = {"int8": 1, "int16": 2, "int32": 4, "int64": 8}
+    sent = sum(c * (d + 3) * sizes[w] for w, c in steps.items() if w != "float64")
+    redone = fill.trace["wire"]["redone_steps"]  # each: the speculative int8 buffer, an 8-byte MAX, no header
+    extra = fill.trace["history"]["wire_bytes"][-1] - (8 * d + sent + 2 * (iters - 1))  # + an int16 exponent a step
+    assert redone >= 1 and redone * (d + 3 + 8 - 3 * 8) <= extra <= redone * (d + 3 + 8 - 3 * 2)
 
 
 def test_diana_shift_h_is_the_mean_of_the_h_i(problem):

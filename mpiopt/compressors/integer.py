@@ -8,7 +8,9 @@ independent of the rank order), or, with ``first_step='exponent'``, integers alr
 block, e = ceil(log2 max_i max_j |v_ij|) from a MAX Allreduce of each rank's integer exponents (no
 float crosses the wire), and alpha = floor(M / n) / 2^e, so that no rank's |alpha v| exceeds the
 speculative dtype's bound (SwitchML's scaling, for this one step). ``alpha='constant'`` uses
-``alpha0`` throughout.
+``alpha0`` throughout. ``alpha='fill'`` (vr-intdiana's default) takes that scaling at every step,
+from an int16 MAX Allreduce of the exponents, for half the narrowest dtype's bound, and never goes
+below the first such step's alpha for the next wider dtype (see :meth:`IntCompressor._fill_alpha`).
 
 ``wire_dtype='auto'`` costs one collective per step in the common case: the integers go out in a
 speculative dtype (the narrowest the communicator sums whose bound floor(M / n) is >= 1, then the one
@@ -54,6 +56,9 @@ MIN_EXPONENT = -960
 NON_FINITE_EXPONENT = np.iinfo(np.int64).max
 """A rank's exponent for a block with a non-finite value."""
 
+ALPHA_RULES = ("paper", "fill", "constant", "adaptive")
+"""``alpha`` choices; ``adaptive`` is the earlier name of ``paper`` (the IntSGD paper's rule)."""
+
 ROUNDING = Option("rounding", "random", str, "integer rounding: unbiased random or round-half-even",
                   choices=("random", "deterministic"))
 
@@ -68,7 +73,11 @@ class IntCompressor(Compressor):
         Option("wire_dtype", "auto", str, "integer type on the wire; auto promotes instead of clipping",
                choices=("int8", "int16", "int32", "int64", "auto")),
         ROUNDING,
-        Option("alpha", "adaptive", str, "scaling rule of the integers", choices=("adaptive", "constant")),
+        Option("alpha", "paper", str, "scaling rule of the integers: paper (Alg. 1/2: noise about the step's "
+               "size; 'adaptive' is its earlier name), fill (the largest power-of-two alpha that keeps every "
+               "rank's |alpha v| within half the narrowest dtype's bound, never below the first integer step's "
+               "alpha for the next wider dtype; vr-intdiana's default), constant (alpha0)",
+               choices=ALPHA_RULES),
         Option("alpha0", None, float, "alpha of the first step (else it sends floats) and of --alpha constant",
                valid=positive, rule="a positive number"),
         Option("first_step", "float", str, "first step (no x^{k-1} yet): float64 Allgather, or integers "
@@ -127,6 +136,8 @@ class IntCompressor(Compressor):
         self._blocksq = np.empty(nb)
         self._diff = xp.empty(d) if spreads else None
         self._peak = np.empty(nb)
+        self._exponent_dtype = np.dtype(np.int16) if np.dtype(np.int16) in self.dtypes else np.dtype(np.int32)
+        """The fill rule's exponents on the wire: they lie in [MIN_EXPONENT, 1024]."""
         self._max = np.empty(1)
         self._order: Optional[List[int]] = None
         self.state = {
@@ -140,6 +151,15 @@ class IntCompressor(Compressor):
             "redone_steps": np.zeros((), dtype=np.int64),
             "fit_streak": np.zeros((), dtype=np.int64),
         }
+        if o["alpha"] == "fill":
+            self.state["alpha_floor"] = np.zeros(nb)
+
+    @classmethod
+    def resolve(cls, given, comm):
+        opts = super().resolve(given, comm)
+        if opts["alpha"] == "adaptive":
+            opts["alpha"] = "paper"
+        return opts
 
     @classmethod
     def check(cls, o, comm):
@@ -187,7 +207,7 @@ class IntCompressor(Compressor):
         """What to do about clipped coordinates: with auto only an alpha too large for int64 clips."""
         if self.auto:
             return ("alpha * v exceeds even int64's bound, so alpha is too large: lower --alpha0 "
-                    "(or use --alpha adaptive)")
+                    "(or use --alpha fill or paper)")
         return "use --wire-dtype auto or a wider dtype"
 
     def _per_block(self, ufunc: np.ufunc, values: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -226,6 +246,8 @@ class IntCompressor(Compressor):
             if o["first_step"] == "exponent":
                 return self._spread(self._exponent_alpha(v))
             return None
+        if o["alpha"] == "fill":
+            return self._spread(self._fill_alpha(v))
         r = st["r"]
         if self.takes_blocks and len(self.starts) > 1:  # squares, r and alpha in one pass, the bits of the lines below
             self.quant.block_adaptive_alpha(x, st["x_prev"], r, st["have_r"], o["beta"], lr, self.n, self._constants,
@@ -267,14 +289,45 @@ class IntCompressor(Compressor):
         return self.xp.take(self.xp.asarray(alphas), self._block_of, out=self._alpha_vec)
 
     def _exponent_alpha(self, v) -> np.ndarray:
-        """alpha_b = floor(M / n) / 2^e_b with 2^e_b >= max_i max_{j in b} |v_ij|: e_b from a MAX
-        Allreduce of the ranks' integer exponents, so |alpha v| never exceeds the speculative dtype's
-        bound. Exponents are kept >= ``MIN_EXPONENT`` (alpha stays finite for tiny blocks; a zero
-        block gets alpha = floor(M / n)); a non-finite block gets alpha 1 (the integer step's header
-        then stops every rank)."""
+        """alpha_b = floor(M / n) / 2^e_b with 2^e_b >= max_i max_{j in b} |v_ij| (see
+        :meth:`_max_exponents`), so |alpha v| never exceeds the speculative dtype's bound."""
         if self.dim == 0:
             self.alpha_blocks[...] = 1.0
             return self.alpha_blocks
+        exps = self._max_exponents(v)
+        self.alpha_blocks[...] = self._scaled(exps, float_below(self.bounds[int(self.state["level"])]))
+        return self.alpha_blocks
+
+    def _fill_alpha(self, v) -> np.ndarray:
+        """``alpha='fill'``: alpha_b = max(T / 2^e_b, floor_b), T = half the narrowest dtype's bound
+        floor(M / n), so every rank's integers fit that dtype with a bit to spare (``auto`` keeps or
+        returns to it) and the rounding noise is as small as the bytes already paid for allow. floor_b
+        is the first fill step's T / 2^e_b for the next wider dtype, kept for the whole run: the
+        first steps' noise lands in every direction, also in those only a regularizer curves, where
+        it decays no faster than 1 - eta mu per step (docs/design.md, "Fill alpha"). The
+        exponents' MAX Allreduce goes in int16 where the communicator has it (2 bytes a block)."""
+        if self.dim == 0:
+            self.alpha_blocks[...] = 1.0
+            return self.alpha_blocks
+        st, first = self.state, self.first
+        exps = self._max_exponents(v, self._exponent_dtype)
+        if not st["have_r"]:  # the first fill step sets the floor (r is not used by this rule)
+            wide = self.bounds[min(first + 1, len(self.bounds) - 1)]
+            st["alpha_floor"][...] = self._scaled(exps, float(wide // 2))
+            st["have_r"][...] = 1
+        np.maximum(self._scaled(exps, float(self.bounds[first] // 2)), st["alpha_floor"], out=self.alpha_blocks)
+        return self.alpha_blocks
+
+    def _scaled(self, exps: np.ndarray, bound: float) -> np.ndarray:
+        """bound / 2^e per block; 1 where a block was not finite (the integer step's header then
+        stops every rank)."""
+        return np.where(exps == NON_FINITE_EXPONENT, 1.0, np.ldexp(bound, -np.minimum(exps, 1 << 20)))
+
+    def _max_exponents(self, v, dtype=np.int64) -> np.ndarray:
+        """e_b = ceil(log2 max_i max_{j in b} |v_ij|) per alpha block, from a MAX Allreduce of the
+        ranks' integer exponents in ``dtype`` (no float crosses the wire). Exponents are kept >=
+        ``MIN_EXPONENT`` (alpha stays finite for tiny blocks; a zero block gets alpha = the bound); a
+        non-finite block gets ``NON_FINITE_EXPONENT`` (int64; sent as ``dtype``'s largest value)."""
         if self.takes_blocks:
             peak = self.quant.block_max_abs(v, self._peak)
         else:
@@ -282,11 +335,10 @@ class IntCompressor(Compressor):
         finite = np.isfinite(peak)
         mant, exps = np.frexp(np.where(finite, peak, 1.0))
         exps = exps.astype(np.int64) - (mant == 0.5)
-        exps = np.where(finite, np.maximum(exps, MIN_EXPONENT), NON_FINITE_EXPONENT)
+        top = np.iinfo(dtype).max
+        exps = np.where(finite, np.maximum(exps, MIN_EXPONENT), top).astype(dtype)
         self.comm.allreduce_max(exps)
-        bound = float_below(self.bounds[int(self.state["level"])])
-        self.alpha_blocks[...] = np.where(exps == NON_FINITE_EXPONENT, 1.0, np.ldexp(bound, -np.minimum(exps, 1 << 20)))
-        return self.alpha_blocks
+        return np.where(exps == top, NON_FINITE_EXPONENT, exps.astype(np.int64))
 
     def _float_step(self, v, k, out_mean, out_local):
         if self._order is None:

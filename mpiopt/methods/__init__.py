@@ -14,7 +14,7 @@ from mpiopt.methods.composed import CompressedMethod, Recipe
 SGD = Recipe("minibatch")
 EF_SGD = Recipe("minibatch", memory="residual", default_compressor="sign")
 DIANA = Recipe("minibatch", shift="diana")
-VR_DIANA = Recipe("l-svrg", shift="diana")
+VR_DIANA = Recipe("l-svrg", shift="diana", compressor_defaults=(("alpha", "fill"),))
 
 METHODS: Dict[str, Tuple[Recipe, Dict[str, Any]]] = {
     "gd": (Recipe("full", compressor="none"), {}),

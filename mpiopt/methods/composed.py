@@ -42,6 +42,9 @@ class Recipe:
     memory: str = "none"
     compressor: Optional[str] = None
     default_compressor: str = "none"
+    compressor_defaults: Tuple[Tuple[str, Any], ...] = ()
+    """(option, value) pairs that replace the compressor's own defaults where it takes the option
+    (vr-diana's int compressor fills its wire dtype: ``alpha='fill'``)."""
 
 
 def _compressor_option(default: str) -> Option:
@@ -90,6 +93,8 @@ class CompressedMethod(Method):
         self.mem_opts = resolve_options(f"method '{name}'", mem_cls.options,
                                         {o.name: options[o.name] for o in mem_cls.options if o.name in options})
         comp_given = {o.name: options[o.name] for o in comp_cls.options if o.name in options}
+        comp_names = {o.name for o in comp_cls.options}
+        comp_given.update({k: v for k, v in recipe.compressor_defaults if k in comp_names and k not in comp_given})
         self.comp_opts = comp_cls.resolve(comp_given, ctx.comm)
         self.omega = comp_cls.omega(ctx.problem.dim, self.comp_opts) if comp_cls.unbiased else 0.0
         self.memory = mem_cls(ctx.problem.dim, self.mem_opts)

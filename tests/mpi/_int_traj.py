@@ -24,7 +24,8 @@ CONFIGS = (
     ("intsgd", {}),
     ("intdiana", {}),
     ("vr-intdiana", {}),
-    ("vr-intdiana", {"wire_dtype": "int16", "block_size": 40, "beta": 0.0}),
+    ("vr-intdiana", {"alpha": "paper"}),
+    ("vr-intdiana", {"wire_dtype": "int16", "block_size": 40, "beta": 0.0, "alpha": "paper"}),
     ("intsgd", {"alpha": "constant", "alpha0": 3000.0}),  # auto promotes and shrinks
     ("hintsgd", {}),
     ("natsgd", {}),

@@ -62,6 +62,10 @@ CONFIGS = (
     ("dgc", {}),
 )
 
+PINNED = {"vr-intdiana": {"alpha": "paper"}}
+"""Options given beside each config's own, outside its label: the stored iterates were made with
+these (vr-intdiana's default alpha became 'fill' after they were stored)."""
+
 
 def label(method, opts):
     return method + "".join(f",{k}={v}" for k, v in sorted(opts.items()))
@@ -91,7 +95,7 @@ def run(problem, method, opts, comm, worker, meta, second, ckpt):
     """One configuration: (its result, x after iteration EARLY); ``second`` stops at ITERS / 2 with a
     checkpoint and resumes to ITERS."""
     common = dict(iters=ITERS, seed=3, L=meta["L"], L_max=max(meta["L_workers"]), f_star=meta["f_star"],
-                  log_every=LOG_EVERY, worker=worker, **opts)
+                  log_every=LOG_EVERY, worker=worker, **opts, **PINNED.get(method, {}))
     early = []
     stop = ITERS // 2 if second else ITERS + 1
 

@@ -92,7 +92,7 @@ def without_kernel(wire):
 
 def test_same_seed_gives_bit_identical_integer_trajectories_with_either_kernel(trajectories):
     a, b = trajectories
-    assert len(b) == 5  # intsgd (2 configurations), intdiana, vr-intdiana (2), rerun in a new job
+    assert len(b) == 6  # intsgd (2 configurations), intdiana, vr-intdiana (3), rerun in a new job
     for key, run in b.items():
         assert a[key]["wire"]["kernel"] == cpu_kernel() and run["wire"]["kernel"] == "numpy", key
         assert a[key]["x"] == run["x"], key
@@ -134,31 +134,37 @@ def test_ranks_compiling_the_numba_kernel_at_once_into_an_empty_cache_agree_with
 
 def test_auto_wire_dtype_in_trajectories(trajectories):
     a, _ = trajectories
-    assert a["vr-intdiana|plain"]["wire"]["steps_by_wire"] == {"float64": 1, "int8": 99}
-    assert a["vr-intdiana|plain"]["wire_bytes"] == 8 * D + 99 * (D + 3)
+    paper = a["vr-intdiana,alpha=paper|plain"]
+    assert paper["wire"]["steps_by_wire"] == {"float64": 1, "int8": 99}
+    assert paper["wire_bytes"] == 8 * D + 99 * (D + 3)
+    fill = a["vr-intdiana|plain"]["wire"]  # its floor sends int16 first (int8 once the shifts have learnt)
+    assert fill["steps_by_wire"]["int16"] >= 1 and sum(fill["steps_by_wire"].values()) == 100
     promoted = a["intsgd,alpha=constant,alpha0=3000.0|plain"]["wire"]
     assert promoted["redone_steps"] >= 1 and "int8" not in promoted["steps_by_wire"]
 
 
 def test_vr_intdiana_needs_at_most_1_1x_the_iterations_of_l_svrg_on_a5a_12_ranks(a5a_for, tmp_path):
-    """The IntSGD paper's convex setup: a5a over 12 ranks (heterogeneous contiguous shards, rows of
+    """Both alpha rules (default fill, 4x fewer bytes than float64 L-SVRG; the paper's, int8 throughout).
+    The IntSGD paper's convex setup: a5a over 12 ranks (heterogeneous contiguous shards, rows of
     unit norm, l2 = 5e-4), minibatch N / (20 n) = 26 per rank, theory step size, same seed."""
     data = a5a_for(12)
     traces = {}
-    for method in ("l-svrg", "vr-intdiana"):
-        out = tmp_path / f"{method}.json"
-        res = run_mpi(12, ["run", "--data", data, "--method", method, "--batch", 26, "--tol", 1e-8,
+    for label, method, extra in (("l-svrg", "l-svrg", []), ("fill", "vr-intdiana", []),
+                                 ("paper", "vr-intdiana", ["--alpha", "paper"])):
+        out = tmp_path / f"{label}.json"
+        res = run_mpi(12, ["run", "--data", data, "--method", method, *extra, "--batch", 26, "--tol", 1e-8,
                            "--iters", 20000, "--seed", 0, "--log-every", 1000, "--no-progress", "--out", out],
                       timeout=240)
         assert res.returncode == 0, res.stderr
-        traces[method] = json.loads(out.read_text())
-    ref, vr = traces["l-svrg"], traces["vr-intdiana"]
-    for t in (ref, vr):
+        traces[label] = json.loads(out.read_text())
+    ref, vr, fill = traces["l-svrg"], traces["paper"], traces["fill"]
+    for t in (ref, vr, fill):
         assert t["status"] == "converged" and t["history"]["dist_sq"][-1] <= 1e-8
-    assert vr["config"]["lr"] == ref["config"]["lr"] and vr["config"]["p"] == ref["config"]["p"]
+        assert t["config"]["lr"] == ref["config"]["lr"] and t["config"]["p"] == ref["config"]["p"]
     n_ref, n_vr = ref["iterations"], vr["iterations"]
-    assert n_vr <= 1.1 * n_ref, (n_vr, n_ref)
-    wire = vr["wire"]  # after the float first step, every integer went out as int8, none clipped
+    assert n_vr <= 1.1 * n_ref and fill["iterations"] <= 1.1 * n_ref, (n_vr, fill["iterations"], n_ref)
+    assert fill["history"]["clipped"][-1] == 0 and 4 * fill["history"]["wire_bytes"][-1] <= 8 * D * n_ref
+    wire = vr["wire"]  # the paper's rule: after the float first step, every integer went out as int8, none clipped
     assert wire["steps_by_wire"] == {"float64": 1, "int8": n_vr - 1} and wire["redone_steps"] == 0
     assert wire["max_abs_q"] <= 127 // 12 and vr["history"]["clipped"][-1] == 0
     assert vr["history"]["wire_bytes"][-1] == 8 * D + (n_vr - 1) * (D + 3)
