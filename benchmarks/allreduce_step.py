@@ -31,9 +31,16 @@ untimed, then all ranks meet at a barrier, untimed, and the step is timed on eve
   place on the gradient buffer, then one BLAS axpy x <- x - (eta / n) S. The goals are checked
   against the lean step.
 * ``fp16`` (dtype float16): the package's fp16 compressor step (``FP16Compressor.exchange_update``:
-  v / n cast to float16, one float16 Allreduce, decoded, x <- x - eta mean), the cheapest float
-  rival (what torch's ``fp16_compress_hook`` does).
-* ``raw-allreduce`` (dtype int8 / float32 / float64): ``Communicator.allreduce_*`` of d values
+  v / n rounded to float16, its 16-bit words reduce-scattered by one Alltoall, each chunk summed in
+  float32 in worker order and rounded to float16, one Allgather of the chunks, decoded, x <- x - eta
+  mean), the cheapest float rival (what torch's ``fp16_compress_hook`` sends). ``impl='allgather'``
+  times the other way to send fp16 without MPI's float16 sum (every rank's words by one Allgather,
+  all n rows summed in float32 on every rank, the bf16 compressor's way before), with the same codec;
+  ``raw-allreduce`` of float16 is MPICH's float16 Allreduce alone (a software sum, element by
+  element: the package's fp16 step before it stopped using it).
+* ``bf16`` (dtype bfloat16): the package's bf16 compressor step (``BF16Compressor.exchange_update``:
+  the same reduce-scatter / all-gather pair on bfloat16 words).
+* ``raw-allreduce`` (dtype int8 / float16 / float32 / float64): ``Communicator.allreduce_*`` of d values
   alone -- the floor of any step that sends them.
 
 Model, gradient and mean are float32 for ``intsgd`` and float32 SGD, float64 for float64 SGD.
@@ -43,7 +50,7 @@ time. Output::
 
     {"machine": {...}, "netbed": {...} (network runs), "results": [{"method", "dtype", "dim", "ranks",
      "net", "seconds_per_step", "kernel" | "impl", "wire_dtype", "steps", "seconds_p10",
-     "seconds_p90", "bytes_per_rank"}, ...], "ratios": [...]}
+     "seconds_p90", "bytes_per_rank"}, ...], "ratios": [...], "half_ratios": [...], "goals": [...]}
 """
 
 import argparse
@@ -165,7 +172,8 @@ def _axpy(dtype):
 
 
 VARIANTS = ("intsgd-numba", "intsgd-numba-adaptive", "intsgd-numpy", "sgd-float32-package", "sgd-float32-lean",
-            "sgd-float64-package", "sgd-float64-lean", "fp16-package", "raw-int8", "raw-float32", "raw-float64")
+            "sgd-float64-package", "sgd-float64-lean", "fp16-package", "fp16-allgather", "bf16-package", "raw-int8",
+            "raw-float16", "raw-float32", "raw-float64")
 """Names ``--variants`` selects from (all by default; an IntSGD variant of a kernel not in --kernels is skipped)."""
 
 
@@ -174,6 +182,7 @@ def make_variants(d: int, comm, kernels: Sequence[str], seed: int,
     """The ``wanted`` variants (see VARIANTS) at dimension ``d``, each with its own buffers."""
     import numpy as np
 
+    from mpiopt.compressors.bf16 import BF16Compressor
     from mpiopt.compressors.fp16 import FP16Compressor
     from mpiopt.compressors.integer import WIRE_NAMES, IntCompressor
     from mpiopt.compressors.none import NoCompression
@@ -220,9 +229,14 @@ def make_variants(d: int, comm, kernels: Sequence[str], seed: int,
 
             compressed({"method": "intsgd", "dtype": "auto", "kernel": kernel, "impl": "package",
                         "alpha_mode": alpha_mode}, comp, np.float32, src32, info)
-    if "fp16-package" in wanted:
-        compressed({"method": "fp16", "dtype": "float16", "impl": "package"}, FP16Compressor(comm, d, **common),
-                   np.float32, src32, lambda: {"bytes_per_rank": 2 * d})
+    for name, cls, dtype in (("fp16", FP16Compressor, "float16"), ("bf16", BF16Compressor, "bfloat16")):
+        if f"{name}-package" in wanted:
+            comp = cls(comm, d, **common)
+            compressed({"method": name, "dtype": dtype, "impl": "package"}, comp, np.float32, src32,
+                       lambda comp=comp: {"bytes_per_rank": 2 * comp.n * comp.chunk})
+    if "fp16-allgather" in wanted:
+        variants.append(_fp16_allgather({**base, "method": "fp16", "dtype": "float16", "impl": "allgather"}, comm,
+                                        src32, lr, common["worker"]))
     for dtype in (np.float32, np.float64):
         src = src32 if dtype == np.float32 else src32.astype(np.float64)
         name = np.dtype(dtype).name
@@ -233,7 +247,7 @@ def make_variants(d: int, comm, kernels: Sequence[str], seed: int,
         if f"sgd-{name}-lean" in wanted:
             variants.append(_lean_sgd({**base, "method": "sgd", "dtype": name, "impl": "lean"}, comm, src, lr, nbytes))
 
-    for dtype in (np.int8, np.float32, np.float64):
+    for dtype in (np.int8, np.float16, np.float32, np.float64):
         name = np.dtype(dtype).name
         if f"raw-{name}" not in wanted:
             continue
@@ -268,6 +282,32 @@ def _lean_sgd(row: Dict[str, object], comm, src, lr: float, nbytes: Dict[str, in
     return Variant(row, step, lambda: np.copyto(g, src), lambda: nbytes)
 
 
+def _fp16_allgather(row: Dict[str, object], comm, src, lr: float, worker: int) -> Variant:
+    """fp16 by Allgather: every rank's fp16(v / n) words, all n rows summed in float32 in worker order
+    on every rank and rounded to fp16 (the fp16 compressor's codec), decoded, x <- x - eta mean."""
+    import numpy as np
+
+    from mpiopt.compressors.base import worker_order
+    from mpiopt.kernels import cpu_kernel
+    from mpiopt.kernels.half import WORD, codec
+    from mpiopt.kernels.numpy import apply_step
+
+    n, d = comm.size, src.size
+    half = codec(np, cpu_kernel(), d, d)
+    order = worker_order(comm, worker)
+    send, rows, total = np.empty(d, dtype=WORD), np.empty((n, d), dtype=WORD), np.empty(d, dtype=WORD)
+    g, x, mean = np.empty_like(src), np.zeros_like(src), np.empty_like(src)
+
+    def step(k):
+        half.encode(g, n, send)
+        comm.allgather(send, rows)
+        half.reduce(rows, order, total)
+        half.decode(total, mean)
+        apply_step(x, lr, mean)
+
+    return Variant(row, step, lambda: np.copyto(g, src), lambda: {"bytes_per_rank": 2 * d})
+
+
 def worker(args) -> int:
     import numpy as np
     from mpi4py import MPI
@@ -276,8 +316,10 @@ def worker(args) -> int:
 
     comm = MPICommunicator()
     if "numba" in args.kernels:
+        from mpiopt.kernels.half import warm_up as half_warm_up
         from mpiopt.kernels.numba import warm_up
         warm_up()
+        half_warm_up()
     rows = []
     t_start = time.perf_counter()
     for d in args.dims:
@@ -416,11 +458,48 @@ def ratios(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
                 "speedup_vs_sgd_float32": over(method="sgd", dtype="float32", impl="lean"),
                 "speedup_vs_sgd_float32_package": over(method="sgd", dtype="float32", impl="package"),
                 "speedup_vs_sgd_float64": over(method="sgd", dtype="float64", impl="lean"),
-                "speedup_vs_fp16": over(method="fp16"),
+                "speedup_vs_fp16": over(method="fp16", impl="package"),
                 "slowdown_vs_raw_int8": (None if _find(sel, method="raw-allreduce", dtype="int8") is None
                                          else t / _find(sel, method="raw-allreduce", dtype="int8")["seconds_per_step"]),
                 "speedup_vs_raw_float32": over(method="raw-allreduce", dtype="float32"),
             })
+    return out
+
+
+def half_ratios(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
+    """Per (net, ranks, dim): each fp16/bf16 step's speed-up over the float32 SGD steps (float32 time / its time)."""
+    out = []
+    for r in rows:
+        if r["method"] not in ("fp16", "bf16"):
+            continue
+        sel = [q for q in rows if (q["net"], q["ranks"], q["dim"]) == (r["net"], r["ranks"], r["dim"])]
+        t = r["seconds_per_step"]
+
+        def over(**w):
+            b = _find(sel, **w)
+            return None if b is None else b["seconds_per_step"] / t
+
+        out.append({"net": r["net"], "ranks": r["ranks"], "dim": r["dim"], "method": r["method"], "impl": r["impl"],
+                    "seconds": t, "speedup_vs_sgd_float32": over(method="sgd", dtype="float32", impl="lean"),
+                    "speedup_vs_sgd_float32_package": over(method="sgd", dtype="float32", impl="package")})
+    return out
+
+
+def half_goals(ratio_rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
+    """Issue 26's goals for the package's fp16 and bf16 steps, against the lean float32 SGD step."""
+    out = []
+    for q in ratio_rows:
+        sp = q["speedup_vs_sgd_float32"]
+        if q["impl"] != "package" or sp is None or q["dim"] != 10 ** 7 or q["ranks"] != 4:
+            continue
+        if q["net"] == "shm":
+            out.append({"goal": f"shm, d=1e7, 4 ranks: {q['method']} step no slower than float32 SGD",
+                        "intsgd": f"{q['method']} package", "net": q["net"], "ranks": 4, "dim": q["dim"],
+                        "measured": f"{sp:.2f}x", "met": sp >= 1.0})
+        if q["net"] == "1gbit":
+            out.append({"goal": f"1gbit, d=1e7, 4 ranks: {q['method']} step >= 1.6x faster than float32 SGD",
+                        "intsgd": f"{q['method']} package", "net": q["net"], "ranks": 4, "dim": q["dim"],
+                        "measured": f"{sp:.2f}x", "met": sp >= 1.6})
     return out
 
 
@@ -450,7 +529,7 @@ def goals(ratio_rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
 def goals_table(rows: List[Dict[str, object]]) -> str:
     if not rows:
         return ""
-    lines = ["| goal | IntSGD | ranks | d | measured | met |", "|---|---|---:|---:|---:|---|"]
+    lines = ["| goal | step | ranks | d | measured | met |", "|---|---|---:|---:|---:|---|"]
     for g in rows:
         lines.append(f"| {g['goal']} | {g['intsgd']} | {g['ranks']} | {g['dim']:.0e} | {g['measured']} | "
                      f"{'yes' if g['met'] else 'NO'} |")
@@ -475,8 +554,11 @@ def table(result: Dict[str, object]) -> str:
             ("sgd f32 (pkg)", dict(method="sgd", dtype="float32", impl="package")),
             ("sgd f64", dict(method="sgd", dtype="float64", impl="lean")),
             ("sgd f64 (pkg)", dict(method="sgd", dtype="float64", impl="package")),
-            ("fp16 (pkg)", dict(method="fp16")),
+            ("fp16 (pkg)", dict(method="fp16", impl="package")),
+            ("fp16 allgather", dict(method="fp16", impl="allgather")),
+            ("bf16 (pkg)", dict(method="bf16")),
             ("raw int8", dict(method="raw-allreduce", dtype="int8")),
+            ("raw f16", dict(method="raw-allreduce", dtype="float16")),
             ("raw f32", dict(method="raw-allreduce", dtype="float32")),
             ("raw f64", dict(method="raw-allreduce", dtype="float64"))]
     cols = [c for c in cols if any(_find([r], **c[1]) for r in rows)]
@@ -502,6 +584,15 @@ def table(result: Dict[str, object]) -> str:
                      f"{_fmt_x(q['speedup_vs_sgd_float64'])} | {_fmt_x(q.get('speedup_vs_fp16'))} | "
                      f"{_fmt_x(q['slowdown_vs_raw_int8'])} | "
                      f"{_fmt_x(q['speedup_vs_raw_float32'])} |")
+    halves = result.get("half_ratios", [])
+    if halves:
+        lines += ["", "16-bit float steps against float32 SGD (speed-up = float32 SGD time / this step's time):", "",
+                  "| net | ranks | d | step | ms | vs sgd f32 | vs sgd f32 (pkg) |",
+                  "|---|---:|---:|---|---:|---:|---:|"]
+        for q in halves:
+            lines.append(f"| {q['net']} | {q['ranks']} | {q['dim']:.0e} | {q['method']} {q['impl']} | "
+                         f"{_fmt_ms(q['seconds'])} | {_fmt_x(q['speedup_vs_sgd_float32'])} | "
+                         f"{_fmt_x(q['speedup_vs_sgd_float32_package'])} |")
     g = goals_table(result.get("goals", []))
     if g:
         lines += ["", "The issue's goals, on this run:", "", g]
@@ -633,8 +724,8 @@ def main(argv=None) -> int:
     result = {"machine": machine, "config": {"dims": args.dims, "ranks": args.ranks, "net": args.net,
                                              "kernels": args.kernels, "seconds": args.seconds,
                                              "rounds": args.rounds, "seed": args.seed},
-              "results": rows, "ratios": ratios(rows)}
-    result["goals"] = goals(result["ratios"])
+              "results": rows, "ratios": ratios(rows), "half_ratios": half_ratios(rows)}
+    result["goals"] = goals(result["ratios"]) + half_goals(result["half_ratios"])
     if beds:
         result["netbed"] = beds
     args.json.parent.mkdir(parents=True, exist_ok=True)

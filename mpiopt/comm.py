@@ -2,7 +2,7 @@
 
 Compressors, methods and the runner talk to a :class:`Communicator` only: ``rank``, ``size``, the
 in-place collectives on caller-owned arrays (``allreduce_int``, ``allreduce_float``, ``allreduce_max``,
-``allgather``, ``allgatherv``), ``broadcast`` (set-up), ``allgather_object`` for small control
+``allgather``, ``allgatherv``, ``alltoall``), ``broadcast`` (set-up), ``allgather_object`` for small control
 messages, and ``bytes_sent``,
 the bytes this rank handed to the collectives, so that every trace reports bytes on the wire.
 ``int_dtypes`` lists the integer types the backend can SUM (gloo and NCCL have no int16), which is
@@ -55,6 +55,8 @@ class Communicator(Protocol):
     def allgather(self, sendbuf, recvbuf, count: bool = True): ...
 
     def allgatherv(self, sendbuf, recvbuf, counts: np.ndarray, count: bool = True): ...
+
+    def alltoall(self, sendbuf, recvbuf, count: bool = True): ...
 
     def allgather_object(self, obj: Any) -> List[Any]: ...
 
@@ -112,6 +114,13 @@ class MPICommunicator:
         np.cumsum(counts[:-1], out=displs[1:])
         self.comm.Allgatherv(sendbuf, [recvbuf, (counts, displs)])
         self._count(sendbuf.nbytes, count)
+        return recvbuf
+
+    def alltoall(self, sendbuf: np.ndarray, recvbuf: np.ndarray, count: bool = True) -> np.ndarray:
+        """Block r of ``sendbuf`` (``size`` equal blocks, any dtype: raw words move unchanged) to rank r;
+        block r of ``recvbuf`` from rank r. Counts the ``size - 1`` blocks that leave this rank."""
+        self.comm.Alltoall(sendbuf, recvbuf)
+        self._count(sendbuf.nbytes - sendbuf.nbytes // self.size, count)
         return recvbuf
 
     def allgather_object(self, obj: Any) -> List[Any]:

@@ -148,6 +148,10 @@ class DeviceCommunicator:
         """Gather blocks of different sizes (``counts[r]`` items from rank r) into ``recvbuf``."""
         return self._collective(self.comm.allgatherv, (sendbuf, recvbuf), counts, count=count)
 
+    def alltoall(self, sendbuf, recvbuf, count: bool = True):
+        """Block r of ``sendbuf`` to rank r, block r of ``recvbuf`` from rank r."""
+        return self._collective(self.comm.alltoall, (sendbuf, recvbuf), count=count)
+
     def broadcast(self, buf, root: int = 0):
         """``root``'s array into every rank's ``buf``, in place (set-up only)."""
         return self._collective(self.comm.broadcast, (buf,), root=root)

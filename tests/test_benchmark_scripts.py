@@ -26,21 +26,26 @@ def test_allreduce_step_writes_the_contracted_json(tmp_path):
     res = json.loads(out.read_text())
     assert isinstance(res["machine"], dict) and res["machine"]["cores"] >= 1
     rows = res["results"]
-    assert {r["method"] for r in rows} == {"intsgd", "sgd", "fp16", "raw-allreduce"}
+    assert {r["method"] for r in rows} == {"intsgd", "sgd", "fp16", "bf16", "raw-allreduce"}
     for r in rows:
         for key in ("method", "dtype", "dim", "ranks", "net", "seconds_per_step"):
             assert key in r, (key, r)
         assert r["dim"] in (1000, 2000) and r["ranks"] == 2 and r["net"] == "shm"
         assert r["seconds_per_step"] > 0 and r["steps"] >= 2
     raw = {r["dtype"] for r in rows if r["method"] == "raw-allreduce"}
-    assert raw == {"int8", "float32", "float64"}
+    assert raw == {"int8", "float16", "float32", "float64"}
     assert {r["dtype"] for r in rows if r["method"] == "sgd"} == {"float32", "float64"}
     ints = [r for r in rows if r["method"] == "intsgd"]
     assert ints and all(r["dtype"] == "auto" and r["wire_dtype"] == "int8" for r in ints)
     assert {r["kernel"] for r in ints} == ({"numba", "numpy"} if numba_kernel.AVAILABLE else {"numpy"})
     assert {r["alpha_mode"] for r in ints} == ({"constant", "adaptive"} if numba_kernel.AVAILABLE else {"constant"})
     assert res["ratios"] and all(q["speedup_vs_sgd_float32"] > 0 and q["speedup_vs_fp16"] > 0 for q in res["ratios"])
-    assert "vs sgd f32" in proc.stdout  # the ratio table
+    assert {r["impl"] for r in rows if r["method"] == "fp16"} == {"package", "allgather"}
+    halves = res["half_ratios"]
+    assert {(q["method"], q["impl"]) for q in halves} == {("fp16", "package"), ("fp16", "allgather"), ("bf16", "package")}
+    assert all(q["speedup_vs_sgd_float32"] > 0 for q in halves) and len(halves) == 3 * 2  # 2 dims
+    assert all(r["bytes_per_rank"] == 2 * 2 * -(-r["dim"] // 2) for r in rows if r["method"] == "bf16")
+    assert "vs sgd f32" in proc.stdout and "16-bit float steps" in proc.stdout  # the ratio tables
 
 
 def test_step_overhead_writes_its_json(a5a_path, tmp_path):

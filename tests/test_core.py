@@ -76,7 +76,7 @@ def test_alpha_blocks_exist_for_one_block_and_constant_alpha():
 def test_every_registered_compressor_declares_options_and_collective():
     assert {"none", "int", "hint", "nat", "qsgd", "sign", "powersgd"} <= set(REGISTRY)
     for cls in REGISTRY.values():
-        assert cls.collective in ("allreduce_int", "allreduce_float", "allgather")
+        assert cls.collective in ("allreduce_int", "allreduce_float", "allgather", "alltoall")
         assert all(o.help for o in cls.options), cls.name
 
 

@@ -58,7 +58,7 @@ def test_new_compressors_are_registered_biased_with_declared_options():
         cls = REGISTRY[name]
         assert cls.unbiased is False and cls.omega(10, {}) == 0.0
         assert all(o.help for o in cls.options)
-    assert {REGISTRY[n].collective for n in NEW} == {"allreduce_float", "allgather"}
+    assert {REGISTRY[n].collective for n in NEW} == {"alltoall", "allgather"}
     assert DENSITY in REGISTRY["topk"].options and DENSITY in REGISTRY["dgc"].options  # one meaning
 
 

@@ -30,7 +30,7 @@ from mpiopt.kernels.numpy import apply_step
 
 FailFn = Callable[[int, bool], None]
 """fail(k, local_bad): stop every rank because a value at iteration k was not finite."""
-COLLECTIVES = ("allreduce_int", "allreduce_float", "allgather")
+COLLECTIVES = ("allreduce_int", "allreduce_float", "allgather", "alltoall")
 
 
 def bad_option(message: str) -> InputError:

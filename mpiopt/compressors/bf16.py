@@ -1,17 +1,25 @@
-"""bf16: v rounded to bfloat16 (the top 16 bits of its float32), gathered, summed in float32.
+"""bf16: v rounded to bfloat16 (the top 16 bits of its float32), summed in float32 by chunks.
 
-Wire: d uint16 values per rank (2 d bytes), one Allgather. numpy has no bfloat16 type and MPI cannot
-sum one, so each rank sends the raw bf16 bits and every rank decodes all n rows to float32 (a bf16 is
-a float32 whose low 16 bits are zero), adds them in float32 in *worker* order -- the same bits on
-every rank, whatever the rank order -- and takes the mean in float64. Rounding is to nearest even
-from float32 (as torch's ``.to(torch.bfloat16)``), NaN stays NaN; it is biased (omega 0). A
-non-finite v (or a value beyond bf16's range) travels as inf/NaN, so every rank sees a non-finite
-sum and stops together.
+Wire: 16-bit words only (numpy has no bfloat16 type and MPI cannot sum one), by the reduce-scatter /
+all-gather pair of :class:`~mpiopt.compressors.halfsum.HalfSumCompressor`: an Alltoall of each
+rank's raw bf16 bits, each chunk decoded to float32 (a bf16 is a float32 whose low 16 bits are zero)
+and added in float32 in *worker* order by the rank that owns it, the sum rounded to bf16 once, an
+Allgather of the rounded chunks; the mean is that sum / n in float64. The same bits on every rank,
+whatever the rank order, and 2 (n - 1) / n times 2 d bytes a rank, as a ring all-reduce of bf16
+(torch's ``bf16_compress_hook``). Rounding is to nearest even from float32 (as torch's
+``.to(torch.bfloat16)``), NaN stays NaN; it is biased (omega 0). A non-finite v (or a value beyond
+bf16's range) travels as inf/NaN, so every rank sees a non-finite sum and stops together.
+
+The codec is :mod:`mpiopt.kernels.half`'s numba one when numba is installed (``MPIOPT_KERNEL`` picks
+as for the int compressor), else :class:`BF16Codec` (numpy's integer operations): the same words.
 """
 
 import numpy as np
 
-from mpiopt.compressors.base import GatherCompressor, all_finite, register, sum_rows
+from mpiopt.compressors.base import all_finite, register, sum_rows
+from mpiopt.compressors.halfsum import HalfSumCompressor
+from mpiopt.kernels import cpu_kernel
+from mpiopt.kernels.half import NumbaCodec, compiled
 
 BITS = np.dtype(np.uint16)
 WORD = np.dtype(np.uint32)
@@ -44,37 +52,42 @@ def bf16_to_float32(bits, out):
     return out
 
 
-@register
-class BF16Compressor(GatherCompressor):
-    """C(v) = bf16(float32(v)): 16 bits a coordinate, Allgather, float32 sum in worker order.
+class BF16Codec:
+    """bf16 words <-> float32 with numpy's integer operations (a shift each way), float32 chunk sums."""
 
-    The template's buffers, except that the decoded rows ``vals`` and their sum are float32 (the
-    template's float64 rows would sum in float64)."""
+    def __init__(self, xp, dim: int, n: int, chunk: int):
+        self.f32 = xp.empty(dim, dtype=np.float32)
+        self.scratch = xp.empty(dim, dtype=WORD)
+        self.vals = xp.empty((n, chunk), dtype=np.float32)
+        self.acc = xp.empty(chunk, dtype=np.float32)
+        self.acc_scratch = xp.empty(chunk, dtype=WORD)
+
+    def encode(self, v, n: int, words) -> None:
+        """bf16(float32(v)) into words[:d] (``n`` unused: bf16 sends v itself)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.f32[...] = v
+        bf16_bits(self.f32, words[:self.f32.size], self.scratch)
+
+    def reduce(self, rows, order, words) -> None:
+        bf16_to_float32(rows, self.vals)
+        with np.errstate(over="ignore", invalid="ignore"):
+            sum_rows(self.vals, order, self.acc)
+        bf16_bits(self.acc, words, self.acc_scratch)
+
+    def decode(self, words, out) -> None:
+        f32 = self.f32[:words.size]
+        bf16_to_float32(words, f32)
+        with np.errstate(invalid="ignore"):  # a signalling NaN comes out quiet
+            out[...] = f32
+
+
+@register
+class BF16Compressor(HalfSumCompressor):
+    """C(v) = bf16(float32(v)): 16 bits a coordinate, summed by chunks in float32, worker order."""
 
     name = "bf16"
-    unbiased = False
 
-    def __init__(self, comm, dim, **kw):
-        super().__init__(comm, dim, **kw)
-        xp = self.xp
-        self.setup_gather(BITS, dim, vals_dtype=np.float32)
-        self._f32 = xp.empty(dim, dtype=np.float32)
-        self._scratch = xp.empty(dim, dtype=WORD)
-        self._total = xp.empty(dim, dtype=np.float32)
-
-    def exchange(self, v, k, x, lr, out_mean, out_local=None):
-        """Send bf16(v); out_mean = (float32 sum of the decoded rows in worker order) / n."""
-        with np.errstate(over="ignore", invalid="ignore"):
-            self._f32[...] = v
-        bf16_bits(self._f32, self.send, self._scratch)
-        self.comm.allgather(self.send, self.recv)
-        bf16_to_float32(self.recv, self.vals)
-        own = self.vals[self.comm.rank]
-        total = sum_rows(self.vals, self.order, self._total)
-        if not all_finite(total):  # inf/NaN travel as such, so every rank sees it
-            self.fail(k, not all_finite(own))
-        out_mean[...] = total
-        out_mean *= 1.0 / self.n
-        if out_local is not None:
-            out_local[...] = own
-        self.bits, self.clipped = 16 * self.dim, 0
+    def make_codec(self):
+        if compiled(self.xp, cpu_kernel()):
+            return NumbaCodec(self.dim, self.chunk, "bf16")
+        return BF16Codec(self.xp, self.dim, self.n, self.chunk)

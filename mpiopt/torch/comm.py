@@ -178,6 +178,14 @@ class TorchCommunicator:
         self._count(sendbuf.nbytes, count)
         return self._land(recvbuf, out)
 
+    def alltoall(self, sendbuf, recvbuf, count: bool = True):
+        """Block r of ``sendbuf`` (``size`` equal blocks) to rank r, block r of ``recvbuf`` from rank r;
+        counts the ``size - 1`` blocks that leave this rank."""
+        out = self._wire(recvbuf)
+        dist.all_to_all_single(out.view(-1), self._wire(sendbuf).reshape(-1), group=self.group)
+        self._count(sendbuf.nbytes - sendbuf.nbytes // self.size, count)
+        return self._land(recvbuf, out)
+
     def allgather_object(self, obj: Any) -> List[Any]:
         """Every rank's small Python object, in rank order (control messages only, never the hot path)."""
         out: List[Any] = [None] * self.size

@@ -49,6 +49,11 @@ def collectives(comm: TorchCommunicator) -> None:
     comm.allgatherv(np.full(r + 1, r, dtype=np.float32), v, counts)
     assert v.tolist() == [float(q) for q in range(n) for _ in range(q + 1)]
     sent += (r + 1) * 4
+    words = (np.arange(2 * n, dtype=np.uint16) + 100 * r).reshape(n, 2)  # block q goes to rank q
+    got = np.empty((n, 2), dtype=np.uint16)
+    comm.alltoall(words, got)
+    assert (got == np.arange(2 * r, 2 * r + 2) + 100 * np.arange(n)[:, None]).all(), got
+    sent += (n - 1) * 2 * 2  # the blocks sent away
     assert comm.bytes_sent == sent, (comm.bytes_sent, sent)
     assert comm.allgather_object({"rank": r}) == [{"rank": q} for q in range(n)]
     b = np.full(4, r, dtype=np.float64)
