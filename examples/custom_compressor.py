@@ -9,6 +9,11 @@ regenerates every sender's mask instead of receiving indices. The mean is summed
     python examples/custom_compressor.py                 # one process
     mpiexec -n 4 python examples/custom_compressor.py    # four ranks, each with its share of the rows
 
+The command line loads it as a plugin (importing it registers ``random-drop``; ``main`` does not run):
+
+    mpiexec -n 4 mpiopt run --plugin examples/custom_compressor.py --data data/a5a-4 --method sgd \
+        --compressor random-drop --keep 0.5 --out results/random-drop.json
+
 Prints one line per method: its name, the final loss and the bytes this rank sent (uncompressed
 float64 would be 8 d = 400 bytes a step).
 """

@@ -1,15 +1,19 @@
 """The ``mpiopt`` command: a thin dispatcher over the subcommands in :mod:`mpiopt.commands`.
 
 A user's mistake becomes one ``mpiopt: error: ...`` line on stderr and exit code 2; a failed run
-exits 1. Tracebacks are kept for bugs, not for bad input.
+exits 1. Tracebacks are kept for bugs, not for bad input. ``mpiopt run`` imports its plugins
+(:mod:`mpiopt.plugins`) before the parser is built, so their compressors are among its options.
 """
 
 import argparse
+import re
 import sys
-from typing import List, Optional
+from typing import Optional, Sequence
 
+from mpiopt import plugins
 from mpiopt.commands import datasets, plot, preprocess, run
 from mpiopt.errors import MpioptError
+from mpiopt.naming import did_you_mean
 
 SUBCOMMANDS = (preprocess, run, plot, datasets)
 
@@ -26,8 +30,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         if world_rank() == 0:  # under mpiexec every rank parses the same arguments: report once
-            sys.stderr.write(f"mpiopt: error: {message} (see '{self.prog} --help')\n")
+            sys.stderr.write(f"mpiopt: error: {message}{_suggestion(message)} (see '{self.prog} --help')\n")
         raise SystemExit(2)
+
+
+def _suggestion(message: str) -> str:
+    """argparse's "invalid choice: 'X' (choose from 'a', 'b')" with the closest choice, if any."""
+    found = re.search(r"invalid choice: '(.*?)' \(choose from (.*)\)", message)
+    if found is None:
+        return ""
+    return did_you_mean(found.group(1), re.findall(r"'(.*?)'", found.group(2)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    return dispatch(build_parser().parse_args(argv))
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv[:1] == ["run"]:
+        try:
+            plugins.load_all(argv[1:])
+        except MpioptError as exc:
+            return _report(exc)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and (args.plugin or []) != plugins.requested(argv[1:]):
+        parser.error("spell --plugin in full: it is read before the other options are built")
+    return dispatch(args)
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -48,12 +70,17 @@ def dispatch(args: argparse.Namespace) -> int:
     try:
         return int(args.handler(args) or 0)
     except MpioptError as exc:
-        if not exc.collective or world_rank() == 0:
-            sys.stderr.write(f"mpiopt: error: {exc}\n")
-        return exc.exit_code
+        return _report(exc)
     except KeyboardInterrupt:
         sys.stderr.write("mpiopt: error: interrupted\n")
         return 130
+
+
+def _report(exc: MpioptError) -> int:
+    """One ``mpiopt: error:`` line (once, from rank 0, for an error every rank raised); the exit code."""
+    if not exc.collective or world_rank() == 0:
+        sys.stderr.write(f"mpiopt: error: {exc}\n")
+    return exc.exit_code
 
 
 if __name__ == "__main__":

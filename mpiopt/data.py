@@ -78,12 +78,19 @@ def sha256_file(path: PathLike) -> str:
 # Reading LIBSVM files
 
 
+ZERO_BASED = {"no": False, "yes": True, "auto": "auto"}
+"""``--zero-based`` values, as scikit-learn's ``load_svmlight_file(zero_based=...)`` takes them."""
+
+
 def load_libsvm(path: PathLike, n_features: Optional[int] = None,
-                max_features: int = MAX_FEATURES) -> Tuple[sp.csr_matrix, np.ndarray]:
+                max_features: int = MAX_FEATURES, zero_based: Union[bool, str] = False) -> Tuple[sp.csr_matrix, np.ndarray]:
     """Read a LIBSVM file (plain, .gz or .bz2) as (X CSR float64, y float64 in {-1, +1}).
 
     ``n_features`` fixes the column count (files do not record it, and a file whose last columns are
     all zero would otherwise come out narrower: a5a reads as 122 columns, LIBSVM says 123).
+    ``zero_based``: False (LIBSVM's own files: indices from 1, an index 0 is an error), True (indices
+    from 0, as scikit-learn's ``dump_svmlight_file`` writes by default) or ``"auto"`` (scikit-learn's
+    rule: zero-based when any index in the file is 0, else one-based).
     More than ``max_features`` columns is refused before anything of that size is allocated.
     The two label values are mapped to -1 (the smaller) and +1. Raises InputError for anything
     that is not a clean binary-classification LIBSVM file, naming the first offending line.
@@ -92,14 +99,16 @@ def load_libsvm(path: PathLike, n_features: Optional[int] = None,
         raise InputError(f"n_features must be a positive integer, got {quoted(n_features)}")
     if n_features is not None:
         check_feature_count(n_features, max_features, "--n-features")
+    if zero_based not in (False, True, "auto"):
+        raise InputError(f"zero_based must be False, True or 'auto', got {quoted(zero_based)}")
     _check_readable(path)
-    X, y = _read_svmlight(path, n_features)
+    X, y = _read_svmlight(path, n_features, zero_based)
     check_feature_count(X.shape[1], max_features, f"{path}: the largest feature index")
     if X.shape[0] == 0:
         raise InputError(f"{path}: no data rows (the file is empty or holds only comments); "
                          f"check the path, or download the file again")
     if not (np.isfinite(X.data).all() and np.isfinite(y).all()) or np.unique(y).size > 2:
-        raise InputError(_diagnose(path, n_features)
+        raise InputError(_diagnose(path, n_features, zero_based)
                          or f"{path}: non-finite values or more than two label values; fix the file")
     return X, binary_labels(y, str(path))
 
@@ -124,14 +133,15 @@ def _check_readable(path: PathLike) -> None:
         raise InputError(f"{path}: permission denied; make the file readable")
 
 
-def _read_svmlight(path: PathLike, n_features: Optional[int]) -> Tuple[sp.csr_matrix, np.ndarray]:
+def _read_svmlight(path: PathLike, n_features: Optional[int],
+                   zero_based: Union[bool, str]) -> Tuple[sp.csr_matrix, np.ndarray]:
     """scikit-learn's fast reader, with its terse errors replaced by our diagnosis of the first bad line."""
     from sklearn.datasets import load_svmlight_file  # here, not at the top: every rank imports this module
 
     try:
-        X, y = load_svmlight_file(str(path), n_features=n_features, dtype=np.float64, zero_based=False)
+        X, y = load_svmlight_file(str(path), n_features=n_features, dtype=np.float64, zero_based=zero_based)
     except (ValueError, OverflowError, *_DECOMPRESS_ERRORS) as exc:
-        raise InputError(_diagnose(path, n_features)
+        raise InputError(_diagnose(path, n_features, zero_based)
                          or f"{path}: not a valid LIBSVM file ({quoted(exc, 200)}); {_LINE_FORMAT}") from None
     return sp.csr_matrix(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
 
@@ -159,7 +169,7 @@ def _open_binary(path: PathLike):
     return open(path, "rb")
 
 
-def _diagnose(path: PathLike, n_features: Optional[int]) -> Optional[str]:
+def _diagnose(path: PathLike, n_features: Optional[int], zero_based: Union[bool, str] = False) -> Optional[str]:
     """The error message for the first offending line of ``path``, or None when every line is fine.
 
     A Python loop over lines: it only runs after the fast reader failed or its output failed a check.
@@ -172,7 +182,7 @@ def _diagnose(path: PathLike, n_features: Optional[int]) -> Optional[str]:
             if hint:
                 return f"{path}:1: {hint}"
             for lineno, line in enumerate(f, start=1):
-                problem = _check_line(line, n_features, labels)
+                problem = _check_line(line, n_features, labels, 1 if zero_based is False else 0)
                 if problem:
                     return f"{path}:{lineno}: {problem}"
     except _DECOMPRESS_ERRORS as exc:
@@ -193,8 +203,9 @@ def _sniff(head: bytes, path: PathLike) -> Optional[str]:
     return None
 
 
-def _check_line(line: bytes, n_features: Optional[int], labels: set) -> Optional[str]:
-    """What is wrong with one line of a LIBSVM file (None when nothing); adds its label to ``labels``."""
+def _check_line(line: bytes, n_features: Optional[int], labels: set, first: int = 1) -> Optional[str]:
+    """What is wrong with one line of a LIBSVM file (None when nothing); adds its label to ``labels``.
+    ``first`` is the smallest valid index (0 for a zero-based file)."""
     if b"\x00" in line:
         return "binary data (NUL byte): this is not a LIBSVM text file; check the path and the download"
     try:
@@ -205,13 +216,13 @@ def _check_line(line: bytes, n_features: Optional[int], labels: set) -> Optional
     if not tokens:
         return None
     problem = _check_label(tokens[0], labels)
-    previous = 0
+    previous = first - 1
     for token in tokens[1:]:
         if problem:
             break
         if token.startswith("qid:"):
             continue
-        problem, previous = _check_feature(token, previous, n_features)
+        problem, previous = _check_feature(token, previous, n_features, first)
     return problem
 
 
@@ -231,7 +242,7 @@ def _check_label(token: str, labels: set) -> Optional[str]:
     return None
 
 
-def _check_feature(token: str, previous: int, n_features: Optional[int]) -> Tuple[Optional[str], int]:
+def _check_feature(token: str, previous: int, n_features: Optional[int], first: int = 1) -> Tuple[Optional[str], int]:
     """Check one ``index:value`` token given the previous index; returns (problem, this index)."""
     index_text, colon, value_text = token.partition(":")
     if not (colon and index_text and value_text):
@@ -240,14 +251,17 @@ def _check_feature(token: str, previous: int, n_features: Optional[int]) -> Tupl
         index = int(index_text)
     except ValueError:
         return f"feature index {quoted(index_text)} is not an integer; {_LINE_FORMAT}", previous
-    if not 1 <= index <= _MAX_INDEX:
+    if index == 0 and first == 1:
+        return ("feature index 0 in a one-based file (LIBSVM indices run from 1); a zero-based file (scikit-learn's "
+                "dump_svmlight_file writes one unless zero_based=False) reads with --zero-based auto or yes"), previous
+    if not first <= index <= _MAX_INDEX:
         shown = index if len(index_text) <= 20 else quoted(index_text)
-        return f"feature index {shown} is invalid: LIBSVM indices run from 1 to {_MAX_INDEX}; {_LINE_FORMAT}", previous
+        return f"feature index {shown} is invalid: LIBSVM indices run from {first} to {_MAX_INDEX}; {_LINE_FORMAT}", previous
     if index == previous:
         return f"duplicate feature index {index}; {_LINE_FORMAT}", index
     if index < previous:
         return f"feature index {index} follows {previous}; {_LINE_FORMAT}", index
-    if n_features is not None and index > n_features:
+    if n_features is not None and index - first + 1 > n_features:
         return (f"feature index {index} exceeds n_features={n_features}; pass the dataset's true feature "
                 f"count (--n-features) or check that this is the right file"), index
     try:

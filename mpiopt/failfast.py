@@ -51,6 +51,7 @@ def report_and_abort(comm: Communicator, report: str, code: int) -> None:
         data = data[os.write(sys.stderr.fileno(), data):]
     time.sleep(FORWARD_GRACE_SECONDS)
     comm.abort(code)
+    os._exit(code)  # MPICH's MPI_Abort can return before the launcher ends this process: never run on
 
 
 def agree_or_raise(comm: Communicator, error: "MpioptError | None") -> None:

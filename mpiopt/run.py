@@ -7,14 +7,16 @@ or, under ``mpiexec``, on every rank of the communicator (SPMD), each rank with 
 
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 
 from mpiopt.checkpoint import Checkpointer
 from mpiopt.comm import Communicator, as_communicator, library_version
 from mpiopt.errors import InputError
-from mpiopt.methods import Context, Method, make_method
+from mpiopt.failfast import abort_on_error, agree_or_raise
+from mpiopt.methods import Context, Method, make_method, method_recipe
+from mpiopt.naming import arg
 from mpiopt.problems.base import Problem, checked
 from mpiopt.state import capture, restore
 from mpiopt.trace import Trace, environment
@@ -163,16 +165,19 @@ class Runner:
             return False  # start None: f(x0) was not finite, nothing to compare with
         self.message = (f"diverged: the loss grew from {start:.6g} at iteration 0 to {loss:.6g} at iteration "
                         f"{row['iteration']} (more than {DIVERGE_FACTOR:g} times its start); try a smaller step "
-                        f"size (--lr; lr= in Python)")
+                        f"size ({arg('lr')})")
         return True
 
     def run(self, x: np.ndarray, start: int) -> str:
         """Iterate from ``start`` (0, or a checkpoint's iteration) to ``iters``; return the status."""
         bar = self._progress_bar(start)
         status = "max_iter"
+        schedule = self.method.schedule
         if start == 0:
             self.evaluate(x, 0)
         for k in range(start, self.iters):
+            if schedule is not None:
+                self.method.lr = self.method.lr_at(k)
             t0 = time.perf_counter()
             self.method.step(x, k)
             self.seconds += time.perf_counter() - t0
@@ -212,8 +217,8 @@ class Runner:
             if self.tol is not None:
                 measure, value = (("||x - x*||^2", self.dist_sq(x)) if self.x_star is not None
                                   else ("||grad f||^2", self.trace.last("grad_norm_sq")))
-                self.warn(f"--tol {self.tol:g} not reached in {self.iters} iterations ({measure} = {value:.3e} at "
-                          f"the end); raise --iters, or check the step size")
+                self.warn(f"{arg('tol', self.tol)} not reached in {self.iters} iterations ({measure} = {value:.3e} "
+                          f"at the end); raise {arg('iters')}, or check the step size ({arg('lr')})")
 
     def _progress_bar(self, start: int):
         if not self.progress:
@@ -247,7 +252,8 @@ class Runner:
 
 
 def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.ndarray] = None, *,
-             iters: int = 1000, tol: Optional[float] = None, lr: Optional[float] = None,
+             iters: int = 1000, tol: Optional[float] = None,
+             lr: Union[None, float, Callable[[int], float]] = None,
              batch: Optional[int] = None, seed: int = 0, x_star=None, f_star: Optional[float] = None,
              L: Optional[float] = None, L_max: Optional[float] = None, log_every: Optional[int] = None,
              progress: bool = False, checkpoint_dir=None, checkpoint_every: Optional[int] = None,
@@ -260,21 +266,47 @@ def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.nd
     (e.g. ``wire_dtype='auto'``). ``x_star``/``f_star`` enable the ``dist_sq``/``f_gap`` columns and
     ``tol`` stops once ||x - x*||^2 <= tol (else ||grad f||^2 <= tol at a logged iteration). ``L``
     and ``L_max`` (global and largest local smoothness) are computed from the problems when omitted.
+    ``lr`` is the step size: a number, a schedule (a callable k -> step size of iteration k = 0, 1,
+    ..., as torch's ``LambdaLR`` takes a function of the epoch; it must give every rank the same
+    value), or None for the method's theory value.
     ``worker`` names the shard this rank holds when ranks were reordered (default: the comm rank).
     ``callback(k, x)`` runs after each iteration k (1-based); a true return value stops the run
     with status 'callback'. Every rank returns the same result; the trace is complete on every rank.
 
-    A problem that is not one of mpiopt's own classes is wrapped in
-    :class:`mpiopt.problems.base.CheckedProblem` (gradients returned as new arrays still reach the
-    methods' buffers), and every rank's ``dim`` is checked to agree. A logged loss that is not
-    finite or above 100 |f(x0)| + 1 stops the run with status 'diverged'; a ``tol`` not reached
-    within ``iters`` is warned about (stderr on rank 0, ``trace["warnings"]``).
+    The problem is checked against the :class:`~mpiopt.problems.base.Problem` protocol first (the
+    members the run needs; missing ones are named, on every rank). A problem that is not one of
+    mpiopt's own classes is wrapped in :class:`mpiopt.problems.base.CheckedProblem` (gradients
+    returned as new arrays still reach the methods' buffers), and every rank's ``dim`` is checked to
+    agree. A logged loss that is not finite or above 100 |f(x0)| + 1 stops the run with status
+    'diverged'; a ``tol`` not reached within ``iters`` is warned about (stderr on rank 0,
+    ``trace["warnings"]``).
+
+    Under ``mpiexec`` an exception that only some ranks raise (the problem's ``grad`` failing on one
+    rank, a callback raising) would leave the other ranks waiting in their next collective: the
+    failing rank instead prints its traceback, prefixed by its rank, and ends every rank with
+    MPI_Abort (exit code 1; 2 for mpiopt's own input errors). Errors every rank raises together
+    (bad arguments, a non-finite gradient, different dims) are raised on every rank as usual.
     """
-    if iters < 0:
-        raise InputError(f"--iters must be >= 0, got {iters}", collective=True)
-    if tol is not None and not tol > 0:
-        raise InputError(f"--tol must be a positive number, got {tol}", collective=True)
     comm = as_communicator(comm)
+    with abort_on_error(comm):
+        return _minimize(problem, method, comm, x0, iters=iters, tol=tol, lr=lr, batch=batch, seed=seed,
+                         x_star=x_star, f_star=f_star, L=L, L_max=L_max, log_every=log_every, progress=progress,
+                         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
+                         header=header, callback=callback, worker=worker, **options)
+
+
+def _minimize(problem: Problem, method: str, comm: Communicator, x0: Optional[np.ndarray], *, iters: int,
+              tol: Optional[float], lr, batch: Optional[int], seed: int, x_star, f_star: Optional[float],
+              L: Optional[float], L_max: Optional[float], log_every: Optional[int], progress: bool,
+              checkpoint_dir, checkpoint_every: Optional[int], resume: bool, header: Optional[Dict[str, Any]],
+              callback: Optional[Callable[[int, np.ndarray], Any]], worker: Optional[int],
+              **options: Any) -> OptimizeResult:
+    """:func:`minimize`'s body, on a Communicator, inside its abort-on-error guard."""
+    if iters < 0:
+        raise InputError(f"{arg('iters')} must be >= 0, got {iters}", collective=True)
+    if tol is not None and not tol > 0:
+        raise InputError(f"{arg('tol')} must be a positive number, got {tol}", collective=True)
+    check_protocol(problem, method, comm, needs_smoothness=L is None or L_max is None)
     check_same_dim(problem, comm)
     problem = checked(problem)
     x_star = check_x_star(x_star, problem.dim)
@@ -286,12 +318,15 @@ def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.nd
     log_every = log_every or max(1, iters // 1000)
     config = {**meth.config(), "seed": seed, "iters": iters, "tol": tol,
               "log_every": log_every, "L": ctx.L, "L_max": ctx.L_max}
+    if meth.schedule is not None:
+        config["lr_schedule"] = getattr(meth.schedule, "__qualname__", type(meth.schedule).__name__)
     trace = Trace({"method": meth.name, "n_ranks": comm.size, "seed": seed, **(header or {}), "config": config,
                    "env": environment(library_version(), comm.size)})
     checkpointer = None
     if checkpoint_dir is not None:
         if not checkpoint_every or checkpoint_every < 1:
-            raise InputError("--checkpoint-dir needs --checkpoint-every K with K >= 1", collective=True)
+            raise InputError(f"{arg('checkpoint_dir')} needs {arg('checkpoint_every')} K with K >= 1",
+                             collective=True)
         fingerprint = {"method": meth.name, "n_ranks": comm.size, "dim": problem.dim,
                        "dataset": (header or {}).get("dataset"),
                        **{k: v for k, v in config.items() if k not in ("iters", "tol", "log_every", "kernel")}}
@@ -319,6 +354,31 @@ def minimize(problem: Problem, method: str = "gd", comm=None, x0: Optional[np.nd
                            warnings=runner.warnings, **meth.summary())
     return OptimizeResult(x=x, status=status, success=status == "converged", message=runner.message, nit=nit,
                           fun=trace.last("loss"), trace=record)
+
+
+PROTOCOL = (("dim", False), ("n_samples", False), ("loss", True), ("grad", True), ("stochastic_grad", True),
+            ("smoothness", True))
+"""The Problem protocol's required members, and whether each is a method (called) or a value."""
+
+
+def check_protocol(problem: Any, method: str, comm: Communicator, needs_smoothness: bool) -> None:
+    """Refuse, before the first collective of the run, a problem that lacks a member the run calls.
+
+    ``stochastic_grad`` is not needed by the full-gradient methods, ``smoothness`` not when both
+    ``L`` and ``L_max`` are given. Every rank's finding is shared (one small control message), so
+    a problem missing a member on one rank only is the same error, naming that rank, on all.
+    """
+    full = method_recipe(method).estimator == "full"
+    needed = [(name, call) for name, call in PROTOCOL
+              if not (name == "stochastic_grad" and full) and not (name == "smoothness" and not needs_smoothness)]
+    missing = [name + ("()" if call else "") for name, call in needed
+               if not hasattr(problem, name) or (call and not callable(getattr(problem, name)))]
+    error = None
+    if missing:
+        error = InputError(f"the problem ({type(problem).__name__}) lacks {', '.join(missing)}, which method "
+                           f"{method!r} needs; a problem has dim, n_samples, loss(x), grad(x, out=None), "
+                           f"stochastic_grad(x, idx, out=None) and smoothness() (see help(mpiopt.problems.Problem))")
+    agree_or_raise(comm, error)
 
 
 def check_same_dim(problem: Problem, comm: Communicator) -> None:

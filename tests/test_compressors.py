@@ -380,13 +380,13 @@ def test_option_checks_say_what_to_do():
     assert IntCompressor.resolve({"wire_dtype": "int16"}, ManyRanks())["wire_dtype"] == "int16"
     with pytest.raises(InputError, match="--alpha constant needs --alpha0"):
         make(IntCompressor, 3, alpha="constant")
-    with pytest.raises(InputError, match="--beta must be in"):
+    with pytest.raises(InputError, match="beta= must be in"):
         make(IntCompressor, 3, beta=1.0)
-    with pytest.raises(InputError, match="--block-size must be a positive integer"):
+    with pytest.raises(InputError, match="block_size= must be a positive integer"):
         make(IntCompressor, 3, block_size=0)
-    with pytest.raises(InputError, match="--bits must be one of 8, 16, 32, 64"):
+    with pytest.raises(InputError, match="bits= must be one of 8, 16, 32, 64"):
         make(HintCompressor, 3, bits=12)
-    with pytest.raises(InputError, match="--levels must be an integer"):
+    with pytest.raises(InputError, match="levels= must be an integer"):
         make(QSGDCompressor, 3, levels=40000)
 
 
@@ -481,13 +481,13 @@ def test_options_of_another_compressor_are_refused(problem):
         mpiopt.minimize(problem, "natsgd", colour="red", iters=1)
     with pytest.raises(InputError, match="fixes compressor='int'"):
         mpiopt.minimize(problem, "intdiana", compressor="nat", iters=1)
-    with pytest.raises(InputError, match=r"--p\b.*must be in \(0, 1\]"):
+    with pytest.raises(InputError, match=r"\bp= must be in \(0, 1\]"):
         mpiopt.minimize(problem, "l-svrg", p=1.5, iters=1)
     with pytest.raises(InputError, match="unknown compressor"):
         mpiopt.minimize(problem, "diana", compressor="zip", iters=1)
-    with pytest.raises(InputError, match="--levels must be an integer"):
+    with pytest.raises(InputError, match="levels= must be an integer"):
         mpiopt.minimize(problem, "qsgd", levels=0, iters=1)
-    with pytest.raises(InputError, match="--eps must be a positive number"):
+    with pytest.raises(InputError, match="eps= must be a positive number"):
         mpiopt.minimize(problem, "intsgd", eps=0.0, lr=0.1, iters=1)
 
 

@@ -59,9 +59,9 @@ def test_same_seed_same_trajectory(problem):
         ({"method": "nope"}, "unknown method 'nope'"),
         ({"method": "gd", "wire_dtype": "int8"}, "does not take option"),
         ({"method": "gd", "lr": -1.0}, "positive"),
-        ({"method": "sgd", "batch": 10**6}, "--batch"),
-        ({"method": "gd", "batch": 8}, "method 'gd' uses each rank's full local gradient; drop --batch"),
-        ({"method": "gd", "tol": 0.0}, "--tol"),
+        ({"method": "sgd", "batch": 10**6}, "batch= must be between 1 and the shard size"),
+        ({"method": "gd", "batch": 8}, "method 'gd' uses each rank's full local gradient; drop batch="),
+        ({"method": "gd", "tol": 0.0}, "tol= must be a positive number"),
         ({"method": "gd", "x0": np.zeros(3)}, "x0 has shape"),
     ],
 )

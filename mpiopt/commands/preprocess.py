@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from mpiopt.commands import plain
-from mpiopt.data import MAX_FEATURES, check_out_dir, load_libsvm, preprocess, sha256_file
+from mpiopt.data import MAX_FEATURES, ZERO_BASED, check_out_dir, load_libsvm, preprocess, sha256_file
 from mpiopt.datasets import DEFAULT_DATA_DIR, locate, lookup
 from mpiopt.errors import InputError
 
@@ -36,6 +36,11 @@ def register(sub) -> None:
                    help="with --dataset: accept a download whose sha256 is unknown ('mpiopt datasets list')")
     p.add_argument("--n-features", type=int, metavar="D",
                    help="with --file: number of features (default: the largest index in the file)")
+    p.add_argument("--zero-based", choices=tuple(ZERO_BASED),
+                   help="whether feature indices start at 0: 'auto' (the default with --file) reads a file as "
+                        "zero-based when any index is 0, as scikit-learn's loader does (its dump_svmlight_file "
+                        "writes zero-based files by default); 'no' (the default with --dataset: LIBSVM's files) "
+                        "refuses an index 0")
     p.add_argument("--max-features", type=int, default=MAX_FEATURES, metavar="D",
                    help=f"refuse data with more features than this (default {MAX_FEATURES}): each dense vector "
                         f"of d features takes 8 d bytes")
@@ -56,7 +61,8 @@ def handle(args: argparse.Namespace) -> int:
     _check_out_free(Path(args.out), args.force)
     path, name, n_features, l2 = _resolve_source(args)
     try:
-        X, y = load_libsvm(path, n_features, args.max_features)
+        zero_based = args.zero_based or ("no" if args.dataset else "auto")
+        X, y = load_libsvm(path, n_features, args.max_features, zero_based=ZERO_BASED[zero_based])
         meta = preprocess(X, y, args.workers, l2, args.out, dataset=name, source_sha256=sha256_file(path),
                           normalize=not args.no_normalize, shuffle=args.shuffle, seed=args.seed)
     except MemoryError:

@@ -19,6 +19,7 @@ from mpiopt.failfast import abort_on_error
 from mpiopt.methods import METHODS
 from mpiopt.methods.composed import own_options
 from mpiopt.methods.memory import MEMORIES
+from mpiopt.naming import command_line
 from mpiopt.problems.shards import load_problem
 from mpiopt.run import minimize
 from mpiopt.trace import write_json
@@ -48,6 +49,10 @@ def register(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, metavar="K", help="save every rank's state every K iterations")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="where checkpoints go (default: TRACE.json.ckpt)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint, if any")
+    p.add_argument("--plugin", action="append", metavar="MODULE_OR_FILE",
+                   help="import a module (a name, or the path to a .py file) that registers compressors, before "
+                        "the options below are built; repeatable. Installed packages' 'mpiopt.plugins' entry "
+                        "points load by themselves")
     group = p.add_argument_group("method options (generated from the registered compressors and memories; "
                                  "only for the methods that take them)")
     for option in cli_options():
@@ -106,7 +111,13 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 
 def handle(args: argparse.Namespace, callback: Optional[Callable[[int, np.ndarray], Any]] = None) -> int:
-    """Run the job; ``callback(k, x)`` is minimize's callback (the test suite injects faults with it)."""
+    """Run the job; ``callback(k, x)`` is minimize's callback (the test suite injects faults with it).
+    Messages name the command line's flags (``--lr``), not Python's keywords."""
+    with command_line():
+        return _run(args, callback)
+
+
+def _run(args: argparse.Namespace, callback: Optional[Callable[[int, np.ndarray], Any]]) -> int:
     comm = MPICommunicator()
     check_outputs(args)
     with abort_on_error(comm):

@@ -27,6 +27,7 @@ from mpiopt.comm import Communicator
 from mpiopt.errors import InputError
 from mpiopt.kernels import CPU_KERNELS, make_quantizer
 from mpiopt.kernels.numpy import apply_step
+from mpiopt.naming import arg, did_you_mean, spelled
 
 FailFn = Callable[[int, bool], None]
 """fail(k, local_bad): stop every rank because a value at iteration k was not finite."""
@@ -62,9 +63,10 @@ class Option:
         if value is None and self.default is None:
             return
         if self.choices is not None and value not in self.choices:
-            raise bad_option(f"{self.flag} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
+            raise bad_option(f"{arg(self.name)} must be one of {', '.join(map(str, self.choices))}, got {value!r}"
+                             f"{did_you_mean(value, map(str, self.choices))}")
         if self.valid is not None and not _safely(self.valid, value):
-            raise bad_option(f"{self.flag} must be {self.rule}, got {value!r}")
+            raise bad_option(f"{arg(self.name)} must be {self.rule}, got {value!r}")
 
 
 def _safely(test: Callable[[Any], bool], value: Any) -> bool:
@@ -96,13 +98,18 @@ KERNEL = Option("kernel", None, str, "quantizer kernel (default: numba when inst
                 "MPIOPT_KERNEL overrides the default)", choices=CPU_KERNELS)
 
 
+def user_options(options) -> str:
+    """The options a user may give, for a message: the command line's flags or Python's names,
+    without the internal ones (``cli=False``: arrays other parts of mpiopt pass)."""
+    return spelled(sorted({o.name for o in options if o.cli})) or "no options"
+
+
 def resolve_options(owner: str, options: Tuple[Option, ...], given: Dict[str, Any]) -> Dict[str, Any]:
     """Defaults filled in and each value checked; unknown names refused, naming the known ones."""
     known = {o.name for o in options}
     unknown = sorted(set(given) - known)
     if unknown:
-        takes = ", ".join(sorted(known)) or "no options"
-        raise bad_option(f"{owner} does not take option(s) {', '.join(unknown)}; it takes: {takes}")
+        raise bad_option(f"{owner} does not take option(s) {spelled(unknown)}; it takes: {user_options(options)}")
     resolved = {o.name: given.get(o.name, o.default) for o in options}
     for o in options:
         o.check(resolved[o.name])
@@ -111,12 +118,27 @@ def resolve_options(owner: str, options: Tuple[Option, ...], given: Dict[str, An
 
 class Compressor:
     """Base class; subclasses set ``name``, ``options``, ``unbiased``, ``collective`` and implement
-    ``exchange`` (or one of the templates' hooks below)."""
+    ``exchange`` (or one of the templates' hooks: :class:`GatherCompressor`, ``SparseCompressor``).
+
+    The contract, on every rank of ``comm``: one instance per rank, built with the same ``dim``,
+    ``seed`` and options everywhere (the method builds it; ``worker`` is this rank's shard id, the
+    same as ``comm.rank`` unless ranks were reordered). Every rank calls the same methods in the same
+    order (each call may run collectives), and whatever decides a collective's size or type must be
+    computed from data all ranks share, or agreed on by a collective, never from this rank's vector
+    alone. Arrays come from ``self.xp`` (numpy, or CuPy on a GPU). A failure that only this rank
+    sees (a non-finite value) goes through ``self.fail(k, local_bad)``, which every rank must call
+    together once a collective has shown the problem (see :class:`GatherCompressor`), so no rank is
+    left waiting.
+    """
 
     name: ClassVar[str] = ""
+    """The registry name (``--compressor NAME``, ``compressor="NAME"``)."""
     options: ClassVar[Tuple[Option, ...]] = ()
+    """The options it takes; each becomes a ``mpiopt run`` flag and a keyword of ``minimize``."""
     unbiased: ClassVar[bool] = True
+    """E C(v) = v; DIANA and VR-DIANA take only unbiased compressors, biased ones go with ef-sgd."""
     collective: ClassVar[str] = "allreduce_float"
+    """The collective its exchange needs: ``allreduce_int``, ``allreduce_float`` or ``allgather``."""
 
     def __init__(self, comm: Communicator, dim: int, *, seed: int, worker: int, fail: FailFn, xp: Any = np,
                  **opts: Any):
@@ -140,16 +162,20 @@ class Compressor:
 
     @classmethod
     def check(cls, opts: Dict[str, Any], comm: Communicator) -> None:
-        """Raise a collective InputError, saying what to do, for options that do not work together."""
+        """Raise a collective InputError (:func:`bad_option`), saying what to do, for options that do
+        not work together (each option alone is already checked by its :class:`Option`). Runs on
+        every rank with the same ``opts``, before any buffer exists."""
 
     @classmethod
     def omega(cls, dim: int, opts: Dict[str, Any]) -> float:
-        """Relative variance bound of an unbiased compressor (0 when it has only an additive one)."""
+        """Relative variance bound of an unbiased compressor, E||C(v) - v||^2 <= omega ||v||^2 (0 when it
+        has only an additive one). It sets the default step size (divided by 1 + 2 omega / n) and
+        DIANA's shift step 1 / (1 + omega); unused for biased compressors."""
         return 0.0
 
     @classmethod
     def describe(cls, opts: Dict[str, Any]) -> Dict[str, Any]:
-        """Facts for the trace's config (filled before any buffer exists)."""
+        """Facts for the trace's config beside the options (JSON values; filled before any buffer exists)."""
         return {}
 
     def quantizer(self, size: int, rounding: str = "random", **placement: Any):
@@ -159,9 +185,27 @@ class Compressor:
                               **placement)
 
     def prepare(self, x: np.ndarray) -> None:
-        """Compile whatever the first exchange would compile (called before the timed loop)."""
+        """Compile whatever the first exchange would compile (called once, on every rank, before the
+        timed loop; ``x`` is the starting point). Must not communicate or change ``state``."""
 
     def exchange(self, v, k: int, x, lr: float, out_mean, out_local=None) -> None:
+        """Communicate this rank's ``v`` and write mean_i C(v_i) into ``out_mean``; every rank calls it.
+
+        ``v``: this rank's vector, shape ``(dim,)``, float64 (read it; it is the method's buffer and
+        may be overwritten after the call). ``k``: the iteration (0-based; key any randomness on
+        (seed, worker, k, coordinate), e.g. with :meth:`quantizer`, so that reruns and resumes give the
+        same bits). ``x``: the current iterate and ``lr`` the current step size, identical on all
+        ranks (read-only; the int compressor's alpha uses them). ``out_mean``: shape ``(dim,)``, to be
+        filled with the mean over ranks of the decoded messages, **bitwise identical on every rank**
+        (sum floats in worker order, :func:`sum_rows`, or sum integers). ``out_local``: when not
+        None, this rank's own decoded C(v_i) (DIANA's shift and error feedback read it).
+
+        After the call ``self.bits`` holds the information bits this rank's message carried in this
+        exchange (what the trace's ``info_bits`` adds up; wire bytes are counted by the communicator)
+        and ``self.clipped`` the number of this rank's coordinates clipped to fit the wire (0 for
+        compressors that never clip). A non-finite ``v`` must not become a silent NaN: find it from
+        what the collective returned and call ``self.fail(k, this_rank_was_bad)`` on every rank.
+        """
         raise NotImplementedError
 
     def exchange_update(self, v, k: int, x, lr: float, mean) -> None:
@@ -173,7 +217,8 @@ class Compressor:
         apply_step(x, lr, mean)
 
     def summary(self) -> Dict[str, Any]:
-        """Statistics for the trace after the run (collective: every rank calls it)."""
+        """Statistics for the trace's ``wire`` record after the run (JSON values; collective: every
+        rank calls it once, so it may reduce over ranks)."""
         return {}
 
 
@@ -181,7 +226,11 @@ REGISTRY: Dict[str, Type[Compressor]] = {}
 
 
 def register(cls: Type[Compressor]) -> Type[Compressor]:
-    """Add a compressor class to the registry under its ``name`` (usable as a class decorator)."""
+    """Add a compressor class to the registry under its ``name`` (usable as a class decorator).
+
+    ``minimize(..., compressor=NAME)`` finds it once the module that registers it is imported;
+    ``mpiopt run`` imports such modules with ``--plugin`` or an ``mpiopt.plugins`` entry point
+    (:mod:`mpiopt.plugins`). A name taken by another class is refused."""
     if not cls.name or not isinstance(cls.name, str):
         raise ValueError(f"{cls.__name__} needs a non-empty string 'name' to be registered")
     if cls.collective not in COLLECTIVES:
@@ -197,7 +246,8 @@ def compressor_class(name: str) -> Type[Compressor]:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise bad_option(f"unknown compressor {name!r}; choose one of: {', '.join(REGISTRY)}") from None
+        raise bad_option(f"unknown compressor {name!r}{did_you_mean(name, REGISTRY)}; choose one of: "
+                         f"{', '.join(REGISTRY)}") from None
 
 
 def all_options() -> Dict[str, Option]:
@@ -246,12 +296,19 @@ class GatherCompressor(Compressor):
     Subclasses call ``setup_gather`` in their constructor and implement ``encode`` (fill
     ``self.send``; return whether v was finite; the message must tell a non-finite v apart),
     ``decode_rows`` (all messages into ``vals``, one row per rank; False when any message reports a
-    non-finite v) and ``message_bits``.
+    non-finite v) and ``message_bits``. The template's ``exchange`` does the rest: one Allgather,
+    the non-finite check every rank makes from the same messages, the mean in worker order, this
+    rank's own row as ``out_local``, ``bits`` from ``message_bits`` and ``clipped = 0``.
     """
 
     collective = "allgather"
 
     def setup_gather(self, dtype, items: int, vals_dtype=np.float64) -> None:
+        """Allocate the message buffers (call it from ``__init__``, on every rank with the same
+        arguments): ``self.send`` (``items`` of ``dtype``: this rank's message, zeroed),
+        ``self.recv`` (n x items: every rank's message, row r from comm rank r), ``self.vals``
+        (n x dim of ``vals_dtype``: the decoded rows) and ``self.order`` (the comm ranks in worker
+        order, for the sum). One uncounted Allgather (the worker ids)."""
         xp = self.xp
         self.send = xp.zeros(items, dtype=dtype)
         self.recv = xp.empty((self.n, items), dtype=dtype)
@@ -259,12 +316,22 @@ class GatherCompressor(Compressor):
         self.order = worker_order(self.comm, self.worker)
 
     def encode(self, v, k: int) -> bool:
+        """Write this rank's message for ``v`` (shape ``(dim,)``, float64) at iteration ``k`` into
+        ``self.send``, in place, all ``items`` of it (the size is fixed: Allgather sends the same
+        count from every rank). Return whether ``v`` was finite; when it was not, the message must
+        say so (e.g. a NaN scale) so that every rank's ``decode_rows`` sees it."""
         raise NotImplementedError
 
     def decode_rows(self, recv, vals) -> bool:
+        """Decode every rank's message: row r of ``recv`` (n x items, comm rank r's message) into row
+        r of ``vals`` (n x dim), C(v_r) as a vector. The same bytes on every rank give the same
+        rows, so the mean is identical everywhere. Return False when any message reports a
+        non-finite v (every rank then calls ``fail`` together)."""
         raise NotImplementedError
 
     def message_bits(self) -> int:
+        """The information bits of one rank's message (``bits`` after each exchange), e.g. d sign
+        bits plus 64 for a float64 scale; padding that carries nothing is not counted."""
         raise NotImplementedError
 
     def exchange(self, v, k, x, lr, out_mean, out_local=None):

@@ -10,6 +10,7 @@ from typing import Any, Dict, Tuple
 from mpiopt.errors import InputError
 from mpiopt.methods.base import Context, Method
 from mpiopt.methods.composed import CompressedMethod, Recipe
+from mpiopt.naming import arg, did_you_mean
 
 SGD = Recipe("minibatch")
 EF_SGD = Recipe("minibatch", memory="residual", default_compressor="sign")
@@ -35,18 +36,25 @@ METHODS: Dict[str, Tuple[Recipe, Dict[str, Any]]] = {
 }
 
 
+def method_recipe(name: str) -> Recipe:
+    """The recipe of the method called ``name``; an unknown name raises InputError (with the
+    closest known name, when one is close)."""
+    if name not in METHODS:
+        choices = ", ".join(sorted(METHODS))
+        raise InputError(f"unknown method {name!r}{did_you_mean(name, METHODS)}; choose one of: {choices}",
+                         collective=True)
+    return METHODS[name][0]
+
+
 def make_method(name: str, ctx: Context, **options: Any) -> Method:
     """Build the method called ``name``; an unknown name or option raises InputError."""
-    try:
-        recipe, fixed = METHODS[name]
-    except KeyError:
-        choices = ", ".join(sorted(METHODS))
-        raise InputError(f"unknown method '{name}'; choose one of: {choices}", collective=True) from None
+    method_recipe(name)
+    recipe, fixed = METHODS[name]
     clash = sorted(set(fixed) & set(options))
     if clash:
-        fixes = ", ".join(f"{c}={fixed[c]!r}" for c in clash)
+        fixes = ", ".join(arg(c, fixed[c]) for c in clash)
         raise InputError(f"method '{name}' fixes {fixes}; drop that option", collective=True)
     return CompressedMethod(ctx, name, recipe, fixed=fixed, **options)
 
 
-__all__ = ["METHODS", "Context", "Method", "Recipe", "make_method"]
+__all__ = ["METHODS", "Context", "Method", "Recipe", "make_method", "method_recipe"]

@@ -8,13 +8,33 @@ as with optax's explicit states. Scratch buffers that are overwritten every step
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+import math
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
 from mpiopt.comm import Communicator
 from mpiopt.errors import InputError, RunError
+from mpiopt.naming import arg
 from mpiopt.problems.base import Problem
+
+
+def _positive_lr(value: Any, k: Optional[int]) -> float:
+    """``value`` as a float step size, or an InputError naming the argument (and the iteration
+    ``k`` for a schedule's value). A constant is the same on every rank (a collective error); a
+    schedule's value might fail on one rank only, so that error is not collective and ``minimize``
+    ends every rank with it."""
+    try:
+        lr = float(value)
+    except (TypeError, ValueError):
+        lr = math.nan
+    if math.isfinite(lr) and lr > 0:
+        return lr
+    if k is None:
+        raise InputError(f"step size must be a positive number or a schedule (a function of the iteration), "
+                         f"got {arg('lr', value)}", collective=True)
+    raise InputError(f"the step-size schedule {arg('lr')} returned {value!r} for iteration {k}; it must "
+                     f"return a positive number")
 
 
 @dataclass
@@ -63,21 +83,32 @@ class Method:
         self.clipped = 0
 
     def init_lr(self) -> None:
-        """The step size: the user's, else the method's theory value (needs the smoothness)."""
+        """The step size: the user's number or schedule (``ctx.lr`` callable: :meth:`lr_at` gives
+        each iteration's), else the method's theory value (needs the smoothness)."""
         ctx = self.ctx
+        self.schedule: Optional[Callable[[int], float]] = ctx.lr if callable(ctx.lr) else None
+        """The user's step-size schedule k -> lr, read by the runner before each step; None for a constant."""
+        if self.schedule is not None:
+            self.lr = self.lr_at(0)
+            return
         if ctx.lr is None and not (np.isfinite(ctx.L) and np.isfinite(ctx.L_max)):
             raise InputError(f"method '{self.name}' needs a step size: the problem's smoothness is unknown "
-                             "(smoothness() is not finite), so pass lr", collective=True)
-        self.lr = float(ctx.lr) if ctx.lr is not None else self.default_lr()
+                             f"(smoothness() is not finite), so pass {arg('lr')}", collective=True)
+        self.lr = _positive_lr(ctx.lr, None) if ctx.lr is not None else self.default_lr()
         if not np.isfinite(self.lr) or self.lr <= 0:
-            raise InputError(f"step size must be a positive number, got --lr {self.lr}", collective=True)
+            raise InputError(f"the default step size is {self.lr}: the problem's smoothness constants must be "
+                             f"positive numbers; pass {arg('lr')}", collective=True)
+
+    def lr_at(self, k: int) -> float:
+        """The schedule's step size for iteration k (0-based), checked to be a positive number."""
+        return _positive_lr(self.schedule(k), k)
 
     @property
     def batch(self) -> int:
         m = self.ctx.problem.n_samples
         b = self.ctx.batch if self.ctx.batch is not None else max(1, m // 100)
         if not 1 <= b <= m:
-            raise InputError(f"--batch must be between 1 and the shard size {m}, got {b}", collective=True)
+            raise InputError(f"{arg('batch')} must be between 1 and the shard size {m}, got {b}", collective=True)
         return b
 
     def default_lr(self) -> float:
@@ -119,7 +150,7 @@ class Method:
         """
         ranks = flagged_ranks(self.ctx.comm, local_bad) or "unknown"
         raise RunError(
-            f"non-finite gradient at iteration {k} on rank(s) {ranks}; lower --lr or check the data "
+            f"non-finite gradient at iteration {k} on rank(s) {ranks}; lower {arg('lr')} or check the data "
             "(the last checkpoint, if any, is kept)",
             collective=True,
         )

@@ -13,12 +13,13 @@ Each rank computes g_i with the estimator (``full``, ``minibatch`` or ``l-svrg``
 * ``momentum`` (heavy ball after decoding, on every rank): m = mu m + u, x -= m, for the update u.
 
 Default step sizes ("of the theory"; ``lr`` overrides them): GD 1/L; SGD-type methods
-eta = 1 / (2 L_max (1 + 2 omega / n)) -- the condition eta <= 1 / (2L) of the IntSGD theorems with the
-largest local smoothness for minibatches, divided by (1 + 2 omega / n) as in the analyses of
-compressed SGD and DIANA with an unbiased compressor of relative variance omega (omega = 0 for the
-int and hint compressors, whose rounding error is additive and kept O(eta^2) by alpha, and for the
-biased ones), times the memory's factor (DGC: 1 - m); variance-reduced methods
-:func:`~mpiopt.methods.estimators.vr_step_size`.
+eta = 1 / (2 (L + L_b / n) (1 + 2 omega / n)) (:func:`~mpiopt.methods.estimators.sgd_step_size`): the
+minibatch theory's eta <= 1 / (2 L_exp), with L_exp = L + L_b / n the expected smoothness of the mean
+of n b-minibatch gradients (L_b from the ranks' L_i and per-sample constants, so the step follows the
+batch), divided by (1 + 2 omega / n) as in the analyses of compressed SGD and DIANA with an unbiased
+compressor of relative variance omega (omega = 0 for the int and hint compressors, whose rounding
+error is additive and kept O(eta^2) by alpha, and for the biased ones), times the memory's factor
+(DGC: 1 - m); variance-reduced methods :func:`~mpiopt.methods.estimators.vr_step_size`.
 """
 
 from dataclasses import dataclass
@@ -27,11 +28,12 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from mpiopt.compressors import REGISTRY, Option, all_options, compressor_class
-from mpiopt.compressors.base import bad_option, is_number, resolve_options
+from mpiopt.compressors.base import bad_option, is_number, resolve_options, user_options
 from mpiopt.kernels.numpy import apply_step
 from mpiopt.methods.base import Context, Method
-from mpiopt.methods.estimators import LooplessSVRG, vr_step_size
+from mpiopt.methods.estimators import LooplessSVRG, sgd_step_size, vr_step_size
 from mpiopt.methods.memory import MEMORIES
+from mpiopt.naming import arg, on_command_line, spelled
 
 @dataclass(frozen=True)
 class Recipe:
@@ -88,8 +90,9 @@ class CompressedMethod(Method):
         self._refuse_foreign(options, own, mem_cls.options, comp_cls)
         self.opts = resolve_options(f"method '{name}'", own, {o.name: options[o.name] for o in own if o.name in options})
         if recipe.shift == "diana" and not comp_cls.unbiased:
+            ef_sgd = f"{'ef-sgd ' if on_command_line() else 'method=' + repr('ef-sgd') + ', '}{arg('compressor', comp_name)}"
             raise bad_option(f"method '{name}' needs an unbiased compressor and '{comp_name}' is biased; "
-                             f"use ef-sgd --compressor {comp_name} (error feedback) instead")
+                             f"use {ef_sgd} (error feedback) instead")
         self.mem_opts = resolve_options(f"method '{name}'", mem_cls.options,
                                         {o.name: options[o.name] for o in mem_cls.options if o.name in options})
         comp_given = {o.name: options[o.name] for o in comp_cls.options if o.name in options}
@@ -99,22 +102,22 @@ class CompressedMethod(Method):
         self.omega = comp_cls.omega(ctx.problem.dim, self.comp_opts) if comp_cls.unbiased else 0.0
         self.memory = mem_cls(ctx.problem.dim, self.mem_opts)
         if recipe.estimator == "full" and ctx.batch is not None:
-            raise bad_option(f"method '{name}' uses each rank's full local gradient; drop --batch "
+            raise bad_option(f"method '{name}' uses each rank's full local gradient; drop {arg('batch')} "
                              "(sgd takes minibatches)")
         self.init_lr()
 
     def _refuse_foreign(self, given, own, mem_options, comp_cls) -> None:
-        """Options of no part of this method are refused, naming the ones it takes."""
-        takes = {o.name for o in (*own, *mem_options, *comp_cls.options)}
-        foreign = sorted(set(given) - takes)
+        """Options of no part of this method are refused, naming the ones a user may give it."""
+        parts = (*own, *mem_options, *comp_cls.options)
+        foreign = sorted(set(given) - {o.name for o in parts})
         if not foreign:
             return
-        listed = ", ".join(sorted(takes)) or "no options"
+        listed = user_options(parts)
         chosen = self.recipe.compressor is None  # the name picks its compressor (given or fixed by an alias)
         if chosen and set(foreign) & set(all_options()):
             raise bad_option(f"method '{self.name}' with compressor {comp_cls.name} does not use option(s) "
-                             f"{', '.join(foreign)}; it takes: {listed}")
-        raise bad_option(f"method '{self.name}' does not take option(s) {', '.join(foreign)}; it takes: {listed}")
+                             f"{spelled(foreign)}; it takes: {listed}")
+        raise bad_option(f"method '{self.name}' does not take option(s) {spelled(foreign)}; it takes: {listed}")
 
     # ---- step size and trace ----------------------------------------------------------------
     def default_lr(self) -> float:
@@ -123,7 +126,7 @@ class CompressedMethod(Method):
             return 1.0 / ctx.L
         if self.recipe.estimator == "l-svrg":
             return vr_step_size(ctx, self.batch, self.omega)
-        return self.memory.lr_factor() / (2.0 * ctx.L_max * (1.0 + 2.0 * self.omega / n))
+        return self.memory.lr_factor() * sgd_step_size(ctx, self.batch, self.omega)
 
     def reset_probability(self) -> float:
         p = self.opts.get("p")

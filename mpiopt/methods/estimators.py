@@ -26,24 +26,43 @@ def local_smoothness(problem, fallback: float) -> float:
     return float(fn()) if fn is not None else fallback
 
 
+def batch_smoothness(ctx, batch: int) -> float:
+    """L_b = max_i [(1 - 1/b) L_i + L_i,max / b]  (collective: one MAX Allreduce).
+
+    The expected smoothness of one rank's b-minibatch drawn with replacement, as our sampler draws
+    it (Gower et al., "SGD: general analysis and improved rates", ICML 2019), with L_i,max the
+    largest per-sample constant (``problem.sample_smoothness()``; L_i in its place when the problem
+    has none). A problem without ``smoothness()`` uses the given L_max.
+    """
+    problem, b = ctx.problem, batch
+    L_i = local_smoothness(problem, ctx.L_max)
+    local = np.array([(1.0 - 1.0 / b) * L_i + sample_smoothness(problem, L_i) / b])
+    return float(ctx.comm.allreduce_max(local, count=False)[0])
+
+
+def sgd_step_size(ctx, batch: int, omega: float = 0.0) -> float:
+    """eta = 1 / (2 (L + L_b / n)) / (1 + 2 omega / n)  (collective).
+
+    The minibatch SGD step of Gower et al. (ICML 2019, Prop. 3.8 and Thm. 3.1: eta <= 1 / (2 L_exp))
+    for the mean of n independent b-minibatch gradients, whose expected smoothness is
+    L_exp = L + L_b / n (:func:`batch_smoothness`): large batches and many ranks approach the
+    deterministic 1 / (2L), a single sample on few ranks is held by the per-sample constants. The
+    compressor's relative variance omega divides it by (1 + 2 omega / n), as in the analyses of
+    compressed SGD and DIANA (omega = 0 for none, int and hint, and for the biased compressors).
+    """
+    return 1.0 / (2.0 * (ctx.L + batch_smoothness(ctx, batch) / ctx.comm.size)) / (1.0 + 2.0 * omega / ctx.comm.size)
+
+
 def vr_step_size(ctx, batch: int, omega: float = 0.0) -> float:
     """eta = 1 / (2 (L + 3 L_b / (2n) + 3 L_b / (16n))) / (1 + 2 omega / n)  (collective).
 
-    L_b = max_i [(1 - 1/b) L_i + L_i,max / b] is the expected smoothness of a b-minibatch drawn with
-    replacement, as our sampler draws it (Gower et al., "SGD: general analysis and improved rates",
-    ICML 2019), with L_i,max the largest per-sample constant (``problem.sample_smoothness()``). The
-    formula is the strongly convex step size of the reference code of the IntSGD paper
-    (github.com/bokunwang1/intsgd, logistic_regression/algorithms/VR-IntDIANA.py; it uses the
-    without-replacement L_b, which differs by O(1/m)), and that code uses the same step size for
-    L-SVRG, VR-NatDIANA and VR-HintDIANA so that the methods differ only in what they send; we do the
-    same (omega = 0 for none, int and hint). A problem without ``smoothness()`` uses the given L_max.
+    L_b is :func:`batch_smoothness`. The formula is the strongly convex step size of the reference
+    code of the IntSGD paper (github.com/bokunwang1/intsgd, logistic_regression/algorithms/VR-IntDIANA.py;
+    it uses the without-replacement L_b, which differs by O(1/m)), and that code uses the same step
+    size for L-SVRG, VR-NatDIANA and VR-HintDIANA so that the methods differ only in what they send;
+    we do the same (omega = 0 for none, int and hint).
     """
-    problem, comm = ctx.problem, ctx.comm
-    b = batch
-    L_i = local_smoothness(problem, ctx.L_max)
-    local = np.array([(1.0 - 1.0 / b) * L_i + sample_smoothness(problem, L_i) / b])
-    Lb = float(comm.allreduce_max(local, count=False)[0])
-    n = comm.size
+    Lb, n = batch_smoothness(ctx, batch), ctx.comm.size
     base = 1.0 / (2.0 * (ctx.L + 3.0 * Lb / (2.0 * n) + 3.0 * Lb / (16.0 * n)))
     return base / (1.0 + 2.0 * omega / n)
 

@@ -66,6 +66,27 @@ PINNED = {"vr-intdiana": {"alpha": "paper"}}
 """Options given beside each config's own, outside its label: the stored iterates were made with
 these (vr-intdiana's default alpha became 'fill' after they were stored)."""
 
+STEP = {
+    "sgd": "0x1.16992ab172135p+2",
+    "sgd,float_dtype=float32": "0x1.16992ab172135p+2",
+    "diana": "0x1.16992ab172135p+2",
+    "diana,compressor=nat": "0x1.0b7451f2071ccp+2",
+    "intsgd": "0x1.16992ab172135p+2",
+    "intsgd,block_size=16,rounding=deterministic": "0x1.16992ab172135p+2",
+    "intsgd,alpha=constant,alpha0=2000.0,wire_dtype=int8": "0x1.16992ab172135p+2",
+    "intdiana": "0x1.16992ab172135p+2",
+    "hintsgd": "0x1.16992ab172135p+2",
+    "hintsgd,bits=8": "0x1.16992ab172135p+2",
+    "natsgd": "0x1.0b7451f2071ccp+2",
+    "qsgd": "0x1.15e453e3d8ee3p+2",
+    "powersgd": "0x1.16992ab172135p+2",
+    "powersgd,momentum=0.5,rank=3": "0x1.16992ab172135p+2",
+    "ef-signsgd": "0x1.16992ab172135p+2",
+    "dgc": "0x1.bdc1dde8b6853p-2",
+}
+"""The step (float.hex) each minibatch configuration ran with when it was stored: the default of the time,
+1 / (2 L_max (1 + 2 omega / n)), passed as lr= (not part of the label) since the default follows the batch."""
+
 
 def label(method, opts):
     return method + "".join(f",{k}={v}" for k, v in sorted(opts.items()))
@@ -96,6 +117,8 @@ def run(problem, method, opts, comm, worker, meta, second, ckpt):
     checkpoint and resumes to ITERS."""
     common = dict(iters=ITERS, seed=3, L=meta["L"], L_max=max(meta["L_workers"]), f_star=meta["f_star"],
                   log_every=LOG_EVERY, worker=worker, **opts, **PINNED.get(method, {}))
+    if label(method, opts) in STEP:
+        common["lr"] = float.fromhex(STEP[label(method, opts)])
     early = []
     stop = ITERS // 2 if second else ITERS + 1
 

@@ -91,7 +91,7 @@ def test_an_exploding_loss_stops_as_diverged():
 def test_tol_not_reached_is_warned(capsys):
     res = mpiopt.minimize(LeastSquares(*data(0), fills_out=True), "gd", iters=5, tol=1e-12)
     assert res.status == "max_iter"
-    warning = "--tol 1e-12 not reached in 5 iterations (||grad f||^2 = "
+    warning = "tol=1e-12 not reached in 5 iterations (||grad f||^2 = "
     assert warning in capsys.readouterr().err
     assert res.trace["warnings"][0].startswith(warning)
 

@@ -33,7 +33,7 @@ def test_intdiana_option_error_names_intdiana(a5a_for, tmp_path):
     res = run_mpi(2, ["run", "--data", a5a_for(2), "--method", "intdiana", "--levels", 4, "--iters", 5,
                       "--no-progress", "--out", tmp_path / "t.json"], timeout=60)
     assert res.returncode == 2
-    assert res.stderr.count("method 'intdiana' with compressor int does not use option(s) levels") == 1, res.stderr
+    assert res.stderr.count("method 'intdiana' with compressor int does not use option(s) --levels") == 1, res.stderr
     assert "method 'diana'" not in res.stderr
 
 

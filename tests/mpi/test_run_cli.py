@@ -96,7 +96,7 @@ def test_a_bad_option_value_is_reported_once_not_per_rank(a5a_for, tmp_path):
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--method", "intdiana", "--levels", 4], "method 'intdiana' with compressor int does not use option(s) levels"),
+    (["--method", "intdiana", "--levels", 4], "method 'intdiana' with compressor int does not use option(s) --levels"),
     (["--method", "diana", "--compressor", "sign"], "use ef-sgd --compressor sign"),
     (["--method", "vr-diana", "--compressor", "topk"], "use ef-sgd --compressor topk"),
     (["--method", "gd", "--batch", 8], "method 'gd' uses each rank's full local gradient; drop --batch"),
