@@ -23,11 +23,20 @@ def a5a_for(a5a_path, tmp_path_factory):
 @pytest.fixture
 def netbed_ready():
     """The namespace test bed's module (benchmarks/netbed.py), or a skip saying why this machine
-    cannot build the bed (no ``ip``/``tc``, not root, no network namespaces, or a bed already up)."""
+    cannot build the bed (not MPICH, no ``ip``/``tc``, not root, no network namespaces, or a bed already up)."""
     import subprocess
     import sys
     from pathlib import Path
 
+    from mpiopt import launch
+
+    try:
+        library = launch.mpi_library()
+    except (FileNotFoundError, ValueError) as exc:
+        pytest.skip(f"no network test bed here: {exc}")
+    if library != "mpich":
+        pytest.skip(f"no network test bed under {library}: the bed drives MPICH's Hydra (MPMD ranks in "
+                    "namespaces, -f hostfile with -launcher-exec) and MPICH's CH4/OFI variables")
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import netbed
 

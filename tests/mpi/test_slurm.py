@@ -3,7 +3,7 @@ deploy/slurm/local-cluster.sh in a folder of its own, on ports of its own): ``sr
 with MPICH, ``srun --mpi=pmix`` with Open MPI, and the examples/slurm sbatch scripts give the
 x_final of the mpiexec run bit for bit, and the trace records Slurm's job id and version.
 
-The script installs the packages when they are missing (apt-get; about a minute and a half on a
+The script installs the packages when they are missing (apt-get update and install: about two minutes on a
 fresh machine); the module skips, with the script's reason, only where they cannot be installed."""
 
 import json
@@ -45,7 +45,7 @@ def reference(a5a_for, tmp_path_factory):
     return json.loads(out.read_text())
 
 
-def slurm_env(conf: str, library: str, venv: Path) -> dict:
+def slurm_env(conf: str, venv: Path) -> dict:
     """The environment srun passes to the tasks: the library's settings for 4 ranks on this host."""
     return launch.mpi_env(4, {"SLURM_CONF": conf}, mpiexec=str(venv / "bin" / "mpiexec"))
 
@@ -61,7 +61,7 @@ def test_srun_gives_the_mpiexec_iterates(slurm, reference, a5a_for, tmp_path, li
     out = tmp_path / "srun.json"
     cmd = ["srun", f"--mpi={mpi}", "--overcommit", "-n", "4", str(venv / "bin" / "python"), "-m", "mpiopt", "run",
            "--data", str(a5a_for(4)), "--no-progress", "--out", str(out), *RUN]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=slurm_env(slurm, library, venv))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=slurm_env(slurm, venv))
     assert res.returncode == 0, f"{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
     check_trace(json.loads(out.read_text()), reference)
 
@@ -71,7 +71,7 @@ def test_sbatch_example_gives_the_mpiexec_iterates(slurm, reference, a5a_for, tm
     venv = library_venv(library)
     out = tmp_path / "sbatch.json"
     script = REPO / "examples" / "slurm" / f"{library}.sbatch"
-    env = {**slurm_env(slurm, library, venv), "MPIOPT_VENV": str(venv)}
+    env = {**slurm_env(slurm, venv), "MPIOPT_VENV": str(venv)}
     cmd = ["sbatch", "--wait", "--overcommit", "-n", "4", "-o", str(tmp_path / "job-%j.out"), str(script),
            str(a5a_for(4)), str(out), *RUN]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
