@@ -83,7 +83,8 @@ ZERO_BASED = {"no": False, "yes": True, "auto": "auto"}
 
 
 def load_libsvm(path: PathLike, n_features: Optional[int] = None,
-                max_features: int = MAX_FEATURES, zero_based: Union[bool, str] = False) -> Tuple[sp.csr_matrix, np.ndarray]:
+                max_features: int = MAX_FEATURES,
+                zero_based: Union[bool, str] = False) -> Tuple[sp.csr_matrix, np.ndarray]:
     """Read a LIBSVM file (plain, .gz or .bz2) as (X CSR float64, y float64 in {-1, +1}).
 
     ``n_features`` fixes the column count (files do not record it, and a file whose last columns are
@@ -256,7 +257,8 @@ def _check_feature(token: str, previous: int, n_features: Optional[int], first: 
                 "dump_svmlight_file writes one unless zero_based=False) reads with --zero-based auto or yes"), previous
     if not first <= index <= _MAX_INDEX:
         shown = index if len(index_text) <= 20 else quoted(index_text)
-        return f"feature index {shown} is invalid: LIBSVM indices run from {first} to {_MAX_INDEX}; {_LINE_FORMAT}", previous
+        return (f"feature index {shown} is invalid: LIBSVM indices run from {first} to {_MAX_INDEX}; "
+                f"{_LINE_FORMAT}"), previous
     if index == previous:
         return f"duplicate feature index {index}; {_LINE_FORMAT}", index
     if index < previous:

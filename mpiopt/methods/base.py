@@ -75,6 +75,10 @@ class Method:
     message. ``info_bits`` and ``clipped`` are cumulative per-rank counters for the trace.
     """
 
+    schedule: Optional[Callable[[int], float]] = None
+    """The user's step-size schedule k -> lr (set by :meth:`init_lr`), read by the runner before
+    each step; None for a constant step."""
+
     def __init__(self, ctx: Context, name: str):
         self.ctx = ctx
         self.name = name
@@ -86,8 +90,7 @@ class Method:
         """The step size: the user's number or schedule (``ctx.lr`` callable: :meth:`lr_at` gives
         each iteration's), else the method's theory value (needs the smoothness)."""
         ctx = self.ctx
-        self.schedule: Optional[Callable[[int], float]] = ctx.lr if callable(ctx.lr) else None
-        """The user's step-size schedule k -> lr, read by the runner before each step; None for a constant."""
+        self.schedule = ctx.lr if callable(ctx.lr) else None
         if self.schedule is not None:
             self.lr = self.lr_at(0)
             return

@@ -90,7 +90,7 @@ class CompressedMethod(Method):
         self._refuse_foreign(options, own, mem_cls.options, comp_cls)
         self.opts = resolve_options(f"method '{name}'", own, {o.name: options[o.name] for o in own if o.name in options})
         if recipe.shift == "diana" and not comp_cls.unbiased:
-            ef_sgd = f"{'ef-sgd ' if on_command_line() else 'method=' + repr('ef-sgd') + ', '}{arg('compressor', comp_name)}"
+            ef_sgd = ("ef-sgd " if on_command_line() else "method='ef-sgd', ") + arg("compressor", comp_name)
             raise bad_option(f"method '{name}' needs an unbiased compressor and '{comp_name}' is biased; "
                              f"use {ef_sgd} (error feedback) instead")
         self.mem_opts = resolve_options(f"method '{name}'", mem_cls.options,
