@@ -205,7 +205,8 @@ def table(records) -> str:
               "wall_seconds": sum(r["wall_seconds"] for r in records)}
     lines = [f"Iterations and bytes per rank to ||x - x*||^2 <= the level shown: {record['tol']:g}, or where "
              f"float64 L-SVRG did not reach it within the cap of {record['iteration_cap']:,} iterations, the "
-             "smallest of 1e-2, 1e-4, 1e-6 it reached (`-`: not reached); batch 5% of a worker's rows; ratios "
+             "smallest of 1e-2, 1e-4, 1e-6 it reached (`-`: not reached; `cap: e`: no level reached, e = "
+             "||x - x*||^2 at the cap); batch 5% of a worker's rows; ratios "
              f"against L-SVRG (goal: default <= {GOAL_ITERATIONS}x the iterations and >= {GOAL_BYTES:g}x fewer "
              "bytes).", "",
              "| problem | l2 | ranks | level | l-svrg its | bytes | vr-intdiana (fill) its | bytes | its x | "
@@ -218,7 +219,8 @@ def table(records) -> str:
         for label in ("l-svrg", "vr-intdiana", "vr-intdiana paper"):
             r = c["runs"][label]
             it = None if key is None else r["to"][key]
-            cells += ["-", "-"] if it is None else [f"{it:,}", f"{r['bytes_to'][key]:,}"]
+            cap = f"cap: {r['final_dist_sq']:.3g}"  # where L-SVRG reached no level: the error at the cap
+            cells += [cap if key is None else "-", "-"] if it is None else [f"{it:,}", f"{r['bytes_to'][key]:,}"]
             if label != "l-svrg":
                 q = c["ratios"].get(label)
                 cells += ["-", "-"] if q is None else [f"{q['iterations_x']:.2f}", f"{q['bytes_fewer_x']:.1f}"]

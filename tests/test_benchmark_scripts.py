@@ -13,6 +13,7 @@ from _bench import BENCH, mpiexec_or_skip, run_benchmark
 sys.path.insert(0, str(BENCH))
 
 import allreduce_step  # noqa: E402
+import convex_panel  # noqa: E402
 import netbed  # noqa: E402
 from mpiopt.kernels import cpu_kernel  # noqa: E402
 from mpiopt.kernels import numba as numba_kernel  # noqa: E402
@@ -79,7 +80,8 @@ def test_convex_benchmark_writes_traces_summary_and_figures_and_rebuilds_them(li
     trace = json.loads((out / "a5a" / "vr-intdiana-seed1.json").read_text())
     assert summary["iters"] == 60 and summary["seeds"] == 2 and summary["batch"] == trace["config"]["batch"] == 160
     assert trace["label"] == "vr-intdiana" and trace["n_ranks"] == 2 and trace["config"]["iters"] == 60
-    assert trace["wire"]["steps_by_wire"]["int8"] == 59  # the first step sends floats
+    steps = trace["wire"]["steps_by_wire"]  # the first step sends floats; then int16 (fill's floor) or int8
+    assert steps.pop("float64") == 1 and sum(steps.values()) == 59 and set(steps) <= {"int8", "int16"}
     for suffix in ("png", "pdf"):
         (out / f"a5a.{suffix}").unlink()
     md = (out / "a5a" / "summary.md").read_text()
@@ -163,3 +165,24 @@ def test_torch_allreduce_compares_doubling_with_the_ring(tmp_path):
                           "doubling_vs_ring"}
         assert r["doubling_seconds"] > 0 and r["ring_seconds"] > 0
         assert r["doubling_vs_ring"] == pytest.approx(r["doubling_seconds"] / r["ring_seconds"])
+
+
+def test_convex_panel_runs_each_problem_with_both_alpha_rules_and_writes_its_table(tmp_path):
+    mpiexec_or_skip()
+    out = tmp_path / "panel.json"
+    run_benchmark([BENCH / "convex_panel.py", "--problems", "synthetic", "--l2", 1e-3, "--ranks", 2, "--iters", 300,
+                   "--tol", 1e-4, "--work", tmp_path / "work", "--json", out], timeout=600)
+    record = json.loads(out.read_text())
+    (case,) = record["cases"]
+    assert case["problem"] == "synthetic" and case["ranks"] == 2 and case["batch"] == 50  # 1000 rows a worker / 20
+    assert set(case["runs"]) == {"l-svrg", "vr-intdiana", "vr-intdiana paper"}
+    lsvrg = case["runs"]["l-svrg"]
+    assert lsvrg["status"] == "converged" and lsvrg["iterations"] == lsvrg["to"]["0.0001"]
+    assert lsvrg["bytes_per_rank"] == 8 * 50 * lsvrg["iterations"]  # float64, d = 50
+    for label in ("vr-intdiana", "vr-intdiana paper"):
+        run, ratio = case["runs"][label], case["ratios"][label]
+        assert ratio["iterations_x"] == run["to"]["0.0001"] / lsvrg["to"]["0.0001"]
+        assert ratio["bytes_fewer_x"] == lsvrg["bytes_to"]["0.0001"] / run["bytes_to"]["0.0001"] > 1
+    assert case["ratios"]["level"] == 1e-4
+    row = next(line for line in convex_panel.table([record]).splitlines() if line.startswith("| synthetic"))
+    assert row.split(" | ")[3:5] == ["0.0001", f"{lsvrg['iterations']:,}"]

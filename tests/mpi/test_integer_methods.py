@@ -10,7 +10,6 @@ full-precision L-SVRG (same seed, same batch, same theory step size), sending on
 """
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -144,30 +143,27 @@ def test_auto_wire_dtype_in_trajectories(trajectories):
 
 
 def test_vr_intdiana_needs_at_most_1_1x_the_iterations_of_l_svrg_on_a5a_12_ranks(a5a_for, tmp_path):
-    """Both alpha rules (default fill, 4x fewer bytes than float64 L-SVRG; the paper's, int8 throughout).
-    The IntSGD paper's convex setup: a5a over 12 ranks (heterogeneous contiguous shards, rows of
-    unit norm, l2 = 5e-4), minibatch N / (20 n) = 26 per rank, theory step size, same seed."""
+    """The IntSGD paper's convex setup: a5a over 12 ranks (heterogeneous contiguous shards, rows of
+    unit norm, l2 = 5e-4), minibatch N / (20 n) = 26 per rank, theory step size, same seed. The default
+    alpha (fill) sends int16 first, then int8, nothing clipped, and >= 4x fewer bytes than float64
+    (the paper's rule, int8 throughout, is checked on 6 ranks in test_auto_wire_dtype_in_trajectories)."""
     data = a5a_for(12)
     traces = {}
-    for label, method, extra in (("l-svrg", "l-svrg", []), ("fill", "vr-intdiana", []),
-                                 ("paper", "vr-intdiana", ["--alpha", "paper"])):
-        out = tmp_path / f"{label}.json"
-        res = run_mpi(12, ["run", "--data", data, "--method", method, *extra, "--batch", 26, "--tol", 1e-8,
+    for method in ("l-svrg", "vr-intdiana"):
+        out = tmp_path / f"{method}.json"
+        res = run_mpi(12, ["run", "--data", data, "--method", method, "--batch", 26, "--tol", 1e-8,
                            "--iters", 20000, "--seed", 0, "--log-every", 1000, "--no-progress", "--out", out],
                       timeout=240)
         assert res.returncode == 0, res.stderr
-        traces[label] = json.loads(out.read_text())
-    ref, vr, fill = traces["l-svrg"], traces["paper"], traces["fill"]
-    for t in (ref, vr, fill):
+        traces[method] = json.loads(out.read_text())
+    ref, vr = traces["l-svrg"], traces["vr-intdiana"]
+    for t in (ref, vr):
         assert t["status"] == "converged" and t["history"]["dist_sq"][-1] <= 1e-8
-        assert t["config"]["lr"] == ref["config"]["lr"] and t["config"]["p"] == ref["config"]["p"]
+    assert vr["config"]["lr"] == ref["config"]["lr"] and vr["config"]["p"] == ref["config"]["p"]
+    assert vr["config"]["alpha"] == "fill"
     n_ref, n_vr = ref["iterations"], vr["iterations"]
-    assert n_vr <= 1.1 * n_ref and fill["iterations"] <= 1.1 * n_ref, (n_vr, fill["iterations"], n_ref)
-    assert fill["history"]["clipped"][-1] == 0 and 4 * fill["history"]["wire_bytes"][-1] <= 8 * D * n_ref
-    wire = vr["wire"]  # the paper's rule: after the float first step, every integer went out as int8, none clipped
-    assert wire["steps_by_wire"] == {"float64": 1, "int8": n_vr - 1} and wire["redone_steps"] == 0
-    assert wire["max_abs_q"] <= 127 // 12 and vr["history"]["clipped"][-1] == 0
-    assert vr["history"]["wire_bytes"][-1] == 8 * D + (n_vr - 1) * (D + 3)
-    assert ref["history"]["wire_bytes"][-1] == n_ref * 8 * D
-    per_coordinate = 1 + math.ceil(math.log2(wire["max_abs_q"] + 1))  # <= 5 bits, against 64
-    assert vr["history"]["info_bits"][-1] <= 64 * D + (n_vr - 1) * D * per_coordinate
+    assert n_vr <= 1.1 * n_ref, (n_vr, n_ref)
+    steps = dict(vr["wire"]["steps_by_wire"])
+    assert steps.pop("float64") == 1 and set(steps) <= {"int8", "int16"} and sum(steps.values()) == n_vr - 1
+    assert vr["history"]["clipped"][-1] == 0 and ref["history"]["wire_bytes"][-1] == n_ref * 8 * D
+    assert 4 * vr["history"]["wire_bytes"][-1] <= ref["history"]["wire_bytes"][-1]
