@@ -64,7 +64,7 @@ from mpiopt.errors import InputError
 from mpiopt.kernels import cpu_kernel
 from mpiopt.problems.torch import array_module, as_array
 from mpiopt.state import capture, restore
-from mpiopt.torch import (_CompressorEngine, check_identity, layer_starts, non_finite_gradient, record_from_torch,
+from mpiopt.torch.common import (CompressorEngine, check_identity, layer_starts, non_finite_gradient, record_from_torch,
                           record_to_torch, with_integer_first_step)
 from mpiopt.torch.comm import TorchCommunicator
 
@@ -148,7 +148,7 @@ class _Bucket:
         comm = state.comm if xp is np else on_device(state.comm)
         comp = state.cls(comm, plan.dim, seed=state.seed + (index << 32), worker=state.comm.rank,
                          fail=functools.partial(non_finite_gradient, state.comm), xp=xp, **opts)
-        self.engine = _CompressorEngine(comp)
+        self.engine = CompressorEngine(comp)
         if self.in_place:
             self.v = self.mean = None
             self._x = torch.zeros(plan.dim, dtype=dtype)
@@ -275,7 +275,7 @@ class CompressorState:
         return made
 
     # ---- counters ----------------------------------------------------------------------------
-    def _engines(self) -> List[_CompressorEngine]:
+    def _engines(self) -> List[CompressorEngine]:
         return [b.engine for b in self.buckets.values()]
 
     @property
