@@ -222,6 +222,8 @@ class IntCompressor(Compressor):
             if o["first_step"] == "exponent":
                 return self._spread(self._exponent_alpha(v))
             return None
+        if lr == 0.0 if isinstance(lr, float) else np.any(np.asarray(lr) == 0.0):  # alpha 0, a 0 / 0 mean
+            return self._spread(self._exponent_alpha(v))  # lr 0 (a schedule's end): scale by the largest |v|
         r = st["r"]
         if self.takes_blocks and len(self.starts) > 1:  # squares, r and alpha in one pass, the bits of the lines below
             self.quant.block_adaptive_alpha(x, st["x_prev"], r, st["have_r"], o["beta"], lr, self.n, self._constants,
