@@ -30,7 +30,6 @@ Precision: float32 and float64 buckets are read where they lie; float16 and bflo
 written back into the bucket with one rounding to its dtype.
 """
 
-import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np

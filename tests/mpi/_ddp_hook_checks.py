@@ -47,7 +47,6 @@ mean fails, not only ranks that disagree.
 import hashlib
 import io
 import pickle
-import threading
 import time
 
 import numpy as np
