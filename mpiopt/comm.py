@@ -9,28 +9,33 @@ the bytes this rank handed to the collectives, so that every trace reports bytes
 the ladder the int compressor's ``auto`` wire dtype climbs.
 
 :class:`MPICommunicator` does every collective with an uppercase mpi4py buffer call, so nothing on
-the hot path is pickled or allocated.
+the hot path is pickled or allocated. mpi4py is imported when the first MPICommunicator is built
+(importing it initializes MPI), so the protocol and the compressors that import this module run in a
+torchrun worker without an MPI runtime.
 """
 
-from typing import Any, List, Optional, Protocol, Tuple, runtime_checkable
+import functools
+from typing import Any, Dict, List, Optional, Protocol, Tuple, runtime_checkable
 
 import numpy as np
-from mpi4py import MPI
 
-_MPI_INT = {
-    np.dtype(np.int8): MPI.INT8_T,
-    np.dtype(np.int16): MPI.INT16_T,
-    np.dtype(np.int32): MPI.INT32_T,
-    np.dtype(np.int64): MPI.INT64_T,
-    np.dtype(np.uint8): MPI.UINT8_T,
-}
 INT_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64))
 """The integer types MPI sums (all of them), narrowest first."""
-_MPI_FLOAT = {np.dtype(np.float16): MPI.Datatype.fromcode("e"), np.dtype(np.float32): MPI.FLOAT,
+
+
+@functools.lru_cache(maxsize=None)
+def _mpi_tables() -> Tuple[Any, Dict[np.dtype, Any], Dict[np.dtype, Any]]:
+    """(mpi4py's MPI module, MPI datatypes of the integer dtypes, of the float dtypes), on first use."""
+    from mpi4py import MPI
+
+    ints = {np.dtype(np.int8): MPI.INT8_T, np.dtype(np.int16): MPI.INT16_T, np.dtype(np.int32): MPI.INT32_T,
+            np.dtype(np.int64): MPI.INT64_T, np.dtype(np.uint8): MPI.UINT8_T}
+    floats = {np.dtype(np.float16): MPI.Datatype.fromcode("e"), np.dtype(np.float32): MPI.FLOAT,
               np.dtype(np.float64): MPI.DOUBLE}
+    return MPI, ints, floats
 
 
-def _mpi_type(buf: np.ndarray, table: dict) -> MPI.Datatype:
+def _mpi_type(buf: np.ndarray, table: dict):
     try:
         return table[buf.dtype]
     except KeyError:
@@ -72,7 +77,9 @@ class MPICommunicator:
     which is what a compressed method saves; the MPI library's own fan-in/fan-out is not counted.
     """
 
-    def __init__(self, comm: Optional[MPI.Comm] = None):
+    def __init__(self, comm=None):
+        MPI, self._ints, self._floats = _mpi_tables()
+        self._in_place, self._sum, self._max = MPI.IN_PLACE, MPI.SUM, MPI.MAX
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
@@ -85,20 +92,20 @@ class MPICommunicator:
 
     def allreduce_int(self, buf: np.ndarray, count: bool = True) -> np.ndarray:
         """Sum an integer array over all ranks, in place. Exact and independent of reduction order."""
-        self.comm.Allreduce(MPI.IN_PLACE, [buf, _mpi_type(buf, _MPI_INT)], op=MPI.SUM)
+        self.comm.Allreduce(self._in_place, [buf, _mpi_type(buf, self._ints)], op=self._sum)
         self._count(buf.nbytes, count)
         return buf
 
     def allreduce_max(self, buf: np.ndarray, count: bool = True) -> np.ndarray:
         """Element-wise maximum over all ranks, in place (integer or float arrays)."""
-        dtype = _MPI_INT.get(buf.dtype) or _mpi_type(buf, _MPI_FLOAT)
-        self.comm.Allreduce(MPI.IN_PLACE, [buf, dtype], op=MPI.MAX)
+        dtype = self._ints.get(buf.dtype) or _mpi_type(buf, self._floats)
+        self.comm.Allreduce(self._in_place, [buf, dtype], op=self._max)
         self._count(buf.nbytes, count)
         return buf
 
     def allreduce_float(self, buf: np.ndarray, count: bool = True) -> np.ndarray:
         """Sum a float16/float32/float64 array over all ranks, in place."""
-        self.comm.Allreduce(MPI.IN_PLACE, [buf, _mpi_type(buf, _MPI_FLOAT)], op=MPI.SUM)
+        self.comm.Allreduce(self._in_place, [buf, _mpi_type(buf, self._floats)], op=self._sum)
         self._count(buf.nbytes, count)
         return buf
 
@@ -165,14 +172,5 @@ def as_communicator(comm) -> Communicator:
 def library_version() -> str:
     """The first line of the MPI library's version string (recorded in every trace); Open MPI's ends in
     a NUL byte, dropped."""
-    return MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0]
+    return _mpi_tables()[0].Get_library_version().replace("\x00", "").strip().splitlines()[0]
 
-
-def __getattr__(name: str):
-    """``mpiopt.comm.TorchCommunicator``, imported from :mod:`mpiopt.torch.comm` only when asked for,
-    so that mpi4py users never import torch."""
-    if name == "TorchCommunicator":
-        from mpiopt.torch.comm import TorchCommunicator
-
-        return TorchCommunicator
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -246,6 +246,8 @@ class IntCompressor(Compressor):
             if o["first_step"] == "exponent":
                 return self._spread(self._exponent_alpha(v))
             return None
+        if lr == 0.0 if isinstance(lr, float) else np.any(np.asarray(lr) == 0.0):  # alpha 0, a 0 / 0 mean
+            return self._spread(self._exponent_alpha(v))  # lr 0 (a schedule's end): scale by the largest |v|
         if o["alpha"] == "fill":
             return self._spread(self._fill_alpha(v))
         r = st["r"]

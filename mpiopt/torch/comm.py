@@ -43,6 +43,9 @@ DOUBLING_BYTES = 64 * 1024
 """Default ``doubling_bytes``: where recursive doubling stops paying off on a 1 Gbit/s TCP link with
 about 50 us per round at 4 to 16 ranks (it saves 2(n - 1) - log2 n rounds and sends
 log2 n - 2(n - 1) / n more times the buffer); on shared cores rounds cost more, and it pays off longer."""
+ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+"""The tensor all-gather: ``all_gather_single`` from torch 2.13 (which deprecates the other), else
+``all_gather_into_tensor`` (torch 2.0 to 2.12)."""
 VIEWS_KEPT = 16
 """Tensor views of this many arrays are kept between collectives (then the cache starts over)."""
 
@@ -156,7 +159,7 @@ class TorchCommunicator:
     def allgather(self, sendbuf, recvbuf, count: bool = True):
         """Gather equal-sized blocks from every rank: ``recvbuf`` has ``size * len(sendbuf)`` items."""
         out = self._wire(recvbuf)
-        dist.all_gather_single(out.view(-1), self._wire(sendbuf).reshape(-1), group=self.group)
+        ALL_GATHER(out.view(-1), self._wire(sendbuf).reshape(-1), group=self.group)
         self._count(sendbuf.nbytes, count)
         return self._land(recvbuf, out)
 
@@ -169,7 +172,7 @@ class TorchCommunicator:
         send = torch.zeros(width, dtype=mine.dtype, device=mine.device)
         send[:sendbuf.size] = mine.reshape(-1)
         gathered = torch.empty(self.size * width, dtype=send.dtype, device=send.device)
-        dist.all_gather_single(gathered, send, group=self.group)
+        ALL_GATHER(gathered, send, group=self.group)
         rows = gathered.view(self.size, width)
         out = self._wire(recvbuf).view(-1)
         starts = np.concatenate(([0], np.cumsum(counts)[:-1]))

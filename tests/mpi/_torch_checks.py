@@ -10,7 +10,8 @@ every rank; rank 0 writes a JSON report of named results (the AND / MAX over ran
   step), equal to Alg. 1's formula with the current step size under an LR schedule;
 * resume: for every optimizer, k steps, state_dict (through torch.save), more steps == a new
   model/optimizer loaded from the state and stepped the same way (bitwise, wire bytes too);
-* same: the parameters are bitwise identical on every rank after training.
+* same: the parameters are bitwise identical on every rank after training;
+* lr_zero: a schedule that reaches lr 0 gives finite means within 1/alpha of the exact one.
 """
 
 import io
@@ -201,6 +202,38 @@ def alpha_scalar_under_schedule(report):
     report["alpha/scalar_schedule_stale_gap"] = -stale_gap  # MAX over ranks of -gap: the smallest gap
 
 
+def lr_zero(report):
+    """An LR schedule that reaches 0 (issue 21, item 4): the lr-0 steps send integers scaled by the
+    largest |g| over the ranks, so the mean is finite and within 1/alpha of the exact mean; no error,
+    and the parameters do not move."""
+    model = model_for("cnn")
+    opt = mt.IntSGD(model.parameters(), lr=0.05, wire_dtype="auto")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: max(0.0, 1.0 - k / 3))
+    comp, means = opt.engine.comp, []
+    exchange = comp.exchange
+
+    def recorded(v, k, x, lr, out_mean, out_local=None):
+        exchange(v, k, x, lr, out_mean, out_local)
+        means.append(out_mean.copy())
+
+    comp.exchange = recorded
+    worst, zero_steps, still = 0.0, 0, True
+    for x, y in batches("cnn", 6):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        exact = np.concatenate([p.grad.detach().reshape(-1).numpy() for p in model.parameters()]) / SIZE
+        COMM.Allreduce(MPI.IN_PLACE, exact, op=MPI.SUM)
+        before = flat(model)
+        opt.step()
+        if opt.param_groups[0]["lr"] == 0.0:
+            zero_steps += 1
+            worst = max(worst, float(np.max(np.abs(means[-1] - exact)) * opt.alpha.min()))
+            still &= bool(np.array_equal(flat(model), before))
+        sched.step()
+    report["lr_zero/steps"] = bool(zero_steps == 3 and still)
+    report["lr_zero/normalized_error"] = worst
+
+
 OPTIONS = {"intsgd": dict(wire_dtype="int8"), "hintsgd": dict(bits=8), "qsgd": dict(levels=15),
            "dgc": dict(density=0.05, warmup_iters=4), "powersgd": dict(rank=2)}
 
@@ -252,6 +285,7 @@ def main() -> None:
     parity(report)
     alpha(report)
     alpha_scalar_under_schedule(report)
+    lr_zero(report)
     resume(report)
     final = reduce_report(report)
     if RANK == 0:

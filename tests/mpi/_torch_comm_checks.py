@@ -15,7 +15,8 @@ import sys
 import numpy as np
 
 from _torch_common import finish, init_gloo
-from mpiopt.comm import Communicator, TorchCommunicator
+from mpiopt.comm import Communicator
+from mpiopt.torch.comm import TorchCommunicator
 from mpiopt.compressors import compressor_class
 from mpiopt.errors import InputError
 

@@ -22,7 +22,7 @@ OPTIONS = {"seed": 3, "iters": ITERS, "log_every": ITERS, "alpha": "constant", "
 def main(backend: str, data_dir: str, out: str) -> None:
     if backend == "torch":
         from _torch_common import finish, init_gloo
-        from mpiopt.comm import TorchCommunicator
+        from mpiopt.torch.comm import TorchCommunicator
 
         init_gloo()
         comm = TorchCommunicator()

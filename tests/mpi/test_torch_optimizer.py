@@ -18,6 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import mpiopt.torch as mt  # noqa: E402
+from mpiopt.torch.common import layer_starts  # noqa: E402
 from mpiopt.compressors.integer import HEADER  # noqa: E402
 from mpilaunch import run_script  # noqa: E402
 
@@ -49,6 +50,11 @@ def test_scalar_alpha_follows_the_current_step_size(report):
     assert report["alpha/scalar_zero_before_first_step"] is True and report["alpha/scalar_shared"] is True
     assert report["alpha/scalar_schedule_max_rel_err"] < 1e-12
     assert -report["alpha/scalar_schedule_stale_gap"] > 1e-3  # a stale step size would have been seen
+
+
+def test_lr_schedule_to_zero_sends_finite_exact_means(report):
+    assert report["lr_zero/steps"] is True
+    assert report["lr_zero/normalized_error"] < 1.0
 
 
 @pytest.mark.parametrize("name", sorted(mt.OPTIMIZERS))
@@ -90,8 +96,8 @@ def test_an_empty_parameter_tensor_has_no_alpha_block():
         (torch.nn.functional.cross_entropy(model(x), y) + model.empty.sum()).backward()
         opt.step()
     assert opt.alpha.shape == (4,) and (opt.alpha > 0).all()
-    assert mt.layer_starts([(0, 0), (0, 5), (5, 0), (5, 3), (8, 0)]) == [0, 5]
-    assert mt.layer_starts([(0, 0)]) is None
+    assert layer_starts([(0, 0), (0, 5), (5, 0), (5, 3), (8, 0)]) == [0, 5]
+    assert layer_starts([(0, 0)]) is None
 
 
 def test_argument_checks():
