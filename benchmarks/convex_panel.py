@@ -89,7 +89,7 @@ def run_one(folder: Path, ranks: int, method: str, extra, batch: int, args, log_
                "--log-every", str(log_every), "--no-progress", "--out", str(trace)]
         if method != "l-svrg":
             cmd += ["--kernel", "numpy"]  # the same integers as numba, without its compile time per run
-        env = mpi_env({"MPIR_CVAR_ENABLE_HEAVY_YIELD": "1"} if ranks > (os.cpu_count() or 1) else None)
+        env = mpi_env(ranks)
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if res.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)}\nfailed with exit code {res.returncode}:\n{res.stderr}")

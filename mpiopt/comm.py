@@ -15,7 +15,7 @@ torchrun worker without an MPI runtime.
 """
 
 import functools
-from typing import Any, Dict, List, Optional, Protocol, Tuple, runtime_checkable
+from typing import Any, Dict, List, Protocol, Tuple, runtime_checkable
 
 import numpy as np
 
@@ -166,7 +166,7 @@ def as_communicator(comm) -> Communicator:
     """Accept None (COMM_WORLD: size 1 without mpiexec), an mpi4py communicator, or a Communicator."""
     if isinstance(comm, Communicator):
         return comm
-    return MPICommunicator(comm if comm is not None else MPI.COMM_WORLD)
+    return MPICommunicator(comm)
 
 
 def library_version() -> str:

@@ -24,10 +24,10 @@ def test_no_mpi4py(statement):
 
 
 def test_lazy_names_still_there():
-    """The lazily imported names are the runner's and the optimizers' own (and do load mpi4py once asked for)."""
+    """The lazily imported names are the runner's and the optimizers' own, loaded when asked for."""
     loaded = loaded_after("import mpiopt, mpiopt.torch\nassert mpiopt.minimize.__module__ == 'mpiopt.run'\n"
                           "assert mpiopt.torch.IntSGD.__module__ == 'mpiopt.torch.optim'")
-    assert "mpi4py" in loaded
+    assert {"mpiopt.run", "mpiopt.torch.optim"} <= set(loaded)
 
 
 def test_gathers_on_a_torch_without_all_gather_single():

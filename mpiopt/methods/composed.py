@@ -121,7 +121,7 @@ class CompressedMethod(Method):
 
     # ---- step size and trace ----------------------------------------------------------------
     def default_lr(self) -> float:
-        ctx, n = self.ctx, self.ctx.comm.size
+        ctx = self.ctx
         if self.recipe.estimator == "full":
             return 1.0 / ctx.L
         if self.recipe.estimator == "l-svrg":

@@ -71,6 +71,12 @@ def _allreduce_options(op) -> AllreduceOptions:
     return opts
 
 
+def _bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """A flat tensor's bits as bytes: gloo's all-to-all refuses 16-bit integer words ("Invalid scalar
+    type"), and moving raw words needs no arithmetic, so they move as uint8."""
+    return tensor.view(torch.uint8)
+
+
 class TorchCommunicator:
     """The Communicator of a torch.distributed process group (``group=None``: the default group).
 
@@ -185,7 +191,7 @@ class TorchCommunicator:
         """Block r of ``sendbuf`` (``size`` equal blocks) to rank r, block r of ``recvbuf`` from rank r;
         counts the ``size - 1`` blocks that leave this rank."""
         out = self._wire(recvbuf)
-        dist.all_to_all_single(out.view(-1), self._wire(sendbuf).reshape(-1), group=self.group)
+        dist.all_to_all_single(_bytes(out.view(-1)), _bytes(self._wire(sendbuf).reshape(-1)), group=self.group)
         self._count(sendbuf.nbytes - sendbuf.nbytes // self.size, count)
         return self._land(recvbuf, out)
 

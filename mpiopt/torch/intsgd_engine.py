@@ -279,7 +279,7 @@ class IntSGDEngine:
 
     def _alphas(self, b: _Bucket, v: np.ndarray, lrs: np.ndarray, needs: np.ndarray, scale: float):
         """Each bucket block's alpha (a float when the model has one block, as IntSGD's Alg. 1)."""
-        o, plan, st = self.opts, b.plan, self.state
+        o, plan = self.opts, b.plan
         if o["alpha"] == "constant":
             alpha = np.full(plan.n_blocks, float(o["alpha0"]))
         else:

@@ -54,9 +54,11 @@ def test_abort_ends_the_job_instead_of_hanging(algorithm):
     assert "collective failed" in res.stdout
 
 
-def test_mpiopt_comm_imports_torch_only_when_asked():
+def test_mpiopt_comm_never_imports_torch():
+    """mpiopt.comm (the protocol, MPICommunicator) loads no torch; TorchCommunicator lives in mpiopt.torch.comm."""
     code = ("import sys, mpiopt.comm as c; assert 'torch' not in sys.modules; "
-            "T = c.TorchCommunicator; assert 'torch' in sys.modules; print(T.__module__)")
+            "assert not hasattr(c, 'TorchCommunicator'); "
+            "from mpiopt.torch.comm import TorchCommunicator as T; print(T.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "mpiopt.torch.comm"
