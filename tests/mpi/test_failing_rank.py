@@ -32,4 +32,6 @@ def test_a_member_missing_on_one_rank_is_one_error_on_every_rank():
     expected = ("caught InputError (collective=True): [rank 1] the problem (NoStochastic) lacks stochastic_grad(), "
                 "which method 'sgd' needs; a problem has dim, n_samples, loss(x), grad(x, out=None), "
                 "stochastic_grad(x, idx, out=None) and smoothness() (see help(mpiopt.problems.Problem))")
-    assert sorted(res.stdout.splitlines()) == [f"rank {r} {expected}" for r in (0, 1)], res.stdout
+    # each rank prints one line; mpiexec may forward the two ranks' writes run together, so look for both
+    assert all(f"rank {r} {expected}" in res.stdout for r in (0, 1)), res.stdout
+    assert res.stdout.count(expected) == 2, res.stdout
