@@ -58,7 +58,7 @@ MPI). DDP users keep their DistributedDataParallel model and register a communic
 CUDA models: ``SGD``, ``IntSGD``, ``HintSGD``, ``NatSGD`` and ``QSGD`` run on the GPU: the buckets
 are CuPy views (DLPack, no copy), the compressor allocates through CuPy and rounds with the CuPy
 quantizer (the same integers as numpy's for the same seed), and the integers go to NCCL
-(``TorchCommunicator``) or to MPI through :class:`mpiopt.kernels.cupy.DeviceCommunicator` (the
+(``TorchCommunicator``) or to MPI through :class:`mpiopt.device_comm.DeviceCommunicator` (the
 device buffer itself with CUDA-aware MPI, else one pinned host buffer). The last three wrap numpy
 methods and refuse CUDA tensors. The GPU path needs a GPU to run: ``benchmarks/gpu_check.py``
 exercises it; the CPU tests run the same code with numpy.
