@@ -15,6 +15,7 @@ an invalid setting: the same on every rank), every later exchange of the state f
 error without touching the network, so no rank is left waiting in a collective the others skipped.
 """
 
+import atexit
 import queue
 import threading
 from typing import Any, Callable, Optional
@@ -38,6 +39,7 @@ class OrderedWorker:
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
+            atexit.register(self.close)
         self._jobs.put((fn, args, fut))
         return fut
 
@@ -59,7 +61,17 @@ class OrderedWorker:
         else:
             fut.set_result(result)
 
+    def close(self) -> None:
+        """End the thread once the calls already submitted have run (at interpreter exit: a daemon
+        thread still waiting in the queue while torch's C++ state is torn down can abort the process)."""
+        if self._thread is not None and self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+
     def _run(self) -> None:
         while True:
-            fn, args, fut = self._jobs.get()
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, args, fut = job
             self._call(fn, args, fut)
