@@ -64,8 +64,7 @@ _OK_AT = {"add", "subtract", "maximum", "minimum", "bitwise_and", "bitwise_or", 
 _OK_REDUCE = {"add", "multiply"}
 _UFUNC_KWARGS = {"out", "dtype", "casting"}
 _METHODS = {"sum", "prod", "max", "min", "mean", "any", "all", "argmax", "argmin", "cumsum", "dot", "std", "var",
-            "nonzero", "argsort", "sort", "clip", "round", "squeeze", "transpose", "take", "repeat", "argpartition",
-            "partition"}
+            "nonzero", "argsort", "clip", "round", "squeeze", "transpose", "take", "repeat", "argpartition"}
 _NUMPY_IN = {"asarray", "array", "ascontiguousarray", "asnumpy", "copyto"}
 """Routines that take numpy arrays (host-to-device copies; copyto only from one element)."""
 
@@ -190,6 +189,14 @@ class ndarray:
 
     def fill(self, value) -> None:
         self._a.fill(value)
+
+    def sort(self, axis: int = -1) -> None:
+        """In place, as cupy.ndarray.sort (the function cupy.sort returns a sorted copy)."""
+        self._a.sort(axis)
+
+    def partition(self, kth: int, axis: int = -1) -> None:
+        """In place, as cupy.ndarray.partition."""
+        self._a.partition(kth, axis)
 
     def __getattr__(self, name: str):
         """The array methods that are numpy functions of the array (sum, max, ...), under the rules."""

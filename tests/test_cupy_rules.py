@@ -100,6 +100,15 @@ def test_dtypes_casts_and_duplicate_indices():
     assert a.tolist() == [1.0, 0.0, 1.0]
 
 
+def test_sort_and_partition_methods_work_in_place_on_views():
+    """As cupy.ndarray.sort and .partition (a no-op here would let a wrong threshold pass unseen)."""
+    a = rules.asarray(np.array([3.0, 1.0, 2.0, 0.0]))
+    a[:3].sort()
+    assert a.tolist() == [1.0, 2.0, 3.0, 0.0]
+    a.partition(3)
+    assert float(a[3]) == 3.0
+
+
 def test_a_kernel_without_a_twin_is_refused():
     with pytest.raises(NotImplementedError, match="twin"):
         rules.RawKernel("", "mpiopt_unheard_of_float32")

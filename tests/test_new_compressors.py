@@ -109,6 +109,22 @@ def test_topk_sends_exactly_k_pairs_of_largest_magnitude(float_dtype, pair):
     assert nbytes == pair * k and comp.bits == 8 * pair * k
 
 
+@pytest.mark.parametrize("name", ["topk", "dgc"])
+def test_ties_at_the_cut_go_to_the_lowest_indices(name):
+    """Which of several equal |v| is sent must not depend on the CPU (numpy's argpartition leaves ties
+    in an order that follows its SIMD target): the lowest indices win, as a stable sort puts them."""
+    rng = np.random.default_rng(5)
+    d = 4000
+    v = rng.choice([-3.0, -2.0, -1.0, 1.0, 2.0, 3.0], size=d) * rng.choice([1.0, 1.0, 0.5], size=d)
+    comp = make(name, d, density=0.1, **({"warmup_iters": 0} if name == "dgc" else {}))
+    exchange(comp, v)
+    sent = np.asarray(comp.sent_indices)
+    c = count_for(0.1, d)
+    assert sent.size == c if name == "topk" else 0 < sent.size <= c
+    want = np.sort(np.argsort(-np.abs(v), kind="stable")[:sent.size])
+    assert np.array_equal(sent, want)
+
+
 def test_dgc_count_follows_the_sparsity_warmup():
     d, opts = 123, {"density": 0.02, "warmup_iters": 10, "warmup_density": 0.3}
     comp = make("dgc", d, **opts)

@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from mpiopt.compressors.base import FLOAT_DTYPE, Option, register
-from mpiopt.compressors.sparse import DENSITY, SparseCompressor, count_for
+from mpiopt.compressors.sparse import DENSITY, SparseCompressor, count_for, largest
 from mpiopt.kernels import make_quantizer
 from mpiopt.kernels.numpy import MASK, mix64
 
@@ -95,6 +95,5 @@ class DGCSparsifier(SparseCompressor):
         sample.partition(s - hits)
         chosen = xp.flatnonzero(xp.greater_equal(absv, sample[s - hits], out=self._mask))
         if chosen.size > c:
-            keep = xp.argpartition(absv[chosen], chosen.size - c)[chosen.size - c:]
-            chosen = xp.sort(chosen[keep])
+            chosen = chosen[largest(xp, absv[chosen], c, self._scratch)]
         return chosen

@@ -34,6 +34,23 @@ def count_for(density: float, d: int) -> int:
     return min(d, max(1, math.ceil(round(density * d, 9))))
 
 
+def largest(xp, absv, c: int, scratch):
+    """Ascending indices of the c largest entries of ``absv`` (finite), ties at the c-th largest value
+    going to the lowest indices. The cut is a value, not a position in a partition, so the choice is
+    the same on every CPU: numpy's argpartition leaves equal entries in an order that follows its
+    SIMD target. ``scratch`` is a float array of at least absv.size entries."""
+    d = absv.size
+    if c >= d:
+        return xp.arange(d)
+    part = scratch[:d]
+    part[...] = absv
+    part.partition(d - c)
+    cut = part[d - c]
+    above = xp.flatnonzero(absv > cut)
+    ties = xp.flatnonzero(absv == cut)[:c - above.size]
+    return xp.sort(xp.concatenate((above, ties)))
+
+
 class SparseCompressor(Compressor):
     """Subclasses set ``fixed_count`` and implement ``count(k)`` (the pairs aimed at at step k),
     ``max_count()`` (the most pairs any step sends; it sizes the buffers) and ``select(absv, k)``
@@ -52,6 +69,7 @@ class SparseCompressor(Compressor):
         self.value_dtype = np.dtype(self.opts["float_dtype"])
         self.pair_bytes = INDEX.itemsize + self.value_dtype.itemsize
         self._absv = xp.empty(dim)
+        self._scratch = xp.empty(dim)
         self._send = xp.zeros(kmax * self.pair_bytes, dtype=np.uint8)
         self._recv = xp.zeros(n * kmax * self.pair_bytes, dtype=np.uint8)
         self._values = xp.empty(kmax, dtype=self.value_dtype)

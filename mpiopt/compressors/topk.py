@@ -8,12 +8,12 @@ feedback (``ef-sgd``).
 """
 
 from mpiopt.compressors.base import FLOAT_DTYPE, register
-from mpiopt.compressors.sparse import DENSITY, SparseCompressor, count_for
+from mpiopt.compressors.sparse import DENSITY, SparseCompressor, count_for, largest
 
 
 @register
 class TopK(SparseCompressor):
-    """Exact top-k by |v| (ties broken by the partition), indices sent in ascending order."""
+    """Exact top-k by |v| (ties at the k-th value to the lowest indices), indices sent in ascending order."""
 
     name = "topk"
     options = (DENSITY, FLOAT_DTYPE)
@@ -26,5 +26,4 @@ class TopK(SparseCompressor):
         return self.max_count()
 
     def select(self, absv, k):
-        d, c = self.dim, self.max_count()
-        return self.xp.sort(self.xp.argpartition(absv, d - c)[d - c:])
+        return largest(self.xp, absv, self.max_count(), self._scratch)
