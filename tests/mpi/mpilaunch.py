@@ -1,5 +1,6 @@
 """Launching real ``mpiexec`` jobs from tests: the venv's MPICH, hard timeouts, captured output."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,17 @@ def run_script(n: int, script: Path, *args, timeout: float = 120, env=None) -> s
     """``mpiexec -n n python SCRIPT ARGS`` for test helper scripts that call the Python API."""
     cmd = [mpiexec_path(), "-n", str(n), sys.executable, str(script), *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=launch.mpi_env(n, env))
+
+
+EXIT_REPORT = re.compile(r"^-{40,}\n(?:prterun|mpirun|mpiexec) detected that one or more processes exited with "
+                         r"non-zero status.*?^-{40,}\n", re.S | re.M)
+"""The block Open MPI's launcher adds to stderr when a rank exits non-zero (naming the first such
+process and its exit code); MPICH's and Intel MPI's Hydra add nothing."""
+
+
+def own_stderr(res: subprocess.CompletedProcess) -> str:
+    """What the ranks themselves wrote to stderr: the job's stderr without the launcher's exit report."""
+    return EXIT_REPORT.sub("", res.stderr)
 
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from mpilaunch import run_mpi
+from mpilaunch import own_stderr, run_mpi
 
 HOLD_LOCK = """
 import sys
@@ -38,9 +38,9 @@ def test_a_second_run_on_a_directory_in_use_exits_2_naming_the_first(a5a_for, tm
     finally:
         holder.communicate("", timeout=60)
     assert res.returncode == 2, res.stderr
-    assert res.stderr.count("\n") == 1 and res.stderr.startswith(
+    assert own_stderr(res).count("\n") == 1 and own_stderr(res).startswith(
         f"mpiopt: error: checkpoint directory {ckpt} is in use by another run (pid {holder.pid} on ")
-    assert res.stderr.endswith("; wait for it to finish, or choose another --checkpoint-dir\n")
+    assert own_stderr(res).endswith("; wait for it to finish, or choose another --checkpoint-dir\n")
     assert _listing(ckpt) == []
 
 
@@ -50,12 +50,12 @@ def test_a_fresh_start_never_takes_over_a_directory_of_checkpoints(a5a_for, tmp_
     before = {name: (ckpt / name).read_bytes() for name in _listing(ckpt)}
     other = run_mpi(2, _run_args(data, ckpt, "gd", 20, tmp_path / "b.json"), timeout=120)
     assert other.returncode == 2
-    assert other.stderr == (f"mpiopt: error: checkpoint directory {ckpt} already holds checkpoints of another run "
+    assert own_stderr(other) == (f"mpiopt: error: checkpoint directory {ckpt} already holds checkpoints of another run "
                             f"(it was written for method='sgd', this run has method='gd'); choose another "
                             f"--checkpoint-dir, or delete those files\n")
     same = run_mpi(2, _run_args(data, ckpt, "sgd", 20, tmp_path / "c.json"), timeout=120)
     assert same.returncode == 2
-    assert same.stderr == (f"mpiopt: error: checkpoint directory {ckpt} already holds checkpoints of this "
+    assert own_stderr(same) == (f"mpiopt: error: checkpoint directory {ckpt} already holds checkpoints of this "
                            f"configuration (up to iteration 20); pass --resume to continue from them, or choose "
                            f"another --checkpoint-dir\n")
     assert {name: (ckpt / name).read_bytes() for name in _listing(ckpt)} == before

@@ -3,7 +3,7 @@
 import hashlib
 import shutil
 
-from mpilaunch import run_mpi
+from mpilaunch import own_stderr, run_mpi
 
 
 def _digest(folder):
@@ -16,7 +16,7 @@ def test_out_inside_the_data_folder_is_refused_before_the_run(a5a_for, tmp_path)
     res = run_mpi(2, ["run", "--data", data, "--method", "gd", "--iters", 5, "--no-progress",
                       "--out", data / "meta.json"], timeout=60)
     assert res.returncode == 2
-    assert res.stderr == (f"mpiopt: error: --out '{data}/meta.json' is inside the data folder '{data}', which a run "
+    assert own_stderr(res) == (f"mpiopt: error: --out '{data}/meta.json' is inside the data folder '{data}', which a run "
                           f"never writes to; choose a path outside it (e.g. under results/)\n")
     ckpt = run_mpi(2, ["run", "--data", data, "--method", "gd", "--iters", 5, "--no-progress", "--checkpoint-every",
                        1, "--checkpoint-dir", data / "ckpt", "--out", tmp_path / "t.json"], timeout=60)
@@ -27,5 +27,5 @@ def test_out_inside_the_data_folder_is_refused_before_the_run(a5a_for, tmp_path)
 def test_out_that_is_a_directory_is_refused_before_loading_data(tmp_path):
     res = run_mpi(2, ["run", "--data", tmp_path / "nowhere", "--method", "gd", "--out", tmp_path], timeout=60)
     assert res.returncode == 2
-    assert res.stderr == (f"mpiopt: error: --out '{tmp_path}' is a directory; give the trace's file name, e.g. "
+    assert own_stderr(res) == (f"mpiopt: error: --out '{tmp_path}' is a directory; give the trace's file name, e.g. "
                           f"--out '{tmp_path}/run.json'\n")
