@@ -68,7 +68,7 @@ def test_step_overhead_writes_its_json(a5a_path, tmp_path):
     steps = res["wire"]["steps_by_wire"]
     assert res["wire"]["compressor"] == "int" and set(steps) <= {"float64", "int16", "int8"}
     assert steps.get("int8", 0) + steps.get("int16", 0) >= 20
-    assert res["wire"]["kernel"] == cpu_kernel()  # the default (MPIOPT_KERNEL, else numba when installed)
+    assert res["wire"]["kernel"] == cpu_kernel(size=123)  # the default for a5a's 123 coordinates
 
 
 def test_convex_benchmark_writes_traces_summary_and_figures_and_rebuilds_them(libsvm_dir, tmp_path):

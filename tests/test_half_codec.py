@@ -1,4 +1,4 @@
-"""The 16-bit codecs of mpiopt.kernels.half: numba's words against numpy's casts, bit for bit.
+"""The 16-bit codecs of mpiopt.kernels.half and .half_numba: numba's words against numpy's casts, bit for bit.
 
 fp16 (every float16 value, every midpoint between neighbours and the doubles either side of it,
 random bit patterns of float64 and float32 including NaN, inf, subnormals and overflow), bf16 against
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from mpiopt.compressors.bf16 import BF16Codec, bf16_bits
-from mpiopt.kernels import half
+from mpiopt.kernels import half, half_numba
 from mpiopt.kernels.numpy import apply_step
 
-pytestmark = pytest.mark.skipif(not half.AVAILABLE, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(not half_numba.AVAILABLE, reason="numba is not installed")
 RNG = np.random.default_rng(5)
 ORDERS = ([0, 1, 2], [2, 0, 1])
 
@@ -54,22 +54,22 @@ def same_or_both_nan(a: np.ndarray, b: np.ndarray, fmt: str = "fp16") -> bool:
 def test_fp16_encode_is_numpys_cast_of_v_over_n(values, n):
     v = values()
     got, want = np.empty(v.size, np.uint16), np.empty(v.size, np.uint16)
-    half.NumbaCodec(v.size, 1).encode(v, n, got)
+    half_numba.NumbaCodec(v.size, 1).encode(v, n, got)
     with np.errstate(over="ignore", invalid="ignore"):
         half.CastCodec(np, v.size, 1).encode(v, n, want)
     assert np.array_equal(got, want)
 
 
 def test_hardware_and_bit_kernels_round_alike():
-    if not half.hardware_half():
+    if not half_numba.hardware_half():
         pytest.skip("no one-instruction float32 -> float16 rounding on this CPU")
     v = singles()
     hw, bits = np.empty(v.size, np.uint16), np.empty(v.size, np.uint16)
-    half._encode_hw(v, np.float32(0.25), hw)
-    half._encode(v, 4, False, True, bits)
+    half_numba._encode_hw(v, np.float32(0.25), hw)
+    half_numba._encode(v, 4, False, True, bits)
     assert same_or_both_nan(hw, bits)
-    half._round_hw(v, hw)
-    half._round(v, False, bits)
+    half_numba._round_hw(v, hw)
+    half_numba._round(v, False, bits)
     assert same_or_both_nan(hw, bits)
 
 
@@ -77,7 +77,7 @@ def test_hardware_and_bit_kernels_round_alike():
 def test_fp16_reduce_is_the_float32_sum_in_order_rounded_once(order):
     rows = all_words()
     got, want = np.empty(rows.shape[1], np.uint16), np.empty(rows.shape[1], np.uint16)
-    half.NumbaCodec(rows.size, rows.shape[1]).reduce(rows, order, got)
+    half_numba.NumbaCodec(rows.size, rows.shape[1]).reduce(rows, order, got)
     with np.errstate(over="ignore", invalid="ignore"):
         half.CastCodec(np, rows.size, rows.shape[1]).reduce(rows, order, want)
     assert same_or_both_nan(got, want)
@@ -87,7 +87,7 @@ def test_fp16_reduce_is_the_float32_sum_in_order_rounded_once(order):
 def test_fp16_decode_gives_every_words_value(dtype):
     words = all_words(1)[0]
     got, want = np.empty(words.size, dtype), np.empty(words.size, dtype)
-    half.NumbaCodec(words.size, 1).decode(words, got)
+    half_numba.NumbaCodec(words.size, 1).decode(words, got)
     half.CastCodec(np, words.size, 1).decode(words, want)
     nan = np.isnan(want)
     assert np.array_equal(np.isnan(got), nan) and np.array_equal(got[~nan], want[~nan])
@@ -99,11 +99,11 @@ def test_bf16_codec_matches_the_numpy_one(order):
     v = singles()
     got, want = np.empty(v.size, np.uint16), np.empty(v.size, np.uint16)
     with np.errstate(over="ignore", invalid="ignore"):
-        half.NumbaCodec(v.size, 1, "bf16").encode(v, 3, got)
+        half_numba.NumbaCodec(v.size, 1, "bf16").encode(v, 3, got)
         bf16_bits(v, want, np.empty(v.size, np.uint32))
     assert np.array_equal(got, want)
     rows = all_words()
-    numba_codec = half.NumbaCodec(rows.size, rows.shape[1], "bf16")
+    numba_codec = half_numba.NumbaCodec(rows.size, rows.shape[1], "bf16")
     numpy_codec = BF16Codec(np, rows.size, 3, rows.shape[1])
     with np.errstate(over="ignore", invalid="ignore"):
         numba_codec.reduce(rows, order, got[:rows.shape[1]])
@@ -117,7 +117,7 @@ def test_bf16_codec_matches_the_numpy_one(order):
 
 @pytest.mark.parametrize("fmt", ["fp16", "bf16"])
 def test_finite_reads_the_exponent_field(fmt):
-    codec = half.NumbaCodec(10, 10, fmt)
+    codec = half_numba.NumbaCodec(10, 10, fmt)
     values = np.empty(1 << 16)
     codec.decode(all_words(1)[0], values)
     finite_words = all_words(1)[0][np.isfinite(values)]
@@ -130,7 +130,7 @@ def test_finite_reads_the_exponent_field(fmt):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_decode_update_is_decode_scale_then_apply_step(fmt, scale, dtype):
     words = all_words(1)[0]
-    codec = half.NumbaCodec(words.size, 1, fmt)
+    codec = half_numba.NumbaCodec(words.size, 1, fmt)
     mean = np.empty(words.size, dtype)
     codec.decode(words, mean)
     words = words[np.isfinite(mean)]

@@ -201,12 +201,13 @@ def test_noise_drawn_for_several_steps_at_once_is_the_same_in_any_order(d):
         assert q.noise(k).tolist() == reference_noise(11, 2, k, d), k
 
 
-def test_cpu_kernel_is_numba_when_installed_and_the_environment_can_force_one(monkeypatch):
-    from mpiopt.kernels import KERNEL_ENV, cpu_kernel, cpu_quantizer
+def test_cpu_kernel_is_numba_when_installed_for_long_vectors_and_the_environment_can_force_one(monkeypatch):
+    from mpiopt.kernels import KERNEL_ENV, NUMBA_FROM, cpu_kernel, cpu_quantizer
     from mpiopt.kernels import numba as numba_kernel
 
     monkeypatch.delenv(KERNEL_ENV, raising=False)
     assert cpu_kernel() == ("numba" if numba_kernel.AVAILABLE else "numpy")
+    assert cpu_kernel(size=NUMBA_FROM) == cpu_kernel() and cpu_kernel(size=NUMBA_FROM - 1) == "numpy"
     monkeypatch.setenv(KERNEL_ENV, "numpy")
     assert cpu_kernel() == "numpy" and isinstance(cpu_quantizer(4, 0, 0), Quantizer)
     monkeypatch.setenv(KERNEL_ENV, "fortran")
@@ -215,6 +216,7 @@ def test_cpu_kernel_is_numba_when_installed_and_the_environment_can_force_one(mo
     if numba_kernel.AVAILABLE:
         monkeypatch.setenv(KERNEL_ENV, "numba")
         assert type(cpu_quantizer(4, 0, 0)) is numba_kernel.Quantizer
+        assert cpu_kernel(size=4) == "numba"  # the environment beats the length
         assert type(cpu_quantizer(4, 0, 0, kernel="numpy")) is Quantizer  # an argument beats the environment
     else:
         monkeypatch.setenv(KERNEL_ENV, "numba")

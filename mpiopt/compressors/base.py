@@ -144,19 +144,20 @@ class Compressor:
                  **opts: Any):
         self.comm, self.dim, self.seed, self.worker, self.fail, self.xp = comm, dim, seed, worker, fail, xp
         self.n = comm.size
-        self.opts = self.resolve(opts, comm)
+        self.opts = self.resolve(opts, comm, dim)
         self.state: Dict[str, Any] = {}
         self.bits = 0
         self.clipped = 0
 
     @classmethod
-    def resolve(cls, given: Dict[str, Any], comm: Communicator) -> Dict[str, Any]:
-        """The options in force: defaults filled in, each checked, then the cross-option ``check``."""
+    def resolve(cls, given: Dict[str, Any], comm: Communicator, dim: Optional[int] = None) -> Dict[str, Any]:
+        """The options in force: defaults filled in (the CPU kernel by the vector's length ``dim``,
+        see :func:`mpiopt.kernels.cpu_kernel`), each checked, then the cross-option ``check``."""
         opts = resolve_options(f"compressor '{cls.name}'", cls.options, given)
         if "kernel" in opts and opts["kernel"] is None:
             from mpiopt.kernels import cpu_kernel
 
-            opts["kernel"] = cpu_kernel()
+            opts["kernel"] = cpu_kernel(size=dim)
         cls.check(opts, comm)
         return opts
 

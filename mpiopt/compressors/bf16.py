@@ -10,8 +10,8 @@ whatever the rank order, and 2 (n - 1) / n times 2 d bytes a rank, as a ring all
 ``.to(torch.bfloat16)``), NaN stays NaN; it is biased (omega 0). A non-finite v (or a value beyond
 bf16's range) travels as inf/NaN, so every rank sees a non-finite sum and stops together.
 
-The codec is :mod:`mpiopt.kernels.half`'s numba one when numba is installed (``MPIOPT_KERNEL`` picks
-as for the int compressor), else :class:`BF16Codec` (numpy's integer operations): the same words.
+The codec is :mod:`mpiopt.kernels.half_numba`'s when numba is installed (the vector's length and
+``MPIOPT_KERNEL`` pick as for the int compressor), else :class:`BF16Codec` (numpy's integer operations): the same words.
 """
 
 import numpy as np
@@ -19,7 +19,7 @@ import numpy as np
 from mpiopt.compressors.base import all_finite, register, sum_rows
 from mpiopt.compressors.halfsum import HalfSumCompressor
 from mpiopt.kernels import cpu_kernel
-from mpiopt.kernels.half import NumbaCodec, compiled
+from mpiopt.kernels.half import compiled
 
 BITS = np.dtype(np.uint16)
 WORD = np.dtype(np.uint32)
@@ -88,6 +88,8 @@ class BF16Compressor(HalfSumCompressor):
     name = "bf16"
 
     def make_codec(self):
-        if compiled(self.xp, cpu_kernel()):
+        if compiled(self.xp, cpu_kernel(size=self.dim)):
+            from mpiopt.kernels.half_numba import NumbaCodec
+
             return NumbaCodec(self.dim, self.chunk, "bf16")
         return BF16Codec(self.xp, self.dim, self.n, self.chunk)

@@ -13,8 +13,8 @@ A non-finite v, or a |v / n| beyond float16's range, reaches every rank as a non
 rank stops together.
 
 The rounding runs in :mod:`mpiopt.kernels.half`'s numba codec when numba is installed (numpy rounds
-to float16 one value at a time), else in numpy's casts; ``MPIOPT_KERNEL`` picks as for the int
-compressor. Both give the same words.
+to float16 one value at a time), else in numpy's casts; the vector's length and ``MPIOPT_KERNEL``
+pick as for the int compressor (:func:`mpiopt.kernels.cpu_kernel`). Both give the same words.
 """
 
 from mpiopt.compressors.base import register
@@ -34,4 +34,4 @@ class FP16Compressor(HalfSumCompressor):
         return float(self.n)
 
     def make_codec(self):
-        return codec(self.xp, cpu_kernel(), self.dim, self.chunk)
+        return codec(self.xp, cpu_kernel(size=self.dim), self.dim, self.chunk)

@@ -155,8 +155,8 @@ class IntCompressor(Compressor):
             self.state["alpha_floor"] = np.zeros(nb)
 
     @classmethod
-    def resolve(cls, given, comm):
-        opts = super().resolve(given, comm)
+    def resolve(cls, given, comm, dim=None):
+        opts = super().resolve(given, comm, dim)
         if opts["alpha"] == "adaptive":
             opts["alpha"] = "paper"
         return opts

@@ -98,7 +98,7 @@ class CompressedMethod(Method):
         comp_given = {o.name: options[o.name] for o in comp_cls.options if o.name in options}
         comp_names = {o.name for o in comp_cls.options}
         comp_given.update({k: v for k, v in recipe.compressor_defaults if k in comp_names and k not in comp_given})
-        self.comp_opts = comp_cls.resolve(comp_given, ctx.comm)
+        self.comp_opts = comp_cls.resolve(comp_given, ctx.comm, ctx.problem.dim)
         self.omega = comp_cls.omega(ctx.problem.dim, self.comp_opts) if comp_cls.unbiased else 0.0
         self.memory = mem_cls(ctx.problem.dim, self.mem_opts)
         if recipe.estimator == "full" and ctx.batch is not None:

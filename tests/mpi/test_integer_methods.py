@@ -76,10 +76,11 @@ def test_nan_on_one_rank_raises_the_same_error_on_every_rank(compress_report):
 @pytest.fixture(scope="module")
 def trajectories(a5a_for, tmp_path_factory):
     """Two jobs on 6 ranks (not a power of two, so reduction trees are not symmetric): the first with
-    the default kernel (numba, installed with the test extras), the rerun with the numpy one."""
+    the numba kernel where installed (asked for: a5a's 123 coordinates would take numpy by default,
+    see NUMBA_FROM), the rerun with the numpy one."""
     tmp = tmp_path_factory.mktemp("int-traj")
     data = a5a_for(6)
-    script(6, "_int_traj.py", data, 100, tmp / "a.json", "all", "plain", "reversed")
+    script(6, "_int_traj.py", data, 100, tmp / "a.json", "all", "plain", "reversed", env={KERNEL_ENV: cpu_kernel()})
     script(6, "_int_traj.py", data, 100, tmp / "b.json", "intsgd,intdiana,vr-intdiana", "plain",
            env={KERNEL_ENV: "numpy"})
     return json.loads((tmp / "a.json").read_text()), json.loads((tmp / "b.json").read_text())
