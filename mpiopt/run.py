@@ -352,8 +352,36 @@ def _minimize(problem: Problem, method: str, comm: Communicator, x0: Optional[np
     record = trace.to_dict(x, status, iterations=nit, resumed_from=start or None, seconds_total=runner.seconds,
                            compile_seconds=compile_seconds,
                            warnings=runner.warnings, **meth.summary())
+    record["peak_rss_mb"] = ranks_peak_rss_mb(comm)
     return OptimizeResult(x=x, status=status, success=status == "converged", message=runner.message, nit=nit,
                           fun=trace.last("loss"), trace=record)
+
+
+def peak_rss_mb() -> Optional[float]:
+    """This process's peak resident memory so far, in MB (None where the OS does not say): Linux's
+    VmHWM, which starts afresh at exec (getrusage's ru_maxrss keeps the peak of the process that
+    forked it), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1e3  # kB
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e6 if sys.platform == "darwin" else peak / 1e3  # macOS counts bytes, Linux KB
+
+
+def ranks_peak_rss_mb(comm: Communicator) -> Optional[List[float]]:
+    """Every rank's peak resident memory (MB, in rank order), by one small Allgather after the run (not
+    counted as wire bytes); None where the OS does not say."""
+    mine = peak_rss_mb()
+    every = comm.allgather(np.array([-1.0 if mine is None else mine]), np.empty(comm.size), count=False)
+    return None if (every < 0).any() else [round(float(v), 1) for v in every]
 
 
 PROTOCOL = (("dim", False), ("n_samples", False), ("loss", True), ("grad", True), ("stochastic_grad", True),

@@ -126,6 +126,20 @@ def test_kernels_benchmark_writes_json(tmp_path):
             assert r["fraction_of_memcpy"] > 0
 
 
+def test_rss_benchmark_reports_each_ranks_peak_with_and_without_numba(a5a_path, tmp_path):
+    mpiexec_or_skip()
+    pytest.importorskip("numba")
+    out = tmp_path / "rss.json"
+    run_benchmark([BENCH / "rss.py", "--ranks", 1, 2, "--iters", 20, "--libsvm", a5a_path, "--json", out])
+    res = json.loads(out.read_text())
+    assert [(r["ranks"], r["kernel_option"]) for r in res["runs"]] == [(1, "default"), (1, "numba"), (2, "default"),
+                                                                      (2, "numba")]
+    for r in res["runs"]:
+        assert len(r["peak_rss_mb"]) == r["ranks"] and r["max_mb"] == max(r["peak_rss_mb"]) > 0
+        assert r["kernel"] == ("numpy" if r["kernel_option"] == "default" else "numba")
+    assert res["import_peak_mb"]["import numba"] > res["import_peak_mb"]["import numpy"] > 0
+
+
 def test_rate_parsing():
     assert netbed.rate_bits("1gbit") == 1e9
     assert netbed.rate_bits("10gbit") == 1e10

@@ -36,7 +36,8 @@ def test_gd_over_ranks_matches_single_process_numpy_gd(a5a_for, tmp_path, n):
     expected = numpy_gd(data, n, 200, 2.0)
     np.testing.assert_allclose(trace["x_final"], expected, rtol=0, atol=1e-12)
     assert trace["n_ranks"] == n and trace["status"] == "max_iter"
-    assert trace["history"]["wire_bytes"][-1] == 200 * 8 * 123
+    assert trace["history"]["wire_bytes"][-1] == 200 * 8 * 123  # the peak-memory gather after the run is not counted
+    assert len(trace["peak_rss_mb"]) == n and all(20 < mb < 10_000 for mb in trace["peak_rss_mb"])
     assert "f - f*" in res.stdout and "trace written to" in res.stdout
 
 

@@ -1,0 +1,76 @@
+"""Peak resident memory of one rank of ``mpiopt run`` (issue 24, memory): VR-IntDIANA on a5a at 1 and
+12 ranks, with the default kernel (numpy at a5a's 123 coordinates: numba is never imported) and with
+``--kernel numba`` (numba imported and its cached kernels loaded), each rank's peak from the trace's
+``peak_rss_mb``; plus what importing numba alone costs a fresh interpreter. One JSON under
+benchmarks/results/.
+
+    python benchmarks/rss.py [--ranks 1 12] [--iters 500] [--json benchmarks/results/rss.json]
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mpiopt import launch  # noqa: E402
+from mpiopt.data import load_libsvm, preprocess  # noqa: E402
+
+KERNELS = {"default": [], "numba": ["--kernel", "numba"]}
+
+
+def rank_peaks(shards: Path, ranks: int, iters: int, extra, out: Path):
+    """Each rank's peak resident MB in one ``mpiopt run`` of VR-IntDIANA (batch 16)."""
+    cmd = [launch.mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "mpiopt", "run", "--data", str(shards),
+           "--method", "vr-intdiana", "--iters", str(iters), "--batch", "16", "--no-progress", "--out", str(out),
+           *extra]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=launch.mpi_env(ranks), timeout=900)
+    if res.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
+    trace = json.loads(out.read_text())
+    return trace["peak_rss_mb"], trace["config"].get("kernel")
+
+
+def import_peak_mb(statement: str) -> float:
+    """Peak resident MB of a fresh interpreter that runs ``statement``."""
+    code = f"{statement}\nfrom mpiopt.run import peak_rss_mb\nprint(peak_rss_mb())"
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                timeout=300).stdout.split()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ranks", type=int, nargs="+", default=[1, 12])
+    ap.add_argument("--iters", type=int, default=500)
+    ap.add_argument("--libsvm", type=Path, default=REPO.parent / "shared" / "data" / "libsvm" / "a5a")
+    ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "rss.json")
+    args = ap.parse_args(argv)
+    X, y = load_libsvm(args.libsvm, n_features=123)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="rss-") as tmp:
+        for ranks in args.ranks:
+            shards = Path(tmp) / f"a5a-{ranks}"
+            preprocess(X, y, ranks, 5e-4, shards, dataset="a5a", source_sha256=None)
+            for name, extra in KERNELS.items():
+                peaks, kernel = rank_peaks(shards, ranks, args.iters, extra, Path(tmp) / f"{name}-{ranks}.json")
+                runs.append({"ranks": ranks, "kernel_option": name, "kernel": kernel, "peak_rss_mb": peaks,
+                             "max_mb": max(peaks), "total_mb": round(sum(peaks), 1)})
+                print(f"{ranks:3d} ranks, kernel {kernel:6s} ({name}): peak per rank max {max(peaks):6.1f} MB, "
+                      f"all ranks {sum(peaks):7.1f} MB", flush=True)
+    imports = {s: import_peak_mb(s) for s in ("import numpy", "import mpiopt.commands.run", "import numba",
+                                              "from mpiopt.kernels.numba import warm_up; warm_up()")}
+    for statement, mb in imports.items():
+        print(f"fresh interpreter after {statement!r}: {mb:.1f} MB")
+    record = {"dataset": "a5a", "method": "vr-intdiana", "iters": args.iters, "runs": runs,
+              "import_peak_mb": imports, "library": launch.mpi_library(), "python": sys.version.split()[0]}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(record, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
