@@ -29,7 +29,7 @@ coordinate. ``layout`` (numba only; the DDP hook's in-place
 path) lets v and the mean hold the coordinates in another order, x staying in coordinate order.
 """
 
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -58,6 +58,35 @@ NON_FINITE_EXPONENT = np.iinfo(np.int64).max
 
 ALPHA_RULES = ("paper", "fill", "constant", "adaptive")
 """``alpha`` choices; ``adaptive`` is the earlier name of ``paper`` (the IntSGD paper's rule)."""
+
+
+def send_speculative(comm, quant, wire, level: int, bounds: Sequence[int], first: int, auto: bool):
+    """The integer sum's first try: ``quant``'s rounded integers (``quant.round`` done) packed into the
+    wire of dtype ``level`` (``wire(level)`` -> (buffer, integers, header)) with the header each rank
+    adds (over the bound; would fit the next smaller dtype with a bit to spare; non-finite), summed by
+    one Allreduce. Returns (the summed header as ints, the summed integers, clipped count, max |Q|)."""
+    buf, ints, hdr = wire(level)
+    m = quant.max_abs
+    clipped = quant.pack(ints, bounds[level])
+    hdr[OVER] = m > bounds[level]
+    hdr[FITS_SMALLER] = auto and level > first and m <= bounds[level - 1] // 2
+    hdr[NON_FINITE] = not quant.finite
+    comm.allreduce_int(buf)
+    return hdr.tolist(), ints, clipped, m
+
+
+def resend_wider(comm, quant, wire, bounds: Sequence[int], m: float, scratch: np.ndarray):
+    """The integer sum again after some rank overflowed: in the smallest dtype whose bound holds every
+    rank's max |Q| (one MAX Allreduce of it, in the float64 ``scratch`` of one value), never clipped
+    unless even the widest cannot hold it. Returns (level, summed integers, clipped count)."""
+    scratch[0] = m
+    big = float(comm.allreduce_max(scratch)[0])
+    fits = [lv for lv, bound in enumerate(bounds) if big <= bound]
+    level = fits[0] if fits else len(bounds) - 1
+    ints = wire(level)[1]
+    clipped = quant.pack(ints, bounds[level])
+    comm.allreduce_int(ints)
+    return level, ints, clipped
 
 ROUNDING = Option("rounding", "random", str, "integer rounding: unbiased random or round-half-even",
                   choices=("random", "deterministic"))
@@ -385,21 +414,18 @@ class IntCompressor(Compressor):
         afterwards, which would cost a second pass)."""
         st, n, q = self.state, self.n, self.quant
         level = int(st["level"])
-        bound = self.bounds[level]
-        buf, ints, hdr = self._buffer(level)
+        ints = self._buffer(level)[1]
         q.round(v, alpha, k, into=ints if round_into_wire and ints.dtype == np.int8 else None)
-        m = q.max_abs
-        clipped = q.pack(ints, bound)
-        hdr[OVER] = m > bound
-        hdr[FITS_SMALLER] = self.auto and level > self.first and m <= self.bounds[level - 1] // 2
-        hdr[NON_FINITE] = not q.finite
-        self.comm.allreduce_int(buf)
-        summed = hdr.tolist()
+        summed, ints, clipped, m = send_speculative(self.comm, q, self._buffer, level, self.bounds, self.first,
+                                                    self.auto)
         if summed[NON_FINITE] > 0:
             self.fail(k, not q.finite)
         if self.auto:
             if summed[OVER] > 0:
-                level, ints, clipped = self._redo(m)
+                level, ints, clipped = resend_wider(self.comm, q, self._buffer, self.bounds, m, self._max)
+                st["redone_steps"] += 1
+                st["level"][...] = level
+                st["fit_streak"][...] = 0
             elif summed[FITS_SMALLER] == n:
                 streak = st["fit_streak"]
                 streak += 1
@@ -416,22 +442,6 @@ class IntCompressor(Compressor):
         if sent_max > seen:
             seen[...] = sent_max
         return ints
-
-    def _redo(self, m: float):
-        """The step again in the smallest dtype whose bound holds every rank's max|Q_i| (one MAX
-        Allreduce first); returns (level, integer sum, clipped count)."""
-        st = self.state
-        self._max[0] = m
-        big = float(self.comm.allreduce_max(self._max)[0])
-        fits = [lv for lv, b in enumerate(self.bounds) if big <= b]
-        level = fits[0] if fits else len(self.dtypes) - 1
-        ints = self._buffer(level)[1]
-        clipped = self.quant.pack(ints, self.bounds[level])
-        self.comm.allreduce_int(ints)
-        st["redone_steps"] += 1
-        st["level"][...] = level
-        st["fit_streak"][...] = 0
-        return level, ints, clipped
 
     def summary(self):
         st = self.state

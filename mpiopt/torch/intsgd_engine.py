@@ -38,7 +38,7 @@ import torch
 from mpiopt.compressors.alpha import adaptive_alpha, block_constants
 from mpiopt.compressors.base import info_bits_int, sum_rows, worker_order
 from mpiopt.compressors.integer import (HEADER, MIN_EXPONENT, NON_FINITE, NON_FINITE_EXPONENT, OVER, FITS_SMALLER,
-                                        SHRINK_AFTER, WIRE_NAMES)
+                                        SHRINK_AFTER, WIRE_NAMES, resend_wider, send_speculative)
 from mpiopt.comm import INT_DTYPES, Communicator
 from mpiopt.errors import InputError
 from mpiopt.kernels import cpu_kernel, int_bound
@@ -332,29 +332,19 @@ class IntSGDEngine:
         never clipped), decoded into ``b.mean``; False when some rank's values were not finite."""
         st, n, q, plan = self.state, self.n, b.quant, b.plan
         level = self._level(plan)
-        bound = self.bounds[level]
-        buf, ints, hdr = b.wire(level, self.dtypes[level])
+
+        def wire(lv: int):
+            return b.wire(lv, self.dtypes[lv])
+
         q.round(v, alpha, self.k)
-        m = q.max_abs
-        clipped = q.pack(ints, bound)
-        hdr[OVER] = m > bound
-        hdr[FITS_SMALLER] = self.auto and level > self.first and m <= self.bounds[level - 1] // 2
-        hdr[NON_FINITE] = not q.finite
-        self.comm.allreduce_int(buf)
-        summed = hdr.tolist()
+        summed, ints, clipped, m = send_speculative(self.comm, q, wire, level, self.bounds, self.first, self.auto)
         if summed[NON_FINITE] > 0:
             if self.grad_scaler is None:
                 non_finite_gradient(self.comm, self.k, not q.finite)
             return False
         blocks = plan.blocks
         if self.auto and summed[OVER] > 0:
-            big = np.array([m])
-            self.comm.allreduce_max(big)
-            fits = [lv for lv, bd in enumerate(self.bounds) if float(big[0]) <= bd]
-            level = fits[0] if fits else len(self.dtypes) - 1
-            ints = b.wire(level, self.dtypes[level])[1]
-            clipped = q.pack(ints, self.bounds[level])
-            self.comm.allreduce_int(ints)
+            level, ints, clipped = resend_wider(self.comm, q, wire, self.bounds, m, np.empty(1))
             self.counters["redone_steps"] += 1
             st["level"][blocks] = level
             st["fit_streak"][blocks] = 0
