@@ -35,9 +35,14 @@ def rank_peaks(shards: Path, ranks: int, iters: int, extra, out: Path):
     return trace["peak_rss_mb"], trace["config"].get("kernel")
 
 
+PEAK = ("print(next(int(line.split()[1]) / 1e3 for line in open('/proc/self/status') "
+        "if line.startswith('VmHWM:')))")
+"""Prints the interpreter's peak resident MB (Linux's VmHWM), importing nothing."""
+
+
 def import_peak_mb(statement: str) -> float:
     """Peak resident MB of a fresh interpreter that runs ``statement``."""
-    code = f"{statement}\nfrom mpiopt.run import peak_rss_mb\nprint(peak_rss_mb())"
+    code = f"{statement}\n{PEAK}"
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                 timeout=300).stdout.split()[-1])
 
@@ -61,7 +66,7 @@ def main(argv=None) -> int:
                              "max_mb": max(peaks), "total_mb": round(sum(peaks), 1)})
                 print(f"{ranks:3d} ranks, kernel {kernel:6s} ({name}): peak per rank max {max(peaks):6.1f} MB, "
                       f"all ranks {sum(peaks):7.1f} MB", flush=True)
-    imports = {s: import_peak_mb(s) for s in ("import numpy", "import mpiopt.commands.run", "import numba",
+    imports = {s: import_peak_mb(s) for s in ("pass", "import numpy", "import mpiopt.commands.run", "import numba",
                                               "from mpiopt.kernels.numba import warm_up; warm_up()")}
     for statement, mb in imports.items():
         print(f"fresh interpreter after {statement!r}: {mb:.1f} MB")

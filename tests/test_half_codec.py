@@ -71,6 +71,13 @@ def test_hardware_and_bit_kernels_round_alike():
     half_numba._round_hw(v, hw)
     half_numba._round(v, False, bits)
     assert same_or_both_nan(hw, bits)
+    words = all_words(1)[0]
+    by_hw, by_bits = np.empty(words.size, np.float32), np.empty(words.size, np.float32)
+    half_numba._decode(words, half_numba.FP16_HW, by_hw)
+    half_numba._decode(words, half_numba.FP16_BITS, by_bits)
+    nan = np.isnan(by_bits)
+    assert np.array_equal(np.isnan(by_hw), nan) and np.array_equal(by_hw[~nan].view(np.uint32),
+                                                                   by_bits[~nan].view(np.uint32))
 
 
 @pytest.mark.parametrize("order", ORDERS)

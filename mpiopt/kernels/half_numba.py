@@ -3,7 +3,8 @@ vectorized loops on the bits, without branches (numpy's float16 casts round one 
 
 The rounding is numpy's (``npy_doublebits_to_halfbits``: the same bits, NaN payloads included), the
 decoding numpy's ``npy_halfbits_to_floatbits``; where LLVM rounds float32 to float16 in one
-instruction (x86 F16C, aarch64) the encoder and the chunk sums' rounding use it (:func:`hardware_half`).
+instruction (x86 F16C, aarch64) the encoder and the chunk sums' rounding use it, and the decoding its
+converse (:func:`hardware_half`).
 The codec also serves bfloat16 (``fmt='bf16'``), checks words for inf/NaN by their exponent field
 (``finite``), and fuses the SGD step's decoding with its update (``decode_update``). Imported only
 when a compressor uses it: numba itself costs a process about 66 MB.
@@ -26,6 +27,9 @@ except ImportError:  # pragma: no cover - exercised where numba is absent
     _nb = None
 
 AVAILABLE = _nb is not None
+FP16_BITS, BF16, FP16_HW = 0, 1, 2
+"""Format codes of the decoding kernels: fp16 by bit operations, bf16, fp16 by the hardware's
+conversion (where :func:`hardware_half`)."""
 
 
 if AVAILABLE:
@@ -123,21 +127,33 @@ if AVAILABLE:
         sub = np.float32(np.float32(em) * _TINY).view(np.uint32)  # subnormal or zero: em * 2**-24, exact
         return np.uint32(sign | (sub if em < _NORMAL32 else big)).view(np.float32)
 
-    @_jit
-    def _value(h, bf16):
-        """The float32 value of a 16-bit word (bf16: the top half of a float32)."""
-        return np.uint32(np.uint32(h) << _S16).view(np.float32) if bf16 else _half_value(h)
+    @_intrinsic
+    def _from_half(typingctx, h):
+        """float16 bits -> float32 by LLVM's fpext (x86 F16C's vcvtph2ps, an aarch64 fcvt): exact, as
+        _half_value; a NaN comes out quiet (its payload may differ from numpy's)."""
+        def codegen(context, builder, signature, args):
+            return builder.fpext(builder.bitcast(args[0], _ir.HalfType()), _ir.FloatType())
+
+        return _types.float32(_types.uint16), codegen
 
     @_jit
-    def _sum_rows(rows, order, bf16, acc):
+    def _value(h, fmt):
+        """The float32 value of a 16-bit word of format code ``fmt`` (FP16_BITS, BF16: the top half of
+        a float32, FP16_HW: by the hardware)."""
+        if fmt == BF16:
+            return np.uint32(np.uint32(h) << _S16).view(np.float32)
+        return _from_half(h) if fmt == FP16_HW else _half_value(h)
+
+    @_jit
+    def _sum_rows(rows, order, fmt, acc):
         """acc = the float32 sum of the decoded rows[order[0]], rows[order[1]], ..., left to right."""
         first = rows[order[0]]
         for j in range(acc.size):
-            acc[j] = _value(first[j], bf16)
+            acc[j] = _value(first[j], fmt)
         for t in range(1, order.size):
             row = rows[order[t]]
             for j in range(acc.size):
-                acc[j] += _value(row[j], bf16)
+                acc[j] += _value(row[j], fmt)
 
     @_jit
     def _round(acc, bf16, words):
@@ -165,9 +181,9 @@ if AVAILABLE:
             words[j] = _to_half(acc[j])
 
     @_jit
-    def _decode(words, bf16, out):
+    def _decode(words, fmt, out):
         for i in range(out.size):
-            out[i] = _value(words[i], bf16)
+            out[i] = _value(words[i], fmt)
 
     @_jit
     def _count_non_finite(words, exp):
@@ -177,9 +193,9 @@ if AVAILABLE:
         return hits
 
     @_jit
-    def _decode_update(words, bf16, scale, lr, x):
+    def _decode_update(words, fmt, scale, lr, x):
         for i in range(x.size):
-            m = _value(words[i], bf16) * scale
+            m = _value(words[i], fmt) * scale
             m = m * lr
             x[i] = x[i] - m
 
@@ -194,6 +210,7 @@ class NumbaCodec:
         self.exp = FORMATS[fmt]
         self.bf16 = fmt == "bf16"
         self.hardware = not self.bf16 and hardware_half()
+        self.code = BF16 if self.bf16 else (FP16_HW if self.hardware else FP16_BITS)
         self.acc = np.empty(chunk, dtype=np.float32)
         self._order = np.zeros(0, dtype=np.int64)
 
@@ -207,14 +224,14 @@ class NumbaCodec:
     def reduce(self, rows, order: List[int], words) -> None:
         if self._order.tolist() != list(order):
             self._order = np.asarray(order, dtype=np.int64)
-        _sum_rows(rows, self._order, self.bf16, self.acc)
+        _sum_rows(rows, self._order, self.code, self.acc)
         if self.hardware:
             _round_hw(self.acc, words)
         else:
             _round(self.acc, self.bf16, words)
 
     def decode(self, words, out) -> None:
-        _decode(words, self.bf16, out.reshape(-1) if out.flags.c_contiguous else out)
+        _decode(words, self.code, out.reshape(-1) if out.flags.c_contiguous else out)
 
     def finite(self, words) -> bool:
         """Whether every word is finite (its exponent field is not all ones)."""
@@ -228,7 +245,7 @@ class NumbaCodec:
         """x -= lr * (decode(words) * scale), in one pass, with the bits of decoding into a ``mean`` of
         x's dtype, ``mean *= scale`` (skipped when 1: the same bits), then ``apply_step(x, lr, mean)``."""
         t = x.dtype.type
-        _decode_update(words, self.bf16, t(scale), t(lr), x.reshape(-1))
+        _decode_update(words, self.code, t(scale), t(lr), x.reshape(-1))
 
 
 def hardware_half() -> bool:
