@@ -28,7 +28,8 @@ named ``mpbnet-*``) are removed before a new bed is built. A lock file (in root-
 followed through a symbolic link, never truncated) keeps two beds, or a bed and ``cleanup``, from
 fighting over the names.
 
-    python benchmarks/netbed.py check [--ranks 4] [--rate 1gbit]   # build, verify with a raw Allreduce, tear down
+    python benchmarks/netbed.py check [--ranks 4] [--rate 1gbit] [--sweep] [--json OUT]
+                                            # build, verify with a raw Allreduce (and time 4 KiB..64 MiB), tear down
     python benchmarks/netbed.py run --ranks 4 --rate 1gbit [--delay-ms D] -- mpiopt run ARGS...
                                                                     # any job, one emulated host per rank
     python benchmarks/netbed.py cleanup                             # remove leftovers of a crashed run
@@ -470,6 +471,81 @@ def check_links(bed: NetBed, nbytes: int = 40_000_000, reps: int = 3, timeout: f
     return info
 
 
+SWEEP_BYTES = tuple(4096 * 4 ** i for i in range(8))
+"""Message sizes of ``check``'s sweep: 4 KiB to 64 MiB, by factors of 4."""
+PAUSE_S = 0.05
+"""Idle time before each timed message: long enough for a token bucket to refill, as between a
+training step's buckets."""
+
+
+def sweep_program(sizes: Sequence[int], reps: int, pause: float) -> str:
+    """Python source of an MPI program that, for each size, after a pause each time, times ``reps``
+    isolated messages (rank 0 sends, rank 1 answers with one byte; rank 0's clock) and ``reps``
+    in-place float32 Allreduces (the slowest rank's time); prints one RESULT line of JSON medians."""
+    return (
+        "import json, time, numpy as np\n"
+        "from mpi4py import MPI\n"
+        "c = MPI.COMM_WORLD\n"
+        "ack = np.zeros(1, dtype='u1')\n"
+        "rows = []\n"
+        f"for size in {list(sizes)!r}:\n"
+        "    buf = np.ones(size // 4, dtype='float32')\n"
+        "    c.Allreduce(MPI.IN_PLACE, buf)\n"
+        "    msg, red = [], []\n"
+        f"    for _ in range({reps}):\n"
+        f"        c.Barrier(); time.sleep({pause})\n"
+        "        t = time.perf_counter()\n"
+        "        if c.rank == 0:\n"
+        "            c.Send(buf, dest=1); c.Recv(ack, source=1)\n"
+        "        elif c.rank == 1:\n"
+        "            c.Recv(buf, source=0); c.Send(ack, dest=0)\n"
+        "        msg.append(time.perf_counter() - t)\n"
+        f"        c.Barrier(); time.sleep({pause})\n"
+        "        t = time.perf_counter(); c.Allreduce(MPI.IN_PLACE, buf); red.append(time.perf_counter() - t)\n"
+        "    red = [max(v) for v in zip(*c.allgather(red))]\n"
+        "    rows.append({'bytes': size, 'message_seconds': float(np.median(msg)), "
+        "'allreduce_seconds': float(np.median(red))})\n"
+        "if c.rank == 0: print('RESULT', json.dumps(rows))\n"
+    )
+
+
+def sweep_ratios(rows: Sequence[Dict[str, float]], ranks: int, bits_per_s: float) -> List[Dict[str, float]]:
+    """Each size's measured time over the link's ideal: bytes / rate for a message, the ring's
+    2 (n - 1) / n of the buffer a rank for an Allreduce (below 1: faster than the wire allows)."""
+    out = []
+    for row in rows:
+        message_ideal = row["bytes"] * 8 / bits_per_s
+        allreduce_ideal = ring_seconds(ranks, row["bytes"], bits_per_s)
+        out.append({**row, "message_ideal_seconds": message_ideal,
+                    "message_ratio": row["message_seconds"] / message_ideal,
+                    "allreduce_ideal_seconds": allreduce_ideal,
+                    "allreduce_ratio": row["allreduce_seconds"] / allreduce_ideal if allreduce_ideal else None})
+    return out
+
+
+def check_sizes(bed: "NetBed", sizes: Sequence[int] = SWEEP_BYTES, reps: int = 3, pause: float = PAUSE_S,
+                timeout: float = 600) -> List[Dict[str, float]]:
+    """``sweep_program`` across the bed (at least 2 ranks): measured / ideal per message size."""
+    if bed.ranks < 2:
+        raise NetBedError("the size sweep needs at least 2 ranks")
+    cmd = bed.mpmd(mpiexec_path(), [sys.executable, "-c", sweep_program(sizes, reps, pause)])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=launch.mpi_env(bed.ranks, bed.env()))
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not line:
+        raise NetBedError(f"the size sweep failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return sweep_ratios(json.loads(line[0][7:]), bed.ranks, bed.bits_per_s)
+
+
+def sweep_table(rate: str, ranks: int, rows: Sequence[Dict[str, float]]) -> str:
+    """A Markdown table of a sweep: size, message and Allreduce time, each over its ideal."""
+    lines = [f"| {rate}, {ranks} ranks: bytes | message ms | message / ideal | Allreduce ms | Allreduce / ideal |",
+             "|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['bytes']:,} | {1e3 * r['message_seconds']:.3f} | {r['message_ratio']:.2f} | "
+                     f"{1e3 * r['allreduce_seconds']:.3f} | {r['allreduce_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
 def job_argv(command: Sequence[str]) -> List[str]:
     """The argv each rank runs: ``mpiopt ...`` becomes ``<this python> -m mpiopt ...`` (the same
     installation and PYTHONPATH on every rank); anything else runs as given."""
@@ -552,6 +628,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument("--rate", default="1gbit")
     c.add_argument("--delay-ms", type=float, default=0.0)
     c.add_argument("--bytes", type=float, default=4e7)
+    c.add_argument("--sweep", action="store_true", help="also time isolated messages and Allreduces of 4 KiB to "
+                   "64 MiB, each after a pause, and print measured / ideal per size")
+    c.add_argument("--json", help="write the check (and the sweep) here")
     r = sub.add_parser("run", help="run a command (e.g. `mpiopt run ...`) once per rank across the bed, "
                                    "report the bytes that crossed the NICs")
     r.add_argument("--ranks", type=int, required=True)
@@ -581,7 +660,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return info["returncode"] if info["returncode"] >= 0 else 128 - info["returncode"]
         with NetBed(args.ranks, args.rate, args.delay_ms) as bed:
             info = check_links(bed, int(args.bytes))
-        print(json.dumps(info, indent=1))
+            if args.sweep:
+                info["sweep"] = check_sizes(bed)
+                info["bed"] = bed.describe()
+        if args.json:
+            Path(args.json).write_text(json.dumps(info, indent=1) + "\n")
+        if args.sweep:
+            print(sweep_table(args.rate, args.ranks, info["sweep"]))
+        print(json.dumps({k: v for k, v in info.items() if k not in ("sweep", "bed")}, indent=1))
         print(f"{args.ranks} ranks at {args.rate}: float32 Allreduce of {int(args.bytes)} bytes took "
               f"{info['median_seconds']:.3f} s, {info['ratio_to_link_bound']:.2f}x the link bound "
               f"{info['link_bound_seconds']:.3f} s; {info['nic_tx_bytes']} bytes crossed the NICs")

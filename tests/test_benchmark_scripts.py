@@ -140,6 +140,21 @@ def test_rss_benchmark_reports_each_ranks_peak_with_and_without_numba(a5a_path, 
     assert res["import_peak_mb"]["import numba"] > res["import_peak_mb"]["import numpy"] > 0
 
 
+def test_the_beds_size_sweep_reports_time_over_the_wires_ideal():
+    """netbed.py check --sweep: a message's ideal is bytes / rate, an Allreduce's the ring's 2 (n - 1) / n
+    of the buffer a rank; below 1 a size crossed faster than the wire allows (a token bucket's burst)."""
+    assert netbed.SWEEP_BYTES[0] == 4096 and netbed.SWEEP_BYTES[-1] == 64 * 2 ** 20
+    rows = netbed.sweep_ratios([{"bytes": 125_000, "message_seconds": 0.0005, "allreduce_seconds": 0.003}], 4, 1e9)
+    (r,) = rows
+    assert r["message_ideal_seconds"] == 0.001 and r["message_ratio"] == 0.5
+    assert r["allreduce_ideal_seconds"] == 0.0015 and r["allreduce_ratio"] == 2.0
+    table = netbed.sweep_table("1gbit", 4, rows).splitlines()
+    assert table[0].startswith("| 1gbit, 4 ranks: bytes") and table[2] == "| 125,000 | 0.500 | 0.50 | 3.000 | 2.00 |"
+    source = netbed.sweep_program([4096], 2, 0.0)
+    compile(source, "sweep", "exec")
+    assert "c.Send(buf, dest=1)" in source and "Allreduce(MPI.IN_PLACE, buf)" in source
+
+
 def test_rate_parsing():
     assert netbed.rate_bits("1gbit") == 1e9
     assert netbed.rate_bits("10gbit") == 1e10
