@@ -68,8 +68,8 @@ def test_hardware_and_bit_kernels_round_alike():
     half_numba._encode_hw(v, np.float32(0.25), hw)
     half_numba._encode(v, 4, False, True, bits)
     assert same_or_both_nan(hw, bits)
-    half_numba._round_hw(v, hw)
-    half_numba._round(v, False, bits)
+    half_numba._round(v, half_numba.FP16_HW, hw)
+    half_numba._round(v, half_numba.FP16_BITS, bits)
     assert same_or_both_nan(hw, bits)
     words = all_words(1)[0]
     by_hw, by_bits = np.empty(words.size, np.float32), np.empty(words.size, np.float32)

@@ -92,9 +92,11 @@ if AVAILABLE:
         return np.uint16(_BF16_NAN if f != f else r)
 
     @_jit
-    def _word(x, bf16):
-        """The 16-bit word of float32 x."""
-        return _bf16_bits(x) if bf16 else _half_bits32(x)
+    def _word(x, fmt):
+        """The 16-bit word of float32 x in format code ``fmt`` (FP16_BITS, BF16, FP16_HW: by the hardware)."""
+        if fmt == BF16:
+            return _bf16_bits(x)
+        return _to_half(x) if fmt == FP16_HW else _half_bits32(x)
 
     @_jit
     def _encode(v, n, bf16, single, words):
@@ -156,9 +158,9 @@ if AVAILABLE:
                 acc[j] += _value(row[j], fmt)
 
     @_jit
-    def _round(acc, bf16, words):
+    def _round(acc, fmt, words):
         for j in range(acc.size):
-            words[j] = _word(acc[j], bf16)
+            words[j] = _word(acc[j], fmt)
 
     @_intrinsic
     def _to_half(typingctx, x):
@@ -174,11 +176,6 @@ if AVAILABLE:
         """words = float16 bits of v * inv (float32 v, inv = 1 / n exact), by the hardware."""
         for i in range(v.size):
             words[i] = _to_half(v[i] * inv)
-
-    @_jit
-    def _round_hw(acc, words):
-        for j in range(acc.size):
-            words[j] = _to_half(acc[j])
 
     @_jit
     def _decode(words, fmt, out):
@@ -225,10 +222,7 @@ class NumbaCodec:
         if self._order.tolist() != list(order):
             self._order = np.asarray(order, dtype=np.int64)
         _sum_rows(rows, self._order, self.code, self.acc)
-        if self.hardware:
-            _round_hw(self.acc, words)
-        else:
-            _round(self.acc, self.bf16, words)
+        _round(self.acc, self.code, words)
 
     def decode(self, words, out) -> None:
         _decode(words, self.code, out.reshape(-1) if out.flags.c_contiguous else out)
