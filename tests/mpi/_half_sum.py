@@ -31,11 +31,22 @@ UNIT = {"fp16": 2.0 ** -11, "bf16": 2.0 ** -8}
 
 
 class Stopped(Exception):
-    pass
+    """What the test's fail function raises (production's raises a collective RunError)."""
 
 
 def fail(k: int, local_bad: bool) -> None:
     raise Stopped((k, local_bad))
+
+
+def where_ranks_stopped(call) -> list:
+    """Runs ``call()`` on every rank; every rank's [step, whether its own values were bad] where it
+    stopped (``fail``), or 'no fail', gathered in rank order."""
+    try:
+        call()
+        got = "no fail"
+    except Stopped as exc:
+        got = list(exc.args[0])
+    return WORLD.allgather(got)
 
 
 def vector(worker: int, d: int, step: int, dtype) -> np.ndarray:
@@ -133,12 +144,7 @@ def check_non_finite(facts, comms, name, kernel) -> None:
             return v
 
         for label, comm in comms:
-            try:
-                exchanges(comm, name, 2 * N + 1, np.float64, poisoned)
-                got = "no fail"
-            except Stopped as exc:
-                got = list(exc.args[0])
-            everyone = WORLD.allgather(got)
+            everyone = where_ranks_stopped(lambda: exchanges(comm, name, 2 * N + 1, np.float64, poisoned))
             facts[f"{name}/{kernel}/{label}/{bad}: every rank fails at step 1, naming worker 1"] = (
                 everyone == [[1, w == 1] for w in range(N)] or f"got {everyone}")
 

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
-from _half_sum import fp16_mean, write_facts
+from _half_sum import fail, fp16_mean, where_ranks_stopped, write_facts
 from mpiopt.comm import MPICommunicator
 from mpiopt.compressors import fp16, topk  # noqa: F401 -- registered by importing
 from mpiopt.compressors.base import REGISTRY
@@ -25,14 +25,6 @@ D = 123
 SEED = 7
 WORLD = MPI.COMM_WORLD
 N, WORKER = WORLD.Get_size(), WORLD.Get_rank()
-
-
-class Stopped(Exception):
-    """What the test's fail function raises (production's raises a collective RunError)."""
-
-
-def fail(k: int, local_bad: bool) -> None:
-    raise Stopped((k, local_bad))
 
 
 def vector(worker: int, d: int, step: int) -> np.ndarray:
@@ -176,12 +168,7 @@ def check_nan(facts, comms) -> None:
 
     for name, opts in (("fp16", {}), ("bf16", {}), ("topk", {"density": 0.05}), ("dgc", {"warmup_iters": 3})):
         for label, comm in comms:
-            try:
-                run(comm, name, D, opts, poisoned)
-                got = "no fail"
-            except Stopped as exc:
-                got = list(exc.args[0])
-            everyone = WORLD.allgather(got)
+            everyone = where_ranks_stopped(lambda: run(comm, name, D, opts, poisoned))
             facts[f"nan/{name}/{label}/every rank fails at step 2, naming worker 1"] = (
                 everyone == [[2, w == 1] for w in range(N)] or f"got {everyone}")
 
