@@ -218,3 +218,23 @@ def test_convex_panel_runs_each_problem_with_both_alpha_rules_and_writes_its_tab
     assert case["ratios"]["level"] == 1e-4
     row = next(line for line in convex_panel.table([record]).splitlines() if line.startswith("| synthetic"))
     assert row.split(" | ")[3:5] == ["0.0001", f"{lsvrg['iterations']:,}"]
+
+
+def test_iteration_profile_splits_each_methods_step_into_its_parts(tmp_path):
+    """Two ranks, three timed iterations on a small d = 1e6 problem: every method's parts (gradients,
+    collectives, kernels, the rest) add up to its step, and the fused kernels are the ones timed."""
+    pytest.importorskip("numba")
+    mpiexec_or_skip()
+    out = tmp_path / "profile.json"
+    run_benchmark([BENCH / "iteration_profile.py", "--ranks", "2", "--iters", "3", "--sparse-rows", "3000",
+                   "--shards-dir", tmp_path / "shards", "--json", out])
+    res = json.loads(out.read_text())
+    assert res["ranks"] == 2 and res["dim"] == 1_000_000 and res["iters"] == 3
+    rows = {m["method"]: m for m in res["methods"]}
+    assert list(rows) == ["l-svrg float32", "vr-intdiana", "vr-diana nat"]
+    for m in rows.values():
+        assert m["step_ms"] > 0 and m["vs_lsvrg_float32"] > 0
+        assert sum(m["parts"].values()) == pytest.approx(m["step_ms"])
+    assert {"int kernel: shift_delta", "int kernel: shift_update", "int kernel: round"} <= set(rows["vr-intdiana"]["parts"])
+    assert {"nat: encode", "nat: decode_mean"} <= set(rows["vr-diana nat"]["parts"])
+    assert "MPI: allreduce_float" in rows["l-svrg float32"]["parts"]

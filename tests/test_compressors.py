@@ -89,6 +89,32 @@ def test_nat_rounds_to_a_bracketing_power_of_two_without_bias():
     assert comp.comm.bytes_sent == n_steps * (v.size + 4) and comp.bits == 8 * v.size + 16
 
 
+@pytest.mark.parametrize("v", [
+    np.array([3.0, -5.5, 0.7, 1e-3, -(2.0 ** -60), 0.0, -0.0, 6.0, -7.99, 4.0, 2.0 ** -130, -(2.0 ** -140)]),
+    np.array([0.0, -0.0, 0.0]),
+    np.array([1.0, np.nan, -2.0, np.inf, -np.inf, 5e-324]),
+    np.random.default_rng(3).standard_normal(5000) * np.exp(np.random.default_rng(4).uniform(-200, 200, 5000)),
+])
+def test_nat_numba_codec_sends_the_numpy_codes_bytes_and_decodes_alike(v):
+    """The compiled nat codec (mpiopt.kernels.nat_numba) writes the numpy code's message byte for
+    byte (zeros, -0, values beyond 126 binades below the top, non-finite values) and decodes it to the
+    same mean and local values."""
+    pytest.importorskip("numba")
+    comps = {kernel: make(NatCompressor, v.size, kernel=kernel) for kernel in ("numba", "numpy")}
+    assert comps["numba"]._codec is not None and comps["numpy"]._codec is None
+    for k in range(3):
+        sent, decoded = {}, {}
+        for kernel, comp in comps.items():
+            finite = comp.encode(v, k)
+            sent[kernel] = (finite, comp.send.copy())
+            mean, local = np.empty(v.size), np.empty(v.size)
+            ok = comp.decode_mean(comp.send[None, :].copy(), mean, local)
+            decoded[kernel] = (ok, mean.tobytes(), local.tobytes()) if ok else ok  # not finite: nothing decoded
+        assert sent["numba"][0] == sent["numpy"][0] == bool(np.isfinite(v).all())
+        np.testing.assert_array_equal(sent["numba"][1], sent["numpy"][1])
+        assert decoded["numba"] == decoded["numpy"]
+
+
 @pytest.mark.parametrize("levels,code_bytes", [(4, 1), (127, 1), (1000, 2)])
 def test_qsgd_is_unbiased_on_s_levels(levels, code_bytes):
     n_steps = 20_000

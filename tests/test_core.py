@@ -161,6 +161,38 @@ def test_kernel_option_is_recorded_and_gives_the_same_iterates(problem, kernel):
     assert res.x.tolist() == ref.x.tolist()
 
 
+@pytest.mark.parametrize("method,opts", [
+    ("intdiana", {}),
+    ("vr-intdiana", {}),
+    ("vr-intdiana", {"alpha": "paper", "block_size": 7}),
+    ("vr-intdiana", {"first_step": "exponent"}),
+    ("vr-intdiana", {"alpha": "constant", "alpha0": 3e4}),  # auto redoes steps in int16 and int32
+    ("vr-intdiana", {"alpha": "constant", "alpha0": 3e4, "wire_dtype": "int8"}),  # clipped
+    ("vr-diana", {"compressor": "nat"}),  # these three: omega > 0, the decoded mean and local fused
+    ("diana", {"compressor": "qsgd"}),
+    ("vr-diana", {"compressor": "hint"}),
+])
+def test_diana_steps_fused_by_numba_give_the_numpy_sequences_iterates(monkeypatch, problem, method, opts):
+    """The numba kernel does DIANA's passes around the exchange in compiled loops
+    (mpiopt.kernels.shift_numba); the numpy kernel runs the plain numpy sequence. Same bits."""
+    numba_kernel = pytest.importorskip("mpiopt.kernels.numba")
+    from mpiopt.kernels import shift_numba
+
+    fused = []
+    int_update, decoded_update = numba_kernel.Quantizer.shift_update, shift_numba.shift_update_decoded
+    monkeypatch.setattr(numba_kernel.Quantizer, "shift_update", lambda self, *a: fused.append(1) or int_update(self, *a))
+    monkeypatch.setattr(shift_numba, "shift_update_decoded", lambda *a: fused.append(1) or decoded_update(*a))
+    res = mpiopt.minimize(problem, method, iters=60, batch=16, kernel="numba", **opts)
+    calls = len(fused)
+    assert calls >= 59  # every step (the int compressor's float first step aside) took a fused update
+    ref = mpiopt.minimize(problem, method, iters=60, batch=16, kernel="numpy", **opts)
+    assert len(fused) == calls  # and the numpy kernel none
+    assert res.x.tolist() == ref.x.tolist()
+    assert res.trace["history"]["info_bits"] == ref.trace["history"]["info_bits"]
+    assert {k: v for k, v in res.trace["wire"].items() if k != "kernel"} == \
+        {k: v for k, v in ref.trace["wire"].items() if k != "kernel"}
+
+
 def test_compile_time_is_reported_apart_from_step_time(problem):
     res = mpiopt.minimize(problem, "vr-intdiana", iters=5, batch=8)
     assert res.trace["compile_seconds"] >= 0.0 and "compile_seconds" not in res.trace["history"]

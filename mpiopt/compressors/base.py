@@ -25,7 +25,7 @@ import numpy as np
 
 from mpiopt.comm import Communicator
 from mpiopt.errors import InputError
-from mpiopt.kernels import CPU_KERNELS, make_quantizer
+from mpiopt.kernels import CPU_KERNELS, make_quantizer, warm_up
 from mpiopt.kernels.numpy import apply_step
 from mpiopt.naming import arg, did_you_mean, spelled
 
@@ -148,6 +148,8 @@ class Compressor:
         self.state: Dict[str, Any] = {}
         self.bits = 0
         self.clipped = 0
+        self._one_segment: Optional[np.ndarray] = None
+        """The numba shift kernels' one (position, coordinate, count, block) row, once they are used."""
 
     @classmethod
     def resolve(cls, given: Dict[str, Any], comm: Communicator, dim: Optional[int] = None) -> Dict[str, Any]:
@@ -187,7 +189,10 @@ class Compressor:
 
     def prepare(self, x: np.ndarray) -> None:
         """Compile whatever the first exchange would compile (called once, on every rank, before the
-        timed loop; ``x`` is the starting point). Must not communicate or change ``state``."""
+        timed loop; ``x`` is the starting point). Must not communicate or change ``state``. Here: the
+        kernel of the ``kernel`` option, for compressors that take one."""
+        if self.opts.get("kernel"):
+            warm_up(self.opts["kernel"])
 
     def exchange(self, v, k: int, x, lr: float, out_mean, out_local=None) -> None:
         """Communicate this rank's ``v`` and write mean_i C(v_i) into ``out_mean``; every rank calls it.
@@ -208,6 +213,52 @@ class Compressor:
         what the collective returned and call ``self.fail(k, this_rank_was_bad)`` on every rank.
         """
         raise NotImplementedError
+
+    def shifted_exchange(self, g, h_local, k: int, x, lr: float, delta, out_mean, out_local) -> None:
+        """DIANA's exchange: ``exchange`` of Delta_i = g - h_local (written into ``delta``, x's shape and
+        dtype) with ``out_mean`` and ``out_local``. ``g`` is an array, or the L-SVRG estimator's terms
+        (a, b, c) for g = (a - b) + c, whose ``a`` may be overwritten. :meth:`shift_update` follows.
+        With the numba kernel Delta_i is one compiled pass (:mod:`mpiopt.kernels.shift_numba`)."""
+        kernels = self._shift_kernels()
+        if kernels is not None:
+            ga, gb, gc = g if isinstance(g, tuple) else (g, g, g)
+            kernels.shift_delta(ga, gb, gc, h_local, self._one_segment, delta, self._one_peak, isinstance(g, tuple))
+        else:
+            if isinstance(g, tuple):
+                g, b, c = g
+                g -= b
+                g += c
+            self.xp.subtract(g, h_local, out=delta)
+        self.exchange(delta, k, x, lr, out_mean, out_local)
+
+    def shift_update(self, h_local, h, x, lr: float, a: float, mean, local, scratch) -> None:
+        """DIANA's update after :meth:`shifted_exchange`: g = h + mean, h_local += a local, h += a mean,
+        x -= lr g (``scratch``: x's shape and dtype; ``mean`` and ``local`` may be overwritten), the
+        numpy operations or, with the numba kernel, one compiled pass with their bits."""
+        kernels = self._shift_kernels()
+        if kernels is not None:
+            t = h.dtype.type
+            kernels.shift_update_decoded(mean, local, h_local, h, x, t(lr), t(a))
+            return
+        g = self.xp.add(h, mean, out=scratch)
+        if a != 1.0:
+            mean *= a
+            local *= a
+        h_local += local
+        h += mean
+        g *= lr
+        x -= g
+
+    def _shift_kernels(self):
+        """:mod:`mpiopt.kernels.shift_numba` when this compressor runs the numba kernel, else None."""
+        if self.xp is not np or self.opts.get("kernel") != "numba":
+            return None
+        if self._one_segment is None:
+            self._one_segment = np.array([[0, 0, self.dim, 0]], dtype=np.int64)
+            self._one_peak = np.empty(1)
+        from mpiopt.kernels import shift_numba
+
+        return shift_numba
 
     def exchange_update(self, v, k: int, x, lr: float, mean) -> None:
         """An SGD step with this exchange: x -= lr * mean_i C(v_i), in place. Here (and in the int
@@ -335,14 +386,22 @@ class GatherCompressor(Compressor):
         bits plus 64 for a float64 scale; padding that carries nothing is not counted."""
         raise NotImplementedError
 
-    def exchange(self, v, k, x, lr, out_mean, out_local=None):
-        self.clipped = 0
-        finite = self.encode(v, k)
-        self.comm.allgather(self.send, self.recv)
-        if not self.decode_rows(self.recv, self.vals):
-            self.fail(k, not finite)
+    def decode_mean(self, recv, out_mean, out_local) -> bool:
+        """The mean of every rank's decoded message in worker order into ``out_mean`` and, when not
+        None, this rank's own into ``out_local``, by ``decode_rows`` and ``sum_rows``; False when a
+        message reports a non-finite v. A subclass may fuse it (the same bits)."""
+        if not self.decode_rows(recv, self.vals):
+            return False
         sum_rows(self.vals, self.order, out_mean)
         out_mean *= 1.0 / self.n
         if out_local is not None:
             out_local[...] = self.vals[self.comm.rank]
+        return True
+
+    def exchange(self, v, k, x, lr, out_mean, out_local=None):
+        self.clipped = 0
+        finite = self.encode(v, k)
+        self.comm.allgather(self.send, self.recv)
+        if not self.decode_mean(self.recv, out_mean, out_local):
+            self.fail(k, not finite)
         self.bits = self.message_bits()

@@ -12,7 +12,7 @@ import numpy as np
 
 from mpiopt.compressors.base import KERNEL, Compressor, Option, bad_option, info_bits_int, register
 from mpiopt.compressors.integer import ROUNDING
-from mpiopt.kernels import int_bound, warm_up
+from mpiopt.kernels import int_bound
 from mpiopt.kernels.numpy import float_below
 
 
@@ -41,9 +41,6 @@ class HintCompressor(Compressor):
         self._abs = self.xp.empty(dim)
         self._max = np.empty(1)
         self.state = {"max_abs_q": np.zeros(())}
-
-    def prepare(self, x):
-        warm_up(self.opts["kernel"])
 
     def _alpha(self, v, k: int) -> float:
         """(2^(b-1) - 1) // n / 2^e for e = ceil(log2 max_i ||v_i||_inf); every rank stops on a non-finite v."""

@@ -37,7 +37,7 @@ from mpiopt.comm import INT_DTYPES
 from mpiopt.compressors.alpha import adaptive_alpha, block_constants, block_layout
 from mpiopt.compressors.base import (KERNEL, Compressor, Option, all_finite, bad_option, info_bits_int, is_number,
                                      positive, positive_int, register, sum_rows, worker_order)
-from mpiopt.kernels import int_bound, warm_up
+from mpiopt.kernels import int_bound
 from mpiopt.kernels.numpy import apply_step, float_below
 
 WIRE_NAMES = ("float64",) + tuple(str(t) for t in INT_DTYPES)
@@ -169,6 +169,8 @@ class IntCompressor(Compressor):
         """The fill rule's exponents on the wire: they lie in [MIN_EXPONENT, 1024]."""
         self._max = np.empty(1)
         self._order: Optional[List[int]] = None
+        self._kept = None
+        """(integer sum, alpha) of a :meth:`shifted_exchange` until its :meth:`shift_update`."""
         self.state = {
             "x_prev": xp.zeros(d),
             "have_prev": np.zeros((), dtype=np.int8),
@@ -219,9 +221,6 @@ class IntCompressor(Compressor):
             first = "float64 (no x^{k-1} yet: Allgather of v, summed in worker order)"
         return {"first_step": first}
 
-    def prepare(self, x):
-        warm_up(self.opts["kernel"])
-
     def set_layout(self, runs) -> None:
         """v and the mean hold the coordinates in the order of ``runs`` from now on (see ``layout``)."""
         if self.opts["layout"] is None:
@@ -260,9 +259,10 @@ class IntCompressor(Compressor):
             views = self._bufs[level] = (buf, buf[:self.dim], buf[self.dim:])
         return views
 
-    def _next_alpha(self, v: np.ndarray, x: np.ndarray, lr: float):
+    def _next_alpha(self, v: np.ndarray, x: np.ndarray, lr: float, peak: Optional[np.ndarray] = None):
         """This step's alpha (a float; with blocks, as :meth:`_spread` gives it; None: send floats),
-        remembering x as x^{k-1} for the next step."""
+        remembering x as x^{k-1} for the next step. ``peak``: v's max |v| per block when the caller
+        has it already (see :meth:`_max_exponents`)."""
         st, o = self.state, self.opts
         if o["alpha"] == "constant":
             return self._alpha0
@@ -273,12 +273,12 @@ class IntCompressor(Compressor):
                 self.alpha_blocks[...] = o["alpha0"]
                 return float(o["alpha0"])
             if o["first_step"] == "exponent":
-                return self._spread(self._exponent_alpha(v))
+                return self._spread(self._exponent_alpha(v, peak))
             return None
         if lr == 0.0 if isinstance(lr, float) else np.any(np.asarray(lr) == 0.0):  # alpha 0, a 0 / 0 mean
-            return self._spread(self._exponent_alpha(v))  # lr 0 (a schedule's end): scale by the largest |v|
+            return self._spread(self._exponent_alpha(v, peak))  # lr 0 (a schedule's end): scale by the largest |v|
         if o["alpha"] == "fill":
-            return self._spread(self._fill_alpha(v))
+            return self._spread(self._fill_alpha(v, peak))
         r = st["r"]
         if self.takes_blocks and len(self.starts) > 1:  # squares, r and alpha in one pass, the bits of the lines below
             self.quant.block_adaptive_alpha(x, st["x_prev"], r, st["have_r"], o["beta"], lr, self.n, self._constants,
@@ -319,17 +319,17 @@ class IntCompressor(Compressor):
             return vec
         return self.xp.take(self.xp.asarray(alphas), self._block_of, out=self._alpha_vec)
 
-    def _exponent_alpha(self, v) -> np.ndarray:
+    def _exponent_alpha(self, v, peak: Optional[np.ndarray] = None) -> np.ndarray:
         """alpha_b = floor(M / n) / 2^e_b with 2^e_b >= max_i max_{j in b} |v_ij| (see
         :meth:`_max_exponents`), so |alpha v| never exceeds the speculative dtype's bound."""
         if self.dim == 0:
             self.alpha_blocks[...] = 1.0
             return self.alpha_blocks
-        exps = self._max_exponents(v)
+        exps = self._max_exponents(v, peak=peak)
         self.alpha_blocks[...] = self._scaled(exps, float_below(self.bounds[int(self.state["level"])]))
         return self.alpha_blocks
 
-    def _fill_alpha(self, v) -> np.ndarray:
+    def _fill_alpha(self, v, peak: Optional[np.ndarray] = None) -> np.ndarray:
         """``alpha='fill'``: alpha_b = max(T / 2^e_b, floor_b), T = half the narrowest dtype's bound
         floor(M / n), so every rank's integers fit that dtype with a bit to spare (``auto`` keeps or
         returns to it) and the rounding noise is as small as the bytes already paid for allow. floor_b
@@ -341,7 +341,7 @@ class IntCompressor(Compressor):
             self.alpha_blocks[...] = 1.0
             return self.alpha_blocks
         st, first = self.state, self.first
-        exps = self._max_exponents(v, self._exponent_dtype)
+        exps = self._max_exponents(v, self._exponent_dtype, peak)
         if not st["have_r"]:  # the first fill step sets the floor (r is not used by this rule)
             wide = self.bounds[min(first + 1, len(self.bounds) - 1)]
             st["alpha_floor"][...] = self._scaled(exps, float(wide // 2))
@@ -354,14 +354,14 @@ class IntCompressor(Compressor):
         stops every rank)."""
         return np.where(exps == NON_FINITE_EXPONENT, 1.0, np.ldexp(bound, -np.minimum(exps, 1 << 20)))
 
-    def _max_exponents(self, v, dtype=np.int64) -> np.ndarray:
+    def _max_exponents(self, v, dtype=np.int64, peak: Optional[np.ndarray] = None) -> np.ndarray:
         """e_b = ceil(log2 max_i max_{j in b} |v_ij|) per alpha block, from a MAX Allreduce of the
         ranks' integer exponents in ``dtype`` (no float crosses the wire). Exponents are kept >=
         ``MIN_EXPONENT`` (alpha stays finite for tiny blocks; a zero block gets alpha = the bound); a
         non-finite block gets ``NON_FINITE_EXPONENT`` (int64; sent as ``dtype``'s largest value)."""
-        if self.takes_blocks:
+        if peak is None and self.takes_blocks:
             peak = self.quant.block_max_abs(v, self._peak)
-        else:
+        elif peak is None:
             peak = self._per_block(np.maximum, self.xp.abs(v))
         finite = np.isfinite(peak)
         mant, exps = np.frexp(np.where(finite, peak, 1.0))
@@ -398,6 +398,29 @@ class IntCompressor(Compressor):
         self.quant.decode(ints, alpha, self.n, out_mean)
         if out_local is not None:
             self.quant.decode_local(alpha, out_local)
+
+    def shifted_exchange(self, g, h_local, k, x, lr, delta, out_mean, out_local):
+        """With a quantizer that ``fuses_shift`` (numba) and one step size: Delta and its blocks'
+        max |Delta| in one pass, the integer sum kept for :meth:`shift_update`, which decodes, updates
+        the shifts and x in one more pass (the float first step takes the plain path)."""
+        self._kept = None
+        if not (getattr(self.quant, "fuses_shift", False) and isinstance(lr, float)):
+            super().shifted_exchange(g, h_local, k, x, lr, delta, out_mean, out_local)
+            return
+        peak = self.quant.shift_delta(g, h_local, delta, self._peak)
+        alpha = self._next_alpha(delta, x, lr, peak)
+        if alpha is None:
+            self._float_step(delta, k, out_mean, out_local)
+            return
+        self._kept = (self._sum_ints(delta, k, alpha, round_into_wire=False), alpha)
+
+    def shift_update(self, h_local, h, x, lr, a, mean, local, scratch):
+        if self._kept is None:
+            super().shift_update(h_local, h, x, lr, a, mean, local, scratch)
+            return
+        ints, alpha = self._kept
+        self._kept = None
+        self.quant.shift_update(ints, alpha, self.n, h_local, h, x, lr)  # omega 0: a = 1
 
     def exchange_update(self, v, k, x, lr, mean):
         alpha = self._next_alpha(v, x, lr)

@@ -6,6 +6,9 @@ Wire format per rank, by Allgather: one uint8 per coordinate (bit 7: sign; bits 
 header (E as int16, a non-finite flag, a pad byte). Magnitudes below s = 2^(E - 126) -- 2^-126 of
 the largest -- are rounded without bias between 0 and s. 8 bits per coordinate (the paper's format
 uses 9: sign + a float32 exponent). omega = 1/8.
+
+With the numba kernel the encoding and the worker-order mean are compiled loops
+(:mod:`mpiopt.kernels.nat_numba`) with the numpy code's bytes and bits.
 """
 
 import numpy as np
@@ -41,8 +44,29 @@ class NatCompressor(GatherCompressor):
         self._code = xp.empty(d, dtype=np.int32)
         self._rexp = xp.empty((self.n, d), dtype=np.int32)
         self._rmask = xp.empty((self.n, d), dtype=bool)
+        self._codec = None
+        if xp is np and self.opts["kernel"] == "numba":
+            from mpiopt.kernels import nat_numba
+
+            self._codec = nat_numba
+            self._order = np.asarray(self.order, dtype=np.int64)
+            self._tops = np.empty(self.n, dtype=np.int64)
+
+    def prepare(self, x):
+        super().prepare(x)
+        if self._codec is not None:
+            self._codec.warm_up()
+
+    def _header(self, top: int, finite: bool) -> None:
+        send, d = self.send, self.dim
+        send[d:d + 2].view(np.int16)[0] = top
+        send[d + 2] = 0 if finite else 1
 
     def encode(self, v, k):
+        if self._codec is not None:
+            top, finite = self._codec.encode(v, self.quant.stream_key(k), self.send)
+            self._header(top, finite)
+            return finite
         xp = self.xp
         a = xp.abs(v, out=self._a)
         finite = all_finite(a)
@@ -65,11 +89,20 @@ class NatCompressor(GatherCompressor):
         xp.copyto(code, ZERO, where=xp.equal(a, 0.0, out=self._mask))
         negative = xp.logical_and(xp.signbit(v), code != ZERO, out=self._up)  # CuPy's ufuncs take no where=
         xp.copyto(code, code + 128, where=negative)
-        send, d = self.send, self.dim
-        xp.copyto(send[:d], code, casting="unsafe")
-        send[d:d + 2].view(np.int16)[0] = top
-        send[d + 2] = 0 if finite else 1
+        xp.copyto(self.send[:self.dim], code, casting="unsafe")
+        self._header(top, finite)
         return finite
+
+    def decode_mean(self, recv, out_mean, out_local):
+        if self._codec is None:
+            return super().decode_mean(recv, out_mean, out_local)
+        d = self.dim
+        if recv[:, d + 2].any():
+            return False
+        self._tops[:] = recv[:, d:d + 2].copy().view(np.int16)[:, 0]
+        local = np.empty(0) if out_local is None else out_local
+        self._codec.decode_mean(recv, self._tops, self._order, 1.0 / self.n, out_mean, self.comm.rank, local)
+        return True
 
     def decode_rows(self, recv, vals):
         xp, d = self.xp, self.dim

@@ -13,7 +13,8 @@ numba is installed (see :mod:`mpiopt.kernels`). It also takes alpha as one value
 Where the numpy kernel makes about twenty passes over 8-byte temporaries, one ``round`` here is one
 pass that reads v and writes Int(alpha v) as int8 (saturated at +-127) while it takes max |Int|;
 only when that max exceeds 127 (or v has non-finite values) does a second pass store the exact
-values in a wider scratch. ``pack`` then casts (or clips and casts) that scratch into the wire
+values in a wider scratch (int32, float64 beyond it), and a round after such a one starts with that
+pass (a run whose integers stay beyond int8, as fill's int16 floor, pays one pass, not two). ``pack`` then casts (or clips and casts) that scratch into the wire
 buffer, and ``decode`` is one pass (a product with 1 / (n alpha) instead of the division when, checked
 over every possible int8 sum, that gives the division's bits -- nearly always for a float32 ``out``).
 ``decode_update`` applies IntSGD's x -= eta S / (n alpha) in one pass, bit for bit what ``decode``
@@ -50,6 +51,7 @@ _SCRATCH_SUM_MAX = 1 << 17
 """Up to this length (1 MiB of float64 squares) ``step_squares_sum`` squares into a scratch, then sums."""
 _SPEC_MAX = 127
 """The fast pass stores Int(alpha v) as int8, exact while max |Int| <= 127."""
+_INT32_MAX = float(np.iinfo(np.int32).max)
 
 if AVAILABLE:
     _G = np.uint64(GOLDEN)
@@ -148,28 +150,28 @@ if AVAILABLE:
         return _from_bits(mx)
 
     @_jit
-    def _round_exact_run(v, a, avec, key, random, out, mx, bad):
+    def _round_exact_run(v, a, avec, key, random, out, mx, bad, limit):
         coord = avec.shape[0] > 0
-        for i in range(v.shape[0]):
+        for i in range(v.shape[0]):  # branch-free (selects, an integer max of the bits), so it vectorizes
             t = _int_of(v[i], avec[i] if coord else a, key, i, random)
-            if not np.abs(t) < np.inf:
-                t = 0.0
-                bad += 1
-            mx = max(mx, abs(t))
-            out[i] = t
+            ok = np.abs(t) < np.inf
+            bad += not ok
+            t = t if ok else 0.0
+            mx = max(mx, _bits(t) & _ABS)
+            out[i] = min(max(t, -limit), limit)
         return mx, bad
 
     @_jit
-    def _round_exact(v, segs, alphas, avec, key, random, out):
-        """Int(alpha v) exactly (non-finite -> 0) into ``out`` (int32 or float64); returns (max |Int|
-        as a double, number of non-finite coordinates)."""
-        mx = 0.0
+    def _round_exact(v, segs, alphas, avec, key, random, out, limit):
+        """Int(alpha v) (non-finite -> 0) into ``out`` (int32 or float64), clamped to +-``limit`` (exact
+        where the max is within it); returns (max |Int| as a double, number of non-finite coordinates)."""
+        mx = np.int64(0)
         bad = 0
         for s in range(segs.shape[0]):
             p, c, n = segs[s, 0], segs[s, 1], segs[s, 2]
             mx, bad = _round_exact_run(v[p:p + n], alphas[segs[s, 3]], _coord_view(avec, c, n), _shifted(key, c),
-                                       random, out[p:p + n], mx, bad)
-        return mx, bad
+                                       random, out[p:p + n], mx, bad, limit)
+        return _from_bits(mx), bad
 
     @_jit
     def _clip_cast(src, bound, fb, out):
@@ -441,6 +443,8 @@ class Quantizer:
 
     takes_blocks = True
     """alpha may be one value per block of ``blocks`` (see above)."""
+    fuses_shift = True
+    """``shift_delta`` and ``shift_update`` do a DIANA step's passes around the exchange."""
 
     def __init__(self, size: int, seed: int, worker: int, n_ranks: int = 1, rounding: str = "random",
                  blocks: Optional[Sequence[int]] = None, layout: Optional[Runs] = None):
@@ -459,6 +463,8 @@ class Quantizer:
         self._squares: Optional[np.ndarray] = None
         self._spec = np.zeros(size, dtype=np.int8)
         self._wide: Optional[np.ndarray] = None
+        self._went_wide = False
+        """The last ``round`` needed more than int8: the next one starts with the exact pass."""
         self._src = self._spec
         self._pending = None
         self._into_fresh = False
@@ -500,10 +506,10 @@ class Quantizer:
     def noise(self, step: int) -> np.ndarray:
         """This worker's u_j for ``step``, in coordinate order (a view of an internal buffer,
         overwritten by the next call)."""
-        _noise(self._key(step), self.noise_buf)
+        _noise(self.stream_key(step), self.noise_buf)
         return self.noise_buf
 
-    def _key(self, step: int) -> np.uint64:
+    def stream_key(self, step: int) -> np.uint64:
         """key(seed, worker, step) of the noise formula (= ``stream_key``; the worker's part cached)."""
         return np.uint64(_stream_key(self._worker_key, np.uint64(step & MASK)))  # numba returns a Python int
 
@@ -527,25 +533,30 @@ class Quantizer:
                                  f"{into.dtype} {into.shape}")
             self._checked_into = into
         segs, alphas, avec, one = self._alpha(alpha)
-        key = self._key(step)
+        key = self.stream_key(step)
         random = self.rounding == "random"
-        target = self._spec if into is None else into
-        mx = float(_round_fast(v, segs, alphas, avec, key, random, target))
         self._rounded_ok = self._sent_ok = False
         self._sent_bound = float("inf")
         self._pending = None
-        if mx <= _SPEC_MAX:
-            self._src, self.max_abs, self.finite = target, mx, True
-            if into is not None:
-                self._pending = (v, segs, alphas.copy() if one else alphas, avec, key, random)
-                self._into_fresh = True
-            return self
-        # Rare: values beyond int8, or non-finite inputs: store them exactly.
-        wide_dtype = np.int32 if mx <= np.iinfo(np.int32).max else np.float64
-        if self._wide is None or self._wide.dtype != wide_dtype:
-            self._wide = np.empty(self.size, dtype=wide_dtype)
-        m, bad = _round_exact(v, segs, alphas, avec, key, random, self._wide)
+        if into is not None or not self._went_wide:
+            target = self._spec if into is None else into
+            mx = float(_round_fast(v, segs, alphas, avec, key, random, target))
+            if mx <= _SPEC_MAX:
+                self._src, self.max_abs, self.finite, self._went_wide = target, mx, True, False
+                if into is not None:
+                    self._pending = (v, segs, alphas.copy() if one else alphas, avec, key, random)
+                    self._into_fresh = True
+                return self
+        # Values beyond int8 (the last round's were too: then the int8 pass is skipped), or non-finite
+        # inputs: stored exactly, in int32 unless some exceed it.
+        for wide_dtype, limit in ((np.int32, _INT32_MAX), (np.float64, np.inf)):
+            if self._wide is None or self._wide.dtype != wide_dtype:
+                self._wide = np.empty(self.size, dtype=wide_dtype)
+            m, bad = _round_exact(v, segs, alphas, avec, key, random, self._wide, limit)
+            if m <= limit:
+                break
         self._src, self.max_abs, self.finite = self._wide, float(m), bad == 0
+        self._went_wide = self.max_abs > _SPEC_MAX
         return self
 
     def _exact(self) -> np.ndarray:
@@ -663,6 +674,28 @@ class Quantizer:
         _block_max_abs(v, self._segs, out)
         return out
 
+    def shift_delta(self, g, h_local: np.ndarray, out: np.ndarray, peak: np.ndarray) -> np.ndarray:
+        """DIANA's Delta = g - h_i into ``out`` and each block's max |Delta| into ``peak``, in one pass
+        (:mod:`mpiopt.kernels.shift_numba`); ``g`` an array or L-SVRG's terms (a, b, c), g = (a - b) + c.
+        Returns ``peak``."""
+        from mpiopt.kernels import shift_numba
+
+        ga, gb, gc = g if isinstance(g, tuple) else (g, g, g)
+        shift_numba.shift_delta(ga, gb, gc, h_local, self._segs, out, peak, isinstance(g, tuple))
+        return peak
+
+    def shift_update(self, sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, h_local: np.ndarray,
+                     h: np.ndarray, x: np.ndarray, lr: float) -> None:
+        """DIANA's update (shift step 1) after the sum of the last ``round``: h_i += C(Delta_i),
+        h += mean, x -= lr (h + mean) with h before its update, in one pass, bit for bit the numpy
+        sequence with ``decode`` and ``decode_local`` (:mod:`mpiopt.kernels.shift_numba`)."""
+        from mpiopt.kernels import shift_numba
+
+        if not (h.dtype == h_local.dtype == x.dtype and h.dtype in (np.float32, np.float64)):
+            raise ValueError(f"h_i, h and x must share a float dtype, got {h_local.dtype}, {h.dtype}, {x.dtype}")
+        shift_numba.shift_update(sum_int, *self._decoding(sum_int, alpha, n, h), self._exact(),
+                                 min(self._sent_bound, 2.0 ** 1023), h_local, h, x, h.dtype.type(lr))
+
     def decode_update(self, sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, lr: float,
                       x: np.ndarray) -> np.ndarray:
         """x -= lr * S / (n alpha), in place and in one pass: bit for bit what ``decode`` into a mean
@@ -691,3 +724,18 @@ def warm_up() -> None:
         q.block_adaptive_alpha(v, np.zeros(16), np.zeros(2), False, 0.9, 0.1, 2, (np.ones(2), np.ones(2)),
                                np.empty(2), np.empty(2))
         q.block_max_abs(v, np.empty(2))
+    from mpiopt.kernels import shift_numba
+
+    z = np.zeros(16)
+    shift_numba.shift_update_decoded(z, z.copy(), z.copy(), z.copy(), z.copy(), 0.1, 0.5)
+    for terms in (False, True):  # DIANA's fused passes (mpiopt.kernels.shift_numba), on float64 as the methods run
+        g = np.linspace(-3, 3, 16)
+        q = Quantizer(16, 0, 0, 2, "random", blocks=[0, 8])
+        for alpha in (10.0, np.array([10.0, 3.0])):
+            q.shift_delta((g, g * 0.5, g * 0.25) if terms else g, np.zeros(16), np.empty(16), np.empty(2))
+            buf = np.empty(16, dtype=np.int8)
+            q.encode(g, alpha, buf, step=0)
+            q.shift_update(buf, alpha, 2, np.zeros(16), np.zeros(16), np.zeros(16), 0.1)
+            wide = np.empty(16, dtype=np.int16)  # beyond int8: the exact pass into int32, an int16 sum
+            q.encode(g, alpha * 100.0, wide, step=1)
+            q.shift_update(wide, alpha, 2, np.zeros(16), np.zeros(16), np.zeros(16), 0.1)

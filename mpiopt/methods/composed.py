@@ -214,22 +214,16 @@ class CompressedMethod(Method):
         apply_step(x, self.lr, mean)
 
     def _diana_step(self, x: np.ndarray, k: int) -> None:
-        g_i = self.gradient(x)
+        """DIANA: exchange Delta_i = g_i - h_i, then h_i += a C(Delta_i), h += a mean, x -= lr (h + mean)
+        with h before its update (the compressor's ``shift_update``: with the numba kernel, compiled
+        passes with the numpy operations' bits)."""
         h_i, h = self.state["h_local"], self.state["h"]
-        delta = np.subtract(g_i, h_i, out=self._delta)
-        mean, local = self._mean, self._local
-        self.comp.exchange(delta, k, x, self.lr, mean, local)
+        g_i = self.vr.terms(x) if self.vr is not None else self.gradient(x)
+        self.comp.shifted_exchange(g_i, h_i, k, x, self.lr, self._delta, self._mean, self._local)
         self.count()
-        g = np.add(h, mean, out=self._delta)
-        if self.shift_step != 1.0:
-            mean *= self.shift_step
-            local *= self.shift_step
-        h_i += local
-        h += mean
         if self.vr is not None:
             self.vr.maybe_reset(x)
-        g *= self.lr
-        x -= g
+        self.comp.shift_update(h_i, h, x, self.lr, self.shift_step, self._mean, self._local, self._delta)
 
     def _feedback_step(self, x: np.ndarray, k: int) -> None:
         """With a memory and/or heavy-ball momentum: p = memory(g), exchange, memory update, step."""

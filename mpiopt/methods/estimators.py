@@ -79,12 +79,18 @@ class LooplessSVRG:
 
     def gradient(self, x: np.ndarray) -> np.ndarray:
         """g_i = grad f_i(x; xi) - grad f_i(w; xi) + grad f_i(w), into a scratch buffer."""
+        gx, gw, u = self.terms(x)
+        gx -= gw
+        gx += u
+        return gx
+
+    def terms(self, x: np.ndarray):
+        """(grad f_i(x; xi), grad f_i(w; xi), grad f_i(w)): g_i before its two additions, for a
+        compressor that adds them in its own pass (the first two in scratch buffers)."""
         idx = self.method.sample()
         gx = self.problem.stochastic_grad(x, idx, out=self._gx)
         gw = self.problem.stochastic_grad(self.state["w"], idx, out=self._gw)
-        gx -= gw
-        gx += self.state["u"]
-        return gx
+        return gx, gw, self.state["u"]
 
     def maybe_reset(self, x: np.ndarray) -> None:
         """One shared coin per step (identical on every rank); on success w <- x, u <- grad f_i(w)."""

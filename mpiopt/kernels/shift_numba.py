@@ -1,0 +1,90 @@
+"""DIANA's shift around the int compressor, fused with the numba quantizer's passes.
+
+A DIANA step with IntSGD's integers (IntDIANA, VR-IntDIANA) reads and writes the shift vectors h_i
+and h, the iterate x and the mean around one integer exchange. Done with numpy, that is nine passes
+over vectors of length d besides the rounding: Delta = g - h_i, max |Delta| per alpha block, the
+decoded mean and this rank's own C(Delta), g = h + mean, the shifts' two updates, eta g and
+x -= eta g. Here it is two:
+
+* :func:`shift_delta`: Delta = g - h_i and each block's max |Delta| (what the fill rule and the
+  exponent first step read) in one pass, g given as an array or as L-SVRG's three terms
+  g = (a - b) + c (VR-IntDIANA), so the estimator's two additions join that pass;
+* :func:`shift_update`: after the integer sum S, per coordinate m = S / (n alpha) (the numba
+  quantizer's ``decode``), l = clip(Q) / alpha (its ``decode_local``), g = h + m, h_i += l, h += m,
+  x -= eta g: the same IEEE operations in the same order as the numpy sequence, so the iterates are
+  the same bits. (The int compressor's omega is 0, so DIANA's shift step 1 / (1 + omega) is 1.)
+
+Any other compressor with the numba kernel (nat, qsgd, hint) takes :func:`shift_delta` (one block)
+before its exchange and :func:`shift_update_decoded` after it: g = h + m, h_i += a l, h += a m,
+x -= eta g from its decoded mean m and local l, a = 1 / (1 + omega).
+
+The arrays are in the quantizer's layout (positions), alpha per block or per coordinate as the
+quantizer's other kernels take them (see :mod:`mpiopt.kernels.numba`).
+"""
+
+import numpy as np
+
+from mpiopt.kernels.numba import _ABS, _bits, _coord_view, _from_bits, _jit
+
+
+@_jit
+def _shift_delta_run(ga, gb, gc, h, out, m, terms):
+    for i in range(ga.shape[0]):  # branch-free (an integer max of the bits), so it vectorizes
+        d = (((ga[i] - gb[i]) + gc[i]) if terms else ga[i]) - h[i]
+        out[i] = d
+        m = max(m, _bits(np.float64(d)) & _ABS)
+    return m
+
+
+@_jit
+def shift_delta(ga, gb, gc, h, segs, out, peak, terms):
+    """out = g - h with g = ``ga`` or, when ``terms``, L-SVRG's g = (ga - gb) + gc (added in the
+    estimator's order); peak[block] = max |out| over each block (NaN or inf when a value is not finite)."""
+    peak[:] = 0.0
+    for k in range(segs.shape[0]):
+        p, n, b = segs[k, 0], segs[k, 2], segs[k, 3]
+        peak[b] = _from_bits(_shift_delta_run(ga[p:p + n], gb[p:p + n], gc[p:p + n], h[p:p + n], out[p:p + n],
+                                              _bits(peak[b]), terms))
+
+
+@_jit
+def _shift_update_run(s, a, avec, one, c, r, mul, inv_n, src, bound, h_local, h, x, lr):
+    coord = avec.shape[0] > 0
+    T = h.dtype.type
+    for i in range(s.shape[0]):
+        if one and mul:
+            m = T(np.float64(s[i]) * r)
+        elif one:
+            m = T(np.float64(s[i]) / c)
+        else:
+            m = T(np.float64(s[i]) / (avec[i] if coord else a))
+            m = m * inv_n
+        loc = T(min(max(np.float64(src[i]), -bound), bound) / (avec[i] if coord else a))
+        g = h[i] + m
+        h_local[i] = h_local[i] + loc
+        h[i] = h[i] + m
+        g = g * lr
+        x[i] = x[i] - g
+
+
+@_jit
+def shift_update(s, segs, alphas, avec, one, c, r, mul, inv_n, src, bound, h_local, h, x, lr):
+    """The DIANA update after the integer sum ``s`` (see the module docstring); ``src`` this rank's
+    exact integers, ``bound`` what they were clipped to, ``lr`` in h's dtype."""
+    for k in range(segs.shape[0]):
+        p, ctr, n = segs[k, 0], segs[k, 1], segs[k, 2]
+        _shift_update_run(s[p:p + n], alphas[segs[k, 3]], _coord_view(avec, ctr, n), one, c, r, mul, inv_n,
+                          src[p:p + n], bound, h_local[p:p + n], h[p:p + n], x[p:p + n], lr)
+
+
+@_jit
+def shift_update_decoded(mean, local, h_local, h, x, lr, a):
+    """DIANA's update from a decoded mean and local C(Delta_i) (any unbiased compressor): g = h + mean,
+    h_i += a local, h += a mean, x -= lr g, per coordinate (``lr`` and ``a`` in h's dtype)."""
+    for j in range(h.shape[0]):
+        m = mean[j]
+        g = h[j] + m
+        h_local[j] = h_local[j] + local[j] * a
+        h[j] = h[j] + m * a
+        x[j] = x[j] - g * lr
+
