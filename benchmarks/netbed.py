@@ -8,7 +8,8 @@ CAP_NET_ADMIN needed)::
     namespace mpbnet-r1: nic 10.231.7.11/24 ──veth── p1 ├─ bridge "br0" in namespace mpbnet-sw
     ...                                                  ┘
 
-Every rank's NIC and every switch port is shaped by a token bucket (``tc qdisc ... tbf``) to the
+Every rank's NIC and every switch port is shaped by a token bucket (``tc qdisc ... tbf``, a bucket
+of 0.3 ms of traffic, with the veths' GSO packets kept within it: see ``BURST_SECONDS``) to the
 link rate in its egress direction, so each emulated host has one full-duplex link of that rate to a
 switch, as in a cluster. The rank namespaces hold only their NIC and a loopback, without any route
 out: traffic can only reach the other ranks' addresses inside the bed.
@@ -68,6 +69,12 @@ LOCK = Path(os.environ.get("MPIOPT_NETBED_LOCK", "/run/mpiopt-netbed.lock"))
 """The bed's lock; in /run, which only root can write, so no other user can plant a file or link there."""
 
 RATES = {"1gbit": 1e9, "10gbit": 1e10}
+BURST_SECONDS = 0.3e-3
+"""tbf's bucket, in time at the link's rate: shorter than the 0.3-0.5 ms an MPI message takes to
+start here, so that no message, after a pause, crosses faster than bytes / rate (``check --sweep``;
+the earlier bucket of 1 ms let a 256 KiB message cross at 0.73x its wire time at 1 Gbit/s)."""
+GSO_DEFAULT = 65536
+"""veth's gso_max_size."""
 """The link rates the benchmarks name (bits per second); any tc rate string works with NetBed."""
 
 MPI_ENV = {
@@ -245,14 +252,27 @@ class NetBed:
     def address(self, rank: int) -> str:
         return f"{SUBNET}.{HOST0 + rank}"
 
+    def gso_max_size(self) -> int:
+        """The largest GSO packet the links make: 64 KiB (veth's default) where the bucket holds it,
+        else the largest power of two (>= 2 KiB) within the bucket's BURST_SECONDS of the rate less
+        two MTUs (32 KiB at 1 Gbit/s): a GSO packet larger than the bucket is split by tbf, which
+        costs the CPU more than the segments themselves (Allreduces at 2.3x their wire time)."""
+        room = round(self.bits_per_s / 8 * BURST_SECONDS) - 2 * self.mtu
+        size = GSO_DEFAULT
+        while size > 2048 and size > room:
+            size //= 2
+        return size
+
     def _tbf(self) -> List[str]:
-        # Bucket: 1 ms of traffic, at least two 64 KiB GSO packets; queue: 20 ms of traffic.
+        # Bucket: BURST_SECONDS of traffic, at least one GSO packet and two MTUs; queue: 20 ms of traffic.
         bps = self.bits_per_s / 8
-        burst = max(int(bps * 1e-3), 2 * 65536 + 2 * self.mtu)
+        burst = max(round(bps * BURST_SECONDS), self.gso_max_size() + 2 * self.mtu)
         limit = max(int(bps * 20e-3), 4 * burst)
         return ["tbf", "rate", self.rate, "burst", str(burst), "limit", str(limit)]
 
     def _shape(self, ns: str, dev: str) -> None:
+        if self.gso_max_size() != GSO_DEFAULT:
+            _run(["ip", "-n", ns, "link", "set", "dev", dev, "gso_max_size", str(self.gso_max_size())])
         if self.delay_ms > 0:
             _run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "netem", "delay",
                   f"{self.delay_ms}ms"])
@@ -394,6 +414,7 @@ class NetBed:
             "delay_ms": self.delay_ms,
             "mtu": self.mtu,
             "tbf": " ".join(self._tbf()),
+            "gso_max_size": self.gso_max_size(),
             "addresses": [self.address(r) for r in range(self.ranks)],
             "mpi_env": self.env(),
         }

@@ -163,6 +163,18 @@ def test_rate_parsing():
         netbed.rate_bits("fast")
 
 
+@pytest.mark.parametrize("rate,gso,burst", [("1gbit", 32768, 37500), ("10gbit", 65536, 375000),
+                                             ("100mbit", 2048, 5048)])
+def test_the_bucket_is_0_3_ms_of_the_rate_and_holds_one_gso_packet(rate, gso, burst):
+    """No message after a pause may cross faster than bytes / rate: the bucket is kept to about the
+    0.3 ms a message takes to start, and the veths' GSO packets shrink to fit it on slow links."""
+    bed = netbed.NetBed(4, rate)
+    assert bed.gso_max_size() == gso
+    tbf = bed._tbf()
+    assert tbf[tbf.index("burst") + 1] == str(burst)
+    assert bed.describe()["gso_max_size"] == gso
+
+
 def test_mpmd_command_runs_each_rank_in_its_namespace():
     bed = netbed.NetBed(3, "1gbit")
     cmd = bed.mpmd("mpiexec", ["python", "w.py"])
