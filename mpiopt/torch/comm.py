@@ -40,9 +40,11 @@ INT_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.int32, np.int64))
 """The integer types gloo and NCCL can SUM, narrowest first (no int16)."""
 FLOAT_DTYPES = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64))
 DOUBLING_BYTES = 64 * 1024
-"""Default ``doubling_bytes``: where recursive doubling stops paying off on a 1 Gbit/s TCP link with
-about 50 us per round at 4 to 16 ranks (it saves 2(n - 1) - log2 n rounds and sends
-log2 n - 2(n - 1) / n more times the buffer); on shared cores rounds cost more, and it pays off longer."""
+"""Default ``doubling_bytes`` (doubling saves 2(n - 1) - log2 n rounds and sends log2 n - 2(n - 1) / n
+more times the buffer). Measured on the emulated 1 Gbit/s bed (benchmarks/torch_allreduce.py --net
+1gbit, README): doubling takes 0.39x the ring's time at 64 KiB on 4 ranks (0.20x on 8) and breaks even
+between 128 and 192 KiB on 4; kept at 64 KiB because those ranks shared 2 cores, which makes the ring's
+rounds dearer than with a core per rank."""
 ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 """The tensor all-gather: ``all_gather_single`` from torch 2.13 (which deprecates the other), else
 ``all_gather_into_tensor`` (torch 2.0 to 2.12)."""
