@@ -22,7 +22,7 @@ on the int all-reduces a recording communicator passes on, headers excluded); an
 accuracy after 8 epochs with the fp32 all-reduce and with intsgd_hook (same init and batches).
 
     python benchmarks/hook_overlap.py late
-    python benchmarks/hook_overlap.py step --ranks 4
+    python benchmarks/hook_overlap.py step --ranks 4 [--net 1gbit]     # the bed: root
     python benchmarks/hook_overlap.py semantics
 
 prints a table and writes ``benchmarks/results/hook_overlap_<what>.json`` (``--json`` to change),
@@ -42,15 +42,23 @@ from typing import Any, Dict, List
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def launch(ranks: int, what: str, args: List[str], timeout: float) -> List[Dict[str, Any]]:
-    """Run ``what`` on ``ranks`` processes; returns rank 0's JSON record(s)."""
+def launch(ranks: int, what: str, args: List[str], timeout: float, bed=None) -> List[Dict[str, Any]]:
+    """Run ``what`` on ``ranks`` processes; returns rank 0's JSON record(s). With ``bed`` (a built
+    :class:`netbed.NetBed`) rank K runs in the bed's namespace K and gloo talks over its NIC (the
+    rendezvous is a file, which needs no network)."""
     with tempfile.TemporaryDirectory(prefix="mpiopt-overlap-") as folder:
         out = Path(folder) / "rank0.json"
         procs = []
         for rank in range(ranks):
             env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(ranks), OMP_NUM_THREADS="1",
                        RENDEZVOUS=str(Path(folder) / "store"), OUT=str(out))
-            procs.append(subprocess.Popen([sys.executable, __file__, "_worker", what, *args], env=env))
+            prefix = []
+            if bed is not None:
+                import netbed
+
+                prefix = ["ip", "netns", "exec", bed.ns(rank)]
+                env["GLOO_SOCKET_IFNAME"] = netbed.NIC
+            procs.append(subprocess.Popen([*prefix, sys.executable, __file__, "_worker", what, *args], env=env))
         try:
             codes = [p.wait(timeout=timeout) for p in procs]
         finally:
@@ -287,6 +295,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--label", default="", help="a note stored in the JSON (e.g. which code ran)")
+    p.add_argument("--net", choices=("shm", "1gbit", "10gbit"), default="shm",
+                   help="shm: processes here, gloo over loopback; 1gbit/10gbit: netbed.py's emulated network (root)")
     return p
 
 
@@ -299,7 +309,14 @@ def main(argv: List[str]) -> int:
     load_before = os.getloadavg()
     extra = [f"--width={args.width}", f"--layers={args.layers}", f"--batch={args.batch}",
              f"--bucket-mb={args.bucket_mb}", f"--steps={args.steps}", f"--warmup={args.warmup}"]
-    record = launch(ranks, args.what, extra, timeout=3600)
+    if args.net == "shm":
+        record = launch(ranks, args.what, extra, timeout=3600)
+    else:
+        import netbed
+
+        with netbed.NetBed(ranks, args.net) as bed:
+            record = launch(ranks, args.what, extra, timeout=3600, bed=bed)
+            record["netbed"] = {k: v for k, v in bed.describe().items() if k != "mpi_env"}
     out = {"what": args.what, "ranks": ranks, "label": args.label, "settings": vars(args) | {"json": None},
            "load_average_before": load_before, "load_average_after": os.getloadavg(), **record}
     print(json.dumps(record, indent=1))

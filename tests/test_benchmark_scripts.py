@@ -250,3 +250,24 @@ def test_iteration_profile_splits_each_methods_step_into_its_parts(tmp_path):
     assert {"int kernel: shift_delta", "int kernel: shift_update", "int kernel: round"} <= set(rows["vr-intdiana"]["parts"])
     assert {"nat: encode", "nat: decode_mean"} <= set(rows["vr-diana nat"]["parts"])
     assert "MPI: allreduce_float" in rows["l-svrg float32"]["parts"]
+
+
+def test_ddp_break_even_maps_the_hooks_step_against_fp16_and_fp32(tmp_path):
+    """One shared-memory cell of a tiny model: the JSON's schema, speed-ups that are the ratios of the
+    hooks' step times, and the figure; the MLP's width gives about the asked parameter count."""
+    pytest.importorskip("torch")
+    import ddp_break_even
+
+    for params in (1e5, 1e6, 1e7):
+        w = ddp_break_even.width_for(params)
+        assert abs((5 * (w * w + w) + 10 * w + 10) / params - 1) < 0.01  # 5 w x w layers, one w x 10
+    out = tmp_path / "dbe.json"
+    run_benchmark([BENCH / "ddp_break_even.py", "--params", "2e4", "--nets", "shm", "--ranks", "2", "--steps", "1",
+                   "--json", out])
+    res = json.loads(out.read_text())
+    (c,) = res["cells"]
+    assert c["net"] == "shm" and c["ranks"] == 2 and 15_000 < c["parameters"] < 25_000
+    assert set(c["seconds"]) >= {"none", "fp32", "fp16", "intsgd overlapped", "intsgd synchronous"}
+    assert c["speedup_vs_fp16"] == pytest.approx(c["seconds"]["fp16"] / c["seconds"]["intsgd overlapped"])
+    assert c["speedup_vs_fp32"] == pytest.approx(c["seconds"]["fp32"] / c["seconds"]["intsgd overlapped"])
+    assert out.with_suffix(".png").stat().st_size > 0
