@@ -6,8 +6,8 @@ the convex break-even map's twin (``break_even.py``).
     python benchmarks/ddp_break_even.py --plot benchmarks/results/ddp_break_even.json   # figure + table only
 
 Each cell is one ``hook_overlap.py step`` job (synthetic data, an MLP of 6 layers whose width gives
-about the asked number of parameters, float32, SGD, DDP buckets of an eighth of the model, so about 8
-of them): every hook's model trains side by side in each rank, the hooks' order rotated at every
+about the asked number of parameters, float32, SGD, DDP buckets of an eighth of the model's bytes: one
+per large layer, 5): every hook's model trains side by side in each rank, the hooks' order rotated at every
 step (``none`` -- no communication --, fp32 ``allreduce_hook``, fp16 ``fp16_compress_hook``, intsgd
 overlapped and synchronous), and a hook's time is the median of the slowest rank's step. On the
 bed's networks (``netbed.py``: one namespace per rank, a 0.3 ms token bucket) the bed is built once
