@@ -359,10 +359,9 @@ class IntCompressor(Compressor):
         ranks' integer exponents in ``dtype`` (no float crosses the wire). Exponents are kept >=
         ``MIN_EXPONENT`` (alpha stays finite for tiny blocks; a zero block gets alpha = the bound); a
         non-finite block gets ``NON_FINITE_EXPONENT`` (int64; sent as ``dtype``'s largest value)."""
-        if peak is None and self.takes_blocks:
-            peak = self.quant.block_max_abs(v, self._peak)
-        elif peak is None:
-            peak = self._per_block(np.maximum, self.xp.abs(v))
+        if peak is None:
+            peak = (self.quant.block_max_abs(v, self._peak) if self.takes_blocks
+                    else self._per_block(np.maximum, self.xp.abs(v)))
         finite = np.isfinite(peak)
         mant, exps = np.frexp(np.where(finite, peak, 1.0))
         exps = exps.astype(np.int64) - (mant == 0.5)

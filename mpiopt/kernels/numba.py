@@ -14,9 +14,10 @@ Where the numpy kernel makes about twenty passes over 8-byte temporaries, one ``
 pass that reads v and writes Int(alpha v) as int8 (saturated at +-127) while it takes max |Int|;
 only when that max exceeds 127 (or v has non-finite values) does a second pass store the exact
 values in a wider scratch (int32, float64 beyond it), and a round after such a one starts with that
-pass (a run whose integers stay beyond int8, as fill's int16 floor, pays one pass, not two). ``pack`` then casts (or clips and casts) that scratch into the wire
-buffer, and ``decode`` is one pass (a product with 1 / (n alpha) instead of the division when, checked
-over every possible int8 sum, that gives the division's bits -- nearly always for a float32 ``out``).
+pass (a run whose integers stay beyond int8, as fill's int16 floor, pays one pass, not two). ``pack``
+then casts (or clips and casts) that scratch into the wire buffer, and ``decode`` is one pass (a
+product with 1 / (n alpha) instead of the division when, checked over every possible int8 sum, that
+gives the division's bits -- nearly always for a float32 ``out``).
 ``decode_update`` applies IntSGD's x -= eta S / (n alpha) in one pass, bit for bit what ``decode``
 into a mean of x's dtype and ``x -= eta * mean`` give. ``rounded`` and ``sent`` (float64 views the
 numpy kernel keeps all the time) are made on demand, from the exact scratch, so reading them gives
@@ -724,18 +725,16 @@ def warm_up() -> None:
         q.block_adaptive_alpha(v, np.zeros(16), np.zeros(2), False, 0.9, 0.1, 2, (np.ones(2), np.ones(2)),
                                np.empty(2), np.empty(2))
         q.block_max_abs(v, np.empty(2))
-    from mpiopt.kernels import shift_numba
+    from mpiopt.kernels import shift_numba  # DIANA's fused passes, on float64 as the methods run them
 
     z = np.zeros(16)
     shift_numba.shift_update_decoded(z, z.copy(), z.copy(), z.copy(), z.copy(), 0.1, 0.5)
-    for terms in (False, True):  # DIANA's fused passes (mpiopt.kernels.shift_numba), on float64 as the methods run
-        g = np.linspace(-3, 3, 16)
-        q = Quantizer(16, 0, 0, 2, "random", blocks=[0, 8])
-        for alpha in (10.0, np.array([10.0, 3.0])):
-            q.shift_delta((g, g * 0.5, g * 0.25) if terms else g, np.zeros(16), np.empty(16), np.empty(2))
-            buf = np.empty(16, dtype=np.int8)
-            q.encode(g, alpha, buf, step=0)
+    g = np.linspace(-3, 3, 16)
+    q = Quantizer(16, 0, 0, 2, "random", blocks=[0, 8])
+    for terms in (g, (g, g * 0.5, g * 0.25)):
+        q.shift_delta(terms, np.zeros(16), np.empty(16), np.empty(2))
+    for alpha in (10.0, np.array([10.0, 3.0])):
+        for dt, scale in ((np.int8, 1.0), (np.int16, 100.0)):  # int16: the exact pass into int32
+            buf = np.empty(16, dtype=dt)
+            q.encode(g, alpha * scale, buf, step=0)
             q.shift_update(buf, alpha, 2, np.zeros(16), np.zeros(16), np.zeros(16), 0.1)
-            wide = np.empty(16, dtype=np.int16)  # beyond int8: the exact pass into int32, an int16 sum
-            q.encode(g, alpha * 100.0, wide, step=1)
-            q.shift_update(wide, alpha, 2, np.zeros(16), np.zeros(16), np.zeros(16), 0.1)
