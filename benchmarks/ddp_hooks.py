@@ -516,13 +516,15 @@ def run_ranks(cmds: List[List[str]], env: Dict[str, str], timeout: Optional[floa
         netbed.end_group(procs)
 
 
-def run_on_bed(args) -> Dict[str, Any]:
-    """--net 1gbit: build the emulated network, run rank K's worker inside namespace K with gloo on
-    the bed's NIC, tear the bed down; returns the transport and the bytes the NICs sent."""
+def run_on_bed(args, script: Path = Path(__file__),
+               options: Callable[[Any, int, str], List[str]] = worker_options) -> Dict[str, Any]:
+    """--net 1gbit: build the emulated network (``args.ranks``, ``args.net``), run ``script`` with
+    ``options(args, K, init_method)`` as rank K's worker inside namespace K with gloo on the bed's NIC,
+    tear the bed down; returns the transport and the bytes the NICs sent."""
     with netbed.NetBed(args.ranks, args.net) as bed:
         init = f"tcp://{bed.address(0)}:{BED_PORT}"
-        cmds = [["ip", "netns", "exec", bed.ns(r), sys.executable, str(Path(__file__).resolve()),
-                 *worker_options(args, r, init)] for r in range(args.ranks)]
+        cmds = [["ip", "netns", "exec", bed.ns(r), sys.executable, str(script.resolve()), *options(args, r, init)]
+                for r in range(args.ranks)]
         before = bed.counters()
         codes = run_ranks(cmds, {**os.environ, "GLOO_SOCKET_IFNAME": netbed.NIC}, args.timeout)
         traffic = netbed.nic_traffic(before, bed.counters())

@@ -125,7 +125,8 @@ def table(result: Dict) -> str:
     lines = ["| part (ms / iteration) | " + " | ".join(m["method"] for m in methods) + " |",
              "|---|" + "---:|" * len(methods)]
     for k in names:
-        lines.append(f"| {k} | " + " | ".join(f"{m['parts'][k]:.2f}" if k in m["parts"] else "-" for m in methods) + " |")
+        cells = (f"{m['parts'][k]:.2f}" if k in m["parts"] else "-" for m in methods)
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines.append("| **step** | " + " | ".join(f"**{m['step_ms']:.2f}**" for m in methods) + " |")
     lines.append("| step / float32 L-SVRG | " + " | ".join(f"{m['vs_lsvrg_float32']:.2f}x" for m in methods) + " |")
     return "\n".join(lines)

@@ -12,7 +12,8 @@ wall medians. Every sum is checked against the exact total. This is where the de
 doubling is the faster algorithm there.
 
     python benchmarks/torch_allreduce.py --ranks 4 --json benchmarks/results/torch_allreduce.json
-    sudo .venv/bin/python benchmarks/torch_allreduce.py --ranks 4 --net 1gbit --json benchmarks/results/torch_allreduce_1gbit.json
+    sudo .venv/bin/python benchmarks/torch_allreduce.py --ranks 4 --net 1gbit \
+        --json benchmarks/results/torch_allreduce_1gbit.json
 
 writes ``{"ranks", "calls", "turns", "results": [{"bytes", "doubling_seconds", "ring_seconds",
 "doubling_cpu_seconds", "ring_cpu_seconds", "doubling_vs_ring"}, ...]}``.
@@ -31,8 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import netbed  # noqa: E402
-from ddp_hooks import BED_PORT, JobError, finish_worker, free_port, run_ranks  # noqa: E402
+from ddp_hooks import finish_worker, free_port, run_on_bed  # noqa: E402
 
 SIZES = (1024, 8 * 1024, 38 * 1024, 64 * 1024, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024)
 
@@ -86,21 +86,11 @@ def worker(rank: int, args, init_method: str) -> None:
     finish_worker(rank, args.worker_out, results)
 
 
-def on_bed(args) -> Dict[str, Any]:
-    """--net 1gbit/10gbit: rank K's worker in namespace K of the emulated network, gloo on its NIC."""
-    with netbed.NetBed(args.ranks, args.net) as bed:
-        init = f"tcp://{bed.address(0)}:{BED_PORT}"
-        opts = ["--ranks", str(args.ranks), "--sizes", *map(str, args.sizes), "--calls", str(args.calls),
-                "--turns", str(args.turns), "--json", str(args.json), "--worker-init", init,
-                "--worker-out", args.worker_out]
-        cmds = [["ip", "netns", "exec", bed.ns(r), sys.executable, str(Path(__file__).resolve()), *opts,
-                 "--worker-rank", str(r)] for r in range(args.ranks)]
-        codes = run_ranks(cmds, {**os.environ, "GLOO_SOCKET_IFNAME": netbed.NIC}, args.timeout)
-        described = bed.describe()
-    if any(c != 0 for c in codes):
-        raise JobError(f"the job failed on the {args.net} bed (exit codes {codes}); every worker was ended")
-    return {"net": f"gloo over TCP across netbed's emulated {args.net} network, one namespace per rank",
-            "netbed": {k: v for k, v in described.items() if k != "mpi_env"}}
+def bed_options(args, rank: int, init_method: str) -> List[str]:
+    """The options that make this script run rank ``rank`` of ``args``'s job on the bed."""
+    return ["--ranks", str(args.ranks), "--sizes", *map(str, args.sizes), "--calls", str(args.calls),
+            "--turns", str(args.turns), "--json", str(args.json), "--worker-init", init_method,
+            "--worker-out", args.worker_out, "--worker-rank", str(rank)]
 
 
 def positive(text: str) -> int:
@@ -121,7 +111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="loopback: processes spawned here; 1gbit/10gbit: one rank per namespace of netbed.py's "
                         "emulated network (root), gloo on the bed's NIC")
     p.add_argument("--timeout", type=float, default=1800, help="seconds the bed's job may take")
-    p.add_argument("--worker-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by on_bed
+    p.add_argument("--worker-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by bed_options
     p.add_argument("--worker-init", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -142,7 +132,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.net == "loopback":
         mp.spawn(worker, args=(args, f"tcp://127.0.0.1:{free_port()}"), nprocs=args.ranks, join=True)
     else:
-        extra = on_bed(args)
+        bed = run_on_bed(args, Path(__file__), bed_options)
+        extra = {"net": bed["transport"], "nic_tx_bytes": bed["nic_tx_bytes"], "netbed": bed["netbed"]}
     raw = Path(args.worker_out)
     results: List[Dict[str, Any]] = json.loads(raw.read_text())
     raw.unlink()
