@@ -32,7 +32,11 @@ def test_lazy_names_still_there():
 
 def test_gathers_on_a_torch_without_all_gather_single():
     """setup.cfg allows torch>=2.0, and ``dist.all_gather_single`` exists only from torch 2.13: with it
-    removed (as on torch 2.0 to 2.12) TorchCommunicator's allgather and allgatherv still work (one gloo rank)."""
+    removed (as on torch 2.0 to 2.12) TorchCommunicator's allgather and allgatherv still work (one gloo rank).
+
+    The script exits with ``os._exit`` once its checks passed, as tests/mpi/_torch_common.finish does:
+    torch's C++ teardown at interpreter exit can abort a finished process ("terminate called without an
+    active exception", SIGABRT; seen once in CI), which says nothing about the gather."""
     code = """
 import os, tempfile, numpy as np, torch.distributed as dist
 if hasattr(dist, "all_gather_single"):
@@ -46,7 +50,8 @@ outv = np.zeros(2, dtype=np.int64)
 comm.allgatherv(np.array([7, 8]), outv, np.array([2]))
 assert out.tolist() == [1.0, 2.0, 3.0] and outv.tolist() == [7, 8], (out, outv)
 dist.destroy_process_group()
-print("gathered")
+print("gathered", flush=True)
+os._exit(0)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "gathered" in out.stdout, out.stderr
