@@ -67,16 +67,11 @@ machine: compare them within one run.
 """
 
 import argparse
-import hashlib
 import json
-import math
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -85,114 +80,21 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import netbed  # noqa: E402
+from ddp_harness import (HOOKS, MARKERS, ByteMeter, JobError, Tally, WireMeter, add_worker_options,  # noqa: E402
+                         check_bed_bytes, finish_worker, interleaved, join_gloo, make_hook, mean_or_none,
+                         replica_check, run_job, seconds_to, slowest, worker_options)
 from deep import MOMENTUM, TASKS, WEIGHT_DECAY, accuracy, load_task, make_model, shard  # noqa: E402
 
-HOOKS = ("allreduce", "fp16", "bf16", "powersgd", "intsgd")
-MARKERS = ("o", "s", "D", "^", "*")
 DATASETS = ("digits", "a9a")
-GATHERS = ("all_gather_single", "allgather", "_allgather_base")
 TARGET_MARGIN = 0.005
+"""The default target accuracy is the allreduce hook's final accuracy minus this (0.5 points)."""
 PAIRED_WITH = "fp16"
 """The hook every other one is compared with epoch by epoch (``vs_fp16`` in the results)."""
-"""The default target accuracy is the allreduce hook's final accuracy minus this (0.5 points)."""
-BED_PORT = 29500
-"""gloo's rendezvous port at rank 0's bed address (a fresh namespace: nothing else listens there)."""
 
 
 # ---------------------------------------------------------------------------------------------------
 # worker side (one process per rank)
 # ---------------------------------------------------------------------------------------------------
-class ByteMeter:
-    """Counts the bytes this rank hands to the process groups' all-reduce / all-gather while on.
-
-    Every torch.distributed collective ends in a method of ``torch.distributed.ProcessGroup``
-    (``dist.all_reduce`` calls ``allreduce``, ``dist.all_gather_single`` and
-    ``all_gather_into_tensor`` call ``all_gather_single``, ``dist.all_gather`` calls ``allgather``),
-    and mpiopt's TorchCommunicator calls ``allreduce`` directly, or its recursive-doubling
-    all-reduce over send/recv (``DoublingAllreduce``, counted as one all-reduce of its buffer):
-    wrapping those methods of the classes sees every collective of every hook (torch's and mpiopt's
-    alike)."""
-
-    def __init__(self):
-        import torch.distributed as dist
-
-        from mpiopt.torch.doubling import DoublingAllreduce
-
-        self.on, self.bytes = False, 0
-        group = dist.ProcessGroup
-        group.allreduce = self._wrap(group.allreduce, lambda args: args[0])
-        for name in GATHERS:  # (output, input): the input is what this rank sends
-            setattr(group, name, self._wrap(getattr(group, name), lambda args: args[1]))
-        DoublingAllreduce.__call__ = self._wrap(DoublingAllreduce.__call__, lambda args: args[0])
-
-    def _wrap(self, fn: Callable, sent: Callable) -> Callable:
-        def counted(group, *args, **kw):
-            if self.on:
-                self.bytes += sum(t.numel() * t.element_size() for t in _tensors(sent(args)))
-            return fn(group, *args, **kw)
-
-        return counted
-
-
-class WireMeter:
-    """The bytes this rank's network interface sent (``/sys/class/net/IF/statistics/tx_bytes``:
-    what crossed the wire, TCP/IP headers and acknowledgements included). Under ``--net shm`` the
-    interface is the loopback, shared by all ranks: its count is divided by the ranks. ``None``
-    where the counter cannot be read."""
-
-    def __init__(self, interface: str, ranks: int):
-        self.path = Path("/sys/class/net") / interface / "statistics" / "tx_bytes"
-        self.share = ranks if interface == "lo" else 1
-
-    def read(self) -> Optional[float]:
-        try:
-            return int(self.path.read_text()) / self.share
-        except (OSError, ValueError):
-            return None
-
-
-def _tensors(arg) -> List[Any]:
-    """The tensors in a collective's argument: a tensor, or (nested) lists of them."""
-    if isinstance(arg, (list, tuple)):
-        return [t for a in arg for t in _tensors(a)]
-    return [arg]
-
-
-def make_hook(name: str, opt, seed: int):
-    """(state, hook) of one hook name."""
-    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
-
-    from mpiopt.torch.hooks import IntSGDState, intsgd_hook
-
-    if name == "intsgd":
-        return IntSGDState(None, opt, wire_dtype="auto", seed=seed), intsgd_hook
-    if name == "powersgd":
-        return powerSGD_hook.PowerSGDState(None, matrix_approximation_rank=2, start_powerSGD_iter=2,
-                                           random_seed=seed), powerSGD_hook.powerSGD_hook
-    if name == "bf16":
-        return None, bf16_on_cpu
-    hook = {"allreduce": default_hooks.allreduce_hook, "fp16": default_hooks.fp16_compress_hook}[name]
-    return None, hook
-
-
-def bf16_on_cpu(process_group, bucket):
-    """torch's ``bf16_compress_hook`` itself, under another name: DDP refuses that name unless CUDA
-    and NCCL are present, but gloo sums bfloat16 on CPUs."""
-    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-
-    return default_hooks.bf16_compress_hook(process_group, bucket)
-
-
-def slowest(seconds: float) -> float:
-    """The largest of every rank's ``seconds``: a training phase lasts as long as its slowest rank."""
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([seconds], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t)
-
-
 class HookRun:
     """One model trained under DDP with one hook, an epoch at a time (see :func:`train_seed`)."""
 
@@ -215,53 +117,29 @@ class HookRun:
         self.ddp.register_comm_hook(self.state, hook)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, [int(0.6 * epochs), int(0.85 * epochs)], gamma=0.1)
         self.rng = np.random.default_rng([seed, rank])
-        self.sent, self.seconds, self.cpu, self.curve = 0, 0.0, 0.0, []
-        self.wire: Optional[float] = 0.0
+        self.tally, self.curve = Tally(), []
 
     def epoch(self, meter: ByteMeter, wire: WireMeter) -> None:
         """One timed epoch (after a barrier), then the evaluation (not timed)."""
         import torch
-        import torch.distributed as dist
 
         order = self.rows[torch.from_numpy(self.rng.permutation(len(self.rows))[: self.steps * self.batch])]
-        dist.barrier()
-        meter.bytes = 0
-        w0 = wire.read()
-        t0, c0 = time.perf_counter(), time.process_time()
-        meter.on = True
-        for s in range(self.steps):
-            idx = order[s * self.batch:(s + 1) * self.batch]
-            self.opt.zero_grad()
-            torch.nn.functional.cross_entropy(self.ddp(self.Xtr[idx]), self.ytr[idx]).backward()
-            self.opt.step()
-        meter.on = False
-        self.seconds += time.perf_counter() - t0
-        self.cpu += time.process_time() - c0
-        w1 = wire.read()
-        self.wire = None if None in (w0, w1, self.wire) else self.wire + w1 - w0
-        self.sent += meter.bytes
+        with self.tally.timed(meter, wire):
+            for s in range(self.steps):
+                idx = order[s * self.batch:(s + 1) * self.batch]
+                self.opt.zero_grad()
+                torch.nn.functional.cross_entropy(self.ddp(self.Xtr[idx]), self.ytr[idx]).backward()
+                self.opt.step()
         self.sched.step()
-        self.curve.append([slowest(self.seconds), accuracy(self.ddp.module, self.Xte, self.yte)])
+        self.curve.append([slowest(self.tally.seconds), accuracy(self.ddp.module, self.Xte, self.yte)])
 
     def record(self) -> Dict[str, Any]:
         """The run's record (the same on every rank)."""
-        import torch
-        import torch.distributed as dist
-
-        size, steps = dist.get_world_size(), self.steps * self.epochs
-        totals = torch.tensor([self.sent, self.cpu, math.nan if self.wire is None else self.wire], dtype=torch.float64)
-        dist.all_reduce(totals)
-        wire = float(totals[2]) / size / steps
-        params = torch.cat([p.detach().reshape(-1) for p in self.ddp.parameters()])
-        every = [torch.empty_like(params) for _ in range(size)]
-        dist.all_gather(every, params)
+        steps = self.steps * self.epochs
         return {"hook": self.hook_name, "dataset": self.dataset, "seed": self.seed,
-                "test_accuracy": self.curve[-1][1], "bytes_per_step": float(totals[0]) / size / steps,
-                "seconds_per_step": self.curve[-1][0] / steps, "steps": steps,
-                "cpu_seconds_per_step": float(totals[1]) / size / steps, "sent_bytes": int(totals[0]),
-                "wire_bytes_per_step": None if math.isnan(wire) else wire,
-                "curve": self.curve, "identical_on_all_ranks": all(torch.equal(e, every[0]) for e in every),
-                "parameters_sha256": hashlib.sha256(params.numpy().tobytes()).hexdigest(),
+                "test_accuracy": self.curve[-1][1], **self.tally.per_step(steps),
+                "seconds_per_step": self.curve[-1][0] / steps, "steps": steps, "curve": self.curve,
+                **replica_check(self.ddp),
                 "hook_stats": self.state.stats() if hasattr(self.state, "stats") else None}
 
 
@@ -284,28 +162,12 @@ def epochs_of(dataset: str, args) -> int:
     return args.epochs if TASKS[dataset]["model"] == "cnn" else args.mlp_epochs or args.epochs
 
 
-def interleaved(hooks: List[str], epochs: int) -> List[tuple]:
-    """(epoch, hook) in the order they run: epoch by epoch, every hook's model one epoch, the hooks'
-    order rotated by one at each epoch, so that a machine that slows down or speeds up during the run
-    (a shared host) weighs on every hook alike instead of on whichever ran then, and no hook always
-    follows the same one."""
-    return [(epoch, hooks[(epoch + i) % len(hooks)]) for epoch in range(epochs) for i in range(len(hooks))]
-
-
 def worker(rank: int, args, init_method: str) -> None:
     """Rank ``rank`` of the job: join the gloo group at ``init_method``, train every hook's model on
     each dataset, seed by seed (:func:`train_seed`); rank 0 writes the records to ``args.worker_out``.
     Ends the process."""
-    import torch
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=args.ranks)
-    from mpiopt.kernels import cpu_kernel, warm_up
-
-    warm_up(cpu_kernel())  # intsgd's quantizer compiled before any timed step, as mpiopt run does
-    meter = ByteMeter()
-    wire = WireMeter(os.environ.get("GLOO_SOCKET_IFNAME", "lo"), args.ranks)
+    join_gloo(rank, args.ranks, init_method)
+    meter, wire = ByteMeter(), WireMeter(args.ranks)
     records = []
     for dataset in args.datasets:
         data = load_task(dataset, Path(args.libsvm_dir))
@@ -322,27 +184,9 @@ def worker(rank: int, args, init_method: str) -> None:
     finish_worker(rank, args.worker_out, records)
 
 
-def finish_worker(rank: int, out: str, records: Any) -> None:
-    """Rank 0 writes ``records`` (JSON) to ``out``; every rank leaves the group together and ends its
-    process at once, skipping torch's C++ teardown, which can SIGABRT a finished worker and fail
-    the whole spawn."""
-    import torch.distributed as dist
-
-    if rank == 0:
-        Path(out).write_text(json.dumps(records))
-    dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    os._exit(0)
-
-
 # ---------------------------------------------------------------------------------------------------
 # driver side
 # ---------------------------------------------------------------------------------------------------
-class JobError(RuntimeError):
-    """The workers failed, ran past --timeout, or their traffic missed the emulated network."""
-
-
 def aggregate(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """One result per (dataset, hook): means over the seeds, the curve's too (epoch by epoch)."""
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
@@ -354,11 +198,6 @@ def aggregate(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
              "wire_bytes_per_step": mean_or_none([r["wire_bytes_per_step"] for r in runs]),
              "seeds": [r["seed"] for r in runs],
              "curve": np.mean([r["curve"] for r in runs], axis=0).tolist()} for (hook, dataset), runs in groups.items()]
-
-
-def mean_or_none(values: List[Optional[float]]) -> Optional[float]:
-    """The mean, or None when any value is None (a counter that could not be read)."""
-    return None if any(v is None for v in values) else float(np.mean(values))
 
 
 def epoch_seconds(curve: List[List[float]]) -> np.ndarray:
@@ -381,16 +220,6 @@ def add_epoch_pairs(results: List[Dict[str, Any]], records: List[Dict[str, Any]]
                                 "epochs_faster": int((ratios < 1).sum()), "epochs": int(ratios.size)}
 
 
-def seconds_to(curve: List[List[float]], target: Optional[float]) -> Optional[float]:
-    """The first cumulative seconds at which ``curve`` ([seconds, accuracy] per epoch) reaches
-    ``target``; None if it never does or there is no target."""
-    if target is None:
-        return None
-    c = np.asarray(curve)
-    hit = np.flatnonzero(c[:, 1] >= target)
-    return float(c[hit[0], 0]) if hit.size else None
-
-
 def add_time_to_accuracy(results: List[Dict[str, Any]], given: Optional[float]) -> Dict[str, Optional[float]]:
     """Give every result its dataset's ``target_accuracy``, the ``seconds_to_accuracy`` of its curve
     and whether it was ``reached``; returns the target of each dataset.
@@ -402,7 +231,8 @@ def add_time_to_accuracy(results: List[Dict[str, Any]], given: Optional[float]) 
     if given is None:
         targets.update({r["dataset"]: r["test_accuracy"] - TARGET_MARGIN for r in results if r["hook"] == "allreduce"})
     for r in results:
-        seconds = seconds_to(r["curve"], targets[r["dataset"]])
+        target = targets[r["dataset"]]
+        seconds = None if target is None else seconds_to(r["curve"], lambda accuracy: accuracy >= target)
         r.update(target_accuracy=targets[r["dataset"]], seconds_to_accuracy=seconds, reached=seconds is not None)
     return targets
 
@@ -468,74 +298,14 @@ def wire_text(wire_bytes: Optional[float]) -> str:
     return "-" if wire_bytes is None else f"{wire_bytes:.0f}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn_here(args) -> Dict[str, Any]:
-    """--net shm: the ranks as processes spawned here, gloo over TCP loopback."""
-    import torch.multiprocessing as mp
-
-    mp.spawn(worker, args=(args, f"tcp://127.0.0.1:{free_port()}"), nprocs=args.ranks, join=True)
-    return {"transport": "gloo over TCP loopback, one machine", "nic_tx_bytes": None}
-
-
-def worker_options(args, rank: int, init_method: str) -> List[str]:
+def bed_options(args, rank: int, init_method: str) -> List[str]:
     """The options that make this script run rank ``rank`` of ``args``'s job (datasets already
     filtered, paths absolute)."""
-    opts = ["--worker-rank", str(rank), "--worker-init", init_method, "--worker-out", args.worker_out,
-            "--json", args.json, "--ranks", str(args.ranks), "--epochs", str(args.epochs), "--seeds", str(args.seeds),
+    opts = ["--json", args.json, "--ranks", str(args.ranks), "--epochs", str(args.epochs), "--seeds", str(args.seeds),
             "--libsvm-dir", str(args.libsvm_dir.resolve()), "--datasets", *args.datasets, "--hooks", *args.hooks]
     if args.mlp_epochs is not None:
         opts += ["--mlp-epochs", str(args.mlp_epochs)]
-    return opts
-
-
-def run_ranks(cmds: List[List[str]], env: Dict[str, str], timeout: Optional[float]) -> List[Optional[int]]:
-    """Run one command per rank, all in one new process group, and wait for them.
-
-    Returns the exit codes once every worker exited 0 or one exited otherwise (those still running
-    then read None). Whatever happens -- a failed worker, ``timeout`` seconds passing (JobError), a
-    signal that the bed turned into SystemExit -- the whole group is ended before this returns, so
-    no worker outlives the job or waits forever for a dead peer."""
-    procs = [subprocess.Popen(cmds[0], env=env, preexec_fn=os.setpgrp)]
-    try:
-        group = procs[0].pid
-        procs += [subprocess.Popen(c, env=env, preexec_fn=lambda: os.setpgid(0, group)) for c in cmds[1:]]
-        deadline = math.inf if timeout is None else time.monotonic() + timeout
-        while True:
-            codes = [p.poll() for p in procs]
-            if all(c == 0 for c in codes) or any(c not in (None, 0) for c in codes):
-                return codes
-            if time.monotonic() > deadline:
-                raise JobError(f"the workers ran past --timeout {timeout:g} s; all were ended")
-            time.sleep(0.1)
-    finally:
-        netbed.end_group(procs)
-
-
-def run_on_bed(args, script: Path = Path(__file__),
-               options: Callable[[Any, int, str], List[str]] = worker_options) -> Dict[str, Any]:
-    """--net 1gbit: build the emulated network (``args.ranks``, ``args.net``), run ``script`` with
-    ``options(args, K, init_method)`` as rank K's worker inside namespace K with gloo on the bed's NIC,
-    tear the bed down; returns the transport and the bytes the NICs sent."""
-    with netbed.NetBed(args.ranks, args.net) as bed:
-        init = f"tcp://{bed.address(0)}:{BED_PORT}"
-        cmds = [["ip", "netns", "exec", bed.ns(r), sys.executable, str(script.resolve()), *options(args, r, init)]
-                for r in range(args.ranks)]
-        before = bed.counters()
-        codes = run_ranks(cmds, {**os.environ, "GLOO_SOCKET_IFNAME": netbed.NIC}, args.timeout)
-        traffic = netbed.nic_traffic(before, bed.counters())
-        described = bed.describe()
-    failed = [f"rank {r} {'was ended' if c is None else f'exited {c}'}" for r, c in enumerate(codes) if c != 0]
-    if failed:
-        raise JobError(f"the job failed on the {args.net} bed ({', '.join(failed)}); every worker was ended")
-    return {"transport": f"gloo over TCP across netbed's emulated {args.net} network: one namespace per rank, "
-                         f"GLOO_SOCKET_IFNAME={netbed.NIC}, rendezvous at {init}",
-            "nic_tx_bytes": traffic["nic_tx_bytes"], "nic_bytes": traffic["nic_bytes"],
-            "netbed": {k: v for k, v in described.items() if k != "mpi_env"}}
+    return opts + worker_options(args, rank, init_method)
 
 
 def runnable_datasets(args) -> List[str]:
@@ -556,17 +326,9 @@ def drive(args) -> None:
     args.hooks = list(dict.fromkeys(args.hooks))  # a hook named twice is one model (they train side by side)
     if not args.datasets:
         raise JobError("no dataset to run")
-    out = Path(args.json).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    args.json = str(out)
-    raw = out.with_name(out.stem + "-raw.json")
-    raw.unlink(missing_ok=True)
-    args.worker_out = str(raw)
-    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     t0 = time.perf_counter()
-    net = spawn_here(args) if args.net == "shm" else run_on_bed(args)
-    records = json.loads(raw.read_text())
-    raw.unlink()
+    records, net = run_job(args, Path(__file__), worker, bed_options)
+    out = Path(args.json)
     results = aggregate(records)
     add_epoch_pairs(results, records)
     targets = add_time_to_accuracy(results, args.target_accuracy)
@@ -585,11 +347,7 @@ def drive(args) -> None:
               "wall_seconds": round(time.perf_counter() - t0, 1)}
     out.write_text(json.dumps({**header, "results": results}, indent=1))
     print_table(results, targets)
-    if net["nic_tx_bytes"] is not None:
-        print(f"{net['nic_tx_bytes']:.0f} bytes crossed the bed's NICs; the hooks handed {hook_bytes:.0f} to gloo")
-        if net["nic_tx_bytes"] < hook_bytes:
-            raise JobError(f"fewer bytes crossed the bed's NICs than the hooks sent: gloo bypassed the shaped links "
-                           f"(results in {out} are not from the emulated network)")
+    check_bed_bytes(net, hook_bytes, out)
 
 
 def fraction(text: str) -> float:
@@ -607,7 +365,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--mlp-epochs", type=int, default=None)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--json", required=True, help="output JSON (the figure goes next to it, .png)")
-    p.add_argument("--net", choices=("shm", "1gbit"), default="shm")
+    p.add_argument("--net", choices=("shm", "10gbit", "1gbit"), default="shm")
     p.add_argument("--libsvm-dir", type=Path, default=HERE.parent.parent / "shared" / "data" / "libsvm")
     p.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     p.add_argument("--hooks", nargs="+", choices=HOOKS, default=list(HOOKS))
@@ -616,9 +374,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         f"hook's final seed-mean accuracy - {TARGET_MARGIN}")
     p.add_argument("--timeout", type=float, default=None,
                    help="--net 1gbit: seconds the workers may take before all are ended (default: no limit)")
-    p.add_argument("--worker-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by run_on_bed
-    p.add_argument("--worker-init", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+    add_worker_options(p)
     args = p.parse_args(argv)
     if args.worker_rank is not None:
         worker(args.worker_rank, args, args.worker_init)

@@ -20,6 +20,7 @@ writes ``{"ranks", "calls", "turns", "results": [{"bytes", "doubling_seconds", "
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -32,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ddp_hooks import finish_worker, free_port, run_on_bed  # noqa: E402
+from ddp_harness import add_worker_options, finish_worker, positive, run_job, worker_options  # noqa: E402
 
 SIZES = (1024, 8 * 1024, 38 * 1024, 64 * 1024, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024)
 
@@ -89,15 +90,7 @@ def worker(rank: int, args, init_method: str) -> None:
 def bed_options(args, rank: int, init_method: str) -> List[str]:
     """The options that make this script run rank ``rank`` of ``args``'s job on the bed."""
     return ["--ranks", str(args.ranks), "--sizes", *map(str, args.sizes), "--calls", str(args.calls),
-            "--turns", str(args.turns), "--json", str(args.json), "--worker-init", init_method,
-            "--worker-out", args.worker_out, "--worker-rank", str(rank)]
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
+            "--turns", str(args.turns), "--json", str(args.json), *worker_options(args, rank, init_method)]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -111,32 +104,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="loopback: processes spawned here; 1gbit/10gbit: one rank per namespace of netbed.py's "
                         "emulated network (root), gloo on the bed's NIC")
     p.add_argument("--timeout", type=float, default=1800, help="seconds the bed's job may take")
-    p.add_argument("--worker-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by bed_options
-    p.add_argument("--worker-init", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+    add_worker_options(p)
     args = p.parse_args(argv)
     if args.worker_rank is not None:
         os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         worker(args.worker_rank, args, args.worker_init)
         return 0
-    try:
-        import torch.multiprocessing as mp
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
         print("torch_allreduce.py needs torch (pip install -e .[torch])", file=sys.stderr)
         return 2
-    out = Path(args.json).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    args.worker_out = str(out.with_name(out.stem + "-raw.json"))
-    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    extra: Dict[str, Any] = {"net": "gloo over TCP loopback, one machine"}
-    if args.net == "loopback":
-        mp.spawn(worker, args=(args, f"tcp://127.0.0.1:{free_port()}"), nprocs=args.ranks, join=True)
-    else:
-        bed = run_on_bed(args, Path(__file__), bed_options)
-        extra = {"net": bed["transport"], "nic_tx_bytes": bed["nic_tx_bytes"], "netbed": bed["netbed"]}
-    raw = Path(args.worker_out)
-    results: List[Dict[str, Any]] = json.loads(raw.read_text())
-    raw.unlink()
+    records, net = run_job(args, Path(__file__), worker, bed_options, here=("loopback",))
+    results: List[Dict[str, Any]] = records
+    extra: Dict[str, Any] = {"net": net["transport"]}
+    if args.net != "loopback":
+        extra.update(nic_tx_bytes=net["nic_tx_bytes"], netbed=net["netbed"])
+    out = Path(args.json)
     out.write_text(json.dumps({"ranks": args.ranks, **extra, "calls": args.calls, "turns": args.turns,
                                "results": results}, indent=1))
     print(f"{'bytes':>9s} {'doubling ms':>12s} {'ring ms':>9s} {'doubling CPU ms':>16s} {'ring CPU ms':>12s} "

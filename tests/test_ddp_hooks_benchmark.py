@@ -114,16 +114,6 @@ def test_each_hook_is_paired_with_fp16_epoch_by_epoch():
     assert "vs_fp16" not in by[("digits", "fp16")] and "vs_fp16" not in by[("a9a", "intsgd")]
 
 
-def test_hooks_take_turns_epoch_by_epoch_in_rotated_order():
-    """Every (epoch, hook) runs once, all hooks' epoch e before epoch e + 1, the order rotated by one
-    per epoch: a machine that drifts during the run weighs on every hook alike."""
-    import ddp_hooks
-
-    order = ddp_hooks.interleaved(["a", "b", "c"], 3)
-    assert order == [(0, "a"), (0, "b"), (0, "c"), (1, "b"), (1, "c"), (1, "a"), (2, "c"), (2, "a"), (2, "b")]
-    assert sorted(order) == [(e, h) for e in range(3) for h in "abc"]
-
-
 def test_1gbit_without_a_bed_exits_2_with_netbeds_message(tmp_path):
     """Not root, no tc, or (here as root) a lock that is a symbolic link: the bed is refused before
     anything runs."""

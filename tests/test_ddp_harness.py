@@ -1,0 +1,40 @@
+"""benchmarks/ddp_harness.py's pure parts: the hooks' turns, the time to a target, the means with a
+missing counter, the hand-off options of a rank on the bed."""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import ddp_harness  # noqa: E402
+
+
+def test_hooks_take_turns_round_by_round_in_rotated_order():
+    """Every (round, hook) runs once, all hooks' round r before round r + 1, the order rotated by one
+    per round: a machine that drifts during the run weighs on every hook alike."""
+    order = ddp_harness.interleaved(["a", "b", "c"], 3)
+    assert order == [(0, "a"), (0, "b"), (0, "c"), (1, "b"), (1, "c"), (1, "a"), (2, "c"), (2, "a"), (2, "b")]
+    assert sorted(order) == [(e, h) for e in range(3) for h in "abc"]
+
+
+def test_seconds_to_is_the_first_point_that_reaches():
+    curve = [[1.0, 9.0], [2.0, 5.0], [3.0, 4.0], [4.0, 6.0]]
+    assert ddp_harness.seconds_to(curve, lambda ppl: ppl <= 5.0) == 2.0
+    assert ddp_harness.seconds_to(curve, lambda acc: acc >= 6.0) == 1.0
+    assert ddp_harness.seconds_to(curve, lambda ppl: ppl <= 3.0) is None
+
+
+def test_mean_or_none():
+    assert ddp_harness.mean_or_none([1.0, 3.0]) == 2.0
+    assert ddp_harness.mean_or_none([1.0, None]) is None
+
+
+def test_worker_options_round_trip():
+    """What the driver puts on a bed rank's command line is what that rank's parser reads back."""
+    p = argparse.ArgumentParser()
+    ddp_harness.add_worker_options(p)
+    args = argparse.Namespace(worker_out="/tmp/out-raw.json")
+    back = p.parse_args(ddp_harness.worker_options(args, 3, "tcp://10.0.0.1:29500"))
+    assert (back.worker_rank, back.worker_init, back.worker_out) == (3, "tcp://10.0.0.1:29500", "/tmp/out-raw.json")
+    assert p.parse_args([]).worker_rank is None
