@@ -725,7 +725,13 @@ def warm_up() -> None:
         q.block_adaptive_alpha(v, np.zeros(16), np.zeros(2), False, 0.9, 0.1, 2, (np.ones(2), np.ones(2)),
                                np.empty(2), np.empty(2))
         q.block_max_abs(v, np.empty(2))
-    from mpiopt.kernels import shift_numba  # DIANA's fused passes, on float64 as the methods run them
+    from mpiopt.kernels import move_numba, shift_numba  # the fused passes, on float64 as the methods run them
+
+    rows = np.array([[0, 0, 16, 0]])
+    for out in (np.empty(16, dtype=np.float32), np.empty(16)):  # the DDP hook's move: fp32 / fp64 buckets
+        for scale in (1.0, 2.0):
+            move_numba.move_rows(rows, np.ones(1), np.zeros(16), scale, np.zeros(16), np.empty(16), np.empty(16), out,
+                                 True)
 
     z = np.zeros(16)
     shift_numba.shift_update_decoded(z, z.copy(), z.copy(), z.copy(), z.copy(), 0.1, 0.5)

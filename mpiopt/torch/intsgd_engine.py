@@ -235,8 +235,7 @@ class IntSGDEngine:
                 alpha = self._alphas(b, v, lrs, needs, scale)
                 finite = self._integer_step(b, v, alpha)
             if finite:
-                self._move(b, lrs, scale)
-                self._write(b, buf)
+                self._move(b, lrs, scale, buf)
             else:
                 self._bad_step = True
                 buf.fill_(float("nan"))
@@ -380,28 +379,35 @@ class IntSGDEngine:
         return True
 
     # ---- after the sum -----------------------------------------------------------------------
-    def _move(self, b: _Bucket, lrs: np.ndarray, scale: float) -> None:
-        """x~_next = x~ - lr * mean (mean / s under a GradScaler) on the bucket's slices, and each
-        block's ||x~_next - x~||^2, summed as :class:`mpiopt.torch.IntSGD` sums it (the same bits)."""
+    def _move(self, b: _Bucket, lrs: np.ndarray, scale: float, buf: torch.Tensor) -> None:
+        """The mean into ``buf`` (one rounding to its dtype); x~_next = x~ - lr * mean (mean / s under a
+        GradScaler) on the bucket's slices, and each block's ||x~_next - x~||^2, summed as
+        :class:`mpiopt.torch.IntSGD` sums it (the same bits). The numba kernel makes the elementwise
+        part one pass (:mod:`mpiopt.kernels.move_numba`); numpy's passes are the reference."""
         x = self.state["x"]
         if self._x_next is None:
             self._x_next = np.empty_like(x)
         nxt, mean, sq = self._x_next, b.mean, b.squares
-        if scale != 1.0:
-            mean = mean / scale
         per_block_lr = lrs if self.block == "layer" else np.full(b.plan.n_blocks, lrs[0])
-        for p, c, n, blk in b.plan.rows.tolist():
-            np.multiply(mean[p:p + n], per_block_lr[blk], out=nxt[c:c + n])
-            np.subtract(x[c:c + n], nxt[c:c + n], out=nxt[c:c + n])
-            np.subtract(nxt[c:c + n], x[c:c + n], out=sq[p:p + n])
-            np.multiply(sq[p:p + n], sq[p:p + n], out=sq[p:p + n])
+        if self.kernel == "numba":
+            from mpiopt.kernels.move_numba import move_rows
+
+            direct = b.widened is None  # float32 / float64 buckets are written in the kernel's pass
+            move_rows(b.plan.rows, per_block_lr, mean, scale, x, nxt, sq, buf.numpy() if direct else mean, direct)
+            if not direct:
+                buf.copy_(torch.from_numpy(mean))
+        else:
+            buf.copy_(torch.from_numpy(mean))
+            if scale != 1.0:
+                mean = mean / scale
+            for p, c, n, blk in b.plan.rows.tolist():
+                np.multiply(mean[p:p + n], per_block_lr[blk], out=nxt[c:c + n])
+                np.subtract(x[c:c + n], nxt[c:c + n], out=nxt[c:c + n])
+                np.subtract(nxt[c:c + n], x[c:c + n], out=sq[p:p + n])
+                np.multiply(sq[p:p + n], sq[p:p + n], out=sq[p:p + n])
         one = self.layout.n_blocks == 1  # IntSGD sums one block with numpy's sum, several with add.reduceat
         for (p, _, n, _), g in zip(b.plan.rows.tolist(), b.plan.row_blocks.tolist()):
             self._sq_next[g] = float(sq[p:p + n].sum()) if one else float(np.add.reduceat(sq[p:p + n], _AT_ZERO)[0])
-
-    @staticmethod
-    def _write(b: _Bucket, buf: torch.Tensor) -> None:
-        buf.copy_(torch.from_numpy(b.mean))
 
     def _commit(self) -> None:
         """The step's last bucket is done: x~ and r advance (unless some bucket was not finite)."""

@@ -1,0 +1,83 @@
+"""The DDP IntSGD hook's pass after the sum (mean into the bucket, x~'s move, its squares) fused by
+numba (mpiopt.kernels.move_numba) gives the numpy passes' bits, in the kernel and in the hook."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+move_numba = pytest.importorskip("mpiopt.kernels.move_numba")
+
+
+def numpy_move(rows, lrs, mean, scale, x, nxt, squares, out):
+    """The engine's numpy passes (mpiopt.torch.intsgd_engine.IntSGDEngine._move's reference branch)."""
+    out[...] = mean
+    if scale != 1.0:
+        mean = mean / scale
+    for p, c, n, b in rows.tolist():
+        np.multiply(mean[p:p + n], lrs[b], out=nxt[c:c + n])
+        np.subtract(x[c:c + n], nxt[c:c + n], out=nxt[c:c + n])
+        np.subtract(nxt[c:c + n], x[c:c + n], out=squares[p:p + n])
+        np.multiply(squares[p:p + n], squares[p:p + n], out=squares[p:p + n])
+
+
+@pytest.mark.parametrize("scale", [1.0, 1024.0, 3.0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_move_has_the_numpy_passes_bits(scale, dtype):
+    rng = np.random.default_rng(7)
+    sizes = [5, 1000, 1, 37]  # a bucket's rows in another order than the optimizer's coordinates
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    coords = np.array([1100, 0, 1043, 1005])
+    rows = np.array([[p, c, n, b] for b, (p, c, n) in enumerate(zip(starts, coords, sizes))])
+    dim = sum(sizes)
+    lrs = rng.uniform(1e-4, 1e-1, len(sizes))
+    mean = rng.standard_normal(dim) * 10.0 ** rng.integers(-8, 4, dim)
+    x = rng.standard_normal(1200)
+    got, want = [np.full(1200, np.nan), np.empty(dim), np.empty(dim, dtype=dtype)], \
+        [np.full(1200, np.nan), np.empty(dim), np.empty(dim, dtype=dtype)]
+    move_numba.move_rows(rows, lrs, mean, scale, x, got[0], got[1], got[2], True)
+    numpy_move(rows, lrs, mean, scale, x, *want)
+    for g, w in zip(got, want):
+        assert g.tobytes() == w.tobytes()
+    untouched = np.full(dim, 5.0, dtype=dtype)
+    move_numba.move_rows(rows, lrs, mean, scale, x, got[0], got[1], untouched, False)
+    assert (untouched == 5.0).all()
+
+
+HOOK_RUN = """
+import sys, tempfile, hashlib, torch, torch.distributed as dist
+from mpiopt.torch.hooks import IntSGDState, intsgd_hook
+dist.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1)
+digests = []
+for kernel in ("numba", "numpy"):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 3))
+    ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.01)
+    opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
+    state = IntSGDState(None, opt, wire_dtype="auto", seed=3, kernel=kernel)
+    ddp.register_comm_hook(state, intsgd_hook)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(6):
+        X, y = torch.randn(32, 20, generator=gen), torch.randint(0, 3, (32,), generator=gen)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(ddp(X), y).backward()
+        opt.step()
+    x_tilde = state.engine.state["x"]
+    digests.append(hashlib.sha256(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy().tobytes()
+                                  + x_tilde.tobytes() + state.engine.state["r"].tobytes()).hexdigest())
+print(" ".join(digests), flush=True)
+import os; os._exit(0)
+"""
+
+
+def test_hook_trains_the_same_bits_with_either_kernel():
+    """Several buckets, AdamW, 6 steps on one gloo rank: the parameters, x~ and r are the same bits
+    under kernel='numba' (fused move) and kernel='numpy'. (The script exits with os._exit once done:
+    torch's C++ teardown can abort a finished process.)"""
+    pytest.importorskip("torch")
+    out = subprocess.run([sys.executable, "-c", HOOK_RUN], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    numba_digest, numpy_digest = out.stdout.split()
+    assert numba_digest == numpy_digest
