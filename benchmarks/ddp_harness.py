@@ -26,7 +26,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 
@@ -126,11 +126,50 @@ def make_hook(name: str, opt, seed: int, powersgd_rank: int = 2):
         return IntSGDState(None, opt, wire_dtype="auto", seed=seed), intsgd_hook
     if name == "powersgd":
         return powerSGD_hook.PowerSGDState(None, matrix_approximation_rank=powersgd_rank, start_powerSGD_iter=2,
-                                           random_seed=seed), powerSGD_hook.powerSGD_hook
+                                           random_seed=seed), InOrder(powerSGD_hook.powerSGD_hook)
     if name == "bf16":
         return None, bf16_on_cpu
     hook = {"allreduce": default_hooks.allreduce_hook, "fp16": default_hooks.fp16_compress_hook}[name]
     return None, hook
+
+
+class InOrder:
+    """A DDP hook whose buckets start their collectives one after the other: bucket k's hook is called
+    once bucket k - 1's future has completed (at once when it has), and the returned future completes
+    with the hook's own. Autograd is not held: the chain runs on the futures' callbacks.
+
+    torch's PowerSGD hook issues a bucket's later all-reduces (Q after P) from ``.then`` callbacks; on
+    CUDA those run as the work is enqueued, but gloo completes futures on its own threads, so with
+    several buckets the ranks can issue the collectives of two buckets in different orders, which gloo
+    cannot match ("Received data size doesn't match expected size", measured here with 11 buckets).
+    Chained, every rank issues them in bucket order."""
+
+    def __init__(self, hook: Callable):
+        self.hook, self.last = hook, None
+
+    def __call__(self, state, bucket):
+        import torch
+
+        done = torch.futures.Future()
+
+        def finish(fut) -> None:
+            try:
+                done.set_result(fut.value())
+            except Exception as e:  # the hook's error reaches DDP through the future it waits on
+                done.set_exception(e)
+
+        def start(_=None) -> None:
+            try:
+                self.hook(state, bucket).then(finish)
+            except Exception as e:
+                done.set_exception(e)
+
+        last, self.last = self.last, done
+        if last is None or last.done():
+            start()
+        else:
+            last.then(start)
+        return done
 
 
 def bf16_on_cpu(process_group, bucket):
@@ -261,17 +300,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(cmds: List[List[str]], env: Dict[str, str], timeout: Optional[float]) -> List[Optional[int]]:
-    """Run one command per rank, all in one new process group, and wait for them.
+def run_ranks(cmds: List[List[str]], env: Union[Dict[str, str], List[Dict[str, str]]],
+              timeout: Optional[float]) -> List[Optional[int]]:
+    """Run one command per rank (with ``env``, or ``env[K]`` for rank K), all in one new process group,
+    and wait for them.
 
     Returns the exit codes once every worker exited 0 or one exited otherwise (those still running
     then read None). Whatever happens -- a failed worker, ``timeout`` seconds passing (JobError), a
     signal that the bed turned into SystemExit -- the whole group is ended before this returns, so
     no worker outlives the job or waits forever for a dead peer."""
-    procs = [subprocess.Popen(cmds[0], env=env, preexec_fn=os.setpgrp)]
+    envs = env if isinstance(env, list) else [env] * len(cmds)
+    procs = [subprocess.Popen(cmds[0], env=envs[0], preexec_fn=os.setpgrp)]
     try:
         group = procs[0].pid
-        procs += [subprocess.Popen(c, env=env, preexec_fn=lambda: os.setpgid(0, group)) for c in cmds[1:]]
+        procs += [subprocess.Popen(c, env=e, preexec_fn=lambda: os.setpgid(0, group)) for c, e in zip(cmds[1:], envs[1:])]
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         while True:
             codes = [p.poll() for p in procs]
@@ -284,13 +326,18 @@ def run_ranks(cmds: List[List[str]], env: Dict[str, str], timeout: Optional[floa
         netbed.end_group(procs)
 
 
+def in_namespace(bed: "netbed.NetBed", rank: int, cmd: List[str]) -> List[str]:
+    """``cmd`` run inside the bed's namespace of ``rank`` (its traffic crosses that rank's shaped link)."""
+    return ["ip", "netns", "exec", bed.ns(rank), *cmd]
+
+
 def run_on_bed(args, script: Path, options: Callable[[Any, int, str], List[str]]) -> Dict[str, Any]:
     """Build the emulated network (``args.ranks``, ``args.net``), run ``script`` with
     ``options(args, K, init_method)`` as rank K's worker inside namespace K with gloo on the bed's NIC,
     tear the bed down; returns the transport and the bytes the NICs sent."""
     with netbed.NetBed(args.ranks, args.net) as bed:
         init = f"tcp://{bed.address(0)}:{BED_PORT}"
-        cmds = [["ip", "netns", "exec", bed.ns(r), sys.executable, str(script.resolve()), *options(args, r, init)]
+        cmds = [in_namespace(bed, r, [sys.executable, str(script.resolve()), *options(args, r, init)])
                 for r in range(args.ranks)]
         before = bed.counters()
         codes = run_ranks(cmds, {**os.environ, "GLOO_SOCKET_IFNAME": netbed.NIC}, getattr(args, "timeout", None))

@@ -32,7 +32,6 @@ with the machine's load averages before and after (a shared machine: compare fig
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,33 +39,26 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import netbed  # noqa: E402
+from ddp_harness import in_namespace, run_ranks  # noqa: E402
 
 
 def launch(ranks: int, what: str, args: List[str], timeout: float, bed=None) -> List[Dict[str, Any]]:
     """Run ``what`` on ``ranks`` processes; returns rank 0's JSON record(s). With ``bed`` (a built
     :class:`netbed.NetBed`) rank K runs in the bed's namespace K and gloo talks over its NIC (the
-    rendezvous is a file, which needs no network)."""
+    rendezvous is a file, which needs no network). The ranks run as one process group
+    (:func:`ddp_harness.run_ranks`): when one fails or ``timeout`` passes, all are ended."""
     with tempfile.TemporaryDirectory(prefix="mpiopt-overlap-") as folder:
         out = Path(folder) / "rank0.json"
-        procs = []
-        for rank in range(ranks):
-            env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(ranks), OMP_NUM_THREADS="1",
-                       RENDEZVOUS=str(Path(folder) / "store"), OUT=str(out))
-            prefix = []
-            if bed is not None:
-                import netbed
-
-                prefix = ["ip", "netns", "exec", bed.ns(rank)]
-                env["GLOO_SOCKET_IFNAME"] = netbed.NIC
-            procs.append(subprocess.Popen([*prefix, sys.executable, __file__, "_worker", what, *args], env=env))
-        try:
-            codes = [p.wait(timeout=timeout) for p in procs]
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
+        common = dict(os.environ, WORLD_SIZE=str(ranks), OMP_NUM_THREADS="1", RENDEZVOUS=str(Path(folder) / "store"),
+                      OUT=str(out), **({} if bed is None else {"GLOO_SOCKET_IFNAME": netbed.NIC}))
+        cmd = [sys.executable, __file__, "_worker", what, *args]
+        cmds = [cmd if bed is None else in_namespace(bed, rank, cmd) for rank in range(ranks)]
+        codes = run_ranks(cmds, [dict(common, RANK=str(rank)) for rank in range(ranks)], timeout)
         if any(codes):
-            raise SystemExit(f"{what}: a rank failed (exit codes {codes})")
+            raise SystemExit(f"{what}: a rank failed (exit codes {codes}; None: ended when another failed)")
         return json.loads(out.read_text())
 
 
@@ -312,8 +304,6 @@ def main(argv: List[str]) -> int:
     if args.net == "shm":
         record = launch(ranks, args.what, extra, timeout=3600)
     else:
-        import netbed
-
         with netbed.NetBed(ranks, args.net) as bed:
             record = launch(ranks, args.what, extra, timeout=3600, bed=bed)
             record["netbed"] = {k: v for k, v in bed.describe().items() if k != "mpi_env"}

@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import ddp_harness  # noqa: E402
@@ -38,3 +40,30 @@ def test_worker_options_round_trip():
     back = p.parse_args(ddp_harness.worker_options(args, 3, "tcp://10.0.0.1:29500"))
     assert (back.worker_rank, back.worker_init, back.worker_out) == (3, "tcp://10.0.0.1:29500", "/tmp/out-raw.json")
     assert p.parse_args([]).worker_rank is None
+
+
+def test_in_order_starts_a_bucket_only_after_the_previous_one_completed():
+    """InOrder (the powersgd hook's wrapper): the second bucket's hook is not called while the first
+    bucket's future is pending, is called as soon as it completes, and each returned future carries
+    its own hook's result (or error)."""
+    torch = pytest.importorskip("torch")
+    started, pending = [], {}
+
+    def hook(state, bucket):
+        started.append(bucket)
+        pending[bucket] = torch.futures.Future()
+        return pending[bucket]
+
+    chained = ddp_harness.InOrder(hook)
+    first, second, third = chained(None, "b0"), chained(None, "b1"), chained(None, "b2")
+    assert started == ["b0"]
+    pending["b0"].set_result(torch.tensor([1.0]))
+    assert first.wait().tolist() == [1.0] and started == ["b0", "b1"] and not second.done()
+    pending["b1"].set_exception(RuntimeError("gloo says no"))
+    assert started == ["b0", "b1", "b2"]
+    with pytest.raises(RuntimeError, match="gloo says no"):
+        second.wait()
+    pending["b2"].set_result(torch.tensor([3.0]))
+    assert third.wait().tolist() == [3.0]
+    fourth = chained(None, "b3")  # the previous bucket is done: starts at once
+    assert started[-1] == "b3" and not fourth.done()
