@@ -37,7 +37,7 @@ rank, evaluation excluded) at which the seed-mean validation perplexity curve (`
 ``[seconds, perplexity, steps]`` after each turn) reaches it, null if never. Bytes are measured as in
 ``ddp_hooks.py`` (``bytes_per_step``: what the hook handed to the collectives; ``wire_bytes_per_step``:
 what the NIC sent). ``--figure PNG JSON...`` draws validation perplexity against seconds, one panel
-per JSON (network). ``--net 10gbit|1gbit`` runs one rank per namespace of ``netbed.py``'s emulated
+per JSON (network), and prints their markdown table. ``--net 10gbit|1gbit`` runs one rank per namespace of ``netbed.py``'s emulated
 network (root and ``tc``; else netbed's one-line reason, exit 2).
 """
 
@@ -374,6 +374,7 @@ def plot(reports: List[Dict[str, Any]], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, len(reports), figsize=(5.5 * len(reports), 4.2), squeeze=False)
     for ax, report in zip(axes[0], reports):
@@ -383,13 +384,40 @@ def plot(reports: List[Dict[str, Any]], out: Path) -> None:
         target = report["results"][0]["target_perplexity"]
         if target is not None:
             ax.axhline(target, color="gray", ls="--", lw=1, label="target (fp32 x 1.02)")
-        ax.set(xlabel="cumulative training seconds (slowest rank)", ylabel="validation perplexity",
+        ax.set(xlabel="cumulative training seconds (slowest rank)", ylabel="validation perplexity (log scale)",
                title=f"{report['net']}, {report['ranks']} ranks", yscale="log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+
+
+def markdown(reports: List[Dict[str, Any]]) -> str:
+    """The README's table of runs on several networks: per network and hook, the final validation
+    perplexity (and its change against fp32's), bytes per step, seconds per step, seconds to the target
+    and their ratios to fp32's and fp16's; then each network's probe."""
+    lines = ["| net | hook | val perplexity | vs fp32 | bytes per step | wire bytes per step | s per step | "
+             "s to target | time / fp32's | time / fp16's |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for report in reports:
+        by = {r["hook"]: r for r in report["results"]}
+        for r in report["results"]:
+            change = 100 * (r["val_perplexity"] / by.get("allreduce", r)["val_perplexity"] - 1)
+            lines.append(f"| {report['net']} | {r['hook']} | {r['val_perplexity']:.3f} | {change:+.2f} % | "
+                         f"{r['bytes_per_step']:,.0f} | {number(r['wire_bytes_per_step'], ',.0f')} | "
+                         f"{r['seconds_per_step']:.3f} | {number(r['seconds_to_target'], '.1f', 'never')} | "
+                         f"{ratio(r, by.get('allreduce'))} | {ratio(r, by.get('fp16'))} |")
+    lines.append("")
+    for report in reports:
+        probed = report["probe"]
+        lines.append(f"- {report['net']}: compute {1e3 * probed['compute_seconds_per_step']:.1f} ms per step, fp32 "
+                     f"all-reduce alone {1e3 * probed['allreduce_seconds_per_step']:.1f} ms "
+                     f"({probed['allreduce_over_compute']:.2f}x the compute); target perplexity "
+                     f"{number(report['results'][0]['target_perplexity'], '.3f')}; {report['wall_seconds']:.0f} s "
+                     f"for the run")
+    return "\n".join(lines)
 
 
 def bed_options(args, rank: int, init_method: str) -> List[str]:
@@ -439,13 +467,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--timeout", type=float, default=None,
                    help="on the bed: seconds the workers may take before all are ended (default: no limit)")
     p.add_argument("--figure", nargs="+", metavar=("PNG", "JSON"),
-                   help="draw PNG from the JSONs of earlier runs (one panel each) instead of running")
+                   help="draw PNG from the JSONs of earlier runs (one panel each) and print their markdown table, "
+                        "instead of running")
     add_worker_options(p)
     args = p.parse_args(argv)
     if args.figure:
         if len(args.figure) < 2:
             p.error("--figure takes the PNG, then one or more JSONs")
-        plot([json.loads(Path(j).read_text()) for j in args.figure[1:]], Path(args.figure[0]))
+        reports = [json.loads(Path(j).read_text()) for j in args.figure[1:]]
+        plot(reports, Path(args.figure[0]))
+        print(markdown(reports))
         return 0
     if args.json is None:
         p.error("--json is required (unless --figure)")
