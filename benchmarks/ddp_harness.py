@@ -6,7 +6,7 @@ A benchmark (``ddp_hooks.py``, ``lm.py``) is then its models, its training round
 - worker side: :func:`join_gloo` (one gloo rank, quantizer warmed), :func:`make_hook` (the hooks by
   name), :class:`ByteMeter` / :class:`WireMeter` (bytes handed to the collectives / sent by the NIC),
   :class:`Tally` (a run's timed phases: wall, CPU, bytes), :func:`replica_check`, :func:`slowest`,
-  :func:`interleaved` (the hooks' turns), :func:`finish_worker`;
+  :func:`side_by_side` (one model per hook, trained in :func:`interleaved` turns), :func:`finish_worker`;
 - driver side: :func:`run_job` (``--net shm``: processes spawned here, gloo over TCP loopback;
   ``--net 1gbit|10gbit``: one rank per namespace of the bed, gloo on its NIC), :func:`check_bed_bytes`,
   :func:`seconds_to`, :func:`mean_or_none`, :class:`JobError`.
@@ -251,6 +251,18 @@ def interleaved(hooks: List[str], rounds: int) -> List[tuple]:
     (a shared host) weighs on every hook alike instead of on whichever ran then, and no hook always
     follows the same one."""
     return [(r, hooks[(r + i) % len(hooks)]) for r in range(rounds) for i in range(len(hooks))]
+
+
+def side_by_side(hooks: List[str], rounds: int, make_run: Callable[[str], Any],
+                 play: Callable[[Any, int], None]) -> List[Dict[str, Any]]:
+    """Train one model per hook side by side: ``make_run(hook)`` builds each (all before any trains),
+    ``play(run, round)`` trains one for one round, in :func:`interleaved` order; returns each run's
+    ``record()``, in the hooks' order. A run that draws no random numbers after it is built trains
+    the same bits as it would alone."""
+    runs = {hook: make_run(hook) for hook in hooks}
+    for r, hook in interleaved(hooks, rounds):
+        play(runs[hook], r)
+    return [runs[hook].record() for hook in hooks]
 
 
 def finish_worker(rank: int, out: str, records: Any) -> None:

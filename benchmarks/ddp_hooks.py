@@ -81,8 +81,8 @@ sys.path.insert(0, str(HERE))
 
 import netbed  # noqa: E402
 from ddp_harness import (HOOKS, MARKERS, ByteMeter, JobError, Tally, WireMeter, add_worker_options,  # noqa: E402
-                         check_bed_bytes, finish_worker, interleaved, join_gloo, make_hook, mean_or_none,
-                         replica_check, run_job, seconds_to, slowest, worker_options)
+                         check_bed_bytes, finish_worker, join_gloo, make_hook, mean_or_none, replica_check,
+                         run_job, seconds_to, side_by_side, slowest, worker_options)
 from deep import MOMENTUM, TASKS, WEIGHT_DECAY, accuracy, load_task, make_model, shard  # noqa: E402
 
 DATASETS = ("digits", "a9a")
@@ -145,16 +145,14 @@ class HookRun:
 
 def train_seed(hooks: List[str], dataset: str, data, epochs: int, seed: int, meter: ByteMeter,
                wire: WireMeter) -> List[Dict[str, Any]]:
-    """Train one model per hook, epoch by epoch in :func:`interleaved` order; their records.
+    """Train one model per hook, epoch by epoch in turns (:func:`ddp_harness.side_by_side`); their records.
 
     ``curve`` holds, after each epoch, the slowest rank's cumulative training seconds and the test
     accuracy (evaluation and the per-epoch barrier are not timed). Each model sees the same
     minibatches, and trains the same bits, as it would alone (no model draws random numbers after
     its initialization)."""
-    runs = {hook: HookRun(hook, dataset, data, epochs, seed) for hook in hooks}
-    for _, hook in interleaved(hooks, epochs):
-        runs[hook].epoch(meter, wire)
-    return [runs[hook].record() for hook in hooks]
+    return side_by_side(hooks, epochs, lambda hook: HookRun(hook, dataset, data, epochs, seed),
+                        lambda run, _: run.epoch(meter, wire))
 
 
 def epochs_of(dataset: str, args) -> int:

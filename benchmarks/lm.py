@@ -58,8 +58,8 @@ sys.path.insert(0, str(HERE))
 
 import netbed  # noqa: E402
 from ddp_harness import (HOOKS, MARKERS, ByteMeter, JobError, Tally, WireMeter, add_worker_options,  # noqa: E402
-                         check_bed_bytes, finish_worker, interleaved, join_gloo, make_hook, mean_or_none,
-                         positive, replica_check, run_job, seconds_to, slowest, worker_options)
+                         check_bed_bytes, finish_worker, join_gloo, make_hook, mean_or_none, positive,
+                         replica_check, run_job, seconds_to, side_by_side, slowest, worker_options)
 
 from mpiopt.errors import InputError  # noqa: E402
 
@@ -282,13 +282,11 @@ def probe(shard: np.ndarray, vocab: int, args) -> Dict[str, Any]:
 
 def train_seed(hooks: List[str], seed: int, shard: np.ndarray, vocab: int, validation: Validation, args,
                meter: ByteMeter, wire: WireMeter) -> List[Dict[str, Any]]:
-    """Train one model per hook, turn by turn in :func:`interleaved` order; their records. Each model
-    sees the same windows, and trains the same bits, as it would alone."""
-    runs = {hook: LMRun(hook, seed, shard, vocab, args) for hook in hooks}
+    """Train one model per hook, turn by turn (:func:`ddp_harness.side_by_side`); their records. Each
+    model sees the same windows, and trains the same bits, as it would alone."""
     bounds = np.linspace(0, args.steps, args.evals + 1).astype(int)
-    for turn, hook in interleaved(hooks, args.evals):
-        runs[hook].turn(int(bounds[turn + 1] - bounds[turn]), meter, wire, validation)
-    return [runs[hook].record() for hook in hooks]
+    return side_by_side(hooks, args.evals, lambda hook: LMRun(hook, seed, shard, vocab, args),
+                        lambda run, turn: run.turn(int(bounds[turn + 1] - bounds[turn]), meter, wire, validation))
 
 
 def worker(rank: int, args, init_method: str) -> None:

@@ -67,3 +67,19 @@ def test_in_order_starts_a_bucket_only_after_the_previous_one_completed():
     assert third.wait().tolist() == [3.0]
     fourth = chained(None, "b3")  # the previous bucket is done: starts at once
     assert started[-1] == "b3" and not fourth.done()
+
+
+def test_side_by_side_builds_every_run_first_then_plays_them_in_turns():
+    log = []
+
+    class Run:
+        def __init__(self, hook):
+            log.append(("build", hook))
+            self.hook = hook
+
+        def record(self):
+            return {"hook": self.hook}
+
+    records = ddp_harness.side_by_side(["a", "b"], 2, Run, lambda run, r: log.append((r, run.hook)))
+    assert log == [("build", "a"), ("build", "b"), (0, "a"), (0, "b"), (1, "b"), (1, "a")]
+    assert records == [{"hook": "a"}, {"hook": "b"}]
