@@ -68,7 +68,7 @@ def measure(nets: Sequence[str], ranks: int, sizes: Sequence[float], steps: int)
         import netbed
 
         with netbed.NetBed(ranks, net) as bed:
-            beds[net] = {k: v for k, v in bed.describe().items() if k != "mpi_env"}
+            beds[net] = bed.describe(mpi_env=False)
             cells += [cell(net, ranks, p, steps, bed) for p in sizes]
         print(table(cells), flush=True)
     return {"cells": cells, "netbed": beds}

@@ -354,14 +354,14 @@ def run_on_bed(args, script: Path, options: Callable[[Any, int, str], List[str]]
         before = bed.counters()
         codes = run_ranks(cmds, {**os.environ, "GLOO_SOCKET_IFNAME": netbed.NIC}, getattr(args, "timeout", None))
         traffic = netbed.nic_traffic(before, bed.counters())
-        described = bed.describe()
+        described = bed.describe(mpi_env=False)
     failed = [f"rank {r} {'was ended' if c is None else f'exited {c}'}" for r, c in enumerate(codes) if c != 0]
     if failed:
         raise JobError(f"the job failed on the {args.net} bed ({', '.join(failed)}); every worker was ended")
     return {"transport": f"gloo over TCP across netbed's emulated {args.net} network: one namespace per rank, "
                          f"GLOO_SOCKET_IFNAME={netbed.NIC}, rendezvous at {init}",
             "nic_tx_bytes": traffic["nic_tx_bytes"], "nic_bytes": traffic["nic_bytes"],
-            "netbed": {k: v for k, v in described.items() if k != "mpi_env"}}
+            "netbed": described}
 
 
 def spawn_here(worker: Callable, args) -> Dict[str, Any]:

@@ -306,7 +306,7 @@ def main(argv: List[str]) -> int:
     else:
         with netbed.NetBed(ranks, args.net) as bed:
             record = launch(ranks, args.what, extra, timeout=3600, bed=bed)
-            record["netbed"] = {k: v for k, v in bed.describe().items() if k != "mpi_env"}
+            record["netbed"] = bed.describe(mpi_env=False)
     out = {"what": args.what, "ranks": ranks, "label": args.label, "settings": vars(args) | {"json": None},
            "load_average_before": load_before, "load_average_after": os.getloadavg(), **record}
     print(json.dumps(record, indent=1))

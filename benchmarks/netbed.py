@@ -404,9 +404,10 @@ class NetBed:
         return ["ip", "netns", "exec", self.ns(0), mpiexec, "-f", str(folder / "hostfile"), "-n", str(self.ranks),
                 "-launcher", "ssh", "-launcher-exec", str(ssh), "-iface", NIC, *argv]
 
-    def describe(self) -> Dict[str, object]:
-        """What the bed is, for a results file."""
-        return {
+    def describe(self, mpi_env: bool = True) -> Dict[str, object]:
+        """What the bed is, for a results file (with the MPI environment of its ranks unless not
+        ``mpi_env``: gloo jobs do not use it)."""
+        described = {
             "kind": "network namespaces, one per rank, veth links to a bridge, tc tbf on both directions",
             "ranks": self.ranks,
             "rate": self.rate,
@@ -418,6 +419,9 @@ class NetBed:
             "addresses": [self.address(r) for r in range(self.ranks)],
             "mpi_env": self.env(),
         }
+        if not mpi_env:
+            del described["mpi_env"]
+        return described
 
 
 def mpiexec_path() -> str:
