@@ -4,12 +4,13 @@ machine or across netbed's emulated network, and the rank-0 hand-off of the reco
 A benchmark (``ddp_hooks.py``, ``lm.py``) is then its models, its training round and its table:
 
 - worker side: :func:`join_gloo` (one gloo rank, quantizer warmed), :func:`make_hook` (the hooks by
-  name), :class:`ByteMeter` / :class:`WireMeter` (bytes handed to the collectives / sent by the NIC),
+  name; :class:`InOrder` chains PowerSGD's buckets), :class:`ByteMeter` / :class:`WireMeter` (bytes handed to the collectives / sent by the NIC),
   :class:`Tally` (a run's timed phases: wall, CPU, bytes), :func:`replica_check`, :func:`slowest`,
   :func:`side_by_side` (one model per hook, trained in :func:`interleaved` turns), :func:`finish_worker`;
 - driver side: :func:`run_job` (``--net shm``: processes spawned here, gloo over TCP loopback;
-  ``--net 1gbit|10gbit``: one rank per namespace of the bed, gloo on its NIC), :func:`check_bed_bytes`,
-  :func:`seconds_to`, :func:`mean_or_none`, :class:`JobError`.
+  ``--net 1gbit|10gbit``: one rank per namespace of the bed, gloo on its NIC), built on
+  :func:`run_ranks` (one process group, all ended when one fails) and :func:`in_namespace`;
+  :func:`check_bed_bytes`, :func:`seconds_to`, :func:`mean_or_none`, :func:`positive`, :class:`JobError`.
 
 The worker options a script passes to its ranks on the bed end with the three hidden ones of
 :func:`add_worker_options`; :func:`worker_options` writes them.

@@ -10,7 +10,8 @@ hook        what it is
 allreduce   ``default_hooks.allreduce_hook``: what DDP does without a hook (fp32 sum / R)
 fp16        ``default_hooks.fp16_compress_hook``
 bf16        ``default_hooks.bf16_compress_hook`` (called from a wrapper: DDP refuses it by name without CUDA)
-powersgd    ``powerSGD_hook`` with ``PowerSGDState(matrix_approximation_rank=2, start_powerSGD_iter=2)``
+powersgd    ``powerSGD_hook`` with ``PowerSGDState(matrix_approximation_rank=2, start_powerSGD_iter=2)``,
+            its buckets chained in order (``ddp_harness.InOrder``)
 intsgd      ``mpiopt.torch.hooks.intsgd_hook`` with ``IntSGDState(wire_dtype="auto")`` (alpha per layer)
 ==========  =====================================================================================
 
@@ -54,9 +55,9 @@ parameters (``dataset/hook/seedS``), the same on every network and with any othe
 it) and a figure ``<OUT stem>.png`` (per dataset: accuracy vs bytes per step, vs seconds per step,
 and vs cumulative training seconds).
 
-``--net shm``: R processes spawned here, gloo over TCP loopback on this machine. ``--net 1gbit``: the
-emulated cluster of ``benchmarks/netbed.py`` (root and ``tc`` needed, else it says why and exits 2):
-one network namespace per rank with a 1 Gbit/s tbf-shaped link to a bridge; rank K's worker runs
+``--net shm``: R processes spawned here, gloo over TCP loopback on this machine. ``--net 1gbit`` (or
+``10gbit``): the emulated cluster of ``benchmarks/netbed.py`` (root and ``tc`` needed, else it says why
+and exits 2): one network namespace per rank with a 1 (10) Gbit/s tbf-shaped link to a bridge; rank K's worker runs
 inside namespace K (``ip netns exec``), gloo's rendezvous is at rank 0's bed address and
 ``GLOO_SOCKET_IFNAME`` is the bed's NIC, so every gradient byte crosses the shaped links. All workers
 are ended as soon as one fails, on ``--timeout`` or on a signal, and the bed is always torn down.
@@ -371,7 +372,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="test accuracy (fraction) for seconds_to_accuracy; default: per dataset, the allreduce "
                         f"hook's final seed-mean accuracy - {TARGET_MARGIN}")
     p.add_argument("--timeout", type=float, default=None,
-                   help="--net 1gbit: seconds the workers may take before all are ended (default: no limit)")
+                   help="on the bed: seconds the workers may take before all are ended (default: no limit)")
     add_worker_options(p)
     args = p.parse_args(argv)
     if args.worker_rank is not None:

@@ -3,9 +3,9 @@
 After a bucket's integers are summed and decoded into its float64 mean m, the hook's engine
 (:mod:`mpiopt.torch.intsgd_engine`) writes m back into the DDP bucket in the bucket's dtype, moves
 IntSGD's own iterate x~_next = x~ - lr * (m / s) (s the GradScaler's scale, 1 without one) and squares
-each coordinate's move for r. Done with numpy that is six passes over the bucket (the multiply, the
-subtraction, the move's difference, its square, the cast into the bucket); :func:`move_rows` makes
-one, with the same IEEE operations in the same order, so x~ and the squares are the numpy code's bits
+each coordinate's move for r. Done with numpy that is five passes over the bucket (the cast into the
+bucket, the multiply, the subtraction, the move's difference, its square; six under a GradScaler, whose
+division is one more); :func:`move_rows` makes one, with the same IEEE operations in the same order, so x~ and the squares are the numpy code's bits
 (the block sums of the squares stay numpy's own ``sum`` / ``add.reduceat``).
 """
 
