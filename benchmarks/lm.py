@@ -95,14 +95,14 @@ def split_text(path: Path) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     except UnicodeDecodeError as e:
         line = Path(path).read_bytes()[: e.start].count(b"\n") + 1
         raise InputError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    vocab = sorted(set(text))
     cut = int(TRAIN_SHARE * len(text))
     if len(text) - cut < MODEL["context"] + 1:
         raise InputError(f"{path}: {len(text)} characters; the last {1 - TRAIN_SHARE:.0%} must hold a validation "
                          f"window of {MODEL['context'] + 1}")
-    lookup = {c: i for i, c in enumerate(vocab)}
-    ids = np.fromiter((lookup[c] for c in text), dtype=np.uint8 if len(vocab) <= 256 else np.int32, count=len(text))
-    return ids[:cut], ids[cut:], vocab
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # one code point per character
+    distinct = np.unique(codes)
+    ids = np.searchsorted(distinct, codes).astype(np.uint8 if distinct.size <= 256 else np.int32)
+    return ids[:cut], ids[cut:], [chr(c) for c in distinct.tolist()]
 
 
 def rank_slice(ids: np.ndarray, rank: int, ranks: int) -> np.ndarray:
