@@ -23,8 +23,9 @@ DDP buckets' fp32 sums back to back); on the 1 Gbit/s bed the second is the larg
 GPU cluster at 10-100 Gbit/s stands with a large model.
 
     python benchmarks/lm.py --ranks 4 --net shm --seeds 1 --json benchmarks/results/lm_shm.json
+    sudo .venv/bin/python benchmarks/lm.py --ranks 4 --net 1gbit --seeds 1 --json benchmarks/results/lm_1gbit.json
     sudo .venv/bin/python benchmarks/lm.py --ranks 4 --net 1gbit --hooks allreduce fp16 intsgd --seeds 1 \\
-        --json benchmarks/results/lm_1gbit.json
+        --json benchmarks/results/lm_1gbit_3hooks.json
     python benchmarks/lm.py --figure benchmarks/results/lm.png benchmarks/results/lm_shm.json \\
         benchmarks/results/lm_10gbit.json benchmarks/results/lm_1gbit.json
 
@@ -37,8 +38,8 @@ rank, evaluation excluded) at which the seed-mean validation perplexity curve (`
 ``[seconds, perplexity, steps]`` after each turn) reaches it, null if never. Bytes are measured as in
 ``ddp_hooks.py`` (``bytes_per_step``: what the hook handed to the collectives; ``wire_bytes_per_step``:
 what the NIC sent). ``--figure PNG JSON...`` draws validation perplexity against seconds, one panel
-per JSON (network), and prints their markdown table. ``--net 10gbit|1gbit`` runs one rank per namespace of ``netbed.py``'s emulated
-network (root and ``tc``; else netbed's one-line reason, exit 2).
+per JSON (network), and prints their markdown table. ``--net 10gbit|1gbit`` runs one rank per
+namespace of ``netbed.py``'s emulated network (root and ``tc``; else netbed's one-line reason, exit 2).
 """
 
 import argparse
