@@ -10,7 +10,8 @@ A benchmark (``ddp_hooks.py``, ``lm.py``) is then its models, its training round
 - driver side: :func:`run_job` (``--net shm``: processes spawned here, gloo over TCP loopback;
   ``--net 1gbit|10gbit``: one rank per namespace of the bed, gloo on its NIC), built on
   :func:`run_ranks` (one process group, all ended when one fails) and :func:`in_namespace`;
-  :func:`check_bed_bytes`, :func:`seconds_to`, :func:`mean_or_none`, :func:`positive`, :class:`JobError`.
+  :func:`check_bed_bytes`, :func:`exit_code`, :func:`seed_means`, :func:`seconds_to`, :func:`mean_or_none`,
+  :func:`number`, :func:`positive`, :class:`JobError`.
 
 The worker options a script passes to its ranks on the bed end with the three hidden ones of
 :func:`add_worker_options`; :func:`worker_options` writes them.
@@ -403,6 +404,33 @@ def check_bed_bytes(net: Dict[str, Any], hook_bytes: float, out: Path) -> None:
     if net["nic_tx_bytes"] < hook_bytes:
         raise JobError(f"fewer bytes crossed the bed's NICs than the hooks sent: gloo bypassed the shaped links "
                        f"(results in {out} are not from the emulated network)")
+
+
+def seed_means(runs: List[Dict[str, Any]], keys: tuple) -> Dict[str, Any]:
+    """What one hook's runs (one per seed) report together: the mean of each of ``keys``, of the wire
+    bytes (None if a counter could not be read), the seeds, and the mean curve (point by point)."""
+    return {**{key: float(np.mean([r[key] for r in runs])) for key in keys},
+            "wire_bytes_per_step": mean_or_none([r["wire_bytes_per_step"] for r in runs]),
+            "seeds": [r["seed"] for r in runs], "curve": np.mean([r["curve"] for r in runs], axis=0).tolist()}
+
+
+def number(value: Optional[float], spec: str, missing: str = "-") -> str:
+    """``value`` formatted with ``spec``, or ``missing`` for None (a counter not read, a target not reached)."""
+    return missing if value is None else format(value, spec)
+
+
+def exit_code(drive: Callable[[Any], None], args, prog: str, input_errors: tuple = ()) -> int:
+    """Run ``drive(args)`` and say how it ended: 0; 2 with netbed's one line when the bed cannot be
+    built; 1 with ``prog``'s line when the job failed (JobError) or its input was bad (``input_errors``)."""
+    try:
+        drive(args)
+    except netbed.NetBedError as e:
+        print(f"netbed: {e}", file=sys.stderr)
+        return 2
+    except (JobError, *input_errors) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def seconds_to(curve: List[List[float]], reached: Callable[[float], bool]) -> Optional[float]:

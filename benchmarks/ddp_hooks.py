@@ -80,10 +80,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-import netbed  # noqa: E402
 from ddp_harness import (HOOKS, MARKERS, ByteMeter, JobError, Tally, WireMeter, add_worker_options,  # noqa: E402
-                         check_bed_bytes, finish_worker, join_gloo, make_hook, mean_or_none, replica_check,
-                         run_job, seconds_to, side_by_side, slowest, worker_options)
+                         check_bed_bytes, exit_code, finish_worker, join_gloo, make_hook, number, replica_check,
+                         run_job, seconds_to, seed_means, side_by_side, slowest, worker_options)
 from deep import MOMENTUM, TASKS, WEIGHT_DECAY, accuracy, load_task, make_model, shard  # noqa: E402
 
 DATASETS = ("digits", "a9a")
@@ -176,7 +175,7 @@ def worker(rank: int, args, init_method: str) -> None:
                 if rank == 0:
                     print(f"{dataset:7s} {rec['hook']:9s} seed {seed}  acc {rec['test_accuracy']:.4f}  "
                           f"{rec['bytes_per_step']:9.0f} B/step  "
-                          f"{wire_text(rec['wire_bytes_per_step']):>9s} wire B/step  "
+                          f"{number(rec['wire_bytes_per_step'], '.0f'):>9s} wire B/step  "
                           f"{1e3 * rec['seconds_per_step']:.2f} ms/step  "
                           f"{1e3 * rec['cpu_seconds_per_step']:.2f} CPU ms/step",
                           flush=True)
@@ -192,11 +191,8 @@ def aggregate(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     for r in records:
         groups.setdefault((r["hook"], r["dataset"]), []).append(r)
     return [{"hook": hook, "dataset": dataset,
-             **{key: float(np.mean([r[key] for r in runs])) for key in ("test_accuracy", "bytes_per_step",
-                                                                        "seconds_per_step", "cpu_seconds_per_step")},
-             "wire_bytes_per_step": mean_or_none([r["wire_bytes_per_step"] for r in runs]),
-             "seeds": [r["seed"] for r in runs],
-             "curve": np.mean([r["curve"] for r in runs], axis=0).tolist()} for (hook, dataset), runs in groups.items()]
+             **seed_means(runs, ("test_accuracy", "bytes_per_step", "seconds_per_step", "cpu_seconds_per_step"))}
+            for (hook, dataset), runs in groups.items()]
 
 
 def epoch_seconds(curve: List[List[float]]) -> np.ndarray:
@@ -285,16 +281,11 @@ def print_table(results: List[Dict[str, Any]], targets: Dict[str, Optional[float
               if pair in r else "")
         print(f"{r['dataset']:8s} {r['hook']:9s} {100 * r['test_accuracy']:8.2f} "
               f"{100 * (r['test_accuracy'] - b['test_accuracy']):+8.2f} {r['bytes_per_step']:9.0f} "
-              f"{b['bytes_per_step'] / r['bytes_per_step']:7.2f} {wire_text(r['wire_bytes_per_step']):>9s} "
+              f"{b['bytes_per_step'] / r['bytes_per_step']:7.2f} {number(r['wire_bytes_per_step'], '.0f'):>9s} "
               f"{1e3 * r['seconds_per_step']:8.2f} "
               f"{1e3 * r['cpu_seconds_per_step']:7.2f} {to}  {vs}")
     print("target test accuracy: " + ", ".join(f"{d} {'none (no allreduce run)' if t is None else f'{100 * t:.2f}%'}"
                                                for d, t in targets.items()))
-
-
-def wire_text(wire_bytes: Optional[float]) -> str:
-    """Wire bytes per step as printed: "-" where the interface's counter could not be read."""
-    return "-" if wire_bytes is None else f"{wire_bytes:.0f}"
 
 
 def bed_options(args, rank: int, init_method: str) -> List[str]:
@@ -377,15 +368,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.worker_rank is not None:
         worker(args.worker_rank, args, args.worker_init)
-    try:
-        drive(args)
-    except netbed.NetBedError as e:
-        print(f"netbed: {e}", file=sys.stderr)
-        return 2
-    except JobError as e:
-        print(f"ddp_hooks: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(drive, args, "ddp_hooks")
 
 
 if __name__ == "__main__":

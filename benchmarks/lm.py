@@ -57,10 +57,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-import netbed  # noqa: E402
-from ddp_harness import (HOOKS, MARKERS, ByteMeter, JobError, Tally, WireMeter, add_worker_options,  # noqa: E402
-                         check_bed_bytes, finish_worker, join_gloo, make_hook, mean_or_none, positive,
-                         replica_check, run_job, seconds_to, side_by_side, slowest, worker_options)
+from ddp_harness import (HOOKS, MARKERS, ByteMeter, Tally, WireMeter, add_worker_options,  # noqa: E402
+                         check_bed_bytes, exit_code, finish_worker, join_gloo, make_hook, number, positive,
+                         replica_check, run_job, seconds_to, seed_means, side_by_side, slowest, worker_options)
 
 from mpiopt.errors import InputError  # noqa: E402
 
@@ -325,12 +324,10 @@ def aggregate(records: List[Dict[str, Any]], net: str, compute: float) -> List[D
     for r in records:
         groups.setdefault(r["hook"], []).append(r)
     results = [{"hook": hook, "net": net,
-                **{key: float(np.mean([r[key] for r in runs]))
-                   for key in ("val_loss", "val_perplexity", "bytes_per_step", "seconds_per_step",
-                               "cpu_seconds_per_step")},
-                "steps": runs[0]["steps"], "wire_bytes_per_step": mean_or_none([r["wire_bytes_per_step"] for r in runs]),
-                "compute_seconds_per_step": compute, "buckets": runs[0]["buckets"], "seeds": [r["seed"] for r in runs],
-                "curve": np.mean([r["curve"] for r in runs], axis=0).tolist()} for hook, runs in groups.items()]
+                **seed_means(runs, ("val_loss", "val_perplexity", "bytes_per_step", "seconds_per_step",
+                                    "cpu_seconds_per_step")),
+                "steps": runs[0]["steps"], "compute_seconds_per_step": compute, "buckets": runs[0]["buckets"]}
+               for hook, runs in groups.items()]
     base = next((r for r in results if r["hook"] == "allreduce"), None)
     target = None if base is None else base["val_perplexity"] * TARGET_FACTOR
     for r in results:
@@ -353,10 +350,6 @@ def print_table(results: List[Dict[str, Any]], probed: Dict[str, Any]) -> None:
     print(f"target perplexity {number(results[0]['target_perplexity'], '.3f', 'none (no allreduce run)')}; "
           f"probe: compute {1e3 * probed['compute_seconds_per_step']:.1f} ms/step, fp32 all-reduce "
           f"{1e3 * probed['allreduce_seconds_per_step']:.1f} ms/step ({probed['allreduce_over_compute']:.2f}x)")
-
-
-def number(value: Optional[float], spec: str, missing: str = "-") -> str:
-    return missing if value is None else format(value, spec)
 
 
 def ratio(result: Dict[str, Any], base: Optional[Dict[str, Any]]) -> str:
@@ -486,15 +479,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not Path(args.text).is_file():
         print(f"lm.py: no text at {args.text} (give --text PATH)", file=sys.stderr)
         return 2
-    try:
-        drive(args)
-    except netbed.NetBedError as e:
-        print(f"netbed: {e}", file=sys.stderr)
-        return 2
-    except (JobError, InputError) as e:
-        print(f"lm.py: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(drive, args, "lm.py", (InputError,))
 
 
 if __name__ == "__main__":
