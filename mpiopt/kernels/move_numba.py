@@ -5,8 +5,9 @@ After a bucket's integers are summed and decoded into its float64 mean m, the ho
 IntSGD's own iterate x~_next = x~ - lr * (m / s) (s the GradScaler's scale, 1 without one) and squares
 each coordinate's move for r. Done with numpy that is five passes over the bucket (the cast into the
 bucket, the multiply, the subtraction, the move's difference, its square; six under a GradScaler, whose
-division is one more); :func:`move_rows` makes one, with the same IEEE operations in the same order, so x~ and the squares are the numpy code's bits
-(the block sums of the squares stay numpy's own ``sum`` / ``add.reduceat``).
+division is one more); :func:`move_rows` makes one, with the same IEEE operations in the same order,
+so x~ and the squares are the numpy code's bits (the block sums of the squares stay numpy's own ``sum``
+/ ``add.reduceat``).
 """
 
 from mpiopt.kernels.numba import _jit
