@@ -130,6 +130,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, nargs="+", default=[REPO / "benchmarks" / "results" / "convex_panel.json"],
                     help="where the results go (the first); --readme reads them all")
     ap.add_argument("--readme", action="store_true", help="only rewrite the README table from --json")
+    ap.add_argument("--only", nargs="+", choices=[label for label, _, _ in RUNS],
+                    help="run only these columns; the others are kept from the cases already in --json "
+                         "(e.g. after a change to the default alpha: --only vr-intdiana)")
     ap.add_argument("--bend", action="store_true", help="only the issue's table and figure: the synthetic problem, "
                     "l2 1e-4, 4 ranks, ||x - x*||^2 every 10 iterations (alpha_bend.json and .png)")
     args = ap.parse_args(argv)
@@ -141,8 +144,9 @@ def main(argv=None) -> int:
         print(f"updated {README}")
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
+    earlier = earlier_cases(args.json[0]) if args.only else []
     record = {"tol": args.tol, "iteration_cap": args.iters, "load_average_before": os.getloadavg(),
-              "cpu_count": os.cpu_count(), "cases": []}
+              "cpu_count": os.cpu_count(), "cases": earlier}
     start = time.time()
     for l2 in args.l2:
         for ranks in args.ranks:
@@ -152,15 +156,32 @@ def main(argv=None) -> int:
                     continue
                 folder = shards(problem, l2, ranks, args)
                 batch = batch_of(folder)
-                rows = {label: run_one(folder, ranks, method, extra, batch, args) for label, method, extra in RUNS}
+                key = (problem, l2, ranks)
+                at = next((i for i, c in enumerate(earlier) if (c["problem"], c["l2"], c["ranks"]) == key), None)
+                kept = {} if at is None else earlier[at]["runs"]
+                missing = [label for label, _, _ in RUNS if args.only and label not in args.only and label not in kept]
+                if missing:
+                    raise SystemExit(f"{args.json[0]} has no run of {', '.join(missing)} for {problem}, l2 {l2:g}, "
+                                     f"{ranks} ranks: run without --only first")
+                rows = {label: kept[label] if args.only and label not in args.only
+                        else run_one(folder, ranks, method, extra, batch, args) for label, method, extra in RUNS}
                 case = {"problem": problem, "l2": l2, "ranks": ranks, "batch": batch, "runs": rows,
-                        "ratios": ratios(rows, args.tol)}
-                record["cases"].append(case)
+                        "ratios": ratios(rows, args.tol), **({"rerun": args.only} if args.only else {})}
+                if at is None:
+                    record["cases"].append(case)
+                else:
+                    record["cases"][at] = case
                 record["wall_seconds"] = time.time() - start
                 record["load_average_after"] = os.getloadavg()
                 args.json[0].write_text(json.dumps(record, indent=1))
                 print(line(case), flush=True)
     return 0
+
+
+def earlier_cases(path: Path) -> list:
+    """The cases already in ``path`` (none if it does not exist): ``--only`` replaces each as it reruns
+    it, so a run cut short keeps the others."""
+    return json.loads(path.read_text())["cases"] if path.exists() else []
 
 
 def bend(args) -> int:
@@ -226,9 +247,13 @@ def table(records) -> str:
                 cells += ["-", "-"] if q is None else [f"{q['iterations_x']:.2f}", f"{q['bytes_fewer_x']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     la = "; ".join(", ".join(f"{v:.1f}" for v in r["load_average_before"]) for r in records)
-    lines += ["", f"Wall time {record['wall_seconds'] / 60:.0f} min in all ({len(records)} run(s) side by side) "
+    lines += ["", f"Wall time {record['wall_seconds'] / 60:.0f} min in all ({len(records)} part(s)) "
               f"on {record['cpu_count']} shared cores (load average before: {la}); iterations do not depend "
               "on the load."]
+    reruns = sorted({label for c in record["cases"] for label in c.get("rerun", ())})
+    if reruns:
+        lines[-1] += (f" Columns rerun alone (`--only`): {', '.join(reruns)}; the others are from the first "
+                      "run, with the code they were measured on.")
     return "\n".join(lines)
 
 

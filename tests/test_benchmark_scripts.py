@@ -232,6 +232,19 @@ def test_convex_panel_runs_each_problem_with_both_alpha_rules_and_writes_its_tab
     assert case["ratios"]["level"] == 1e-4
     row = next(line for line in convex_panel.table([record]).splitlines() if line.startswith("| synthetic"))
     assert row.split(" | ")[3:5] == ["0.0001", f"{lsvrg['iterations']:,}"]
+    # --only reruns one column into the same JSON and keeps the others (a different l-svrg would show)
+    case["runs"]["l-svrg"]["iterations_run"] = -1
+    out.write_text(json.dumps(record))
+    run_benchmark([BENCH / "convex_panel.py", "--problems", "synthetic", "--l2", 1e-3, "--ranks", 2, "--iters", 300,
+                   "--tol", 1e-4, "--work", tmp_path / "work", "--json", out, "--only", "vr-intdiana"], timeout=600)
+    rerun = json.loads(out.read_text())
+    (again,) = rerun["cases"]
+    assert again["rerun"] == ["vr-intdiana"] and again["runs"]["l-svrg"]["iterations_run"] == -1
+    assert again["runs"]["vr-intdiana"] == case["runs"]["vr-intdiana"]  # the same seed: the same run
+    assert "Columns rerun alone (`--only`): vr-intdiana" in convex_panel.table([rerun])
+    with pytest.raises(SystemExit, match="no run of l-svrg, vr-intdiana paper for synthetic, l2 0.0001"):
+        convex_panel.main(["--problems", "synthetic", "--l2", "1e-4", "--ranks", "2", "--work", str(tmp_path / "work"),
+                           "--json", str(out), "--only", "vr-intdiana"])
 
 
 def test_iteration_profile_splits_each_methods_step_into_its_parts(tmp_path):

@@ -248,9 +248,11 @@ def test_alpha0_makes_the_first_step_integer_and_constant_keeps_it():
     assert IntCompressor.describe(IntCompressor.resolve({"alpha0": 2.0}, self_comm))["first_step"] == "int (alpha0)"
 
 
-def test_fill_alpha_fills_half_of_int8_and_keeps_the_first_steps_int16_floor():
-    """alpha='fill': alpha = max(T8 / 2^e, floor) with 2^e >= max|v| > 2^(e-1), T8 = 127 // 2 (one rank);
-    floor = T16 / 2^e1 of the first integer step, T16 = 32767 // 2, kept while |v| shrinks."""
+def test_fill_alpha_fills_int8_keeps_the_first_steps_int16_floor_and_decides_the_dtype_from_the_exponents():
+    """alpha='fill': alpha = max(T8 / 2^e, floor) with 2^e >= max|v| > 2^(e-1), T8 = 127 (one rank);
+    floor = T16 / 2^e1 of the first integer step, T16 = 32767 // 2, kept while |v| shrinks. The wire
+    dtype is the narrowest that holds alpha 2^e, known to every rank from the exponents: a step sends
+    an int16 exponent and the d integers, no header, never redone (int32 when |v| outgrows the floor)."""
     d = 4
     comp = make(IntCompressor, d, alpha="fill", rounding="deterministic")
     mean, local = np.empty(d), np.empty(d)
@@ -262,13 +264,18 @@ def test_fill_alpha_fills_half_of_int8_and_keeps_the_first_steps_int16_floor():
     np.testing.assert_array_equal(comp.alpha_blocks, [floor])
     np.testing.assert_allclose(local, np.rint(floor * v) / floor, rtol=0, atol=0)
     assert comp.state["steps_by_wire"][2] == 1  # int16: floor * 1.5 > int8's bound
-    for scale, want in ((0.1, floor), (2.0 ** -20, 63 * 2.0 ** 19)):  # e = -2: 63 * 2^2 < floor; e = -19
+    # e = -2: 127 * 2^2 < floor, int16; e = -19: 127 * 2^19 > floor, int8; e = 4: floor * 2^4 > 32767, int32
+    for scale, want, width in ((0.1, floor, 2), (2.0 ** -20, 127 * 2.0 ** 19, 1), (10.0, floor, 4)):
         sent = comp.comm.bytes_sent
         comp.exchange(v * scale, 2, np.ones(d), LR, mean, local)
         np.testing.assert_array_equal(comp.alpha_blocks, [want])
         np.testing.assert_allclose(local, np.rint(want * v * scale) / want, rtol=0, atol=0)
-        assert comp.comm.bytes_sent - sent - 2 in (d + 3, 2 * (d + 3))  # an int16 exponent, the integers
+        assert comp.comm.bytes_sent - sent == 2 + width * d  # an int16 exponent, the integers
     np.testing.assert_array_equal(comp.state["alpha_floor"], [floor])
+    assert comp.clipped == 0 and comp.summary()["redone_steps"] == 0
+    assert comp.summary()["steps_by_wire"] == {"float64": 1, "int8": 1, "int16": 2, "int32": 1}
+    with pytest.raises(Failed):  # a non-finite value: every rank learns it from the exponents' MAX
+        comp.exchange(np.array([0.3, np.nan, 0.0, 1.0]), 3, np.ones(d), LR, mean, local)
 
 
 def test_alpha_rule_names_and_the_methods_defaults(problem):
@@ -463,10 +470,9 @@ def test_trace_counts_bytes_and_wire_dtypes(problem):
     steps = fill.trace["wire"]["steps_by_wire"]  # its floor: int16 first, then int8 once the shift has learnt
     assert fill.trace["config"]["alpha"] == "fill" and steps["float64"] == 1 and sum(steps.values()) == iters
     sizes = {"int8": 1, "int16": 2, "int32": 4, "int64": 8}
-    sent = sum(c * (d + 3) * sizes[w] for w, c in steps.items() if w != "float64")
-    redone = fill.trace["wire"]["redone_steps"]  # each: the speculative int8 buffer, an 8-byte MAX, no header
-    extra = fill.trace["history"]["wire_bytes"][-1] - (8 * d + sent + 2 * (iters - 1))  # + an int16 exponent a step
-    assert redone >= 1 and redone * (d + 3 + 8 - 3 * 8) <= extra <= redone * (d + 3 + 8 - 3 * 2)
+    assert steps["int16"] >= 1 and steps["int8"] >= 1 and fill.trace["wire"]["redone_steps"] == 0
+    sent = sum(c * d * sizes[w] for w, c in steps.items() if w != "float64")  # no header, nothing redone
+    assert fill.trace["history"]["wire_bytes"][-1] == 8 * d + sent + 2 * (iters - 1)  # + an int16 exponent a step
 
 
 def test_diana_shift_h_is_the_mean_of_the_h_i(problem):

@@ -9,8 +9,10 @@ block, e = ceil(log2 max_i max_j |v_ij|) from a MAX Allreduce of each rank's int
 float crosses the wire), and alpha = floor(M / n) / 2^e, so that no rank's |alpha v| exceeds the
 speculative dtype's bound (SwitchML's scaling, for this one step). ``alpha='constant'`` uses
 ``alpha0`` throughout. ``alpha='fill'`` (vr-intdiana's default) takes that scaling at every step,
-from an int16 MAX Allreduce of the exponents, for half the narrowest dtype's bound, and never goes
-below the first such step's alpha for the next wider dtype (see :meth:`IntCompressor._fill_alpha`).
+from an int16 MAX Allreduce of the exponents, for the narrowest dtype's bound, and never goes below
+the first such step's alpha for half the next wider dtype's bound (see :meth:`IntCompressor._fill_alpha`);
+with ``auto`` the exponents also tell every rank the narrowest dtype that holds this step's integers,
+so they go out without a header and are never redone (:meth:`IntCompressor._fill_level`).
 
 ``wire_dtype='auto'`` costs one collective per step in the common case: the integers go out in a
 speculative dtype (the narrowest the communicator sums whose bound floor(M / n) is >= 1, then the one
@@ -104,8 +106,8 @@ class IntCompressor(Compressor):
         ROUNDING,
         Option("alpha", "paper", str, "scaling rule of the integers: paper (Alg. 1/2: noise about the step's "
                "size; 'adaptive' is its earlier name), fill (the largest power-of-two alpha that keeps every "
-               "rank's |alpha v| within half the narrowest dtype's bound, never below the first integer step's "
-               "alpha for the next wider dtype; vr-intdiana's default), constant (alpha0)",
+               "rank's |alpha v| within the narrowest dtype's bound, never below the first integer step's "
+               "alpha for half the next wider dtype's; vr-intdiana's default), constant (alpha0)",
                choices=ALPHA_RULES),
         Option("alpha0", None, float, "alpha of the first step (else it sends floats) and of --alpha constant",
                valid=positive, rule="a positive number"),
@@ -171,6 +173,8 @@ class IntCompressor(Compressor):
         self._order: Optional[List[int]] = None
         self._kept = None
         """(integer sum, alpha) of a :meth:`shifted_exchange` until its :meth:`shift_update`."""
+        self._decided: Optional[int] = None
+        """This step's wire level when the fill rule decided it (see :meth:`_fill_level`), else None."""
         self.state = {
             "x_prev": xp.zeros(d),
             "have_prev": np.zeros((), dtype=np.int8),
@@ -264,6 +268,7 @@ class IntCompressor(Compressor):
         remembering x as x^{k-1} for the next step. ``peak``: v's max |v| per block when the caller
         has it already (see :meth:`_max_exponents`)."""
         st, o = self.state, self.opts
+        self._decided = None
         if o["alpha"] == "constant":
             return self._alpha0
         if not st["have_prev"]:
@@ -330,13 +335,14 @@ class IntCompressor(Compressor):
         return self.alpha_blocks
 
     def _fill_alpha(self, v, peak: Optional[np.ndarray] = None) -> np.ndarray:
-        """``alpha='fill'``: alpha_b = max(T / 2^e_b, floor_b), T = half the narrowest dtype's bound
-        floor(M / n), so every rank's integers fit that dtype with a bit to spare (``auto`` keeps or
-        returns to it) and the rounding noise is as small as the bytes already paid for allow. floor_b
-        is the first fill step's T / 2^e_b for the next wider dtype, kept for the whole run: the
-        first steps' noise lands in every direction, also in those only a regularizer curves, where
-        it decays no faster than 1 - eta mu per step (docs/design.md, "Fill alpha"). The
-        exponents' MAX Allreduce goes in int16 where the communicator has it (2 bytes a block)."""
+        """``alpha='fill'``: alpha_b = max(T / 2^e_b, floor_b), T = the narrowest dtype's bound
+        floor(M / n), so every rank's integers fit that dtype and the rounding noise is as small as
+        the bytes already paid for allow. floor_b is the first fill step's T' / 2^e_b with T' half
+        the next wider dtype's bound (room for |v| to double), kept for the whole run: the first
+        steps' noise lands in every direction, also in those only a regularizer curves, where it
+        decays no faster than 1 - eta mu per step (docs/design.md, "Fill alpha"). The exponents'
+        MAX Allreduce goes in int16 where the communicator has it (2 bytes a block); with ``auto``
+        it also decides this step's dtype (:meth:`_fill_level`)."""
         if self.dim == 0:
             self.alpha_blocks[...] = 1.0
             return self.alpha_blocks
@@ -346,8 +352,24 @@ class IntCompressor(Compressor):
             wide = self.bounds[min(first + 1, len(self.bounds) - 1)]
             st["alpha_floor"][...] = self._scaled(exps, float(wide // 2))
             st["have_r"][...] = 1
-        np.maximum(self._scaled(exps, float(self.bounds[first] // 2)), st["alpha_floor"], out=self.alpha_blocks)
+        np.maximum(self._scaled(exps, float(self.bounds[first])), st["alpha_floor"], out=self.alpha_blocks)
+        if self.auto:
+            self._decided = self._fill_level(exps)
         return self.alpha_blocks
+
+    def _fill_level(self, exps: np.ndarray) -> Optional[int]:
+        """The narrowest level whose bound holds ceil(max_b alpha_b 2^e_b), which bounds every rank's
+        |Int(alpha_b v)| since 2^e_b >= max |v| in block b. Every rank computes it from the same
+        exponents, so the fill rule's integers go out without a header and are never redone. None
+        (the speculative path: its header stops every rank, or its redo clips) for a non-finite block
+        or integers beyond the widest dtype."""
+        if (exps == NON_FINITE_EXPONENT).any():
+            return None
+        need = float(np.ldexp(self.alpha_blocks, exps.astype(np.intc)).max())
+        for level in range(self.first, len(self.bounds)):
+            if need <= self.bounds[level]:
+                return level
+        return None
 
     def _scaled(self, exps: np.ndarray, bound: float) -> np.ndarray:
         """bound / 2^e per block; 1 where a block was not finite (the integer step's header then
@@ -434,28 +456,17 @@ class IntCompressor(Compressor):
         overflowed); returns the integer sum and updates the counters. ``round_into_wire``: the
         quantizer may round straight into an int8 wire buffer (nothing needs this rank's own values
         afterwards, which would cost a second pass)."""
-        st, n, q = self.state, self.n, self.quant
-        level = int(st["level"])
+        st, q = self.state, self.quant
+        level = int(st["level"]) if self._decided is None else self._decided
         ints = self._buffer(level)[1]
         q.round(v, alpha, k, into=ints if round_into_wire and ints.dtype == np.int8 else None)
-        summed, ints, clipped, m = send_speculative(self.comm, q, self._buffer, level, self.bounds, self.first,
-                                                    self.auto)
-        if summed[NON_FINITE] > 0:
-            self.fail(k, not q.finite)
-        if self.auto:
-            if summed[OVER] > 0:
-                level, ints, clipped = resend_wider(self.comm, q, self._buffer, self.bounds, m, self._max)
-                st["redone_steps"] += 1
-                st["level"][...] = level
-                st["fit_streak"][...] = 0
-            elif summed[FITS_SMALLER] == n:
-                streak = st["fit_streak"]
-                streak += 1
-                if streak >= SHRINK_AFTER:
-                    st["level"][...] = level - 1
-                    streak[...] = 0
-            else:
-                st["fit_streak"][...] = 0
+        if self._decided is not None:  # the fill rule's level: every rank's integers fit it
+            m = q.max_abs
+            clipped = q.pack(ints, self.bounds[level])
+            self.comm.allreduce_int(ints)
+            st["level"][...] = level
+        else:
+            level, ints, clipped, m = self._speculate(level, k)
         sent_max = min(m, self.bounds[level])
         self.bits = info_bits_int(self.dim, sent_max)
         self.clipped = clipped
@@ -464,6 +475,32 @@ class IntCompressor(Compressor):
         if sent_max > seen:
             seen[...] = sent_max
         return ints
+
+    def _speculate(self, level: int, k: int):
+        """The rounded integers summed in the speculative dtype of ``level`` with the header; with
+        ``auto``, redone wider if a rank overflowed, and the next step's level chosen. Returns (level,
+        summed integers, clipped count, this rank's max |Q|)."""
+        st, n, q = self.state, self.n, self.quant
+        summed, ints, clipped, m = send_speculative(self.comm, q, self._buffer, level, self.bounds, self.first,
+                                                    self.auto)
+        if summed[NON_FINITE] > 0:
+            self.fail(k, not q.finite)
+        if not self.auto:
+            return level, ints, clipped, m
+        if summed[OVER] > 0:
+            level, ints, clipped = resend_wider(self.comm, q, self._buffer, self.bounds, m, self._max)
+            st["redone_steps"] += 1
+            st["level"][...] = level
+            st["fit_streak"][...] = 0
+        elif summed[FITS_SMALLER] == n:
+            streak = st["fit_streak"]
+            streak += 1
+            if streak >= SHRINK_AFTER:
+                st["level"][...] = level - 1
+                streak[...] = 0
+        else:
+            st["fit_streak"][...] = 0
+        return level, ints, clipped, m
 
     def summary(self):
         st = self.state

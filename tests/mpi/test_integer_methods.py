@@ -140,6 +140,9 @@ def test_auto_wire_dtype_in_trajectories(trajectories):
     assert paper["wire_bytes"] == 8 * D + 99 * (D + 3)
     fill = a["vr-intdiana|plain"]["wire"]  # its floor sends int16 first (int8 once the shifts have learnt)
     assert fill["steps_by_wire"]["int16"] >= 1 and sum(fill["steps_by_wire"].values()) == 100
+    sizes = {"int8": 1, "int16": 2, "int32": 4}  # each rank knows the dtype from the exponents: no header, no redo
+    fill_sent = sum(c * D * sizes[w] for w, c in fill["steps_by_wire"].items() if w != "float64")
+    assert fill["redone_steps"] == 0 and a["vr-intdiana|plain"]["wire_bytes"] == 8 * D + fill_sent + 2 * 99
     promoted = a["intsgd,alpha=constant,alpha0=3000.0|plain"]["wire"]
     assert promoted["redone_steps"] >= 1 and "int8" not in promoted["steps_by_wire"]
 
