@@ -37,8 +37,10 @@ sys.path.insert(0, str(HERE.parent))
 
 import netbed  # noqa: E402
 
-HOOKS = ("allreduce", "fp16", "bf16", "powersgd", "intsgd")
-MARKERS = ("o", "s", "D", "^", "*")
+DEFAULT_HOOKS = ("allreduce", "fp16", "bf16", "powersgd", "intsgd")
+HOOKS = DEFAULT_HOOKS + ("intsgd-exponent",)
+"""Hook names: the defaults, and intsgd with ``alpha='exponent'`` (the largest |g| fills int8 at every step)."""
+MARKERS = ("o", "s", "D", "^", "*", "v")
 GATHERS = ("all_gather_single", "allgather", "_allgather_base")
 BED_PORT = 29500
 """gloo's rendezvous port at rank 0's bed address (a fresh namespace: nothing else listens there)."""
@@ -124,8 +126,9 @@ def make_hook(name: str, opt, seed: int, powersgd_rank: int = 2):
 
     from mpiopt.torch.hooks import IntSGDState, intsgd_hook
 
-    if name == "intsgd":
-        return IntSGDState(None, opt, wire_dtype="auto", seed=seed), intsgd_hook
+    if name in ("intsgd", "intsgd-exponent"):
+        alpha = "exponent" if name == "intsgd-exponent" else "paper"
+        return IntSGDState(None, opt, wire_dtype="auto", seed=seed, alpha=alpha), intsgd_hook
     if name == "powersgd":
         return powerSGD_hook.PowerSGDState(None, matrix_approximation_rank=powersgd_rank, start_powerSGD_iter=2,
                                            random_seed=seed), InOrder(powerSGD_hook.powerSGD_hook)

@@ -80,9 +80,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from ddp_harness import (HOOKS, MARKERS, ByteMeter, JobError, Tally, WireMeter, add_worker_options,  # noqa: E402
-                         check_bed_bytes, exit_code, finish_worker, join_gloo, make_hook, number, replica_check,
-                         run_job, seconds_to, seed_means, side_by_side, slowest, worker_options)
+from ddp_harness import (DEFAULT_HOOKS, HOOKS, MARKERS, ByteMeter, JobError, Tally, WireMeter,  # noqa: E402
+                         add_worker_options, check_bed_bytes, exit_code, finish_worker, join_gloo, make_hook, number,
+                         replica_check, run_job, seconds_to, seed_means, side_by_side, slowest, worker_options)
 from deep import MOMENTUM, TASKS, WEIGHT_DECAY, accuracy, load_task, make_model, shard  # noqa: E402
 
 DATASETS = ("digits", "a9a")
@@ -333,7 +333,8 @@ def drive(args) -> None:
               "identical_on_all_ranks": all(r["identical_on_all_ranks"] for r in records),
               "final_parameters_sha256": {f"{r['dataset']}/{r['hook']}/seed{r['seed']}": r["parameters_sha256"]
                                           for r in records},
-              "intsgd_stats": [r["hook_stats"] for r in records if r["hook"] == "intsgd"],
+              "intsgd_stats": [{"hook": r["hook"], **r["hook_stats"]} for r in records
+                               if r["hook"].startswith("intsgd")],
               "wall_seconds": round(time.perf_counter() - t0, 1)}
     out.write_text(json.dumps({**header, "results": results}, indent=1))
     print_table(results, targets)
@@ -358,7 +359,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--net", choices=("shm", "10gbit", "1gbit"), default="shm")
     p.add_argument("--libsvm-dir", type=Path, default=HERE.parent.parent / "shared" / "data" / "libsvm")
     p.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
-    p.add_argument("--hooks", nargs="+", choices=HOOKS, default=list(HOOKS))
+    p.add_argument("--hooks", nargs="+", choices=HOOKS, default=list(DEFAULT_HOOKS))
     p.add_argument("--target-accuracy", type=fraction, default=None,
                    help="test accuracy (fraction) for seconds_to_accuracy; default: per dataset, the allreduce "
                         f"hook's final seed-mean accuracy - {TARGET_MARGIN}")

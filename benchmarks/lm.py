@@ -57,9 +57,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from ddp_harness import (HOOKS, MARKERS, ByteMeter, Tally, WireMeter, add_worker_options,  # noqa: E402
-                         check_bed_bytes, exit_code, finish_worker, join_gloo, make_hook, number, positive,
-                         replica_check, run_job, seconds_to, seed_means, side_by_side, slowest, worker_options)
+from ddp_harness import (DEFAULT_HOOKS, HOOKS, MARKERS, ByteMeter, Tally, WireMeter,  # noqa: E402
+                         add_worker_options, check_bed_bytes, exit_code, finish_worker, join_gloo, make_hook, number,
+                         positive, replica_check, run_job, seconds_to, seed_means, side_by_side, slowest,
+                         worker_options)
 
 from mpiopt.errors import InputError  # noqa: E402
 
@@ -437,7 +438,8 @@ def drive(args) -> None:
               "eval_windows": EVAL_WINDOWS, "probe": probed, "target_rule": f"allreduce's final val_perplexity x "
               f"{TARGET_FACTOR}", "identical_on_all_ranks": all(r["identical_on_all_ranks"] for r in records),
               "final_parameters_sha256": {f"{r['hook']}/seed{r['seed']}": r["parameters_sha256"] for r in records},
-              "intsgd_stats": [r["hook_stats"] for r in records if r["hook"] == "intsgd"],
+              "intsgd_stats": [{"hook": r["hook"], **r["hook_stats"]} for r in records
+                               if r["hook"].startswith("intsgd")],
               "wall_seconds": round(time.perf_counter() - t0, 1), "results": results}
     out.write_text(json.dumps(report, indent=1))
     plot([report], out.with_suffix(".png"))
@@ -449,7 +451,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ranks", type=positive, default=4)
     p.add_argument("--net", choices=NETS, default="shm")
-    p.add_argument("--hooks", nargs="+", choices=HOOKS, default=list(HOOKS))
+    p.add_argument("--hooks", nargs="+", choices=HOOKS, default=list(DEFAULT_HOOKS))
     p.add_argument("--seeds", type=positive, default=1)
     p.add_argument("--json", help="output JSON (the figure goes next to it, .png)")
     p.add_argument("--text", type=Path, default=DEFAULT_TEXT, help="UTF-8 text (default: Tiny Shakespeare)")

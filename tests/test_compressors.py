@@ -278,6 +278,27 @@ def test_fill_alpha_fills_int8_keeps_the_first_steps_int16_floor_and_decides_the
         comp.exchange(np.array([0.3, np.nan, 0.0, 1.0]), 3, np.ones(d), LR, mean, local)
 
 
+def test_exponent_alpha_scales_every_step_by_the_largest_value_without_a_floor():
+    """alpha='exponent': alpha = floor(M / n) / 2^e at every step, the first included (no float step,
+    no x^{k-1} needed, no floor: a shrinking |v| keeps filling int8), one int64 exponent a step."""
+    d = 6
+    comp = make(IntCompressor, d, alpha="exponent", rounding="deterministic")
+    mean = np.empty(d)
+    v = np.array([0.3, -2.5, 1.0, 0.0, 0.75, -4.0])
+    for k, scale in enumerate((1.0, 2.0 ** -10, 3.0)):  # max |v| = 4, 2^-8, 12: e = 2, -8, 4
+        sent = comp.comm.bytes_sent
+        comp.exchange(v * scale, k, np.full(d, float(k)), LR, mean)
+        alpha = 127.0 / 2.0 ** (2, -8, 4)[k]
+        np.testing.assert_array_equal(comp.alpha_blocks, [alpha])
+        np.testing.assert_array_equal(mean, np.rint(alpha * v * scale) / alpha)
+        assert comp.comm.bytes_sent - sent == 8 + d + 3  # an int64 exponent, int8 integers and the header
+    assert comp.summary()["steps_by_wire"] == {"int8": 3} and comp.summary()["max_abs_q"] == 127
+    self_comm = MPICommunicator(MPI.COMM_SELF)
+    assert "every step" in IntCompressor.describe(IntCompressor.resolve({"alpha": "exponent"}, self_comm))["first_step"]
+    with pytest.raises(InputError, match="takes no --alpha0"):
+        IntCompressor.resolve({"alpha": "exponent", "alpha0": 1.0}, self_comm)
+
+
 def test_alpha_rule_names_and_the_methods_defaults(problem):
     self_comm = MPICommunicator(MPI.COMM_SELF)
     assert IntCompressor.resolve({}, self_comm)["alpha"] == "paper"

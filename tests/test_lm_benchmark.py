@@ -84,8 +84,9 @@ def test_two_ranks_end_to_end(tmp_path):
     if not TEXT.is_file():
         pytest.skip(f"Tiny Shakespeare not found: {TEXT}")
     out = tmp_path / "lm.json"
-    res = subprocess.run([sys.executable, str(SCRIPT), "--ranks", "2", "--hooks", "allreduce", "intsgd", "--steps", "4",
-                          "--evals", "2", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, str(SCRIPT), "--ranks", "2", "--hooks", "allreduce", "intsgd",
+                          "intsgd-exponent", "--steps", "4", "--evals", "2", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads(out.read_text())
     assert report["identical_on_all_ranks"] is True and report["net"] == "shm"
@@ -94,14 +95,17 @@ def test_two_ranks_end_to_end(tmp_path):
         probe["parameters"]
     assert probe["compute_seconds_per_step"] > 0 and probe["allreduce_seconds_per_step"] > 0
     rows = {r["hook"]: r for r in report["results"]}
-    assert sorted(rows) == ["allreduce", "intsgd"]
+    assert sorted(rows) == ["allreduce", "intsgd", "intsgd-exponent"]
     for r in rows.values():
         assert CONTRACT <= set(r) and r["steps"] == 4 and r["seeds"] == [0] and r["buckets"] == probe["buckets"]
         assert r["val_perplexity"] == pytest.approx(math.exp(r["val_loss"])) and 1 < r["val_perplexity"] < 80
         assert len(r["curve"]) == 2 and r["curve"][1][2] == 4
     assert rows["allreduce"]["bytes_per_step"] == 4 * probe["parameters"]
     # about a byte per parameter (int8 and the headers; a bucket redone wider on an overflow would add some)
-    assert probe["parameters"] <= rows["intsgd"]["bytes_per_step"] <= 1.25 * probe["parameters"]
+    for hook in ("intsgd", "intsgd-exponent"):
+        assert probe["parameters"] <= rows[hook]["bytes_per_step"] <= 1.25 * probe["parameters"]
+    stats = {s["hook"]: s for s in report["intsgd_stats"]}  # exponent: the largest |g| fills int8's 127 // 2
+    assert 63 // 2 <= stats["intsgd-exponent"]["max_abs_q"] <= 63 and stats["intsgd-exponent"]["redone_steps"] == 0
     assert rows["allreduce"]["target_perplexity"] == pytest.approx(1.02 * rows["allreduce"]["val_perplexity"])
     assert "t/fp32" in res.stdout and out.with_suffix(".png").stat().st_size > 0
     both = tmp_path / "both.png"

@@ -8,10 +8,11 @@ independent of the rank order), or, with ``first_step='exponent'``, integers alr
 block, e = ceil(log2 max_i max_j |v_ij|) from a MAX Allreduce of each rank's integer exponents (no
 float crosses the wire), and alpha = floor(M / n) / 2^e, so that no rank's |alpha v| exceeds the
 speculative dtype's bound (SwitchML's scaling, for this one step). ``alpha='constant'`` uses
-``alpha0`` throughout. ``alpha='fill'`` (vr-intdiana's default) takes that scaling at every step,
-from an int16 MAX Allreduce of the exponents, for the narrowest dtype's bound, and never goes below
-the first such step's alpha for half the next wider dtype's bound (see :meth:`IntCompressor._fill_alpha`);
-with ``auto`` the exponents also tell every rank the narrowest dtype that holds this step's integers,
+``alpha0`` throughout. ``alpha='exponent'`` takes the first step's scaling at every step (the first
+included; the speculative dtype's bound / 2^e, no floor). ``alpha='fill'`` (vr-intdiana's default)
+takes that scaling at every step, from an int16 MAX Allreduce of the exponents, for the narrowest
+dtype's bound, and never goes below the first such step's alpha for half the next wider dtype's bound
+(see :meth:`IntCompressor._fill_alpha`); with ``auto`` the exponents also tell every rank the narrowest dtype that holds this step's integers,
 so they go out without a header and are never redone (:meth:`IntCompressor._fill_level`).
 
 ``wire_dtype='auto'`` costs one collective per step in the common case: the integers go out in a
@@ -58,7 +59,7 @@ MIN_EXPONENT = -960
 NON_FINITE_EXPONENT = np.iinfo(np.int64).max
 """A rank's exponent for a block with a non-finite value."""
 
-ALPHA_RULES = ("paper", "fill", "constant", "adaptive")
+ALPHA_RULES = ("paper", "fill", "exponent", "constant", "adaptive")
 """``alpha`` choices; ``adaptive`` is the earlier name of ``paper`` (the IntSGD paper's rule)."""
 
 
@@ -107,7 +108,9 @@ class IntCompressor(Compressor):
         Option("alpha", "paper", str, "scaling rule of the integers: paper (Alg. 1/2: noise about the step's "
                "size; 'adaptive' is its earlier name), fill (the largest power-of-two alpha that keeps every "
                "rank's |alpha v| within the narrowest dtype's bound, never below the first integer step's "
-               "alpha for half the next wider dtype's; vr-intdiana's default), constant (alpha0)",
+               "alpha for half the next wider dtype's; vr-intdiana's default), exponent (the largest |v| over "
+               "the ranks fills the dtype at every step, without fill's floor: SwitchML's scaling per alpha "
+               "block, one int MAX Allreduce of an exponent per block a step), constant (alpha0)",
                choices=ALPHA_RULES),
         Option("alpha0", None, float, "alpha of the first step (else it sends floats) and of --alpha constant",
                valid=positive, rule="a positive number"),
@@ -210,6 +213,9 @@ class IntCompressor(Compressor):
             raise bad_option("--alpha constant needs --alpha0 (the scaling factor to use at every step)")
         if o["first_step"] == "exponent" and o["alpha0"] is not None:
             raise bad_option("give alpha0 (the first step's alpha) or --first-step exponent, not both")
+        if o["alpha"] == "exponent" and o["alpha0"] is not None:
+            raise bad_option("--alpha exponent scales every step by the largest |v|, the first too: it takes no "
+                             "--alpha0")
         if o["block_size"] is not None and o["block_starts"] is not None:
             raise bad_option("give block_size (equal chunks) or block_starts (e.g. one block per layer), not both")
 
@@ -217,6 +223,8 @@ class IntCompressor(Compressor):
     def describe(cls, o):
         if o["alpha"] == "constant":
             first = "int (constant alpha0)"
+        elif o["alpha"] == "exponent":
+            first = "int (alpha from the largest |v|, as every step: int MAX Allreduce of an exponent per block)"
         elif o["alpha0"] is not None:
             first = "int (alpha0)"
         elif o["first_step"] == "exponent":
@@ -271,6 +279,8 @@ class IntCompressor(Compressor):
         self._decided = None
         if o["alpha"] == "constant":
             return self._alpha0
+        if o["alpha"] == "exponent":
+            return self._spread(self._exponent_alpha(v, peak))
         if not st["have_prev"]:
             st["x_prev"][...] = x
             st["have_prev"][...] = 1

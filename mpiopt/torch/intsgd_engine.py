@@ -16,6 +16,10 @@ every synchronized backward). Its new x~ and squared moves are kept aside until 
 together: a step in which some bucket was not finite on some rank (a GradScaler overflow) commits
 nothing, so the state does not advance and the scaler's skipped step leaves no trace.
 
+With ``alpha='exponent'`` every block takes that first step's scaling at every step (below): the
+largest |g| over the ranks fills the speculative dtype, rounding noise at most (2^e / bound)^2 / 4 a
+coordinate, in place of Alg. 1/2's noise about the step's own size.
+
 Blocks whose alpha cannot follow Alg. 1/2 -- the first step (no move yet) and a block whose lr is 0
 (a schedule's end, a frozen group: its alpha would be 0, its mean 0 / 0) -- send integers scaled by the
 largest |g| over the ranks (one integer MAX Allreduce of one exponent per block of the bucket), or,
@@ -169,6 +173,10 @@ class IntSGDEngine:
         if any(opts.get(k) is not None for k in ("block_size", "block_starts", "layout")):
             raise InputError("the hook makes its own alpha blocks (block='layer' or 'bucket'): block_size, "
                              "block_starts and layout are not hook options")
+        if opts["alpha"] == "fill":
+            raise InputError("alpha='fill' is not a hook option (its int16 floor is for convex problems' flat "
+                             "directions, and a deep model's gradients do not shrink past it): use 'exponent', "
+                             "the same scaling without the floor, or 'paper'")
         layout = ParameterLayout(optimizer)
         self.comm, self.optimizer, self.layout, self.opts = comm, optimizer, layout, opts
         self.seed, self.block = seed, block
@@ -228,7 +236,7 @@ class IntSGDEngine:
             scale = self._scale()
             lrs = self._lrs(plan)
             needs = self._needs_first_rule(plan, lrs)
-            if needs.any() and self.opts["alpha"] != "constant" and self.opts["alpha0"] is None \
+            if needs.any() and self.opts["alpha"] not in ("constant", "exponent") and self.opts["alpha0"] is None \
                     and self.opts["first_step"] == "float":
                 finite = self._float_step(b, v)
             else:
@@ -269,7 +277,10 @@ class IntSGDEngine:
         return lrs
 
     def _needs_first_rule(self, plan: BucketPlan, lrs: np.ndarray) -> np.ndarray:
-        """Per bucket block: whether its alpha follows the first step's rule (no move yet, or lr 0)."""
+        """Per bucket block: whether its alpha follows the first step's rule (no move yet, or lr 0; every
+        block at every step with ``alpha='exponent'``)."""
+        if self.opts["alpha"] == "exponent":
+            return np.ones(plan.n_blocks, dtype=bool)
         fresh = self.state["have_r"][plan.blocks] == 0
         zero = lrs == 0.0
         if self.block == "bucket":

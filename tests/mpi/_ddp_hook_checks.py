@@ -39,6 +39,9 @@ mean fails, not only ranks that disagree.
   redone in int32 (never int16, which gloo cannot sum), nothing is clipped, every mean is exact to 1/alpha.
 * ``overlap``: rank 1 enters backward 2 s late; on rank 0 autograd reaches the first layer before the
   exchange of the first bucket (the last layers') has completed; with ``overlap=False`` only after it.
+* ``exponent``: ``alpha='exponent'`` under Adam in several buckets: at every step each layer's alpha
+  puts the largest |g| over the ranks in (bound / 2, bound], the wire stays int8 (never redone), every
+  mean is within 1/alpha of the exact one; ``alpha='fill'`` is refused with the reason.
 * ``int16``, ``nat``, ``empty-layer``, ``group-lr`` as before: int16 refused on gloo; the nat
   compressor through compressor_hook; a zero-size parameter gets no alpha block; param groups with
   different lr give each layer its own lr, and ``block='bucket'`` refuses them.
@@ -58,6 +61,7 @@ from sklearn.datasets import load_digits
 import mpiopt.torch
 from _torch_common import finish, init_gloo
 from mpiopt.compressors.alpha import adaptive_alpha, block_constants
+from mpiopt.compressors.integer import WIRE_NAMES
 from mpiopt.errors import InputError
 from mpiopt.torch.comm import TorchCommunicator
 from mpiopt.torch.hooks import CompressorState, IntSGDState, compressor_hook, intsgd_hook
@@ -466,6 +470,41 @@ def overlap(X, y):
     print("ok overlap", order[True][:3])
 
 
+def exponent(X, y):
+    worst, tops = [], []
+    inner = checked_hook(worst)
+    bound = 127 // dist.get_world_size()
+
+    def hook(state, bucket):
+        local = bucket.buffer().detach().double().abs()
+        index = bucket.index()
+
+        def filled(fut):
+            out = fut.value()
+            dist.all_reduce(local, op=dist.ReduceOp.MAX, group=CHECK_GROUP)
+            alpha = alpha_at_positions(state, index)
+            for p, _, n, _ in state.engine._buckets[index].plan.rows.tolist():
+                tops.append(float((alpha[p:p + n] * local[p:p + n].numpy()).max()) / bound)
+            return out
+
+        return inner(state, bucket).then(filled)
+
+    ddp, state = hooked(hook=hook, cap=TINY_BUCKETS, alpha="exponent",
+                        make_opt=lambda ps: torch.optim.Adam(ps, lr=1e-3))
+    ddp_steps(ddp, state, X, y, range(STEPS))
+    layers = len(list(ddp.module.parameters()))
+    assert len(tops) == STEPS * layers and 0.5 < min(tops) and max(tops) <= 1.0, (min(tops), max(tops))
+    assert max(worst) < 1.0 and state.redone_steps == 0 and bound // 2 <= state.max_abs_q <= bound, state.stats()
+    assert set(state.engine.state["steps_by_wire"].nonzero()[0]) == {WIRE_NAMES.index("int8")}
+    try:
+        hooked(alpha="fill")
+    except InputError as exc:
+        assert "use 'exponent'" in str(exc), exc
+    else:
+        raise AssertionError("alpha='fill' was taken by the hook")
+    print("ok exponent", min(tops), max(worst))
+
+
 def int16_refused():
     opt = torch.optim.SGD(model().parameters(), lr=0.1)
     try:
@@ -557,6 +596,7 @@ if __name__ == "__main__":
     ddp_options(X, y, final)
     optimizers(X, y)
     lr_zero(X, y)
+    exponent(X, y)
     low_precision(X, y)
     grad_scaler(X, y)
     accumulation(X, y)

@@ -17,8 +17,8 @@ pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 HERE = Path(__file__).resolve().parent
 CHECKS = ("ok same-as-IntSGD identical", "ok buckets", "ok resume", "ok ddp-options", "ok optimizers momentum",
-          "ok optimizers adam", "ok lr-zero", "ok low-precision", "ok grad-scaler", "ok accumulation", "ok overflow",
-          "ok overlap", "ok int16", "ok nat", "ok empty-layer", "ok group-lr")
+          "ok optimizers adam", "ok lr-zero", "ok exponent", "ok low-precision", "ok grad-scaler", "ok accumulation",
+          "ok overflow", "ok overlap", "ok int16", "ok nat", "ok empty-layer", "ok group-lr")
 
 
 @pytest.mark.parametrize("n", [2, 4])
