@@ -325,9 +325,13 @@ class IntSGDEngine:
         """alpha = floor(M / n) / 2^e per bucket block, 2^e >= max over ranks of the block's |g|: the
         ranks' integer exponents go through one MAX Allreduce (IntSGD's ``first_step='exponent'``)."""
         plan, peak = b.plan, b.peak
-        peak[...] = 0.0
-        for p, _, n, blk in plan.rows.tolist():
-            peak[blk] = np.maximum(peak[blk], np.abs(v[p:p + n]).max())  # NaN stays NaN
+        if self.kernel == "numba":  # one compiled pass over the rows, nothing allocated
+            b.quant.block_max_abs(v, peak)
+        else:
+            peak[...] = 0.0
+            for p, _, n, blk in plan.rows.tolist():
+                row = v[p:p + n]
+                peak[blk] = np.maximum(peak[blk], np.maximum(row.max(), -row.min()))  # NaN stays NaN
         finite = np.isfinite(peak)
         mant, exps = np.frexp(np.where(finite, peak, 1.0))
         exps = exps.astype(np.int64) - (mant == 0.5)
