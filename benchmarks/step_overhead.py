@@ -45,6 +45,10 @@ TRIED = [
     "wire_dtype=auto speculates on last step's dtype with 3 header slots summed with the integers: one "
     "collective per step; the cost of the alternative (a separate 1-element MAX Allreduce per step) is "
     "measured here as cost_of_a_separate_max_allreduce",
+    "vr-intdiana's default alpha is fill (issue 24): its exponents need that separate MAX Allreduce every "
+    "step, which took the ratio from 1.18 (2026-11-30, the paper's rule) to 1.51-1.56 (2026-12-06; the code "
+    "before fill's exponents decided the wire dtype: 1.52 in the same hour); --alpha paper keeps one "
+    "collective a step",
     "one-block alpha with Python floats instead of 1-element numpy arrays: 6.8 -> 1.8 us per step "
     "(single-rank micro-benchmark, d = 123)",
     "cached views of the wire buffers and the (seed, worker) part of the noise key: about 1.5 us per step",
