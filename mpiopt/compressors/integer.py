@@ -12,8 +12,9 @@ speculative dtype's bound (SwitchML's scaling, for this one step). ``alpha='cons
 included; the speculative dtype's bound / 2^e, no floor). ``alpha='fill'`` (vr-intdiana's default)
 takes that scaling at every step, from an int16 MAX Allreduce of the exponents, for the narrowest
 dtype's bound, and never goes below the first such step's alpha for half the next wider dtype's bound
-(see :meth:`IntCompressor._fill_alpha`); with ``auto`` the exponents also tell every rank the narrowest dtype that holds this step's integers,
-so they go out without a header and are never redone (:meth:`IntCompressor._fill_level`).
+(see :meth:`IntCompressor._fill_alpha`); with ``auto`` the exponents also tell every rank the
+narrowest dtype that holds this step's integers, so they go out without a header and are never
+redone (:meth:`IntCompressor._fill_level`).
 
 ``wire_dtype='auto'`` costs one collective per step in the common case: the integers go out in a
 speculative dtype (the narrowest the communicator sums whose bound floor(M / n) is >= 1, then the one
