@@ -30,6 +30,8 @@ GPU cluster at 10-100 Gbit/s stands with a large model.
         --json benchmarks/results/lm_1gbit_3hooks.json
     sudo .venv/bin/python benchmarks/lm.py --ranks 4 --net 1gbit --hooks allreduce fp16 intsgd intsgd-exponent \
         --seeds 1 --json benchmarks/results/lm_1gbit_exponent.json
+    sudo .venv/bin/python benchmarks/lm.py --ranks 4 --net 10gbit --hooks allreduce fp16 intsgd-exponent \
+        --seeds 1 --json benchmarks/results/lm_10gbit_exponent.json
     python benchmarks/lm.py --figure benchmarks/results/lm.png benchmarks/results/lm_shm.json \\
         benchmarks/results/lm_10gbit.json benchmarks/results/lm_1gbit.json
 
