@@ -144,9 +144,10 @@ def main(argv=None) -> int:
         print(f"updated {README}")
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
-    earlier = earlier_cases(args.json[0]) if args.only else []
     record = {"tol": args.tol, "iteration_cap": args.iters, "load_average_before": os.getloadavg(),
-              "cpu_count": os.cpu_count(), "cases": earlier}
+              "cpu_count": os.cpu_count(), "cases": earlier_cases(args.json[0]) if args.only else []}
+    cases = record["cases"]
+    reran = set(args.only or (label for label, _, _ in RUNS))
     start = time.time()
     for l2 in args.l2:
         for ranks in args.ranks:
@@ -157,20 +158,20 @@ def main(argv=None) -> int:
                 folder = shards(problem, l2, ranks, args)
                 batch = batch_of(folder)
                 key = (problem, l2, ranks)
-                at = next((i for i, c in enumerate(earlier) if (c["problem"], c["l2"], c["ranks"]) == key), None)
-                kept = {} if at is None else earlier[at]["runs"]
-                missing = [label for label, _, _ in RUNS if args.only and label not in args.only and label not in kept]
+                at = next((i for i, c in enumerate(cases) if (c["problem"], c["l2"], c["ranks"]) == key), None)
+                kept = {} if at is None else cases[at]["runs"]
+                missing = [label for label, _, _ in RUNS if label not in reran and label not in kept]
                 if missing:
                     raise SystemExit(f"{args.json[0]} has no run of {', '.join(missing)} for {problem}, l2 {l2:g}, "
                                      f"{ranks} ranks: run without --only first")
-                rows = {label: kept[label] if args.only and label not in args.only
-                        else run_one(folder, ranks, method, extra, batch, args) for label, method, extra in RUNS}
+                rows = {label: run_one(folder, ranks, method, extra, batch, args) if label in reran else kept[label]
+                        for label, method, extra in RUNS}
                 case = {"problem": problem, "l2": l2, "ranks": ranks, "batch": batch, "runs": rows,
                         "ratios": ratios(rows, args.tol), **({"rerun": args.only} if args.only else {})}
                 if at is None:
-                    record["cases"].append(case)
+                    cases.append(case)
                 else:
-                    record["cases"][at] = case
+                    cases[at] = case
                 record["wall_seconds"] = time.time() - start
                 record["load_average_after"] = os.getloadavg()
                 args.json[0].write_text(json.dumps(record, indent=1))

@@ -4,7 +4,8 @@ machine or across netbed's emulated network, and the rank-0 hand-off of the reco
 A benchmark (``ddp_hooks.py``, ``lm.py``) is then its models, its training round and its table:
 
 - worker side: :func:`join_gloo` (one gloo rank, quantizer warmed), :func:`make_hook` (the hooks by
-  name; :class:`InOrder` chains PowerSGD's buckets), :class:`ByteMeter` / :class:`WireMeter` (bytes handed to the collectives / sent by the NIC),
+  name; :class:`InOrder` chains PowerSGD's buckets), :class:`ByteMeter` / :class:`WireMeter` (bytes
+  handed to the collectives / sent by the NIC),
   :class:`Tally` (a run's timed phases: wall, CPU, bytes), :func:`replica_check`, :func:`slowest`,
   :func:`side_by_side` (one model per hook, trained in :func:`interleaved` turns), :func:`finish_worker`;
 - driver side: :func:`run_job` (``--net shm``: processes spawned here, gloo over TCP loopback;
@@ -40,6 +41,8 @@ import netbed  # noqa: E402
 DEFAULT_HOOKS = ("allreduce", "fp16", "bf16", "powersgd", "intsgd")
 HOOKS = DEFAULT_HOOKS + ("intsgd-exponent",)
 """Hook names: the defaults, and intsgd with ``alpha='exponent'`` (the largest |g| fills int8 at every step)."""
+INTSGD_ALPHA = {"intsgd": "paper", "intsgd-exponent": "exponent"}
+"""The alpha rule of each IntSGD hook name."""
 MARKERS = ("o", "s", "D", "^", "*", "v")
 GATHERS = ("all_gather_single", "allgather", "_allgather_base")
 BED_PORT = 29500
@@ -126,9 +129,8 @@ def make_hook(name: str, opt, seed: int, powersgd_rank: int = 2):
 
     from mpiopt.torch.hooks import IntSGDState, intsgd_hook
 
-    if name in ("intsgd", "intsgd-exponent"):
-        alpha = "exponent" if name == "intsgd-exponent" else "paper"
-        return IntSGDState(None, opt, wire_dtype="auto", seed=seed, alpha=alpha), intsgd_hook
+    if name in INTSGD_ALPHA:
+        return IntSGDState(None, opt, wire_dtype="auto", seed=seed, alpha=INTSGD_ALPHA[name]), intsgd_hook
     if name == "powersgd":
         return powerSGD_hook.PowerSGDState(None, matrix_approximation_rank=powersgd_rank, start_powerSGD_iter=2,
                                            random_seed=seed), InOrder(powerSGD_hook.powerSGD_hook)

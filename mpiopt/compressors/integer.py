@@ -79,18 +79,28 @@ def send_speculative(comm, quant, wire, level: int, bounds: Sequence[int], first
     return hdr.tolist(), ints, clipped, m
 
 
+def narrowest_level(bounds: Sequence[int], m: float) -> Optional[int]:
+    """The first level whose bound floor(M / n) holds ``m`` (None: not even the widest)."""
+    return next((lv for lv, bound in enumerate(bounds) if m <= bound), None)
+
+
+def send_at(comm, quant, wire, bounds: Sequence[int], level: int):
+    """The rounded integers (``quant.round`` done) packed into the wire of dtype ``level`` and summed
+    by one Allreduce, without a header. Returns (the summed integers, clipped count)."""
+    ints = wire(level)[1]
+    clipped = quant.pack(ints, bounds[level])
+    comm.allreduce_int(ints)
+    return ints, clipped
+
+
 def resend_wider(comm, quant, wire, bounds: Sequence[int], m: float, scratch: np.ndarray):
     """The integer sum again after some rank overflowed: in the smallest dtype whose bound holds every
     rank's max |Q| (one MAX Allreduce of it, in the float64 ``scratch`` of one value), never clipped
     unless even the widest cannot hold it. Returns (level, summed integers, clipped count)."""
     scratch[0] = m
-    big = float(comm.allreduce_max(scratch)[0])
-    fits = [lv for lv, bound in enumerate(bounds) if big <= bound]
-    level = fits[0] if fits else len(bounds) - 1
-    ints = wire(level)[1]
-    clipped = quant.pack(ints, bounds[level])
-    comm.allreduce_int(ints)
-    return level, ints, clipped
+    level = narrowest_level(bounds, float(comm.allreduce_max(scratch)[0]))
+    level = len(bounds) - 1 if level is None else level
+    return (level, *send_at(comm, quant, wire, bounds, level))
 
 ROUNDING = Option("rounding", "random", str, "integer rounding: unbiased random or round-half-even",
                   choices=("random", "deterministic"))
@@ -376,11 +386,7 @@ class IntCompressor(Compressor):
         or integers beyond the widest dtype."""
         if (exps == NON_FINITE_EXPONENT).any():
             return None
-        need = float(np.ldexp(self.alpha_blocks, exps.astype(np.intc)).max())
-        for level in range(self.first, len(self.bounds)):
-            if need <= self.bounds[level]:
-                return level
-        return None
+        return narrowest_level(self.bounds, float(np.ldexp(self.alpha_blocks, exps.astype(np.intc)).max()))
 
     def _scaled(self, exps: np.ndarray, bound: float) -> np.ndarray:
         """bound / 2^e per block; 1 where a block was not finite (the integer step's header then
@@ -473,8 +479,7 @@ class IntCompressor(Compressor):
         q.round(v, alpha, k, into=ints if round_into_wire and ints.dtype == np.int8 else None)
         if self._decided is not None:  # the fill rule's level: every rank's integers fit it
             m = q.max_abs
-            clipped = q.pack(ints, self.bounds[level])
-            self.comm.allreduce_int(ints)
+            ints, clipped = send_at(self.comm, q, self._buffer, self.bounds, level)
             st["level"][...] = level
         else:
             level, ints, clipped, m = self._speculate(level, k)
