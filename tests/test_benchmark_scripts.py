@@ -286,3 +286,20 @@ def test_ddp_break_even_maps_the_hooks_step_against_fp16_and_fp32(tmp_path):
     assert c["speedup_vs_fp16"] == pytest.approx(c["seconds"]["fp16"] / c["seconds"]["intsgd overlapped"])
     assert c["speedup_vs_fp32"] == pytest.approx(c["seconds"]["fp32"] / c["seconds"]["intsgd overlapped"])
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_hook_engine_times_the_hooks_exchange_against_a_copy(tmp_path):
+    """A tiny model on one gloo rank: every rule and kernel asked for is timed beside the copy, and the
+    JSON's ratios are the step times' over the copy's."""
+    pytest.importorskip("torch")
+    out = tmp_path / "hook_engine.json"
+    kernels = ["numba", "numpy"] if numba_kernel.AVAILABLE else ["numpy"]
+    run_benchmark([BENCH / "hook_engine.py", "--params", "2e4", "--buckets", "2", "--reps", "2", "--inner", "1",
+                   "--kernels", *kernels, "--json", out])
+    res = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in res["results"]}
+    assert set(rows) == {"copy"} | {f"intsgd {rule} {k}" for rule in ("paper", "exponent") for k in kernels}
+    assert res["parameters"] == 20_000 and res["buckets"] == 2
+    for r in rows.values():
+        assert r["seconds_per_step"] > 0
+        assert r["over_copy"] == pytest.approx(r["seconds_per_step"] / rows["copy"]["seconds_per_step"])

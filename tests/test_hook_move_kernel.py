@@ -1,5 +1,6 @@
-"""The DDP IntSGD hook's pass after the sum (mean into the bucket, x~'s move, its squares) fused by
-numba (mpiopt.kernels.move_numba) gives the numpy passes' bits, in the kernel and in the hook."""
+"""The DDP IntSGD hook's pass after the sum (decoding, mean into the bucket, x~'s move, its squares
+summed) fused by numba (mpiopt.kernels.move_numba) gives the numpy passes' bits, in the kernel and in
+the hook."""
 
 import subprocess
 import sys
@@ -10,39 +11,56 @@ import pytest
 move_numba = pytest.importorskip("mpiopt.kernels.move_numba")
 
 
-def numpy_move(rows, lrs, mean, scale, x, nxt, squares, out):
-    """The engine's numpy passes (mpiopt.torch.intsgd_engine.IntSGDEngine._move's reference branch)."""
+def numpy_settle(rows, lrs, mean, scale, x, nxt, out, whole_sum):
+    """The engine's numpy passes after the decoding (mpiopt.torch.intsgd_engine.IntSGDEngine._move's
+    reference branch): the mean into out, x~'s move, each row's squares summed."""
     out[...] = mean
     if scale != 1.0:
         mean = mean / scale
+    sums = []
     for p, c, n, b in rows.tolist():
         np.multiply(mean[p:p + n], lrs[b], out=nxt[c:c + n])
         np.subtract(x[c:c + n], nxt[c:c + n], out=nxt[c:c + n])
-        np.subtract(nxt[c:c + n], x[c:c + n], out=squares[p:p + n])
-        np.multiply(squares[p:p + n], squares[p:p + n], out=squares[p:p + n])
+        sq = nxt[c:c + n] - x[c:c + n]
+        np.multiply(sq, sq, out=sq)
+        sums.append(sq.sum() if whole_sum else np.add.reduceat(sq, [0])[0])
+    return np.array(sums)
 
 
 @pytest.mark.parametrize("scale", [1.0, 1024.0, 3.0])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_move_has_the_numpy_passes_bits(scale, dtype):
+@pytest.mark.parametrize("decoded", ["mean", "one alpha", "block alphas"])
+def test_fused_pass_has_the_numpy_passes_bits(scale, dtype, decoded):
+    """settle_rows (decoding, the mean into the bucket, x~'s move, each row's squares summed in
+    numpy's pairwise order, for rows of 1 to 5000 coordinates) against the quantizer's decode and
+    numpy's passes, bit for bit, for numpy's ``sum`` and ``add.reduceat``."""
+    from mpiopt.kernels.numba import Quantizer
+
     rng = np.random.default_rng(7)
-    sizes = [5, 1000, 1, 37]  # a bucket's rows in another order than the optimizer's coordinates
+    sizes = [5, 1000, 1, 37, 129, 5000, 8]  # a bucket's rows in another order than the optimizer's coordinates
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    coords = np.array([1100, 0, 1043, 1005])
+    coords = np.array([7100, 0, 7043, 7005, 1000, 2000, 7050])
     rows = np.array([[p, c, n, b] for b, (p, c, n) in enumerate(zip(starts, coords, sizes))])
-    dim = sum(sizes)
+    dim, n_ranks = sum(sizes), 3
     lrs = rng.uniform(1e-4, 1e-1, len(sizes))
+    x = rng.standard_normal(7200)
+    ints = rng.integers(-128, 128, dim).astype(np.int8)
+    alpha = {"mean": 1.0, "one alpha": 37.3, "block alphas": rng.uniform(1.0, 1e4, len(sizes))}[decoded]
+    quant = Quantizer(dim, 0, 0, n_ranks, blocks=starts)  # decoding reads positions and blocks only
     mean = rng.standard_normal(dim) * 10.0 ** rng.integers(-8, 4, dim)
-    x = rng.standard_normal(1200)
-    got, want = [np.full(1200, np.nan), np.empty(dim), np.empty(dim, dtype=dtype)], \
-        [np.full(1200, np.nan), np.empty(dim), np.empty(dim, dtype=dtype)]
-    move_numba.move_rows(rows, lrs, mean, scale, x, got[0], got[1], got[2], True)
-    numpy_move(rows, lrs, mean, scale, x, *want)
-    for g, w in zip(got, want):
-        assert g.tobytes() == w.tobytes()
-    untouched = np.full(dim, 5.0, dtype=dtype)
-    move_numba.move_rows(rows, lrs, mean, scale, x, got[0], got[1], untouched, False)
-    assert (untouched == 5.0).all()
+    if decoded != "mean":
+        quant.decode(ints, alpha, n_ranks, mean)
+        _, alphas, _, one, c, r, mul, inv_n = quant.decoding(ints, alpha, n_ranks, mean)
+        args = (ints, np.full(dim, np.nan), False, alphas, one, mul, c, r, inv_n)
+    else:
+        args = (ints, mean, True, np.ones(1), True, False, 1.0, 0.0, 1.0)
+    for whole_sum in (True, False):
+        got = [np.full(7200, np.nan), np.empty(dim, dtype=dtype), np.empty(len(sizes))]
+        want = [np.full(7200, np.nan), np.empty(dim, dtype=dtype)]
+        move_numba.settle_rows(rows, *args, lrs, scale, x, got[0], got[1], whole_sum, got[2])
+        want.append(numpy_settle(rows, lrs, mean, scale, x, *want, whole_sum))
+        for g, w in zip(got, want):
+            assert g.tobytes() == w.tobytes()
 
 
 HOOK_RUN = """

@@ -27,9 +27,11 @@ def adaptive_alpha(lr: float, r: np.ndarray, sizes: np.ndarray, n: int, eps: flo
     One block gives a Python float, evaluated as lr sqrt(d) / sqrt(2 n r + (lr eps)^2); several give
     an array (into ``out`` when given), evaluated as lr (sqrt(d_l) / sqrt(2 n r_l + lr^2 eps^2 d_l / d)),
     with ``constants`` = :func:`block_constants` of ``sizes`` and ``eps`` when the caller keeps them.
-    The two evaluation orders are the ones every stored trajectory was computed with.
+    Given ``constants``, ``sizes`` may be some of a layout's blocks (one DDP bucket's), however few:
+    the array form then even for one. The two evaluation orders are the ones every stored trajectory
+    was computed with.
     """
-    if len(sizes) == 1:
+    if len(sizes) == 1 and constants is None:
         return lr * math.sqrt(float(sizes[0])) / math.sqrt(2.0 * n * float(r[0]) + (lr * eps) ** 2)
     sqrt_sizes, eps_share = block_constants(sizes, eps) if constants is None else constants
     a = np.empty(len(sizes)) if out is None else out

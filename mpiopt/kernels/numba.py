@@ -346,14 +346,11 @@ if AVAILABLE:
         out[:] = 0.0
         for k in range(segs.shape[0]):
             p, n, b = segs[k, 0], segs[k, 2], segs[k, 3]
-            m = out[b]
-            for i in range(n):
-                a = abs(np.float64(v[p + i]))
-                if a > m or a != a:
-                    m = a
-                    if a != a:
-                        break
-            out[b] = m
+            row = v[p:p + n]
+            mx = _bits(out[b])
+            for i in range(n):  # an integer max of |v|'s bits (see _bits), so it vectorizes
+                mx = max(mx, _bits(np.float64(row[i])) & _ABS)
+            out[b] = _from_bits(mx)
 
     @_jit
     def _materialize(src, bound, out):
@@ -617,8 +614,10 @@ class Quantizer:
         _divide_clipped(self._exact(), min(self._sent_bound, 2.0 ** 1023), segs, alphas, avec, out)
         return out
 
-    def _decoding(self, sum_int: np.ndarray, alpha, n: int, out: np.ndarray):
-        """The kernels' arguments of S / (n alpha) into ``out``'s dtype (see _decode_run)."""
+    def decoding(self, sum_int: np.ndarray, alpha, n: int, out: np.ndarray):
+        """The kernels' arguments of S / (n alpha) into ``out``'s dtype: (segments, per-block alphas,
+        per-coordinate alphas, one alpha, c, r, mul, inv_n), see _decode_run; a fused pass that decodes
+        takes them too (:mod:`mpiopt.kernels.move_numba`)."""
         segs, alphas, avec, one = self._alpha(alpha)
         c = n * float(alphas[0]) if one else 1.0
         mul = one and _may_multiply(sum_int, c, out)
@@ -629,7 +628,7 @@ class Quantizer:
 
     def decode(self, sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, out: np.ndarray) -> np.ndarray:
         """S / (n alpha) into ``out``, bit for bit what the numpy kernel writes."""
-        _decode(sum_int, *self._decoding(sum_int, alpha, n, out), out)
+        _decode(sum_int, *self.decoding(sum_int, alpha, n, out), out)
         return out
 
     @staticmethod
@@ -694,7 +693,7 @@ class Quantizer:
 
         if not (h.dtype == h_local.dtype == x.dtype and h.dtype in (np.float32, np.float64)):
             raise ValueError(f"h_i, h and x must share a float dtype, got {h_local.dtype}, {h.dtype}, {x.dtype}")
-        shift_numba.shift_update(sum_int, *self._decoding(sum_int, alpha, n, h), self._exact(),
+        shift_numba.shift_update(sum_int, *self.decoding(sum_int, alpha, n, h), self._exact(),
                                  min(self._sent_bound, 2.0 ** 1023), h_local, h, x, h.dtype.type(lr))
 
     def decode_update(self, sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, lr: float,
@@ -703,7 +702,7 @@ class Quantizer:
         of x's dtype followed by ``x -= lr * mean`` gives (IntSGD's update, without materializing the mean)."""
         if x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
             raise ValueError(f"x must be a contiguous float32 or float64 array, got {x.dtype}")
-        _decode_update(sum_int, *self._decoding(sum_int, alpha, n, x), x.dtype.type(lr), x)
+        _decode_update(sum_int, *self.decoding(sum_int, alpha, n, x), x.dtype.type(lr), x)
         return x
 
 
@@ -728,10 +727,10 @@ def warm_up() -> None:
     from mpiopt.kernels import move_numba, shift_numba  # the fused passes, on float64 as the methods run them
 
     rows = np.array([[0, 0, 16, 0]])
-    for out in (np.empty(16, dtype=np.float32), np.empty(16)):  # the DDP hook's move: fp32 / fp64 buckets
-        for scale in (1.0, 2.0):
-            move_numba.move_rows(rows, np.ones(1), np.zeros(16), scale, np.zeros(16), np.empty(16), np.empty(16), out,
-                                 True)
+    for out in (np.empty(16, dtype=np.float32), np.empty(16)):  # the DDP hook's pass: fp32 / fp64 buckets
+        for sums in (np.zeros(16, dtype=np.int8), np.zeros(16, dtype=np.int32)):  # int8, or int32 after a redo
+            move_numba.settle_rows(rows, sums, np.zeros(16), False, np.ones(1), True, False, 2.0, 0.0, 0.5, np.ones(1),
+                                   1.0, np.zeros(16), np.empty(16), out, True, np.empty(1))
 
     z = np.zeros(16)
     shift_numba.shift_update_decoded(z, z.copy(), z.copy(), z.copy(), z.copy(), 0.1, 0.5)

@@ -54,6 +54,8 @@ WIDENED = (torch.float16, torch.bfloat16)
 TAKES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 """Parameter dtypes the hook takes (checked when its state is built)."""
 _AT_ZERO = np.zeros(1, dtype=np.intp)
+_NO_SUMS = np.zeros(0, dtype=np.int8)
+_ONE = np.ones(1)
 STATE_ARRAYS = ("x", "r", "have_r", "level", "fit_streak", "steps_by_wire")
 
 
@@ -152,7 +154,11 @@ class _Bucket:
         self.per_coordinate = engine.kernel != "numba"
         self.widened = torch.empty(plan.dim, dtype=torch.float32) if buf.dtype in WIDENED else None
         self.mean = np.empty(plan.dim)
-        self.squares = np.empty(plan.dim)
+        self.squares = None if engine.kernel == "numba" else np.empty(plan.dim)
+        self.row_sums = np.empty(len(plan.rows))
+        self.summed: Optional[Tuple[np.ndarray, Any]] = None
+        """(the summed integers, alpha) of this step's integer exchange, decoded by ``_move``; None after a
+        float step, which leaves the mean in ``mean``."""
         self.bufs: List[Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]] = [None] * len(engine.dtypes)
         self.exps = np.empty(plan.n_blocks, dtype=np.int64)
         self.peak = np.empty(plan.n_blocks)
@@ -343,7 +349,8 @@ class IntSGDEngine:
     # ---- the wire ----------------------------------------------------------------------------
     def _integer_step(self, b: _Bucket, v: np.ndarray, alpha) -> bool:
         """Int(alpha v) summed over ranks (``auto``: redone in a wider dtype when a rank overflowed,
-        never clipped), decoded into ``b.mean``; False when some rank's values were not finite."""
+        never clipped), kept in ``b.summed`` for ``_move`` to decode; False when some rank's values
+        were not finite."""
         st, n, q, plan = self.state, self.n, b.quant, b.plan
         level = self._level(plan)
 
@@ -374,7 +381,7 @@ class IntSGDEngine:
         self.counters["clipped"] += clipped
         self.counters["max_abs_q"] = max(self.counters["max_abs_q"], sent_max)
         st["steps_by_wire"][self._wire_slot[level]] += 1
-        q.decode(ints, alpha, n, b.mean)
+        b.summed = (ints, alpha)
         return True
 
     def _float_step(self, b: _Bucket, v: np.ndarray) -> bool:
@@ -389,40 +396,52 @@ class IntSGDEngine:
                 non_finite_gradient(self.comm, self.k, not np.isfinite(v).all())
             return False
         b.mean *= 1.0 / self.n
+        b.summed = None
         self.counters["info_bits"] += 64 * b.plan.dim
         self.state["steps_by_wire"][0] += 1
         return True
 
     # ---- after the sum -----------------------------------------------------------------------
     def _move(self, b: _Bucket, lrs: np.ndarray, scale: float, buf: torch.Tensor) -> None:
-        """The mean into ``buf`` (one rounding to its dtype); x~_next = x~ - lr * mean (mean / s under a
-        GradScaler) on the bucket's slices, and each block's ||x~_next - x~||^2, summed as
-        :class:`mpiopt.torch.IntSGD` sums it (the same bits). The numba kernel makes the elementwise
-        part one pass (:mod:`mpiopt.kernels.move_numba`); numpy's passes are the reference."""
+        """The mean (decoded from ``b.summed`` after an integer step) into ``buf`` (one rounding to its
+        dtype); x~_next = x~ - lr * mean (mean / s under a GradScaler) on the bucket's slices, and each
+        block's ||x~_next - x~||^2, summed as :class:`mpiopt.torch.IntSGD` sums it (the same bits). The
+        numba kernel makes it all one pass (:mod:`mpiopt.kernels.move_numba`); numpy's passes are the
+        reference."""
         x = self.state["x"]
         if self._x_next is None:
             self._x_next = np.empty_like(x)
-        nxt, mean, sq = self._x_next, b.mean, b.squares
-        per_block_lr = lrs if self.block == "layer" else np.full(b.plan.n_blocks, lrs[0])
+        nxt, mean, plan = self._x_next, b.mean, b.plan
+        per_block_lr = lrs if self.block == "layer" else np.full(plan.n_blocks, lrs[0])
+        one_block = self.layout.n_blocks == 1  # IntSGD sums one block with numpy's sum, several with add.reduceat
         if self.kernel == "numba":
-            from mpiopt.kernels.move_numba import move_rows
+            from mpiopt.kernels.move_numba import settle_rows
 
+            if b.summed is None:
+                sums, decoded, alphas, one, mul, c, r, inv_n = _NO_SUMS, True, _ONE, True, False, 1.0, 0.0, 1.0
+            else:
+                sums, alpha = b.summed
+                _, alphas, _, one, c, r, mul, inv_n = b.quant.decoding(sums, alpha, self.n, mean)
+                decoded = False
             direct = b.widened is None  # float32 / float64 buckets are written in the kernel's pass
-            move_rows(b.plan.rows, per_block_lr, mean, scale, x, nxt, sq, buf.numpy() if direct else mean, direct)
+            settle_rows(plan.rows, sums, mean, decoded, alphas, one, mul, c, r, inv_n, per_block_lr, scale, x, nxt,
+                        buf.numpy() if direct else mean, one_block, b.row_sums)
             if not direct:
                 buf.copy_(torch.from_numpy(mean))
         else:
+            if b.summed is not None:
+                b.quant.decode(*b.summed[:2], self.n, mean)
             buf.copy_(torch.from_numpy(mean))
             if scale != 1.0:
                 mean = mean / scale
-            for p, c, n, blk in b.plan.rows.tolist():
+            sq = b.squares
+            for k, (p, c, n, blk) in enumerate(plan.rows.tolist()):
                 np.multiply(mean[p:p + n], per_block_lr[blk], out=nxt[c:c + n])
                 np.subtract(x[c:c + n], nxt[c:c + n], out=nxt[c:c + n])
                 np.subtract(nxt[c:c + n], x[c:c + n], out=sq[p:p + n])
                 np.multiply(sq[p:p + n], sq[p:p + n], out=sq[p:p + n])
-        one = self.layout.n_blocks == 1  # IntSGD sums one block with numpy's sum, several with add.reduceat
-        for (p, _, n, _), g in zip(b.plan.rows.tolist(), b.plan.row_blocks.tolist()):
-            self._sq_next[g] = float(sq[p:p + n].sum()) if one else float(np.add.reduceat(sq[p:p + n], _AT_ZERO)[0])
+                b.row_sums[k] = sq[p:p + n].sum() if one_block else np.add.reduceat(sq[p:p + n], _AT_ZERO)[0]
+        self._sq_next[plan.row_blocks] = b.row_sums
 
     def _commit(self) -> None:
         """The step's last bucket is done: x~ and r advance (unless some bucket was not finite)."""

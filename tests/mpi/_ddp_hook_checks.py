@@ -16,6 +16,9 @@ mean fails, not only ranks that disagree.
   the last bit, and the gradients, hence the integers, would follow.)
 * ``buckets``: the same run in several buckets (bucket_cap_mb tiny), overlapped or synchronous, gives
   the one-bucket run's parameters bit for bit: the hook's state does not depend on DDP's bucketing.
+* ``one-parameter-bucket``: a layer alone in its bucket (no bias) takes Alg. 2's alpha of that layer
+  (it used to raise TypeError at the second step: one block went down the one-block model's path);
+  the run ends on :class:`mpiopt.torch.IntSGD`'s parameters bit for bit.
 * ``resume``: a multi-bucket run saved after 4 steps (torch.save / torch.load(weights_only=True)) and
   resumed in a fresh DDP model (whose first step has DDP's pre-rebuild buckets) equals the straight
   8-step run bit for bit; so does a resume under another bucket_cap_mb and one from a pickled state;
@@ -104,9 +107,10 @@ def shard():
     return torch.from_numpy(X[r::n] / 16.0), torch.from_numpy(y[r::n])
 
 
-def model(dtype=torch.float64):
+def model(dtype=torch.float64, first_bias=True):
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)).to(dtype)
+    return torch.nn.Sequential(torch.nn.Linear(64, 32, bias=first_bias), torch.nn.ReLU(),
+                               torch.nn.Linear(32, 10)).to(dtype)
 
 
 def batch(X, y, k):
@@ -200,6 +204,19 @@ def in_optimizer_order(sent: np.ndarray, coords: np.ndarray) -> np.ndarray:
     return out
 
 
+def intsgd_run(net, comm, X, y):
+    """``net`` trained STEPS steps by :class:`mpiopt.torch.IntSGD` over ``comm`` (the hook runs' minibatches,
+    seed and LR schedule); returns the optimizer."""
+    opt = mpiopt.torch.IntSGD(net.parameters(), comm, lr=lr_at(0), seed=SEED, wire_dtype="auto")
+    for k in range(STEPS):
+        opt.param_groups[0]["lr"] = lr_at(k)
+        opt.zero_grad()
+        xb, yb = batch(X, y, k)
+        F.cross_entropy(net(xb), yb).backward()
+        opt.step()
+    return opt
+
+
 def same_as_intsgd(X, y):
     ddp, state = hooked(RecordingCommunicator())
     coords = []
@@ -208,13 +225,7 @@ def same_as_intsgd(X, y):
     assert not np.array_equal(coords[-1], coords[0]), "DDP's rebuilt bucket should reorder the layers"
     plain = model()
     rec_b = RecordingCommunicator()
-    opt = mpiopt.torch.IntSGD(plain.parameters(), rec_b, lr=lr_at(0), seed=SEED, wire_dtype="auto")
-    for k in range(STEPS):
-        opt.param_groups[0]["lr"] = lr_at(k)
-        opt.zero_grad()
-        xb, yb = batch(X, y, k)
-        F.cross_entropy(plain(xb), yb).backward()
-        opt.step()
+    opt = intsgd_run(plain, rec_b, X, y)
     sent_a, sent_b = state.comm.sent, rec_b.sent
     assert len(sent_a) == len(sent_b) == STEPS + 1, (len(sent_a), len(sent_b))
     layers = len(list(plain.parameters()))
@@ -227,6 +238,22 @@ def same_as_intsgd(X, y):
     assert state.bytes_sent == rec_b.bytes_sent and state.info_bits == opt.info_bits
     print("ok same-as-IntSGD identical", state.stats())
     return flat(ddp.module)
+
+
+def one_parameter_bucket(X, y):
+    """The first layer without its bias, alone in its bucket (a bucket of one alpha block in a model of
+    several): its alpha is Alg. 2's for that layer, the run ends on IntSGD's parameters bit for bit."""
+    ddp = torch.nn.parallel.DistributedDataParallel(model(first_bias=False), bucket_cap_mb=TINY_BUCKETS)
+    opt = torch.optim.SGD(ddp.parameters(), lr=lr_at(0))
+    state = IntSGDState(None, opt, wire_dtype="auto", seed=SEED)
+    ddp.register_comm_hook(state, intsgd_hook)
+    ddp_steps(ddp, state, X, y, range(STEPS))
+    alone = [b for b in state.engine._buckets.values() if b.plan.blocks.size == 1]
+    assert alone and state.engine.layout.n_blocks > 1, [b.plan.blocks for b in state.engine._buckets.values()]
+    plain = model(first_bias=False)
+    intsgd_run(plain, TorchCommunicator(), X, y)
+    assert torch.equal(flat(ddp.module), flat(plain)), "a one-parameter bucket trained other parameters than IntSGD"
+    print("ok one-parameter-bucket", len(state.engine._buckets))
 
 
 def buckets(X, y, final_a):
@@ -592,6 +619,7 @@ if __name__ == "__main__":
     X, y = shard()
     final = same_as_intsgd(X, y)
     buckets(X, y, final)
+    one_parameter_bucket(X, y)
     resume(X, y, final)
     ddp_options(X, y, final)
     optimizers(X, y)
