@@ -57,8 +57,6 @@ import argparse
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,85 +64,13 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-from mpiopt import launch  # noqa: E402
+from harness import SINGLE_THREAD_ENV, machine_info, replace_section, run_mpi, shown, write_json  # noqa: E402
 
 NETS = ("shm", "1gbit", "10gbit")
 README = HERE / "README.md"
 RESULTS = HERE / "results"
-SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                     "NUMBA_NUM_THREADS": "1"}
-"""Each rank computes on one thread (the ranks already share the cores)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# machine description (shared with kernels.py)
-
-def _first_line(cmd: Sequence[str]) -> Optional[str]:
-    try:
-        out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=10).stdout
-        return out.strip().splitlines()[0] if out.strip() else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def machine_info() -> Dict[str, object]:
-    """What ran the benchmark: CPU, cores, memory, OS, versions, load."""
-    import numpy as np
-
-    cpu = None
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                mem = round(int(line.split()[1]) / 2 ** 20, 1)
-                break
-    except OSError:
-        pass
-    flags = set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    try:
-        import numba
-        numba_version = numba.__version__
-    except ImportError:
-        numba_version = None
-    try:
-        import mpi4py
-        mpi4py_version = mpi4py.__version__
-    except ImportError:
-        mpi4py_version = None
-    mpichversion = Path(sys.executable).parent / "mpichversion"
-    return {
-        "hostname": platform.node(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "simd": sorted(f for f in flags if f in ("avx2", "avx512f", "avx512dq", "neon", "sve")),
-        "memory_gib": mem,
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "numba": numba_version,
-        "mpi4py": mpi4py_version,
-        "mpi_library": _first_line([str(mpichversion)]) if mpichversion.exists() else None,
-        "loadavg": list(os.getloadavg()),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -376,23 +302,6 @@ def worker(args) -> int:
 # ----------------------------------------------------------------------------------------------
 # the driver
 
-def mpiexec_path() -> str:
-    """mpiopt's mpiexec lookup (the venv's MPICH first); without one the benchmark cannot run."""
-    try:
-        return launch.mpiexec_path()
-    except FileNotFoundError as exc:
-        raise SystemExit(str(exc)) from None
-
-
-def _run_mpi(cmd: List[str], env: Dict[str, str], timeout: float) -> None:
-    """Run an mpiexec job in its own process group; on any failure or signal, end that group."""
-    from netbed import run_in_group
-
-    rc = run_in_group(cmd, env, timeout)
-    if rc != 0:
-        raise RuntimeError(f"the MPI job failed (exit {rc}): {' '.join(cmd[:8])} ...")
-
-
 def worker_argv(args, net: str, out: str) -> List[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--worker", "--worker-out", out, "--net", net,
             "--dims", *[str(d) for d in args.dims], "--kernels", *args.kernels, "--seconds", str(args.seconds),
@@ -402,14 +311,13 @@ def worker_argv(args, net: str, out: str) -> List[str]:
 
 def run_one(args, net: str, ranks: int) -> Dict[str, object]:
     """One mpiexec job: every dim and variant for ``ranks`` ranks on ``net``."""
-    env = launch.mpi_env(ranks, SINGLE_THREAD_ENV)
     with tempfile.TemporaryDirectory(prefix="allreduce_step-") as tmp:
         out = os.path.join(tmp, "rows.json")
         argv = worker_argv(args, net, out)
         info: Dict[str, object] = {}
         print(f"{net}, {ranks} ranks: dims {', '.join(f'{d:.0e}' for d in args.dims)}", flush=True)
         if net == "shm":
-            _run_mpi([mpiexec_path(), "-n", str(ranks), *argv], env, args.timeout)
+            run_mpi(ranks, argv, extra_env=SINGLE_THREAD_ENV, timeout=args.timeout)
         else:
             import netbed
             with netbed.NetBed(ranks, net, delay_ms=args.delay_ms) as bed:
@@ -419,7 +327,7 @@ def run_one(args, net: str, ranks: int) -> Dict[str, object]:
                       f"{check['link_bound_seconds']:.3f} s); {check['nic_tx_bytes']} bytes crossed the NICs",
                       flush=True)
                 before = bed.counters()
-                _run_mpi(bed.mpmd(mpiexec_path(), argv), {**env, **bed.env()}, args.timeout)
+                run_mpi(ranks, argv, extra_env=SINGLE_THREAD_ENV, timeout=args.timeout, bed=bed)
                 info = {**bed.describe(), "link_check": check,
                         "benchmark_nic_tx_bytes": netbed.nic_traffic(before, bed.counters())["nic_tx_bytes"]}
         with open(out) as f:
@@ -606,24 +514,6 @@ BEGIN = "<!-- allreduce_step: generated by `python benchmarks/allreduce_step.py 
 END = "<!-- allreduce_step: end -->"
 
 
-def replace_section(text: str, begin: str, end: str, body: str) -> str:
-    """Put ``body`` between the ``begin`` and ``end`` marker lines (appending them when absent)."""
-    block = f"{begin}\n{body.rstrip()}\n{end}"
-    if begin in text and end in text:
-        pre, rest = text.split(begin, 1)
-        _, post = rest.split(end, 1)
-        return pre + block + post
-    return text.rstrip() + "\n\n" + block + "\n"
-
-
-def shown(path: Path) -> str:
-    """``path`` relative to the repository when it is inside it."""
-    try:
-        return str(Path(path).resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
-
-
 def readme_body(files: Sequence[Path]) -> str:
     parts = []
     for path in files:
@@ -729,7 +619,7 @@ def main(argv=None) -> int:
     if beds:
         result["netbed"] = beds
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.json, result)
     print()
     print(table(result))
     print(f"\nwrote {args.json}")

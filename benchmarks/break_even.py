@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import allreduce_step  # noqa: E402
+from harness import machine_info, replace_section, write_json  # noqa: E402
 
 NETS = {"shm": ("shm", 0.0), "10gbit": ("10gbit", 0.0), "1gbit": ("1gbit", 0.0), "1gbit-1ms": ("1gbit", 1.0)}
 """Network name -> (allreduce_step's --net, one-way delay per link in ms)."""
@@ -163,7 +164,7 @@ def update_readme(result: Dict[str, object], readme: Optional[Path] = None) -> N
             f"figure `benchmarks/results/break_even.png`.\n\n"
             + readme_table(result))
     text = readme.read_text()
-    readme.write_text(allreduce_step.replace_section(text, BEGIN, END, body))
+    readme.write_text(replace_section(text, BEGIN, END, body))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,15 +195,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.plot:
         result = merged([json.loads(path.read_text()) for path in args.plot])
     else:
-        result = {"machine": allreduce_step.machine_info(),
+        result = {"machine": machine_info(),
                   "config": {"dims": args.dims, "ranks": args.ranks, "nets": args.nets, "variants": VARIANTS,
                              "seconds": args.seconds, "rounds": args.rounds}}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
 
         def save(grid: Dict[str, object]) -> None:
             result.update(grid)
             result["machine"]["loadavg_end"] = list(os.getloadavg())
-            args.json.write_text(json.dumps(result, indent=1) + "\n")
+            write_json(args.json, result)
 
         save(measure(args, save))
         print(f"wrote {args.json}")

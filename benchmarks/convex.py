@@ -14,16 +14,15 @@ reached), final error, seconds.
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness import mpiopt_run  # noqa: E402
 from mpiopt.data import load_libsvm, preprocess  # noqa: E402
 from mpiopt.datasets import REGISTRY  # noqa: E402
-from mpiopt.launch import mpi_env, mpiexec_path  # noqa: E402
 from mpiopt.plot import plot_traces  # noqa: E402
 
 METHODS = (
@@ -65,14 +64,9 @@ def default_batch(shards: Path) -> int:
 
 def run_one(shards: Path, ranks: int, label: str, method: str, extra, seed: int, batch: int, args,
             trace: Path) -> dict:
-    cmd = [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "mpiopt", "run", "--data", str(shards),
-           "--method", method, *extra, "--iters", str(args.iters), "--tol", str(args.tol), "--batch", str(batch),
-           "--seed", str(seed), "--log-every", str(args.log_every), "--no-progress", "--label", label,
-           "--out", str(trace)]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env(ranks))
-    if res.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)}\nfailed with exit code {res.returncode}:\n{res.stderr}")
-    return json.loads(trace.read_text())
+    return mpiopt_run(ranks, ["--data", shards, "--method", method, *extra, "--iters", args.iters, "--tol", args.tol,
+                              "--batch", batch, "--seed", seed, "--log-every", args.log_every, "--label", label],
+                      out=trace)
 
 
 def stored(trace: Path) -> dict:

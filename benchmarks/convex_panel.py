@@ -15,19 +15,16 @@ finished); ``--readme`` rewrites the README section from that JSON.
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from allreduce_step import replace_section  # noqa: E402
+from harness import mpiopt_run, replace_section  # noqa: E402
 
 from mpiopt.data import load_libsvm, preprocess, sha256_file  # noqa: E402
-from mpiopt.launch import mpi_env, mpiexec_path  # noqa: E402
 
 PROBLEMS = ("synthetic", "a5a", "mushrooms", "phishing", "w8a", "a9a")
 PAPER_PROBLEMS = ("a5a", "mushrooms", "w8a")
@@ -82,18 +79,11 @@ def reached(trace: dict, tol: float):
 
 
 def run_one(folder: Path, ranks: int, method: str, extra, batch: int, args, log_every: int = 50) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        trace = Path(tmp) / "trace.json"
-        cmd = [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "mpiopt", "run", "--data", str(folder),
-               "--method", method, *extra, "--iters", str(args.iters), "--tol", str(args.tol), "--batch", str(batch),
-               "--log-every", str(log_every), "--no-progress", "--out", str(trace)]
-        if method != "l-svrg":
-            cmd += ["--kernel", "numpy"]  # the same integers as numba, without its compile time per run
-        env = mpi_env(ranks)
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if res.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)}\nfailed with exit code {res.returncode}:\n{res.stderr}")
-        t = json.loads(trace.read_text())
+    options = ["--data", folder, "--method", method, *extra, "--iters", args.iters, "--tol", args.tol, "--batch", batch,
+               "--log-every", log_every]
+    if method != "l-svrg":
+        options += ["--kernel", "numpy"]  # the same integers as numba, without its compile time per run
+    t = mpiopt_run(ranks, options)
     it, nbytes = reached(t, args.tol)
     h = t["history"]
     return {"iterations": it, "bytes_per_rank": nbytes, "iterations_run": t["iterations"],

@@ -132,13 +132,13 @@ def main(argv=None) -> int:
         return 0
     if not args.json:
         p.error("--json is required unless --plot is given")
-    from allreduce_step import machine_info
+    from harness import machine_info, write_json
 
     result = {"machine": machine_info(),
               "config": {"params": args.params, "nets": args.nets, "ranks": args.ranks, "steps": args.steps,
                          "layers": LAYERS, "batch": 64, "buckets": "bucket_cap_mb = an eighth of the model"},
               **measure(args.nets, args.ranks, args.params, args.steps)}
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.json, result)
     plot(result["cells"], args.json.with_suffix(".png"))
     print(table(result["cells"]))
     print(f"wrote {args.json} and {args.json.with_suffix('.png')}")

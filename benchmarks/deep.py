@@ -28,7 +28,6 @@ shared machine: compare them within one run only.
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mpiopt.launch import mpi_env, mpiexec_path  # noqa: E402
+from harness import run_mpi  # noqa: E402
 
 METHODS: Dict[str, Dict[str, Any]] = {
     # method name (as in ``mpiopt run``) -> options of its torch optimizer
@@ -270,15 +269,11 @@ def drive(args) -> None:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     raw = out.with_name(out.stem + "-raw.json")
-    cmd = [mpiexec_path(), "-n", str(args.ranks), sys.executable, str(Path(__file__).resolve()), "--worker",
-           "--worker-out", str(raw), "--epochs", str(args.epochs), "--mlp-epochs", str(args.mlp_epochs or args.epochs),
-           "--seeds", str(args.seeds), "--libsvm-dir", str(args.libsvm_dir), "--datasets", *args.datasets,
-           "--methods", *args.methods]
-    env = mpi_env(args.ranks, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=env)
-    if res.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed with exit code {res.returncode}")
+    run_mpi(args.ranks, [sys.executable, str(Path(__file__).resolve()), "--worker", "--worker-out", str(raw),
+                         "--epochs", str(args.epochs), "--mlp-epochs", str(args.mlp_epochs or args.epochs),
+                         "--seeds", str(args.seeds), "--libsvm-dir", str(args.libsvm_dir), "--datasets", *args.datasets,
+                         "--methods", *args.methods], extra_env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     records = json.loads(raw.read_text())
     raw.unlink()
     results = aggregate(records)

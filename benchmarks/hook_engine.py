@@ -15,7 +15,6 @@ that time over the copy's. The same script runs against an older checkout
 """
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import mpiopt  # before allreduce_step puts this checkout first on the path: PYT
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from allreduce_step import machine_info  # noqa: E402
+from harness import machine_info, write_json  # noqa: E402
 
 
 def model(params: float, buckets: int):
@@ -112,7 +111,7 @@ def main() -> None:
     if args.json:
         out = {"machine": machine_info(), "package": mpiopt.__file__, "parameters": total, "buckets": args.buckets,
                "reps": args.reps, "inner": args.inner, "results": rows}
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        write_json(args.json, out)
     dist.destroy_process_group()
 
 

@@ -109,10 +109,9 @@ def worker(args) -> int:
         base = rows[0]["step_ms"]
         for r in rows:
             r["vs_lsvrg_float32"] = r["step_ms"] / base
-        from allreduce_step import machine_info
-        out = {"ranks": comm.size, "dim": problem.dim, "iters": args.iters, "batch": BATCH,
-               "machine": machine_info(), "methods": rows}
-        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+        from harness import machine_info, write_json
+        write_json(args.out, {"ranks": comm.size, "dim": problem.dim, "iters": args.iters, "batch": BATCH,
+                              "machine": machine_info(), "methods": rows})
     return 0
 
 
@@ -147,26 +146,20 @@ def main(argv=None) -> int:
         return worker(args)
     import tempfile
 
-    import netbed
-    from allreduce_step import SINGLE_THREAD_ENV
-    from mpiopt.launch import mpi_env, mpiexec_path
+    from harness import SINGLE_THREAD_ENV, run_mpi, write_json
     from time_to_accuracy import sparse_shards
 
     os.environ.update(SINGLE_THREAD_ENV)
     data = sparse_shards(args.ranks, args.sparse_rows, args.shards_dir)
     with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
         out = Path(tmp) / "profile.json"
-        cmd = [mpiexec_path(), "-n", str(args.ranks), sys.executable, __file__, "--worker", "--data", str(data),
-               "--iters", str(args.iters), "--out", str(out)]
-        rc = netbed.run_in_group(cmd, mpi_env(args.ranks), 1800)
-        if rc != 0:
-            print(f"iteration_profile: the ranks failed (exit {rc})", file=sys.stderr)
-            return 1
+        run_mpi(args.ranks, [sys.executable, __file__, "--worker", "--data", data, "--iters", args.iters, "--out", out],
+                extra_env=SINGLE_THREAD_ENV, timeout=1800)
         result = json.loads(out.read_text())
     result["machine"]["loadavg_start"] = result["machine"].pop("loadavg", None)
     print(table(result))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 

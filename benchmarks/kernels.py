@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 
-from allreduce_step import machine_info, replace_section, shown  # noqa: E402
+from harness import machine_info, replace_section, shown, write_json  # noqa: E402
 
 README = HERE / "README.md"
 DEFAULT_JSON = HERE / "results" / "kernels.json"
@@ -186,7 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                              "reps": args.reps, "ranks_bound": RANKS, "alpha": ALPHA},
               "results": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.json, result)
     print(table(result))
     print(f"\nwrote {args.json}")
     return 0

@@ -10,10 +10,8 @@ and their ratio, in one JSON under benchmarks/results/.
 """
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -21,19 +19,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness import mpiopt_run, write_json  # noqa: E402
 from mpiopt import launch  # noqa: E402
 from mpiopt.data import load_libsvm, preprocess  # noqa: E402
 
 
 def ms_per_iteration(shards: Path, ranks: int, iters: int, batch: int, env, out: Path) -> float:
     """One ``mpiopt run`` of VR-IntDIANA; its step-loop seconds per iteration, in ms."""
-    cmd = [launch.mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "mpiopt", "run", "--data", str(shards),
-           "--method", "vr-intdiana", "--iters", str(iters), "--tol", "1e-300", "--batch", str(batch),
-           "--log-every", str(iters), "--no-progress", "--out", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    if res.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
-    trace = json.loads(out.read_text())
+    trace = mpiopt_run(ranks, ["--data", shards, "--method", "vr-intdiana", "--iters", iters, "--tol", "1e-300",
+                               "--batch", batch, "--log-every", iters], out=out, extra_env=env, timeout=900)
     return 1e3 * trace["seconds_total"] / trace["iterations"]
 
 
@@ -49,7 +43,7 @@ def main(argv=None) -> int:
     library = launch.mpi_library()
     root = os.geteuid() == 0
     forced = launch.library_settings(library, args.ranks, n_cores=args.ranks - 1, root=root)
-    variants = {"launcher": launch.mpi_env(args.ranks), "forced_yield": {**launch.mpi_env(args.ranks), **forced}}
+    variants = {"launcher": {}, "forced_yield": forced}  # over mpiopt's launch settings for the ranks
     runs = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="launch_yield-") as tmp:
         X, y = load_libsvm(args.libsvm, n_features=123)
@@ -72,8 +66,7 @@ def main(argv=None) -> int:
               "forced_settings": forced, "runs": runs, "median_ms_per_iteration": medians,
               "forced_over_launcher": ratio,
               "note": "alternating runs on a machine shared with other jobs (see loadavg_before)"}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=1) + "\n")
+    write_json(args.json, record)
     return 0
 
 

@@ -613,10 +613,11 @@ def nic_traffic(before: List[Dict[str, int]], after: List[Dict[str, int]]) -> Di
     return {"nic_bytes": per_rank, "nic_tx_bytes": sum(r["tx_bytes"] for r in per_rank)}
 
 
-def run_in_group(cmd: Sequence[str], env: Dict[str, str], timeout: Optional[float]) -> int:
+def run_in_group(cmd: Sequence[str], env: Dict[str, str], timeout: Optional[float], stdout=None, stderr=None) -> int:
     """Run ``cmd`` (an mpiexec job) in a process group of its own and return its exit code; on a
-    timeout, a failure or a signal here the whole group is ended first."""
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    timeout, a failure or a signal here the whole group is ended first. ``stdout`` / ``stderr``: as
+    for ``subprocess.Popen`` (default: this process's)."""
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=stdout, stderr=stderr)
     try:
         return proc.wait(timeout=timeout)
     except BaseException:

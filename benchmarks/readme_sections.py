@@ -9,7 +9,7 @@ Each section is copied from what the benchmark itself wrote (``convex/<dataset>/
 import json
 from pathlib import Path
 
-from allreduce_step import replace_section
+from harness import replace_section
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

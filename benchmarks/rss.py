@@ -8,7 +8,6 @@ benchmarks/results/.
 """
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness import mpiopt_run, write_json  # noqa: E402
 from mpiopt import launch  # noqa: E402
 from mpiopt.data import load_libsvm, preprocess  # noqa: E402
 
@@ -25,13 +25,8 @@ KERNELS = {"default": [], "numba": ["--kernel", "numba"]}
 
 def rank_peaks(shards: Path, ranks: int, iters: int, extra, out: Path):
     """Each rank's peak resident MB in one ``mpiopt run`` of VR-IntDIANA (batch 16)."""
-    cmd = [launch.mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "mpiopt", "run", "--data", str(shards),
-           "--method", "vr-intdiana", "--iters", str(iters), "--batch", "16", "--no-progress", "--out", str(out),
-           *extra]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=launch.mpi_env(ranks), timeout=900)
-    if res.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
-    trace = json.loads(out.read_text())
+    trace = mpiopt_run(ranks, ["--data", shards, "--method", "vr-intdiana", "--iters", iters, "--batch", 16, *extra],
+                       out=out, timeout=900)
     return trace["peak_rss_mb"], trace["config"].get("kernel")
 
 
@@ -72,8 +67,7 @@ def main(argv=None) -> int:
         print(f"fresh interpreter after {statement!r}: {mb:.1f} MB")
     record = {"dataset": "a5a", "method": "vr-intdiana", "iters": args.iters, "runs": runs,
               "import_peak_mb": imports, "library": launch.mpi_library(), "python": sys.version.split()[0]}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=1) + "\n")
+    write_json(args.json, record)
     return 0
 
 

@@ -20,11 +20,9 @@ checkout) for ``--ranks`` workers into a temporary folder, l2 = 5e-4, as in the 
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mpiopt.launch import mpi_env, mpiexec_path  # noqa: E402
+from harness import run_mpi, write_json  # noqa: E402
 LIBSVM = REPO.parent / "shared" / "data" / "libsvm"
 OUT = REPO / "benchmarks" / "results" / "step_overhead.json"
 
@@ -79,10 +77,9 @@ def launch(args: argparse.Namespace) -> int:
             X, y = load_libsvm(path, n_features=123)
             data = str(Path(tmp) / f"a5a-{args.ranks}")
             preprocess(X, y, args.ranks, 5e-4, data, dataset="a5a", source_sha256=None)
-        cmd = [mpiexec_path(), "-n", str(args.ranks), sys.executable, __file__, "--inner", "--data", data,
-               "--blocks", str(args.blocks), "--steps", str(args.steps), "--batch", str(args.batch),
-               "--out", str(args.out)]
-        return subprocess.call(cmd, env=mpi_env(args.ranks))
+        run_mpi(args.ranks, [sys.executable, __file__, "--inner", "--data", data, "--blocks", str(args.blocks),
+                             "--steps", str(args.steps), "--batch", str(args.batch), "--out", str(args.out)])
+        return 0
 
 
 def measure(args: argparse.Namespace) -> None:
@@ -188,7 +185,7 @@ def measure(args: argparse.Namespace) -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out, result)
     print(f"{comm.size} ranks, d = {meta['n_features']}, batch {batch}: median ms/it VR-IntDIANA {med['method']:.3f}, "
           f"floor {med['floor']:.3f} (with reset gradients {med['floor_with_resets']:.3f}); "
           f"ratio {result['ratio']:.2f} (median of paired blocks; {result['ratio_vs_floor_with_resets']:.2f} "

@@ -40,8 +40,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 import netbed  # noqa: E402
-from allreduce_step import SINGLE_THREAD_ENV, machine_info  # noqa: E402
-from mpiopt.launch import mpi_env, mpiexec_path  # noqa: E402
+from harness import SINGLE_THREAD_ENV, machine_info, run_mpi, write_json  # noqa: E402
 
 NETS = ("shm", "10gbit", "1gbit")
 REL_TOL = 1e-6
@@ -107,12 +106,9 @@ class Launcher:
 
     def __call__(self, argv: List[str]) -> None:
         if self.bed is None:
-            cmd = [mpiexec_path(), "-n", str(self.ranks), *netbed.job_argv(argv)]
-            rc = netbed.run_in_group(cmd, mpi_env(self.ranks), self.timeout)
-        else:
-            rc = netbed.run_job(self.bed, argv, timeout=self.timeout)["returncode"]
-        if rc != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed on {self.net} (exit {rc})")
+            run_mpi(self.ranks, netbed.job_argv(argv), timeout=self.timeout)
+        elif netbed.run_job(self.bed, argv, timeout=self.timeout)["returncode"] != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed on {self.net}")
 
 
 def crossing(history: Dict[str, list], tol: float) -> Optional[int]:
@@ -273,7 +269,7 @@ def main(argv=None) -> int:
         return 2
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.json, result)
     print(table(result["results"]))
     print(f"wrote {args.json}")
     return 0

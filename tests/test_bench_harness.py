@@ -1,0 +1,68 @@
+"""benchmarks/harness.py, the launch the MPI benchmarks share: real mpiexec jobs that fail, time out
+or succeed, and the two scripts whose only test this is (deep.py, launch_yield.py) run tiny."""
+
+import json
+import sys
+import time
+
+import pytest
+from _bench import BENCH, mpiexec_or_skip, run_benchmark
+
+sys.path.insert(0, str(BENCH))
+
+import harness  # noqa: E402
+
+
+def test_a_failed_job_names_its_command_exit_code_and_standard_error():
+    mpiexec_or_skip()
+    code = "import sys; print('boom on a rank', file=sys.stderr); sys.exit(3)"
+    with pytest.raises(SystemExit) as exc:
+        harness.run_mpi(2, [sys.executable, "-c", code], quiet=True)
+    msg = str(exc.value)
+    assert "mpiexec" in msg and "-c" in msg and "boom on a rank" in msg and "exit" in msg
+
+
+def test_a_job_past_its_timeout_is_ended_whole():
+    mpiexec_or_skip()
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit, match="timed out after 2"):
+        harness.run_mpi(2, [sys.executable, "-c", "import time; time.sleep(120)"], timeout=2, quiet=True)
+    assert time.monotonic() - t0 < 60
+
+
+def test_mpiopt_run_returns_the_trace(a5a_path, tmp_path):
+    mpiexec_or_skip()
+    from mpiopt.data import load_libsvm, preprocess
+
+    X, y = load_libsvm(a5a_path, n_features=123)
+    preprocess(X, y, 2, 5e-4, tmp_path / "shards", dataset="a5a", source_sha256=None)
+    trace = harness.mpiopt_run(2, ["--data", tmp_path / "shards", "--method", "intsgd", "--iters", 5, "--batch", 8])
+    assert trace["iterations"] == 5 and trace["method"] == "intsgd" and trace["n_ranks"] == 2
+
+
+def test_machine_info_and_write_json(tmp_path):
+    info = harness.machine_info()
+    assert info["cores"] >= 1 and info["python"] and len(info["loadavg"]) == 3
+    harness.write_json(tmp_path / "new" / "out.json", {"machine": info})
+    assert json.loads((tmp_path / "new" / "out.json").read_text())["machine"] == info
+
+
+def test_deep_benchmark_runs_its_mpi_job(tmp_path):
+    """deep.py on 2 ranks, one epoch of the CNN on digits with SGD: its job, JSON and table."""
+    mpiexec_or_skip()
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    out = tmp_path / "deep.json"
+    run_benchmark([BENCH / "deep.py", "--ranks", "2", "--epochs", "1", "--datasets", "digits", "--methods", "sgd",
+                   "--json", out], timeout=600)
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["dataset"] == "digits" and row["method"] == "sgd" and 0 < row["test_accuracy"] <= 1
+
+
+def test_launch_yield_times_both_launch_settings(a5a_path, tmp_path):
+    mpiexec_or_skip()
+    out = tmp_path / "yield.json"
+    run_benchmark([BENCH / "launch_yield.py", "--ranks", "2", "--pairs", "1", "--iters", "20", "--libsvm", a5a_path,
+                   "--json", out])
+    res = json.loads(out.read_text())
+    assert set(res["median_ms_per_iteration"]) == {"launcher", "forced_yield"} and res["forced_over_launcher"] > 0
