@@ -38,6 +38,14 @@ def test_noise_is_the_documented_splitmix64_formula(seed, worker, step):
                                                    + (step & MASK) + GOLDEN)
 
 
+def test_noise_drawn_in_blocks_of_steps_is_each_steps_formula():
+    """A small vector draws many steps' noise at once (keys computed as an array): every row of the
+    blocks, across block boundaries, after a jump back and across step 2**64's wrap, is the formula."""
+    q = Quantizer(16, 7, 3)
+    for step in [*range(0, 600, 7), 5, 2**64 - 3, 2**64 - 1, 2**64, 2**64 + 300]:
+        assert q.noise(step).tolist() == reference_noise(7, 3, step, 16), step
+
+
 def test_noise_is_uniform_on_unit_interval():
     u = Quantizer(200_000, 3, 1).noise(9)
     assert 0.0 <= u.min() and u.max() < 1.0

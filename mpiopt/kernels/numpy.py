@@ -45,7 +45,7 @@ _M2 = np.uint64(MUL2)
 _S30, _S27, _S31, _S11 = (np.uint64(s) for s in (30, 27, 31, 11))
 
 ROUNDINGS = ("random", "deterministic")
-NOISE_STEPS = 16
+NOISE_STEPS = 256
 """At most this many steps of noise are drawn at once, ..."""
 NOISE_BLOCK = 1 << 14
 """... and only while steps * size stays within this many coordinates (so small vectors only)."""
@@ -74,11 +74,8 @@ def counters(size: int) -> np.ndarray:
     return np.arange(1, size + 1, dtype=np.uint64) * _G
 
 
-def uniform(key, ctr: np.ndarray, out: np.ndarray, scratch: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """u_j = (mix64(key + ctr_j) >> 11) * 2**-53 into ``out`` (float64), with uint64 buffers
-    ``scratch`` and ``z`` of out's shape; nothing is allocated. ``key`` is an int, or a (steps, 1)
-    uint64 array of keys with ``ctr`` of shape (1, d), giving one row of noise per key."""
-    np.add(ctr, key if isinstance(key, np.ndarray) else np.uint64(key), out=z)
+def mix64_array(z: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """mix64 of every value of the uint64 array ``z``, in place (``scratch``: a uint64 buffer of its shape)."""
     np.right_shift(z, _S30, out=scratch)
     np.bitwise_xor(z, scratch, out=z)
     np.multiply(z, _M1, out=z)
@@ -86,7 +83,15 @@ def uniform(key, ctr: np.ndarray, out: np.ndarray, scratch: np.ndarray, z: np.nd
     np.bitwise_xor(z, scratch, out=z)
     np.multiply(z, _M2, out=z)
     np.right_shift(z, _S31, out=scratch)
-    np.bitwise_xor(z, scratch, out=z)
+    return np.bitwise_xor(z, scratch, out=z)
+
+
+def uniform(key, ctr: np.ndarray, out: np.ndarray, scratch: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """u_j = (mix64(key + ctr_j) >> 11) * 2**-53 into ``out`` (float64), with uint64 buffers
+    ``scratch`` and ``z`` of out's shape; nothing is allocated. ``key`` is an int, or a (steps, 1)
+    uint64 array of keys with ``ctr`` of shape (1, d), giving one row of noise per key."""
+    np.add(ctr, key if isinstance(key, np.ndarray) else np.uint64(key), out=z)
+    mix64_array(z, scratch)
     np.right_shift(z, _S11, out=z)
     return np.multiply(z, TO_UNIT, out=out)
 
@@ -132,6 +137,9 @@ class Quantizer:
         self._z = np.empty((steps, size) if steps > 1 else size, dtype=np.uint64)
         self._scratch = np.empty_like(self._z)
         self._keys = np.empty((steps, 1), dtype=np.uint64)
+        self._key_scratch = np.empty_like(self._keys)
+        self._offsets = np.arange(steps, dtype=np.uint64)[:, None]
+        """i for the i-th row of a block of noise: its key is mix64(worker_key + (first + i) + G)."""
         self.noise_buf = np.empty(self._z.shape)
         """u for ``steps`` consecutive steps at once when vectors are small (one row per step)."""
         self._first = -1  # the step of noise_buf's first row; -1: nothing drawn yet
@@ -158,10 +166,8 @@ class Quantizer:
             return uniform(key, self._ctr, buf, self._scratch, self._z)
         row = step - self._first
         if self._first < 0 or not 0 <= row < buf.shape[0]:
-            keys = self._keys
-            for i in range(buf.shape[0]):
-                keys[i, 0] = mix64(self._worker_key + ((step + i) & MASK) + GOLDEN)
-            uniform(keys, self._ctr, buf, self._scratch, self._z)
+            keys = np.add(self._offsets, np.uint64((self._worker_key + (step & MASK) + GOLDEN) & MASK), out=self._keys)
+            uniform(mix64_array(keys, self._key_scratch), self._ctr, buf, self._scratch, self._z)
             self._first, row = step, 0
         return buf[row]
 
@@ -178,7 +184,7 @@ class Quantizer:
         else:
             np.rint(t, out=t)
         a = np.abs(t, out=self._abs)
-        m = float(a.max()) if self.size else 0.0
+        m = float(np.maximum.reduce(a)) if self.size else 0.0  # a.max() without its Python wrapper
         self.finite = math.isfinite(m)
         if not self.finite:
             np.nan_to_num(t, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
@@ -214,7 +220,7 @@ class Quantizer:
     @staticmethod
     def decode(sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, out: np.ndarray) -> np.ndarray:
         """S / (n alpha) into ``out`` (float64); identical on every rank given identical inputs."""
-        if np.ndim(alpha) == 0:
+        if alpha.__class__ is float or np.ndim(alpha) == 0:
             return np.divide(sum_int, n * float(alpha), out=out)
         np.divide(sum_int, alpha, out=out)
         out *= 1.0 / n
@@ -233,7 +239,7 @@ class Quantizer:
         """||x - x_prev||^2 (the sum of ``step_squares``, numpy's pairwise order), and x_prev <- x."""
         if self._squares is None:
             self._squares = np.empty(self.size)
-        return float(self.step_squares(x, x_prev, self._squares).sum())
+        return float(np.add.reduce(self.step_squares(x, x_prev, self._squares)))  # .sum(), without its wrapper
 
     def decode_update(self, sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, lr: float,
                       x: np.ndarray) -> np.ndarray:
