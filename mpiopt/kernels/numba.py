@@ -268,61 +268,97 @@ if AVAILABLE:
             x_prev[j] = x[j]
 
     @_jit
-    def _sq(x, x_prev, j):
-        """(x_j - x_prev_j)^2 in double, then x_prev_j = x_j."""
-        t = np.float64(x[j]) - x_prev[j]
-        x_prev[j] = x[j]
-        return t * t
-
-    @_jit
-    def _pairwise_step_squares(x, x_prev, lo, n):
-        """sum of (x_j - x_prev_j)^2 over j in [lo, lo + n), added in numpy's pairwise order (its
-        ``add.reduce`` of a contiguous float64 array: blocks of at most 128 in 8 interleaved partial
-        sums, halves split at multiples of 8), so the sum has numpy's bits; x_prev_j = x_j on the way."""
+    def leaf_sum(sq, n):
+        """sq[0] + ... + sq[n - 1] for n <= 128 in numpy's order for such a block of its pairwise sum:
+        8 interleaved partial sums (a plain loop below 8)."""
         if n < 8:
             res = -0.0
-            for j in range(lo, lo + n):
-                res += _sq(x, x_prev, j)
+            for j in range(n):
+                res += sq[j]
             return res
-        if n <= 128:
-            r0 = _sq(x, x_prev, lo)
-            r1 = _sq(x, x_prev, lo + 1)
-            r2 = _sq(x, x_prev, lo + 2)
-            r3 = _sq(x, x_prev, lo + 3)
-            r4 = _sq(x, x_prev, lo + 4)
-            r5 = _sq(x, x_prev, lo + 5)
-            r6 = _sq(x, x_prev, lo + 6)
-            r7 = _sq(x, x_prev, lo + 7)
-            i = lo + 8
-            end8 = lo + n - n % 8
-            while i < end8:
-                r0 += _sq(x, x_prev, i)
-                r1 += _sq(x, x_prev, i + 1)
-                r2 += _sq(x, x_prev, i + 2)
-                r3 += _sq(x, x_prev, i + 3)
-                r4 += _sq(x, x_prev, i + 4)
-                r5 += _sq(x, x_prev, i + 5)
-                r6 += _sq(x, x_prev, i + 6)
-                r7 += _sq(x, x_prev, i + 7)
-                i += 8
-            res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-            while i < lo + n:
-                res += _sq(x, x_prev, i)
-                i += 1
-            return res
-        half = n // 2
-        half -= half % 8
-        return _pairwise_step_squares(x, x_prev, lo, half) + _pairwise_step_squares(x, x_prev, lo + half, n - half)
+        r0, r1, r2, r3, r4, r5, r6, r7 = sq[0], sq[1], sq[2], sq[3], sq[4], sq[5], sq[6], sq[7]
+        i = 8
+        end8 = n - n % 8
+        while i < end8:
+            r0 += sq[i]
+            r1 += sq[i + 1]
+            r2 += sq[i + 2]
+            r3 += sq[i + 3]
+            r4 += sq[i + 4]
+            r5 += sq[i + 5]
+            r6 += sq[i + 6]
+            r7 += sq[i + 7]
+            i += 8
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < n:
+            res += sq[i]
+            i += 1
+        return res
+
+    @_jit
+    def pairwise_start(walk, lo, n):
+        """Begin numpy's pairwise sum of [lo, lo + n) (its ``add.reduce`` of a contiguous float64 array):
+        returns the walk's (top, depth) for :func:`pairwise_next`. ``walk`` is an int64 (128, 3) scratch."""
+        walk[0, 0], walk[0, 1], walk[0, 2] = lo, n, 0
+        return 0, 0
+
+    @_jit
+    def pairwise_next(walk, sums, top, depth):
+        """The next block of numpy's pairwise sum: returns (top, depth, lo, n), and the caller stores the
+        block's :func:`leaf_sum` at ``sums[depth]`` and goes on with depth + 1; n = -1 when the walk is
+        over, the total in ``sums[0]``. Ranges of at most 128 are blocks; a longer one is split in halves
+        at a multiple of 8 and their sums added (left + right) once both are done. A stack, not
+        recursion: numba's cache cannot reload a recursive function of many arguments. 128 entries of
+        ``walk`` and ``sums`` hold any length (each halving adds two)."""
+        while top >= 0:
+            lo, n, joined = walk[top, 0], walk[top, 1], walk[top, 2]
+            top -= 1
+            if joined:
+                depth -= 1
+                sums[depth - 1] = sums[depth - 1] + sums[depth]
+            elif n <= 128:
+                return top, depth, lo, n
+            else:
+                half = n // 2
+                half -= half % 8
+                walk[top + 1, 0], walk[top + 1, 1], walk[top + 1, 2] = lo, n, 1
+                walk[top + 2, 0], walk[top + 2, 1], walk[top + 2, 2] = lo + half, n - half, 0
+                walk[top + 3, 0], walk[top + 3, 1], walk[top + 3, 2] = lo, half, 0
+                top += 3
+        return top, depth, 0, -1
+
+    @_jit
+    def pairwise_scratch():
+        """The walk's stack, its partial sums and a block's values, for :func:`pairwise_next`."""
+        return np.empty((128, 3), np.int64), np.empty(128), np.empty(128)
+
+    @_jit
+    def _pairwise_step_squares(x, x_prev, lo, n, walk, sums, sq):
+        """sum of (x_j - x_prev_j)^2 (in double, as numpy's subtract then multiply) over j in
+        [lo, lo + n) in numpy's pairwise order, so the sum has numpy's bits; x_prev_j = x_j on the way."""
+        top, depth = pairwise_start(walk, lo, n)
+        while True:
+            top, depth, b, m = pairwise_next(walk, sums, top, depth)
+            if m < 0:
+                return sums[0]
+            base, count = np.uint64(b), np.uint64(m)
+            for j in range(count):
+                t = np.float64(x[base + j]) - x_prev[base + j]
+                x_prev[base + j] = x[base + j]
+                sq[j] = t * t
+            sums[depth] = leaf_sum(sq, m)
+            depth += 1
 
     @_jit
     def _block_step_squares(x, x_prev, starts, ends, out):
         """out[b] = sum of (x_j - x_prev_j)^2 over block b = [starts[b], ends[b]) with the bits of
         numpy's ``add.reduceat`` of those squares (a segment's first square plus the pairwise sum of
         the rest), and x_prev = x: the fused form of step_squares then reduceat."""
+        walk, sums, sq = pairwise_scratch()
         for b in range(starts.shape[0]):
             lo, n = starts[b], ends[b] - starts[b]
-            first = _sq(x, x_prev, lo)
-            out[b] = first + _pairwise_step_squares(x, x_prev, lo + 1, n - 1) if n > 1 else first
+            first = _pairwise_step_squares(x, x_prev, lo, 1, walk, sums, sq)
+            out[b] = first + _pairwise_step_squares(x, x_prev, lo + 1, n - 1, walk, sums, sq) if n > 1 else first
 
     @_jit
     def _block_adaptive_alpha(x, x_prev, starts, ends, sq, r, have_r, beta, keep, two_n, lr, lrs, sqrt_sizes,
@@ -649,7 +685,7 @@ class Quantizer:
                 self._squares = np.empty(n)
             _step_squares(x, x_prev, self._squares)
             return float(self._squares.sum())
-        return float(0.0 + _pairwise_step_squares(x, x_prev, 0, n))  # 0.0 +: numpy's sum of none is +0.0
+        return float(0.0 + _pairwise_step_squares(x, x_prev, 0, n, *pairwise_scratch()))  # 0.0 +: numpy's sum of none is +0.0
 
     def block_adaptive_alpha(self, x: np.ndarray, x_prev: np.ndarray, r: np.ndarray, have_r: bool, beta: float,
                              lr: Union[float, np.ndarray], n: int, constants: Tuple[np.ndarray, np.ndarray],
