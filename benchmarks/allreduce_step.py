@@ -66,7 +66,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import SINGLE_THREAD_ENV, machine_info, replace_section, run_mpi, shown, write_json  # noqa: E402
+from harness import SINGLE_THREAD_ENV, interleaved, machine_info, replace_section, run_mpi, shown, write_json  # noqa: E402
 
 NETS = ("shm", "1gbit", "10gbit")
 README = HERE / "README.md"
@@ -82,7 +82,18 @@ class Variant:
     def __init__(self, row: Dict[str, object], step: Callable[[int], None], refresh: Callable[[], None],
                  info: Optional[Callable[[], Dict[str, object]]] = None):
         self.row, self.step, self.refresh, self.info = row, step, refresh, info
-        self.times: List[float] = []
+        self.k = 0
+        """The next step's number."""
+
+    def timed_step(self, comm) -> float:
+        """Seconds of the next step, after an untimed ``refresh()`` and a barrier (every rank starts it
+        together)."""
+        self.refresh()
+        comm.barrier()
+        t = time.perf_counter()
+        self.step(self.k)
+        self.k += 1
+        return time.perf_counter() - t
 
 
 def _axpy(dtype):
@@ -251,15 +262,7 @@ def worker(args) -> int:
     for d in args.dims:
         variants = make_variants(d, comm, args.kernels, args.seed, args.variants)
         # warm-up (compilation, page faults) and a per-step estimate: the slowest variant sets the pace
-        est = []
-        for v in variants:
-            for k in range(2):
-                v.refresh()
-                comm.barrier()
-                t = time.perf_counter()
-                v.step(k)
-                dt = time.perf_counter() - t
-            est.append(dt)
+        est = [[v.timed_step(comm) for _ in range(2)][-1] for v in variants]
         est_arr = np.array(est)
         comm.comm.Allreduce(MPI.IN_PLACE, est_arr, op=MPI.MAX)
         total_per_round = float(est_arr.sum()) + len(variants) * 1e-3
@@ -267,18 +270,9 @@ def worker(args) -> int:
         steps = comm.bcast(steps)
         # Interleaved step by step: every variant takes one step in turn (in a rotating order), so a
         # burst of load from elsewhere on the machine hits all of them alike.
-        k = 2
-        for rnd in range(args.rounds * steps):
-            shift = rnd % len(variants)
-            for v in variants[shift:] + variants[:shift]:
-                v.refresh()
-                comm.barrier()
-                t = time.perf_counter()
-                v.step(k)
-                v.times.append(time.perf_counter() - t)
-            k += 1
-        for v in variants:
-            times = np.array(v.times)
+        measured = interleaved([lambda v=v: v.timed_step(comm) for v in variants], args.rounds * steps)
+        for v, ts in zip(variants, measured):
+            times = np.array(ts)
             comm.comm.Allreduce(MPI.IN_PLACE, times, op=MPI.MAX)  # the slowest rank's time of each step
             row = dict(v.row)
             row["net"] = args.net

@@ -4,9 +4,11 @@ A benchmark is its model and its table. It gives the argv each rank runs; :func:
 job (a plain ``mpiexec -n R`` here, or one rank per namespace of netbed.py's emulated network) with
 mpiopt's launch settings for that many ranks, in a process group of its own, so that a failure, a
 timeout or a signal here ends every rank; :func:`mpiopt_run` is the ``mpiopt run`` job most convex
-benchmarks time, returning its trace. :func:`machine_info` describes the machine for the JSON that
-:func:`write_json` writes, and :func:`replace_section` rewrites a script's generated section of
-benchmarks/README.md.
+benchmarks time, returning its trace. Variants measured side by side take turns: :func:`interleaved`
+times each once per repetition in a rotating order (a burst of load from elsewhere on the machine hits
+all alike), :func:`mean_seconds` makes a timer of a call repeated often enough to time.
+:func:`machine_info` describes the machine for the JSON that :func:`write_json` writes, and
+:func:`replace_section` rewrites a script's generated section of benchmarks/README.md.
 """
 
 import json
@@ -17,7 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -126,6 +128,39 @@ def machine_info() -> Dict[str, object]:
         "loadavg": list(os.getloadavg()),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# timing
+
+def interleaved(timers: Sequence[Callable[[], float]], reps: int) -> List[List[float]]:
+    """``reps`` measurements of each timer (what it returns, seconds), every timer once per repetition,
+    the order rotated by one each repetition so that no variant always runs first or after the same one."""
+    times: List[List[float]] = [[] for _ in timers]
+    order = list(range(len(timers)))
+    for rep in range(reps):
+        shift = rep % max(1, len(order))
+        for i in order[shift:] + order[:shift]:
+            times[i].append(timers[i]())
+    return times
+
+
+def mean_seconds(fn: Callable[[], object], inner: Optional[int] = None, target: float = 2e-3) -> Callable[[], float]:
+    """A timer for :func:`interleaved`: the mean seconds of one call of ``fn`` over ``inner`` calls in a
+    row (default: as many as last about ``target`` seconds, from one call timed after a warm-up call)."""
+    if inner is None:
+        fn()
+        t = time.perf_counter()
+        fn()
+        inner = max(1, int(target / max(time.perf_counter() - t, 1e-7)))
+
+    def timer() -> float:
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        return (time.perf_counter() - t0) / inner
+
+    return timer
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -27,7 +26,7 @@ import mpiopt  # before allreduce_step puts this checkout first on the path: PYT
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import machine_info, write_json  # noqa: E402
+from harness import interleaved, machine_info, mean_seconds, write_json  # noqa: E402
 
 
 def model(params: float, buckets: int):
@@ -43,19 +42,6 @@ def model(params: float, buckets: int):
         tensors += pair
         made.append((i, pair, torch.randn(share)))
     return tensors, made
-
-
-def timed(steps: Dict[str, Callable[[], None]], reps: int, inner: int) -> Dict[str, float]:
-    """Best of ``reps`` mean seconds of ``inner`` calls, every variant once per repetition, rotated."""
-    best = {name: float("inf") for name in steps}
-    names = list(steps)
-    for rep in range(reps):
-        for name in names[rep % len(names):] + names[:rep % len(names)]:
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                steps[name]()
-            best[name] = min(best[name], (time.perf_counter() - t0) / inner)
-    return best
 
 
 def main() -> None:
@@ -100,7 +86,8 @@ def main() -> None:
             dst.copy_(src)
 
     steps["copy"] = copy
-    best = timed(steps, args.reps, args.inner)
+    times = interleaved([mean_seconds(fn, args.inner) for fn in steps.values()], args.reps)
+    best = {name: min(ts) for name, ts in zip(steps, times)}  # the best of the repetitions' means
     rows: List[Dict[str, object]] = []
     for name, seconds in best.items():
         row = {"variant": name, "seconds_per_step": seconds, "ns_per_parameter": seconds / total * 1e9,

@@ -23,7 +23,6 @@ machine's noise; medians are reported.
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -34,7 +33,7 @@ sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 
-from harness import machine_info, replace_section, shown, write_json  # noqa: E402
+from harness import interleaved, machine_info, mean_seconds, replace_section, shown, write_json  # noqa: E402
 
 README = HERE / "README.md"
 DEFAULT_JSON = HERE / "results" / "kernels.json"
@@ -59,23 +58,6 @@ def kernel_modules(names: Sequence[str]):
     return mods
 
 
-def _timer(fn, target: float = 2e-3):
-    """A callable timing ``fn`` over enough calls to last about ``target`` seconds (per call)."""
-    fn()
-    t = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t, 1e-7)
-    inner = max(1, int(target / one))
-
-    def timed() -> float:
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        return (time.perf_counter() - t0) / inner
-
-    return timed
-
-
 def run(dims: Sequence[int], kernels: Sequence[str], reps: int, seed: int = 0) -> List[Dict[str, object]]:
     mods = kernel_modules(kernels)
     rows: List[Dict[str, object]] = []
@@ -87,7 +69,7 @@ def run(dims: Sequence[int], kernels: Sequence[str], reps: int, seed: int = 0) -
         variants = []  # (row, timer)
 
         def add(row, fn):
-            variants.append(({**row, "dim": d}, _timer(fn)))
+            variants.append(({**row, "dim": d}, mean_seconds(fn)))
 
         # memcpy of every array an op reads or writes
         copies = {}
@@ -112,12 +94,7 @@ def run(dims: Sequence[int], kernels: Sequence[str], reps: int, seed: int = 0) -
                 out = np.empty(d, dtype=odt)
                 add({"op": "decode", "kernel": kname, "dtype": "int8", "out_dtype": np.dtype(odt).name},
                     lambda q=q, out=out: q.decode(s8, ALPHA, RANKS, out))
-        times = [[] for _ in variants]
-        for rep in range(reps):
-            order = list(range(len(variants)))
-            shift = rep % len(order)
-            for i in order[shift:] + order[:shift]:
-                times[i].append(variants[i][1]())
+        times = interleaved([timer for _, timer in variants], reps)
         med = [float(np.median(t)) for t in times]
         for (row, _), t, ts in zip(variants, med, times):
             nbytes = d * np.dtype(row["dtype"]).itemsize

@@ -4,8 +4,8 @@ next to nothing, and the problem hands back a stored gradient).
 
     python benchmarks/python_overhead.py [--d 16] [--steps 20000] [--repeats 7] [--json OUT]
 
-The median over ``repeats`` of the mean microseconds per ``step`` is reported for each method, and
-the same for the compressor's own SGD step alone (``exchange_update``: IntSGD's int compressor with
+The median over ``repeats`` of the mean microseconds per ``step`` is reported for each method (all
+of them timed in turns, see ``harness.interleaved``), and the same for the compressor's own SGD step alone (``exchange_update``: IntSGD's int compressor with
 a constant alpha, and the float32 ``none`` compressor), the part of a step the core owns. The
 same script runs against an older checkout (``PYTHONPATH=OLD python benchmarks/python_overhead.py``)
 to compare a change with the code before it: it only uses ``make_context``, ``make_method``,
@@ -13,12 +13,19 @@ to compare a change with the code before it: it only uses ``make_context``, ``ma
 """
 
 import argparse
-import json
+import itertools
 import statistics
-import time
+import sys
+from pathlib import Path
+from typing import Callable
 
+import mpiopt  # before harness puts this checkout first on the path: PYTHONPATH=OLD picks the package
 import numpy as np
 from mpi4py import MPI
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import interleaved, mean_seconds, write_json  # noqa: E402
 
 METHODS = ("sgd", "intsgd", "intdiana", "vr-intdiana", "l-svrg")
 
@@ -56,7 +63,8 @@ def communicator():
     return Comm(MPI.COMM_SELF)
 
 
-def time_method(name: str, d: int, steps: int, repeats: int) -> float:
+def method_step(name: str, d: int) -> Callable[[], None]:
+    """One step of the named method at a time, started on the stored-gradient problem."""
     from mpiopt.methods import make_method
     from mpiopt.run import make_context
 
@@ -67,15 +75,8 @@ def time_method(name: str, d: int, steps: int, repeats: int) -> float:
     method.start(x)
     if hasattr(method, "prepare"):
         method.prepare(x)
-    per_step = []
-    k = 0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            method.step(x, k)
-            k += 1
-        per_step.append((time.perf_counter() - t0) / steps * 1e6)
-    return statistics.median(per_step)
+    k = itertools.count()
+    return lambda: method.step(x, next(k))
 
 
 def compressor(name: str, d: int, **opts):
@@ -94,16 +95,11 @@ def compressor(name: str, d: int, **opts):
         return compressor_class(name)(communicator(), d, seed=0, worker=0, lr=1e-3, fail=fail, **opts)
 
 
-def time_exchange(comp, d: int, steps: int, repeats: int) -> float:
+def exchange_step(comp, d: int) -> Callable[[], None]:
+    """One ``exchange_update`` (an SGD step) of the compressor at a time."""
     v, x, mean = np.linspace(-1.0, 1.0, d), np.zeros(d), np.empty(d)
-    per_step, k = [], 0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            comp.exchange_update(v, k, x, 1e-3, mean)
-            k += 1
-        per_step.append((time.perf_counter() - t0) / steps * 1e6)
-    return statistics.median(per_step)
+    k = itertools.count()
+    return lambda: comp.exchange_update(v, next(k), x, 1e-3, mean)
 
 
 def main() -> None:
@@ -113,19 +109,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
-    import mpiopt
-
+    steps = {name: method_step(name, args.d) for name in METHODS}
+    steps["int exchange_update"] = exchange_step(compressor("int", args.d, alpha="constant", alpha0=100.0), args.d)
+    steps["none float32 exchange_update"] = exchange_step(compressor("none", args.d, float_dtype="float32"), args.d)
+    times = interleaved([mean_seconds(fn, args.steps) for fn in steps.values()], args.repeats)
     result = {"d": args.d, "steps": args.steps, "repeats": args.repeats, "package": mpiopt.__file__,
-              "us_per_step": {name: time_method(name, args.d, args.steps, args.repeats) for name in METHODS}}
-    exchanges = {"int exchange_update": compressor("int", args.d, alpha="constant", alpha0=100.0),
-                 "none float32 exchange_update": compressor("none", args.d, float_dtype="float32")}
-    for label, comp in exchanges.items():
-        result["us_per_step"][label] = time_exchange(comp, args.d, args.steps, args.repeats)
+              "us_per_step": {name: statistics.median(ts) * 1e6 for name, ts in zip(steps, times)}}
     for name, us in result["us_per_step"].items():
         print(f"{name:30s} {us:7.2f} us per step")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=1)
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

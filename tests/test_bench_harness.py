@@ -1,5 +1,6 @@
-"""benchmarks/harness.py, the launch the MPI benchmarks share: real mpiexec jobs that fail, time out
-or succeed, and the two scripts whose only test this is (deep.py, launch_yield.py) run tiny."""
+"""benchmarks/harness.py, the launch and timing the benchmarks share: real mpiexec jobs that fail,
+time out or succeed, variants timed in turns, and the scripts whose only test this is (deep.py,
+launch_yield.py, python_overhead.py) run tiny."""
 
 import json
 import sys
@@ -66,3 +67,47 @@ def test_launch_yield_times_both_launch_settings(a5a_path, tmp_path):
                    "--json", out])
     res = json.loads(out.read_text())
     assert set(res["median_ms_per_iteration"]) == {"launcher", "forced_yield"} and res["forced_over_launcher"] > 0
+
+
+def test_interleaved_rotates_the_order_every_repetition():
+    """Each timer runs once per repetition, a different one first each time, and its measurements come
+    back in its own list."""
+    calls = []
+
+    def timer(i):
+        def one():
+            calls.append(i)
+            return float(i) + len(calls) / 100
+        return one
+
+    times = harness.interleaved([timer(0), timer(1), timer(2)], 4)
+    assert calls == [0, 1, 2, 1, 2, 0, 2, 0, 1, 0, 1, 2]
+    assert [[int(t) for t in ts] for ts in times] == [[0] * 4, [1] * 4, [2] * 4]
+    assert times[1] == [0.02 + 1, 0.04 + 1, 0.09 + 1, 0.11 + 1]
+
+
+def test_mean_seconds_is_the_mean_of_its_calls():
+    """A timer of ``inner`` calls gives one call's mean time; without ``inner`` it repeats a call until
+    about ``target`` seconds have passed."""
+    count = []
+
+    def nap():
+        count.append(1)
+        time.sleep(0.002)
+
+    one = harness.mean_seconds(nap, inner=3)()
+    assert len(count) == 3 and 0.002 <= one < 0.05
+    count.clear()
+    timer = harness.mean_seconds(nap, target=0.02)
+    assert 2 <= len(count) <= 3  # the warm-up call and the one that sizes the loop
+    count.clear()
+    assert 0.002 <= timer() < 0.05 and 2 <= len(count) <= 10
+
+
+def test_python_overhead_times_every_method(tmp_path):
+    out = tmp_path / "overhead.json"
+    run_benchmark([BENCH / "python_overhead.py", "--steps", "50", "--repeats", "2", "--json", out])
+    us = json.loads(out.read_text())["us_per_step"]
+    assert set(us) == {"sgd", "intsgd", "intdiana", "vr-intdiana", "l-svrg", "int exchange_update",
+                       "none float32 exchange_update"}
+    assert all(v > 0 for v in us.values())
