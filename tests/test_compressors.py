@@ -278,6 +278,26 @@ def test_fill_alpha_fills_int8_keeps_the_first_steps_int16_floor_and_decides_the
         comp.exchange(np.array([0.3, np.nan, 0.0, 1.0]), 3, np.ones(d), LR, mean, local)
 
 
+@pytest.mark.parametrize("peak", [0.0, 5e-324, 2.0 ** -1060, 1e-300, 0.5, 1.0, 1.5, 3.0, 2.0 ** 1023, 1.7e308,
+                                  np.inf, np.nan])
+def test_one_blocks_exponent_arithmetic_in_python_gives_the_array_codes_values(peak):
+    """With one alpha block the exponent rules compute in Python floats (numpy's calls on one value
+    cost more than the arithmetic); the exponent, bound / 2^e and the fill rule's dtype equal the
+    array code's, which several blocks take, for zero, subnormal, exact powers of two, the largest
+    values and non-finite peaks."""
+    one, two = make(IntCompressor, 4, alpha="fill"), make(IntCompressor, 4, alpha="fill", block_size=2)
+    assert one._one_host_block and not two._one_host_block
+    for dtype in (np.int64, one._exponent_dtype):
+        e1 = one._max_exponents(None, dtype, peak=np.array([peak])).copy()
+        e2 = two._max_exponents(None, dtype, peak=np.array([peak, peak]))
+        assert e1.dtype == e2.dtype == np.int64 and e1.tolist() == e2[:1].tolist()
+        for bound in (127.0, 8191.0, float(2 ** 62)):
+            np.testing.assert_array_equal(one._scaled(e1, bound), two._scaled(e2, bound)[:1])
+        for alpha in (1.0, 8191.5, 1e300):
+            one.alpha_blocks[...], two.alpha_blocks[...] = alpha, alpha
+            assert one._fill_level(e1) == two._fill_level(e2)
+
+
 def test_exponent_alpha_scales_every_step_by_the_largest_value_without_a_floor():
     """alpha='exponent': alpha = floor(M / n) / 2^e at every step, the first included (no float step,
     no x^{k-1} needed, no floor: a shrinking |v| keeps filling int8), one int64 exponent a step."""

@@ -33,6 +33,7 @@ coordinate. ``layout`` (numba only; the DDP hook's in-place
 path) lets v and the mean hold the coordinates in another order, x staying in coordinate order.
 """
 
+import math
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -183,6 +184,12 @@ class IntCompressor(Compressor):
         self._peak = np.empty(nb)
         self._exponent_dtype = np.dtype(np.int16) if np.dtype(np.int16) in self.dtypes else np.dtype(np.int32)
         """The fill rule's exponents on the wire: they lie in [MIN_EXPONENT, 1024]."""
+        self._one_host_block = nb == 1 and xp is np
+        """The exponent rules' arithmetic on one block's values in Python (numpy's calls on arrays of
+        one value cost more than the arithmetic: most of a fill step at small d); the same values."""
+        self._exponent_bufs = {dt: (np.empty(1, dtype=dt), int(np.iinfo(dt).max)) for dt in (np.int64, self._exponent_dtype)}
+        self._exps = np.empty(1, dtype=np.int64)
+        self._scaled_one = np.empty(1)
         self._max = np.empty(1)
         self._order: Optional[List[int]] = None
         self._kept = None
@@ -384,13 +391,26 @@ class IntCompressor(Compressor):
         exponents, so the fill rule's integers go out without a header and are never redone. None
         (the speculative path: its header stops every rank, or its redo clips) for a non-finite block
         or integers beyond the widest dtype."""
+        if self._one_host_block:
+            e = int(exps[0])
+            if e == NON_FINITE_EXPONENT:
+                return None
+            try:
+                return narrowest_level(self.bounds, math.ldexp(float(self.alpha_blocks[0]), e))
+            except OverflowError:  # numpy's ldexp gives inf there: beyond every dtype
+                return None
         if (exps == NON_FINITE_EXPONENT).any():
             return None
-        return narrowest_level(self.bounds, float(np.ldexp(self.alpha_blocks, exps.astype(np.intc)).max()))
+        with np.errstate(over="ignore"):  # inf: beyond every dtype
+            return narrowest_level(self.bounds, float(np.ldexp(self.alpha_blocks, exps.astype(np.intc)).max()))
 
     def _scaled(self, exps: np.ndarray, bound: float) -> np.ndarray:
         """bound / 2^e per block; 1 where a block was not finite (the integer step's header then
         stops every rank)."""
+        if self._one_host_block:
+            e = int(exps[0])
+            self._scaled_one[0] = 1.0 if e == NON_FINITE_EXPONENT else math.ldexp(bound, -e)
+            return self._scaled_one
         return np.where(exps == NON_FINITE_EXPONENT, 1.0, np.ldexp(bound, -np.minimum(exps, 1 << 20)))
 
     def _max_exponents(self, v, dtype=np.int64, peak: Optional[np.ndarray] = None) -> np.ndarray:
@@ -401,6 +421,17 @@ class IntCompressor(Compressor):
         if peak is None:
             peak = (self.quant.block_max_abs(v, self._peak) if self.takes_blocks
                     else self._per_block(np.maximum, self.xp.abs(v)))
+        if self._one_host_block:
+            sent, top = self._exponent_bufs[dtype]
+            p = float(peak[0])
+            if math.isfinite(p):
+                mant, e = math.frexp(p)
+                sent[0] = max(e - (mant == 0.5), MIN_EXPONENT)
+            else:
+                sent[0] = top
+            e = int(self.comm.allreduce_max(sent)[0])
+            self._exps[0] = NON_FINITE_EXPONENT if e == top else e
+            return self._exps
         finite = np.isfinite(peak)
         mant, exps = np.frexp(np.where(finite, peak, 1.0))
         exps = exps.astype(np.int64) - (mant == 0.5)
