@@ -187,7 +187,8 @@ class IntCompressor(Compressor):
         self._one_host_block = nb == 1 and xp is np
         """The exponent rules' arithmetic on one block's values in Python (numpy's calls on arrays of
         one value cost more than the arithmetic: most of a fill step at small d); the same values."""
-        self._exponent_bufs = {dt: (np.empty(1, dtype=dt), int(np.iinfo(dt).max)) for dt in (np.int64, self._exponent_dtype)}
+        self._exponent_bufs = {dt: (np.empty(1, dtype=dt), int(np.iinfo(dt).max))
+                               for dt in (np.int64, self._exponent_dtype)}
         self._exps = np.empty(1, dtype=np.int64)
         self._scaled_one = np.empty(1)
         self._max = np.empty(1)
