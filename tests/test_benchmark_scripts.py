@@ -213,7 +213,7 @@ def test_torch_allreduce_compares_doubling_with_the_ring(tmp_path):
         assert r["doubling_vs_ring"] == pytest.approx(r["doubling_seconds"] / r["ring_seconds"])
 
 
-def test_convex_panel_runs_each_problem_with_both_alpha_rules_and_writes_its_table(tmp_path):
+def test_convex_panel_runs_each_problem_with_each_alpha_rule_and_writes_its_table(tmp_path):
     mpiexec_or_skip()
     out = tmp_path / "panel.json"
     run_benchmark([BENCH / "convex_panel.py", "--problems", "synthetic", "--l2", 1e-3, "--ranks", 2, "--iters", 300,
@@ -221,17 +221,17 @@ def test_convex_panel_runs_each_problem_with_both_alpha_rules_and_writes_its_tab
     record = json.loads(out.read_text())
     (case,) = record["cases"]
     assert case["problem"] == "synthetic" and case["ranks"] == 2 and case["batch"] == 50  # 1000 rows a worker / 20
-    assert set(case["runs"]) == {"l-svrg", "vr-intdiana", "vr-intdiana paper"}
+    assert set(case["runs"]) == {"l-svrg", "vr-intdiana", "vr-intdiana paper", "vr-intdiana exponent"}
     lsvrg = case["runs"]["l-svrg"]
     assert lsvrg["status"] == "converged" and lsvrg["iterations"] == lsvrg["to"]["0.0001"]
     assert lsvrg["bytes_per_rank"] == 8 * 50 * lsvrg["iterations"]  # float64, d = 50
-    for label in ("vr-intdiana", "vr-intdiana paper"):
+    for label in ("vr-intdiana", "vr-intdiana paper", "vr-intdiana exponent"):
         run, ratio = case["runs"][label], case["ratios"][label]
         assert ratio["iterations_x"] == run["to"]["0.0001"] / lsvrg["to"]["0.0001"]
         assert ratio["bytes_fewer_x"] == lsvrg["bytes_to"]["0.0001"] / run["bytes_to"]["0.0001"] > 1
     assert case["ratios"]["level"] == 1e-4
     row = next(line for line in convex_panel.table([record]).splitlines() if line.startswith("| synthetic"))
-    assert row.split(" | ")[3:5] == ["0.0001", f"{lsvrg['iterations']:,}"]
+    assert row.split(" | ")[3:5] == ["0.0001", f"{lsvrg['iterations']:,}"] and len(row.split(" | ")) == 18
     # --only reruns one column into the same JSON and keeps the others (a different l-svrg would show)
     case["runs"]["l-svrg"]["iterations_run"] = -1
     out.write_text(json.dumps(record))
@@ -242,7 +242,11 @@ def test_convex_panel_runs_each_problem_with_both_alpha_rules_and_writes_its_tab
     assert again["rerun"] == ["vr-intdiana"] and again["runs"]["l-svrg"]["iterations_run"] == -1
     assert again["runs"]["vr-intdiana"] == case["runs"]["vr-intdiana"]  # the same seed: the same run
     assert "Columns rerun alone (`--only`): vr-intdiana" in convex_panel.table([rerun])
-    with pytest.raises(SystemExit, match="no run of l-svrg, vr-intdiana paper for synthetic, l2 0.0001"):
+    run_benchmark([BENCH / "convex_panel.py", "--problems", "synthetic", "--l2", 1e-3, "--ranks", 2, "--iters", 300,
+                   "--tol", 1e-4, "--work", tmp_path / "work", "--json", out, "--only", "vr-intdiana paper"],
+                  timeout=600)
+    assert json.loads(out.read_text())["cases"][0]["rerun"] == ["vr-intdiana", "vr-intdiana paper"]  # both kept
+    with pytest.raises(SystemExit, match="no run of l-svrg, vr-intdiana paper, vr-intdiana exponent for synthetic"):
         convex_panel.main(["--problems", "synthetic", "--l2", "1e-4", "--ranks", "2", "--work", str(tmp_path / "work"),
                            "--json", str(out), "--only", "vr-intdiana"])
 

@@ -300,7 +300,8 @@ def test_one_blocks_exponent_arithmetic_in_python_gives_the_array_codes_values(p
 
 def test_exponent_alpha_scales_every_step_by_the_largest_value_without_a_floor():
     """alpha='exponent': alpha = floor(M / n) / 2^e at every step, the first included (no float step,
-    no x^{k-1} needed, no floor: a shrinking |v| keeps filling int8), one int64 exponent a step."""
+    no x^{k-1} needed, no floor: a shrinking |v| keeps filling int8), one int16 exponent a step and the
+    integers without a header (the exponents say they fit); a non-finite value stops the step."""
     d = 6
     comp = make(IntCompressor, d, alpha="exponent", rounding="deterministic")
     mean = np.empty(d)
@@ -311,8 +312,10 @@ def test_exponent_alpha_scales_every_step_by_the_largest_value_without_a_floor()
         alpha = 127.0 / 2.0 ** (2, -8, 4)[k]
         np.testing.assert_array_equal(comp.alpha_blocks, [alpha])
         np.testing.assert_array_equal(mean, np.rint(alpha * v * scale) / alpha)
-        assert comp.comm.bytes_sent - sent == 8 + d + 3  # an int64 exponent, int8 integers and the header
+        assert comp.comm.bytes_sent - sent == 2 + d  # an int16 exponent and the int8 integers
     assert comp.summary()["steps_by_wire"] == {"int8": 3} and comp.summary()["max_abs_q"] == 127
+    with pytest.raises(Failed):  # every rank learns of a non-finite value from the exponents' MAX
+        comp.exchange(np.r_[v[:-1], np.nan], 3, np.ones(d), LR, mean)
     self_comm = MPICommunicator(MPI.COMM_SELF)
     assert "every step" in IntCompressor.describe(IntCompressor.resolve({"alpha": "exponent"}, self_comm))["first_step"]
     with pytest.raises(InputError, match="takes no --alpha0"):
@@ -340,7 +343,7 @@ def test_exponent_first_step_sends_integers_scaled_by_the_largest_value():
     alpha = 127.0 / 4.0  # floor(127 / 1) / 2^2, with 2^2 >= max |v| = 4
     np.testing.assert_array_equal(comp.alpha_blocks, [alpha])
     np.testing.assert_array_equal(mean, np.rint(alpha * v) / alpha)
-    assert comp.comm.bytes_sent == 8 + d + 3 and comp.state["max_abs_q"] == 127  # one int64 exponent, then int8
+    assert comp.comm.bytes_sent == 2 + d and comp.state["max_abs_q"] == 127  # one int16 exponent, then int8
     zero = make(IntCompressor, d, first_step="exponent", block_size=3)
     zero.exchange(np.r_[np.zeros(3), np.full(3, 1e-300)], 0, np.zeros(d), LR, mean)
     assert np.isfinite(zero.alpha_blocks).all() and mean[:3].tolist() == [0.0] * 3

@@ -7,7 +7,8 @@ starts at the first ||x^1 - x^0||^2, as in the reference code. The first step ha
 independent of the rank order), or, with ``first_step='exponent'``, integers already: per alpha
 block, e = ceil(log2 max_i max_j |v_ij|) from a MAX Allreduce of each rank's integer exponents (no
 float crosses the wire), and alpha = floor(M / n) / 2^e, so that no rank's |alpha v| exceeds the
-speculative dtype's bound (SwitchML's scaling, for this one step). ``alpha='constant'`` uses
+speculative dtype's bound (SwitchML's scaling, for this one step; the exponents go in int16 where the
+communicator sums it, and the integers, known to fit, without the header). ``alpha='constant'`` uses
 ``alpha0`` throughout. ``alpha='exponent'`` takes the first step's scaling at every step (the first
 included; the speculative dtype's bound / 2^e, no floor). ``alpha='fill'`` (vr-intdiana's default)
 takes that scaling at every step, from an int16 MAX Allreduce of the exponents, for the narrowest
@@ -355,12 +356,18 @@ class IntCompressor(Compressor):
 
     def _exponent_alpha(self, v, peak: Optional[np.ndarray] = None) -> np.ndarray:
         """alpha_b = floor(M / n) / 2^e_b with 2^e_b >= max_i max_{j in b} |v_ij| (see
-        :meth:`_max_exponents`), so |alpha v| never exceeds the speculative dtype's bound."""
+        :meth:`_max_exponents`, the exponents in int16 where the communicator has it), so |alpha v|
+        never exceeds the speculative dtype's bound: every rank knows beforehand that its integers fit
+        that dtype, and they go out without the header (a non-finite block takes the speculative path,
+        whose header stops every rank)."""
         if self.dim == 0:
             self.alpha_blocks[...] = 1.0
             return self.alpha_blocks
-        exps = self._max_exponents(v, peak=peak)
-        self.alpha_blocks[...] = self._scaled(exps, float_below(self.bounds[int(self.state["level"])]))
+        exps = self._max_exponents(v, self._exponent_dtype, peak)
+        level = int(self.state["level"])
+        self.alpha_blocks[...] = self._scaled(exps, float_below(self.bounds[level]))
+        bad = int(exps[0]) == NON_FINITE_EXPONENT if self._one_host_block else (exps == NON_FINITE_EXPONENT).any()
+        self._decided = None if bad else level
         return self.alpha_blocks
 
     def _fill_alpha(self, v, peak: Optional[np.ndarray] = None) -> np.ndarray:

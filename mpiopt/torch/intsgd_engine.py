@@ -41,8 +41,8 @@ import torch
 
 from mpiopt.compressors.alpha import adaptive_alpha, block_constants
 from mpiopt.compressors.base import info_bits_int, sum_rows, worker_order
-from mpiopt.compressors.integer import (HEADER, MIN_EXPONENT, NON_FINITE, NON_FINITE_EXPONENT, OVER, FITS_SMALLER,
-                                        SHRINK_AFTER, WIRE_NAMES, resend_wider, send_speculative)
+from mpiopt.compressors.integer import (HEADER, MIN_EXPONENT, NON_FINITE, OVER, FITS_SMALLER, SHRINK_AFTER,
+                                        WIRE_NAMES, resend_wider, send_at, send_speculative)
 from mpiopt.comm import INT_DTYPES, Communicator
 from mpiopt.errors import InputError
 from mpiopt.kernels import cpu_kernel, int_bound
@@ -160,8 +160,12 @@ class _Bucket:
         """(the summed integers, alpha) of this step's integer exchange, decoded by ``_move``; None after a
         float step, which leaves the mean in ``mean``."""
         self.bufs: List[Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]] = [None] * len(engine.dtypes)
-        self.exps = np.empty(plan.n_blocks, dtype=np.int64)
+        self.exps = np.empty(plan.n_blocks, dtype=engine.exponent_dtype)
         self.peak = np.empty(plan.n_blocks)
+        self.finite = True
+        """No rank had a non-finite value in this step's exponents (see ``IntSGDEngine._exponent_alpha``)."""
+        self.decided = False
+        """This step's alpha is the exponent rule's in every block, all finite: the integers fit the level."""
 
     def wire(self, level: int, dtype) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         views = self.bufs[level]
@@ -193,6 +197,8 @@ class IntSGDEngine:
         self.dtypes = [t for t in INT_DTYPES if t in comm.int_dtypes]
         self.bounds = [int_bound(t, self.n) for t in self.dtypes]
         self.first = min(lv for lv, b in enumerate(self.bounds) if b >= 1)
+        self.exponent_dtype = np.dtype(np.int16) if np.dtype(np.int16) in self.dtypes else np.dtype(np.int32)
+        """The exponents on the wire (2 bytes a block where int16 is summed): they lie in [MIN_EXPONENT, 1024]."""
         start = self.first if self.auto else self.dtypes.index(np.dtype(opts["wire_dtype"]))
         self._wire_slot = [WIRE_NAMES.index(str(t)) for t in self.dtypes]
         nb = layout.n_blocks
@@ -306,6 +312,7 @@ class IntSGDEngine:
             if needs.any():
                 alpha[needs] = (float(o["alpha0"]) if o["alpha0"] is not None
                                 else self._exponent_alpha(b, v)[needs])
+        b.decided = bool(needs.all()) and o["alpha"] != "constant" and o["alpha0"] is None and b.finite
         self.alpha_blocks[plan.blocks] = alpha if self.block == "layer" else alpha[0]
         if self.layout.n_blocks == 1:
             return float(alpha[0])
@@ -329,7 +336,8 @@ class IntSGDEngine:
 
     def _exponent_alpha(self, b: _Bucket, v: np.ndarray) -> np.ndarray:
         """alpha = floor(M / n) / 2^e per bucket block, 2^e >= max over ranks of the block's |g|: the
-        ranks' integer exponents go through one MAX Allreduce (IntSGD's ``first_step='exponent'``)."""
+        ranks' integer exponents go through one MAX Allreduce (IntSGD's ``first_step='exponent'``, the
+        same exponents in the same dtype); ``b.finite``: no rank had a non-finite value."""
         plan, peak = b.plan, b.peak
         if self.kernel == "numba":  # one compiled pass over the rows, nothing allocated
             b.quant.block_max_abs(v, peak)
@@ -341,29 +349,52 @@ class IntSGDEngine:
         finite = np.isfinite(peak)
         mant, exps = np.frexp(np.where(finite, peak, 1.0))
         exps = exps.astype(np.int64) - (mant == 0.5)
-        b.exps[...] = np.where(finite, np.maximum(exps, MIN_EXPONENT), NON_FINITE_EXPONENT)
+        top = np.iinfo(b.exps.dtype).max
+        b.exps[...] = np.where(finite, np.maximum(exps, MIN_EXPONENT), top)
         self.comm.allreduce_max(b.exps)
+        bad = b.exps == top
+        b.finite = not bad.any()
         bound = float_below(self.bounds[self._level(plan)])
-        return np.where(b.exps == NON_FINITE_EXPONENT, 1.0, np.ldexp(bound, -np.minimum(b.exps, 1 << 20)))
+        return np.where(bad, 1.0, np.ldexp(bound, -b.exps.astype(np.int64)))
 
     # ---- the wire ----------------------------------------------------------------------------
     def _integer_step(self, b: _Bucket, v: np.ndarray, alpha) -> bool:
         """Int(alpha v) summed over ranks (``auto``: redone in a wider dtype when a rank overflowed,
         never clipped), kept in ``b.summed`` for ``_move`` to decode; False when some rank's values
         were not finite."""
-        st, n, q, plan = self.state, self.n, b.quant, b.plan
+        st, q, plan = self.state, b.quant, b.plan
         level = self._level(plan)
 
         def wire(lv: int):
             return b.wire(lv, self.dtypes[lv])
 
         q.round(v, alpha, self.k)
+        if b.decided:  # the exponents say every rank's integers fit this level: no header, never redone
+            ints, clipped = send_at(self.comm, q, wire, self.bounds, level)
+            m = q.max_abs
+        else:
+            sent = self._speculate(b, wire, level)
+            if sent is None:
+                return False
+            level, ints, clipped, m = sent
+        sent_max = min(m, self.bounds[level])
+        self.counters["info_bits"] += info_bits_int(plan.dim, sent_max)
+        self.counters["clipped"] += clipped
+        self.counters["max_abs_q"] = max(self.counters["max_abs_q"], sent_max)
+        st["steps_by_wire"][self._wire_slot[level]] += 1
+        b.summed = (ints, alpha)
+        return True
+
+    def _speculate(self, b: _Bucket, wire, level: int):
+        """The rounded integers in the dtype of ``level`` with the header; with ``auto``, redone wider
+        if a rank overflowed, and the next step's level chosen. Returns (level, summed integers,
+        clipped count, this rank's max |Q|), or None when some rank's values were not finite."""
+        st, n, q, blocks = self.state, self.n, b.quant, b.plan.blocks
         summed, ints, clipped, m = send_speculative(self.comm, q, wire, level, self.bounds, self.first, self.auto)
         if summed[NON_FINITE] > 0:
             if self.grad_scaler is None:
                 non_finite_gradient(self.comm, self.k, not q.finite)
-            return False
-        blocks = plan.blocks
+            return None
         if self.auto and summed[OVER] > 0:
             level, ints, clipped = resend_wider(self.comm, q, wire, self.bounds, m, np.empty(1))
             self.counters["redone_steps"] += 1
@@ -376,13 +407,7 @@ class IntSGDEngine:
                 st["fit_streak"][blocks] = 0
         elif self.auto:
             st["fit_streak"][blocks] = 0
-        sent_max = min(m, self.bounds[level])
-        self.counters["info_bits"] += info_bits_int(plan.dim, sent_max)
-        self.counters["clipped"] += clipped
-        self.counters["max_abs_q"] = max(self.counters["max_abs_q"], sent_max)
-        st["steps_by_wire"][self._wire_slot[level]] += 1
-        b.summed = (ints, alpha)
-        return True
+        return level, ints, clipped, m
 
     def _float_step(self, b: _Bucket, v: np.ndarray) -> bool:
         """The bucket in float64: an Allgather summed in worker order (exact, rank-order independent)."""

@@ -229,7 +229,7 @@ def same_as_intsgd(X, y):
     sent_a, sent_b = state.comm.sent, rec_b.sent
     assert len(sent_a) == len(sent_b) == STEPS + 1, (len(sent_a), len(sent_b))
     layers = len(list(plain.parameters()))
-    assert sent_a[0].dtype == np.int64 and sent_a[0].shape == (layers,)  # the first step's exponents
+    assert sent_a[0].dtype == np.int32 and sent_a[0].shape == (layers,)  # the first step's exponents (gloo: no int16)
     assert all(a.dtype == np.int8 for a in sent_a[1:])
     for k, (a, b) in enumerate(zip(sent_a, sent_b)):
         a = in_optimizer_order(a, coords[k - 1]) if k else a
