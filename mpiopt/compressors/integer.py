@@ -66,6 +66,32 @@ ALPHA_RULES = ("paper", "fill", "exponent", "constant", "adaptive")
 """``alpha`` choices; ``adaptive`` is the earlier name of ``paper`` (the IntSGD paper's rule)."""
 
 
+def exponent_dtype(dtypes: Sequence[np.dtype]) -> np.dtype:
+    """The exponents' wire dtype: int16 where the communicator sums it (2 bytes a block), else int32
+    (gloo has no int16); exponents lie in [MIN_EXPONENT, 1024]."""
+    return np.dtype(np.int16) if np.dtype(np.int16) in dtypes else np.dtype(np.int32)
+
+
+def max_exponents(comm, peak, dtype: np.dtype):
+    """e_b = ceil(log2 max_i peak_ib) per block, ``peak`` this rank's max |v| per block, from one MAX
+    Allreduce of the ranks' integer exponents in ``dtype`` (no float crosses the wire). Exponents are
+    kept >= ``MIN_EXPONENT`` (alpha stays finite for tiny blocks; a zero block gets alpha = the bound);
+    a non-finite block gets ``NON_FINITE_EXPONENT`` (sent as ``dtype``'s largest value). int64."""
+    finite = np.isfinite(peak)
+    mant, exps = np.frexp(np.where(finite, peak, 1.0))
+    exps = exps.astype(np.int64) - (mant == 0.5)
+    top = np.iinfo(dtype).max
+    exps = np.where(finite, np.maximum(exps, MIN_EXPONENT), top).astype(dtype)
+    comm.allreduce_max(exps)
+    return np.where(exps == top, NON_FINITE_EXPONENT, exps.astype(np.int64))
+
+
+def scaled(exps, bound: float):
+    """bound / 2^e per block; 1 where a block was not finite (the integer step's header then stops
+    every rank)."""
+    return np.where(exps == NON_FINITE_EXPONENT, 1.0, np.ldexp(bound, -np.minimum(exps, 1 << 20)))
+
+
 def send_speculative(comm, quant, wire, level: int, bounds: Sequence[int], first: int, auto: bool):
     """The integer sum's first try: ``quant``'s rounded integers (``quant.round`` done) packed into the
     wire of dtype ``level`` (``wire(level)`` -> (buffer, integers, header)) with the header each rank
@@ -183,13 +209,12 @@ class IntCompressor(Compressor):
         self._blocksq = np.empty(nb)
         self._diff = xp.empty(d) if spreads else None
         self._peak = np.empty(nb)
-        self._exponent_dtype = np.dtype(np.int16) if np.dtype(np.int16) in self.dtypes else np.dtype(np.int32)
-        """The fill rule's exponents on the wire: they lie in [MIN_EXPONENT, 1024]."""
+        self._exponent_dtype = exponent_dtype(self.dtypes)
         self._one_host_block = nb == 1 and xp is np
         """The exponent rules' arithmetic on one block's values in Python (numpy's calls on arrays of
         one value cost more than the arithmetic: most of a fill step at small d); the same values."""
-        self._exponent_bufs = {dt: (np.empty(1, dtype=dt), int(np.iinfo(dt).max))
-                               for dt in (np.int64, self._exponent_dtype)}
+        self._exponent_sent = np.empty(1, dtype=self._exponent_dtype)
+        self._exponent_top = int(np.iinfo(self._exponent_dtype).max)
         self._exps = np.empty(1, dtype=np.int64)
         self._scaled_one = np.empty(1)
         self._max = np.empty(1)
@@ -363,11 +388,10 @@ class IntCompressor(Compressor):
         if self.dim == 0:
             self.alpha_blocks[...] = 1.0
             return self.alpha_blocks
-        exps = self._max_exponents(v, self._exponent_dtype, peak)
+        exps = self._max_exponents(v, peak)
         level = int(self.state["level"])
         self.alpha_blocks[...] = self._scaled(exps, float_below(self.bounds[level]))
-        bad = int(exps[0]) == NON_FINITE_EXPONENT if self._one_host_block else (exps == NON_FINITE_EXPONENT).any()
-        self._decided = None if bad else level
+        self._decided = None if self._non_finite(exps) else level
         return self.alpha_blocks
 
     def _fill_alpha(self, v, peak: Optional[np.ndarray] = None) -> np.ndarray:
@@ -383,7 +407,7 @@ class IntCompressor(Compressor):
             self.alpha_blocks[...] = 1.0
             return self.alpha_blocks
         st, first = self.state, self.first
-        exps = self._max_exponents(v, self._exponent_dtype, peak)
+        exps = self._max_exponents(v, peak)
         if not st["have_r"]:  # the first fill step sets the floor (r is not used by this rule)
             wide = self.bounds[min(first + 1, len(self.bounds) - 1)]
             st["alpha_floor"][...] = self._scaled(exps, float(wide // 2))
@@ -399,54 +423,48 @@ class IntCompressor(Compressor):
         exponents, so the fill rule's integers go out without a header and are never redone. None
         (the speculative path: its header stops every rank, or its redo clips) for a non-finite block
         or integers beyond the widest dtype."""
+        if self._non_finite(exps):
+            return None
         if self._one_host_block:
-            e = int(exps[0])
-            if e == NON_FINITE_EXPONENT:
-                return None
             try:
-                return narrowest_level(self.bounds, math.ldexp(float(self.alpha_blocks[0]), e))
+                return narrowest_level(self.bounds, math.ldexp(float(self.alpha_blocks[0]), int(exps[0])))
             except OverflowError:  # numpy's ldexp gives inf there: beyond every dtype
                 return None
-        if (exps == NON_FINITE_EXPONENT).any():
-            return None
         with np.errstate(over="ignore"):  # inf: beyond every dtype
             return narrowest_level(self.bounds, float(np.ldexp(self.alpha_blocks, exps.astype(np.intc)).max()))
 
+    def _non_finite(self, exps: np.ndarray) -> bool:
+        """Whether some rank had a non-finite value in a block (the exponents' MAX tells every rank)."""
+        if self._one_host_block:
+            return int(exps[0]) == NON_FINITE_EXPONENT
+        return bool((exps == NON_FINITE_EXPONENT).any())
+
     def _scaled(self, exps: np.ndarray, bound: float) -> np.ndarray:
-        """bound / 2^e per block; 1 where a block was not finite (the integer step's header then
-        stops every rank)."""
+        """:func:`scaled`; one host block in Python floats."""
         if self._one_host_block:
             e = int(exps[0])
             self._scaled_one[0] = 1.0 if e == NON_FINITE_EXPONENT else math.ldexp(bound, -e)
             return self._scaled_one
-        return np.where(exps == NON_FINITE_EXPONENT, 1.0, np.ldexp(bound, -np.minimum(exps, 1 << 20)))
+        return scaled(exps, bound)
 
-    def _max_exponents(self, v, dtype=np.int64, peak: Optional[np.ndarray] = None) -> np.ndarray:
-        """e_b = ceil(log2 max_i max_{j in b} |v_ij|) per alpha block, from a MAX Allreduce of the
-        ranks' integer exponents in ``dtype`` (no float crosses the wire). Exponents are kept >=
-        ``MIN_EXPONENT`` (alpha stays finite for tiny blocks; a zero block gets alpha = the bound); a
-        non-finite block gets ``NON_FINITE_EXPONENT`` (int64; sent as ``dtype``'s largest value)."""
+    def _max_exponents(self, v, peak: Optional[np.ndarray] = None) -> np.ndarray:
+        """:func:`max_exponents` of v's max |v| per alpha block (``peak`` when the caller has it), in
+        the exponents' wire dtype; one host block in Python floats."""
         if peak is None:
             peak = (self.quant.block_max_abs(v, self._peak) if self.takes_blocks
                     else self._per_block(np.maximum, self.xp.abs(v)))
-        if self._one_host_block:
-            sent, top = self._exponent_bufs[dtype]
-            p = float(peak[0])
-            if math.isfinite(p):
-                mant, e = math.frexp(p)
-                sent[0] = max(e - (mant == 0.5), MIN_EXPONENT)
-            else:
-                sent[0] = top
-            e = int(self.comm.allreduce_max(sent)[0])
-            self._exps[0] = NON_FINITE_EXPONENT if e == top else e
-            return self._exps
-        finite = np.isfinite(peak)
-        mant, exps = np.frexp(np.where(finite, peak, 1.0))
-        exps = exps.astype(np.int64) - (mant == 0.5)
-        top = np.iinfo(dtype).max
-        exps = np.where(finite, np.maximum(exps, MIN_EXPONENT), top).astype(dtype)
-        self.comm.allreduce_max(exps)
-        return np.where(exps == top, NON_FINITE_EXPONENT, exps.astype(np.int64))
+        if not self._one_host_block:
+            return max_exponents(self.comm, peak, self._exponent_dtype)
+        sent, top = self._exponent_sent, self._exponent_top
+        p = float(peak[0])
+        if math.isfinite(p):
+            mant, e = math.frexp(p)
+            sent[0] = max(e - (mant == 0.5), MIN_EXPONENT)
+        else:
+            sent[0] = top
+        e = int(self.comm.allreduce_max(sent)[0])
+        self._exps[0] = NON_FINITE_EXPONENT if e == top else e
+        return self._exps
 
     def _float_step(self, v, k, out_mean, out_local):
         if self._order is None:

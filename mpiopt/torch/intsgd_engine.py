@@ -41,8 +41,9 @@ import torch
 
 from mpiopt.compressors.alpha import adaptive_alpha, block_constants
 from mpiopt.compressors.base import info_bits_int, sum_rows, worker_order
-from mpiopt.compressors.integer import (HEADER, MIN_EXPONENT, NON_FINITE, OVER, FITS_SMALLER, SHRINK_AFTER,
-                                        WIRE_NAMES, resend_wider, send_at, send_speculative)
+from mpiopt.compressors.integer import (HEADER, NON_FINITE, NON_FINITE_EXPONENT, OVER, FITS_SMALLER, SHRINK_AFTER,
+                                        WIRE_NAMES, exponent_dtype, max_exponents, resend_wider, scaled, send_at,
+                                        send_speculative)
 from mpiopt.comm import INT_DTYPES, Communicator
 from mpiopt.errors import InputError
 from mpiopt.kernels import cpu_kernel, int_bound
@@ -160,12 +161,7 @@ class _Bucket:
         """(the summed integers, alpha) of this step's integer exchange, decoded by ``_move``; None after a
         float step, which leaves the mean in ``mean``."""
         self.bufs: List[Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]] = [None] * len(engine.dtypes)
-        self.exps = np.empty(plan.n_blocks, dtype=engine.exponent_dtype)
         self.peak = np.empty(plan.n_blocks)
-        self.finite = True
-        """No rank had a non-finite value in this step's exponents (see ``IntSGDEngine._exponent_alpha``)."""
-        self.decided = False
-        """This step's alpha is the exponent rule's in every block, all finite: the integers fit the level."""
 
     def wire(self, level: int, dtype) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         views = self.bufs[level]
@@ -197,8 +193,7 @@ class IntSGDEngine:
         self.dtypes = [t for t in INT_DTYPES if t in comm.int_dtypes]
         self.bounds = [int_bound(t, self.n) for t in self.dtypes]
         self.first = min(lv for lv, b in enumerate(self.bounds) if b >= 1)
-        self.exponent_dtype = np.dtype(np.int16) if np.dtype(np.int16) in self.dtypes else np.dtype(np.int32)
-        """The exponents on the wire (2 bytes a block where int16 is summed): they lie in [MIN_EXPONENT, 1024]."""
+        self.exponent_dtype = exponent_dtype(self.dtypes)
         start = self.first if self.auto else self.dtypes.index(np.dtype(opts["wire_dtype"]))
         self._wire_slot = [WIRE_NAMES.index(str(t)) for t in self.dtypes]
         nb = layout.n_blocks
@@ -252,8 +247,8 @@ class IntSGDEngine:
                     and self.opts["first_step"] == "float":
                 finite = self._float_step(b, v)
             else:
-                alpha = self._alphas(b, v, lrs, needs, scale)
-                finite = self._integer_step(b, v, alpha)
+                alpha, decided = self._alphas(b, v, lrs, needs, scale)
+                finite = self._integer_step(b, v, alpha, decided)
             if finite:
                 self._move(b, lrs, scale, buf)
             else:
@@ -300,8 +295,10 @@ class IntSGDEngine:
         return fresh | zero
 
     def _alphas(self, b: _Bucket, v: np.ndarray, lrs: np.ndarray, needs: np.ndarray, scale: float):
-        """Each bucket block's alpha (a float when the model has one block, as IntSGD's Alg. 1)."""
+        """Each bucket block's alpha (a float when the model has one block, as IntSGD's Alg. 1), and
+        whether the exponents decided it in every block, all finite (the integers then fit the level)."""
         o, plan = self.opts, b.plan
+        decided = False
         if o["alpha"] == "constant":
             alpha = np.full(plan.n_blocks, float(o["alpha0"]))
         else:
@@ -309,14 +306,16 @@ class IntSGDEngine:
             if (~needs).any():
                 with np.errstate(divide="ignore", invalid="ignore"):  # lr-0 blocks: replaced just below
                     alpha[...] = self._adaptive(plan, lrs) / scale
-            if needs.any():
-                alpha[needs] = (float(o["alpha0"]) if o["alpha0"] is not None
-                                else self._exponent_alpha(b, v)[needs])
-        b.decided = bool(needs.all()) and o["alpha"] != "constant" and o["alpha0"] is None and b.finite
+            if needs.any() and o["alpha0"] is not None:
+                alpha[needs] = float(o["alpha0"])
+            elif needs.any():
+                exponents, finite = self._exponent_alpha(b, v)
+                alpha[needs] = exponents[needs]
+                decided = finite and bool(needs.all())
         self.alpha_blocks[plan.blocks] = alpha if self.block == "layer" else alpha[0]
         if self.layout.n_blocks == 1:
-            return float(alpha[0])
-        return alpha[plan.block_at] if b.per_coordinate else alpha
+            return float(alpha[0]), decided
+        return (alpha[plan.block_at] if b.per_coordinate else alpha), decided
 
     def _adaptive(self, plan: BucketPlan, lrs: np.ndarray) -> np.ndarray:
         st, o = self.state, self.opts
@@ -334,10 +333,10 @@ class IntSGDEngine:
     def _level(self, plan: BucketPlan) -> int:
         return int(self.state["level"][plan.blocks].max()) if plan.blocks.size else self.first
 
-    def _exponent_alpha(self, b: _Bucket, v: np.ndarray) -> np.ndarray:
+    def _exponent_alpha(self, b: _Bucket, v: np.ndarray) -> Tuple[np.ndarray, bool]:
         """alpha = floor(M / n) / 2^e per bucket block, 2^e >= max over ranks of the block's |g|: the
         ranks' integer exponents go through one MAX Allreduce (IntSGD's ``first_step='exponent'``, the
-        same exponents in the same dtype); ``b.finite``: no rank had a non-finite value."""
+        same exponents in the same dtype); and whether no rank had a non-finite value."""
         plan, peak = b.plan, b.peak
         if self.kernel == "numba":  # one compiled pass over the rows, nothing allocated
             b.quant.block_max_abs(v, peak)
@@ -346,22 +345,15 @@ class IntSGDEngine:
             for p, _, n, blk in plan.rows.tolist():
                 row = v[p:p + n]
                 peak[blk] = np.maximum(peak[blk], np.maximum(row.max(), -row.min()))  # NaN stays NaN
-        finite = np.isfinite(peak)
-        mant, exps = np.frexp(np.where(finite, peak, 1.0))
-        exps = exps.astype(np.int64) - (mant == 0.5)
-        top = np.iinfo(b.exps.dtype).max
-        b.exps[...] = np.where(finite, np.maximum(exps, MIN_EXPONENT), top)
-        self.comm.allreduce_max(b.exps)
-        bad = b.exps == top
-        b.finite = not bad.any()
+        exps = max_exponents(self.comm, peak, self.exponent_dtype)
         bound = float_below(self.bounds[self._level(plan)])
-        return np.where(bad, 1.0, np.ldexp(bound, -b.exps.astype(np.int64)))
+        return scaled(exps, bound), not (exps == NON_FINITE_EXPONENT).any()
 
     # ---- the wire ----------------------------------------------------------------------------
-    def _integer_step(self, b: _Bucket, v: np.ndarray, alpha) -> bool:
+    def _integer_step(self, b: _Bucket, v: np.ndarray, alpha, decided: bool) -> bool:
         """Int(alpha v) summed over ranks (``auto``: redone in a wider dtype when a rank overflowed,
         never clipped), kept in ``b.summed`` for ``_move`` to decode; False when some rank's values
-        were not finite."""
+        were not finite. ``decided``: the exponents say every rank's integers fit this level."""
         st, q, plan = self.state, b.quant, b.plan
         level = self._level(plan)
 
@@ -369,7 +361,7 @@ class IntSGDEngine:
             return b.wire(lv, self.dtypes[lv])
 
         q.round(v, alpha, self.k)
-        if b.decided:  # the exponents say every rank's integers fit this level: no header, never redone
+        if decided:  # no header, never redone
             ints, clipped = send_at(self.comm, q, wire, self.bounds, level)
             m = q.max_abs
         else:
