@@ -8,8 +8,8 @@ steps where the shared coin resets w (the same coins as the method's). Everythin
 noise, alpha, decode, shifts, the VR estimator, bookkeeping -- is our overhead.
 
 Method iterations and floor iterations run in the same job, interleaved in rounds of blocks (method,
-floor, floor with resets; the order reversed every other round) so that they share the machine's
-noise; each block starts at a barrier and its time is the slowest rank's. The ratio is the median over
+floor, floor with resets, floor with a MAX Allreduce; the order rotated each round, ``harness.interleaved``)
+so that they share the machine's noise; each block starts at a barrier and its time is the slowest rank's. The ratio is the median over
 rounds of method / floor ms per iteration (robust to load from other jobs on a shared machine); the
 medians of each kind are reported too. Result: ``benchmarks/results/step_overhead.json``.
 
@@ -27,13 +27,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness import run_mpi, write_json  # noqa: E402
+from harness import interleaved, run_mpi, write_json  # noqa: E402
 LIBSVM = REPO.parent / "shared" / "data" / "libsvm"
 OUT = REPO / "benchmarks" / "results" / "step_overhead.json"
 
@@ -132,23 +133,23 @@ def measure(args: argparse.Namespace) -> None:
             if resets and coin_rng.random() < p:
                 problem.grad(w, out=full)
 
-    def timed(fn, *a) -> float:
-        comm.barrier()
-        t0 = time.perf_counter()
-        fn(*a)
-        local = np.array([time.perf_counter() - t0])
-        return float(comm.allreduce_max(local, count=False)[0]) / args.steps * 1e3
+    def timer(fn, *a) -> Callable[[], float]:
+        """Seconds per iteration of a block of ``fn``, started at a barrier, the slowest rank's."""
+        def timed() -> float:
+            comm.barrier()
+            t0 = time.perf_counter()
+            fn(*a)
+            local = np.array([time.perf_counter() - t0])
+            return float(comm.allreduce_max(local, count=False)[0]) / args.steps
+        return timed
 
-    kinds = {"method": (method_block, args.steps), "floor": (floor_block, args.steps, False),
-             "floor_with_resets": (floor_block, args.steps, True),
-             "floor_plus_max_allreduce": (floor_block, args.steps, False, True)}
-    rows = {key: [] for key in kinds}
+    kinds = {"method": timer(method_block, args.steps), "floor": timer(floor_block, args.steps, False),
+             "floor_with_resets": timer(floor_block, args.steps, True),
+             "floor_plus_max_allreduce": timer(floor_block, args.steps, False, True)}
     load_before = os.getloadavg()
-    for block in range(args.blocks):
-        order = list(kinds) if block % 2 == 0 else list(reversed(kinds))  # no kind always runs first
-        for key in order:
-            rows[key].append(timed(*kinds[key]))
+    times = interleaved(list(kinds.values()), args.blocks)  # every rank takes the same order
     load_after = os.getloadavg()
+    rows = {key: [t * 1e3 for t in ts] for key, ts in zip(kinds, times)}
     summary = method.summary()
     if comm.rank != 0:
         return
