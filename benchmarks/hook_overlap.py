@@ -14,7 +14,9 @@ rotated each round: ``none`` (a hook that returns the bucket as it is: backward 
 communication), fp32 (``allreduce_hook``), fp16 (``fp16_compress_hook``), intsgd overlapped,
 intsgd synchronous. ``seconds_per_step``: median over the timed steps of the slowest rank's step
 (forward, backward, optimizer step); ``exposed_seconds`` = a hook's minus ``none``'s: the communication
-that backward did not hide.
+that backward did not hide; ``cpu_seconds_per_step``: median of the CPU seconds all ranks' processes
+(every thread) used in the step, and ``cpu_busy`` that over the step's seconds times the machine's
+cores: near 1, the cores had no idle time left for communication to overlap with.
 
 ``semantics`` (2 ranks, digits, the MLP 64-64-10 in float32, 2 buckets): the share of the integers
 sent that are 0 under SGD (lr 0.1), momentum 0.9 (lr 0.05) and Adam (lr 1e-3), 3 epochs each (counted
@@ -172,19 +174,23 @@ def worker_step(args) -> Any:
         runs[name] = (ddp, opt, state)
     params = sum(p.numel() for p in runs[names[0]][0].parameters())
     times = {name: [] for name in names}
+    cpu = {name: [] for name in names}
     for step in range(args.warmup + args.steps):
         order = names[step % len(names):] + names[:step % len(names)]
         for name in order:
             ddp, opt, _ = runs[name]
             dist.barrier()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             opt.zero_grad()
             F.cross_entropy(ddp(x), y).backward()
             opt.step()
             seconds = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+            cpu_seconds = torch.tensor([time.process_time() - c0], dtype=torch.float64)
             dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+            dist.all_reduce(cpu_seconds)
             if step >= args.warmup:
                 times[name].append(float(seconds))
+                cpu[name].append(float(cpu_seconds))
     buckets = None
     for name in names:
         state = runs[name][2]
@@ -193,8 +199,12 @@ def worker_step(args) -> Any:
     import statistics
 
     med = {name: statistics.median(ts) for name, ts in times.items()}
-    return {"parameters": params, "buckets": buckets, "ranks": dist.get_world_size(),
+    med_cpu = {name: statistics.median(cs) for name, cs in cpu.items()}
+    cores = os.cpu_count() or 1
+    return {"parameters": params, "buckets": buckets, "ranks": dist.get_world_size(), "cores": cores,
             "results": [{"hook": n, "seconds_per_step": med[n], "exposed_seconds": med[n] - med["none"],
+                         "cpu_seconds_per_step": med_cpu[n],
+                         "cpu_busy": med_cpu[n] / (med[n] * cores),
                          "steps": len(times[n])} for n in names]}
 
 

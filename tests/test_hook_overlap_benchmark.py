@@ -25,4 +25,6 @@ def test_step_writes_every_hook(tmp_path):
     for r in hooks.values():
         assert r["seconds_per_step"] > 0 and r["steps"] == 2
         assert r["exposed_seconds"] == pytest.approx(r["seconds_per_step"] - hooks["none"]["seconds_per_step"])
+        assert r["cpu_seconds_per_step"] > 0
+        assert r["cpu_busy"] == pytest.approx(r["cpu_seconds_per_step"] / (r["seconds_per_step"] * res["cores"]))
     assert len(res["load_average_before"]) == 3
