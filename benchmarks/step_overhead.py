@@ -8,10 +8,11 @@ steps where the shared coin resets w (the same coins as the method's). Everythin
 noise, alpha, decode, shifts, the VR estimator, bookkeeping -- is our overhead.
 
 Method iterations and floor iterations run in the same job, interleaved in rounds of blocks (method,
-floor, floor with resets, floor with a MAX Allreduce; the order rotated each round, ``harness.interleaved``)
-so that they share the machine's noise; each block starts at a barrier and its time is the slowest rank's. The ratio is the median over
-rounds of method / floor ms per iteration (robust to load from other jobs on a shared machine); the
-medians of each kind are reported too. Result: ``benchmarks/results/step_overhead.json``.
+floor, floor with resets, floor with a MAX Allreduce; the order rotated each round by
+``harness.interleaved``) so that they share the machine's noise; each block starts at a barrier and
+its time is the slowest rank's. The ratio is the median over rounds of method / floor ms per
+iteration (robust to load from other jobs on a shared machine); the medians of each kind are
+reported too. Result: ``benchmarks/results/step_overhead.json``.
 
     python benchmarks/step_overhead.py [--ranks 12] [--blocks 12] [--steps 150] [--data DIR]
 
