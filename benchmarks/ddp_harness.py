@@ -45,6 +45,8 @@ INTSGD_ALPHA = {"intsgd": "paper", "intsgd-exponent": "exponent"}
 """The alpha rule of each IntSGD hook name."""
 MARKERS = ("o", "s", "D", "^", "*", "v")
 GATHERS = ("all_gather_single", "allgather", "_allgather_base")
+"""The process groups' all-gather methods; ``all_gather_single`` exists from torch 2.13 (before it,
+``all_gather_into_tensor`` ends in ``_allgather_base``)."""
 BED_PORT = 29500
 """gloo's rendezvous port at rank 0's bed address (a fresh namespace: nothing else listens there)."""
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -71,7 +73,8 @@ class ByteMeter:
 
     Every torch.distributed collective ends in a method of ``torch.distributed.ProcessGroup``
     (``dist.all_reduce`` calls ``allreduce``, ``dist.all_gather_single`` and
-    ``all_gather_into_tensor`` call ``all_gather_single``, ``dist.all_gather`` calls ``allgather``),
+    ``all_gather_into_tensor`` call ``all_gather_single``, or ``_allgather_base`` before torch 2.13,
+    ``dist.all_gather`` calls ``allgather``),
     and mpiopt's TorchCommunicator calls ``allreduce`` directly, or its recursive-doubling
     all-reduce over send/recv (``DoublingAllreduce``, counted as one all-reduce of its buffer):
     wrapping those methods of the classes sees every collective of every hook (torch's and mpiopt's
@@ -86,7 +89,8 @@ class ByteMeter:
         group = dist.ProcessGroup
         group.allreduce = self._wrap(group.allreduce, lambda args: args[0])
         for name in GATHERS:  # (output, input): the input is what this rank sends
-            setattr(group, name, self._wrap(getattr(group, name), lambda args: args[1]))
+            if hasattr(group, name):  # all_gather_single: torch >= 2.13
+                setattr(group, name, self._wrap(getattr(group, name), lambda args: args[1]))
         DoublingAllreduce.__call__ = self._wrap(DoublingAllreduce.__call__, lambda args: args[0])
 
     def _wrap(self, fn: Callable, sent: Callable) -> Callable:

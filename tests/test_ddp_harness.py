@@ -83,3 +83,34 @@ def test_side_by_side_builds_every_run_first_then_plays_them_in_turns():
     records = ddp_harness.side_by_side(["a", "b"], 2, Run, lambda run, r: log.append((r, run.hook)))
     assert log == [("build", "a"), ("build", "b"), (0, "a"), (0, "b"), (1, "b"), (1, "a")]
     assert records == [{"hook": "a"}, {"hook": "b"}]
+
+
+def test_byte_meter_counts_gathers_on_a_torch_without_all_gather_single():
+    """setup.cfg allows torch>=2.0 and ProcessGroup.all_gather_single exists only from torch 2.13 (torch
+    2.11 is what the GPU machines have): with it removed, ByteMeter is still built (it wrapped the
+    method by name and failed there) and counts what this rank sends, here by ``dist.all_gather``
+    (which ends in ``allgather`` on every torch) and ``dist.all_reduce``. One gloo rank in a
+    subprocess; ``os._exit`` after the checks, as in tests/test_torch_imports.py."""
+    pytest.importorskip("torch")
+    import subprocess
+
+    code = f"""
+import os, sys, tempfile, torch, torch.distributed as dist
+sys.path.insert(0, {str(Path(ddp_harness.__file__).parent)!r})
+if hasattr(dist.ProcessGroup, "all_gather_single"):
+    del dist.ProcessGroup.all_gather_single
+import ddp_harness
+dist.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1)
+meter = ddp_harness.ByteMeter()
+meter.on = True
+out = torch.zeros(5)
+dist.all_gather([out], torch.arange(5, dtype=torch.float32))
+dist.all_reduce(torch.ones(3, dtype=torch.float64))
+assert out.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0], out
+assert meter.bytes == 5 * 4 + 3 * 8, meter.bytes
+dist.destroy_process_group()
+print("counted", flush=True)
+os._exit(0)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "counted" in out.stdout, out.stdout + out.stderr
