@@ -86,7 +86,7 @@ def test_side_by_side_builds_every_run_first_then_plays_them_in_turns():
 
 
 def test_byte_meter_counts_gathers_on_a_torch_without_all_gather_single():
-    """setup.cfg allows torch>=2.0 and ProcessGroup.all_gather_single exists only from torch 2.13 (torch
+    """setup.cfg allows torch>=2.5 and ProcessGroup.all_gather_single exists only from torch 2.13 (torch
     2.11 is what the GPU machines have): with it removed, ByteMeter is still built (it wrapped the
     method by name and failed there) and counts what this rank sends, here by ``dist.all_gather``
     (which ends in ``allgather`` on every torch) and ``dist.all_reduce``. One gloo rank in a

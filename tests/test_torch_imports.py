@@ -31,8 +31,8 @@ def test_lazy_names_still_there():
 
 
 def test_gathers_on_a_torch_without_all_gather_single():
-    """setup.cfg allows torch>=2.0, and ``dist.all_gather_single`` exists only from torch 2.13: with it
-    removed (as on torch 2.0 to 2.12) TorchCommunicator's allgather and allgatherv still work (one gloo rank).
+    """setup.cfg allows torch>=2.5, and ``dist.all_gather_single`` exists only from torch 2.13: with it
+    removed (as on torch 2.5 to 2.12) TorchCommunicator's allgather and allgatherv still work (one gloo rank).
 
     The script exits with ``os._exit`` once its checks passed, as tests/mpi/_torch_common.finish does:
     torch's C++ teardown at interpreter exit can abort a finished process ("terminate called without an
@@ -55,3 +55,18 @@ os._exit(0)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "gathered" in out.stdout, out.stderr
+
+
+def test_allreduce_options_on_a_torch_without_async_op(monkeypatch):
+    """torch 2.5, the oldest setup.cfg allows, has no ``AllreduceOptions.asyncOp`` (its all-reduce
+    blocks without it): TorchCommunicator's options are built with the fields that exist."""
+    import torch.distributed as dist
+
+    from mpiopt.torch import comm
+
+    class Options:  # AllreduceOptions as torch 2.5 has it: setting an unknown field raises
+        __slots__ = ("reduceOp", "timeout")
+
+    monkeypatch.setattr(comm, "AllreduceOptions", Options)
+    opts = comm._allreduce_options(dist.ReduceOp.MAX)
+    assert opts.reduceOp == dist.ReduceOp.MAX and not hasattr(opts, "asyncOp")

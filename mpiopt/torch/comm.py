@@ -47,7 +47,7 @@ between 128 and 192 KiB on 4; kept at 64 KiB because those ranks shared 2 cores,
 rounds dearer than with a core per rank."""
 ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 """The tensor all-gather: ``all_gather_single`` from torch 2.13 (which deprecates the other), else
-``all_gather_into_tensor`` (torch 2.0 to 2.12)."""
+``all_gather_into_tensor`` (torch 2.5 to 2.12)."""
 VIEWS_KEPT = 16
 """Tensor views of this many arrays are kept between collectives (then the cache starts over)."""
 
@@ -69,7 +69,8 @@ def _allreduce_options(op) -> AllreduceOptions:
     """The options ``dist.all_reduce(tensor, op)`` hands its process group (a blocking call)."""
     opts = AllreduceOptions()
     opts.reduceOp = op
-    opts.asyncOp = False
+    if hasattr(opts, "asyncOp"):  # a flag of newer torches (not 2.5's); without it the call blocks
+        opts.asyncOp = False
     return opts
 
 
