@@ -86,6 +86,11 @@ def max_exponents(comm, peak, dtype: np.dtype):
     return np.where(exps == top, NON_FINITE_EXPONENT, exps.astype(np.int64))
 
 
+def non_finite(exps) -> bool:
+    """Whether some rank had a non-finite value in a block (:func:`max_exponents`' MAX tells every rank)."""
+    return bool((exps == NON_FINITE_EXPONENT).any())
+
+
 def scaled(exps, bound: float):
     """bound / 2^e per block; 1 where a block was not finite (the integer step's header then stops
     every rank)."""
@@ -434,10 +439,10 @@ class IntCompressor(Compressor):
             return narrowest_level(self.bounds, float(np.ldexp(self.alpha_blocks, exps.astype(np.intc)).max()))
 
     def _non_finite(self, exps: np.ndarray) -> bool:
-        """Whether some rank had a non-finite value in a block (the exponents' MAX tells every rank)."""
+        """:func:`non_finite`; one host block in Python."""
         if self._one_host_block:
             return int(exps[0]) == NON_FINITE_EXPONENT
-        return bool((exps == NON_FINITE_EXPONENT).any())
+        return non_finite(exps)
 
     def _scaled(self, exps: np.ndarray, bound: float) -> np.ndarray:
         """:func:`scaled`; one host block in Python floats."""

@@ -41,8 +41,8 @@ import torch
 
 from mpiopt.compressors.alpha import adaptive_alpha, block_constants
 from mpiopt.compressors.base import info_bits_int, sum_rows, worker_order
-from mpiopt.compressors.integer import (HEADER, NON_FINITE, NON_FINITE_EXPONENT, OVER, FITS_SMALLER, SHRINK_AFTER,
-                                        WIRE_NAMES, exponent_dtype, max_exponents, resend_wider, scaled, send_at,
+from mpiopt.compressors.integer import (HEADER, NON_FINITE, OVER, FITS_SMALLER, SHRINK_AFTER, WIRE_NAMES,
+                                        exponent_dtype, max_exponents, non_finite, resend_wider, scaled, send_at,
                                         send_speculative)
 from mpiopt.comm import INT_DTYPES, Communicator
 from mpiopt.errors import InputError
@@ -347,7 +347,7 @@ class IntSGDEngine:
                 peak[blk] = np.maximum(peak[blk], np.maximum(row.max(), -row.min()))  # NaN stays NaN
         exps = max_exponents(self.comm, peak, self.exponent_dtype)
         bound = float_below(self.bounds[self._level(plan)])
-        return scaled(exps, bound), not (exps == NON_FINITE_EXPONENT).any()
+        return scaled(exps, bound), not non_finite(exps)
 
     # ---- the wire ----------------------------------------------------------------------------
     def _integer_step(self, b: _Bucket, v: np.ndarray, alpha, decided: bool) -> bool:
