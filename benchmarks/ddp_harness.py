@@ -39,11 +39,13 @@ sys.path.insert(0, str(HERE.parent))
 import netbed  # noqa: E402
 
 DEFAULT_HOOKS = ("allreduce", "fp16", "bf16", "powersgd", "intsgd")
-HOOKS = DEFAULT_HOOKS + ("intsgd-exponent",)
-"""Hook names: the defaults, and intsgd with ``alpha='exponent'`` (the largest |g| fills int8 at every step)."""
-INTSGD_ALPHA = {"intsgd": "paper", "intsgd-exponent": "exponent"}
-"""The alpha rule of each IntSGD hook name."""
-MARKERS = ("o", "s", "D", "^", "*", "v")
+HOOKS = DEFAULT_HOOKS + ("intsgd-exponent", "intsgd-paper")
+"""Hook names: the defaults, and intsgd with a named alpha rule: ``'exponent'`` (the largest |g| fills
+int8 at every step) or ``'paper'`` (Alg. 2); ``intsgd`` is the hook's default, which follows the
+optimizer (``mpiopt.torch.hooks.default_alpha``: the paper's under SGD, exponent under AdamW)."""
+INTSGD_ALPHA = {"intsgd": None, "intsgd-exponent": "exponent", "intsgd-paper": "paper"}
+"""The alpha rule of each IntSGD hook name (None: the hook's default)."""
+MARKERS = ("o", "s", "D", "^", "*", "v", "P")
 GATHERS = ("all_gather_single", "allgather", "_allgather_base")
 """The process groups' all-gather methods; ``all_gather_single`` exists from torch 2.13 (before it,
 ``all_gather_into_tensor`` ends in ``_allgather_base``)."""
@@ -134,7 +136,8 @@ def make_hook(name: str, opt, seed: int, powersgd_rank: int = 2):
     from mpiopt.torch.hooks import IntSGDState, intsgd_hook
 
     if name in INTSGD_ALPHA:
-        return IntSGDState(None, opt, wire_dtype="auto", seed=seed, alpha=INTSGD_ALPHA[name]), intsgd_hook
+        rule = {} if INTSGD_ALPHA[name] is None else {"alpha": INTSGD_ALPHA[name]}
+        return IntSGDState(None, opt, wire_dtype="auto", seed=seed, **rule), intsgd_hook
     if name == "powersgd":
         return powerSGD_hook.PowerSGDState(None, matrix_approximation_rank=powersgd_rank, start_powerSGD_iter=2,
                                            random_seed=seed), InOrder(powerSGD_hook.powerSGD_hook)

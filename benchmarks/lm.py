@@ -11,9 +11,10 @@ per step, the same windows for every hook. AdamW (lr ``--lr``, 5 % linear warm-u
 to a tenth), under DistributedDataParallel with ``bucket_cap_mb=BUCKET_CAP_MB`` so the gradient
 travels in ``buckets`` (>= 8) as a large model's does. The hooks: ``allreduce`` (fp32, what DDP does
 without a hook), torch's ``fp16`` and ``bf16``, torch's ``powersgd`` (rank 4, as the IntSGD paper's
-LSTM runs) and mpiopt's overlapped ``intsgd`` (and, when named, ``intsgd-exponent``: the same hook
-with ``alpha='exponent'``, the largest |g| over the ranks filling int8 in each layer at every step),
-each over its own model, side by side as
+LSTM runs) and mpiopt's overlapped ``intsgd`` (the hook's default alpha, which under AdamW is
+``'exponent'``: the largest |g| over the ranks fills int8 in each layer at every step; when named,
+``intsgd-paper``: the same hook with the IntSGD paper's Alg. 2, and ``intsgd-exponent``, the exponent
+rule named), each over its own model, side by side as
 ``ddp_hooks.py`` does: the models take turns, ``--steps / --evals`` steps each, the order rotated at
 each turn (a machine that drifts weighs on every hook alike); after each turn the model's
 validation loss is measured on ``EVAL_WINDOWS`` fixed windows (not timed).
@@ -24,14 +25,12 @@ every rank at once as in training) and fp32's all-reduce alone (``allreduce_seco
 DDP buckets' fp32 sums back to back); on the 1 Gbit/s bed the second is the larger, which is where a
 GPU cluster at 10-100 Gbit/s stands with a large model.
 
-    python benchmarks/lm.py --ranks 4 --net shm --seeds 1 --json benchmarks/results/lm_shm.json
-    sudo .venv/bin/python benchmarks/lm.py --ranks 4 --net 1gbit --seeds 1 --json benchmarks/results/lm_1gbit.json
+    python benchmarks/lm.py --ranks 4 --net shm --hooks allreduce fp16 bf16 powersgd intsgd intsgd-paper \\
+        --seeds 1 --json benchmarks/results/lm_shm.json
+    sudo .venv/bin/python benchmarks/lm.py --ranks 4 --net 1gbit --hooks allreduce fp16 bf16 powersgd intsgd \\
+        intsgd-paper --seeds 1 --json benchmarks/results/lm_1gbit.json                # and --net 10gbit
     sudo .venv/bin/python benchmarks/lm.py --ranks 4 --net 1gbit --hooks allreduce fp16 intsgd --seeds 1 \\
         --json benchmarks/results/lm_1gbit_3hooks.json
-    sudo .venv/bin/python benchmarks/lm.py --ranks 4 --net 1gbit --hooks allreduce fp16 intsgd intsgd-exponent \
-        --seeds 1 --json benchmarks/results/lm_1gbit_exponent.json
-    sudo .venv/bin/python benchmarks/lm.py --ranks 4 --net 10gbit --hooks allreduce fp16 intsgd-exponent \
-        --seeds 1 --json benchmarks/results/lm_10gbit_exponent.json
     python benchmarks/lm.py --figure benchmarks/results/lm.png benchmarks/results/lm_shm.json \\
         benchmarks/results/lm_10gbit.json benchmarks/results/lm_1gbit.json
 

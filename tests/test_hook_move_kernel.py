@@ -74,7 +74,7 @@ for kernel in ("numba", "numpy"):
                                 torch.nn.Linear(64, 3))
     ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.01)
     opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
-    state = IntSGDState(None, opt, wire_dtype="auto", seed=3, kernel=kernel)
+    state = IntSGDState(None, opt, wire_dtype="auto", seed=3, kernel=kernel, alpha="paper")
     ddp.register_comm_hook(state, intsgd_hook)
     gen = torch.Generator().manual_seed(1)
     for step in range(6):

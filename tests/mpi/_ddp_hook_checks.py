@@ -302,7 +302,7 @@ def resume(X, y, final_a):
 def reference_alpha(opt_factory, X, y):
     """Under the optimizer ``opt_factory`` makes, the hook's alpha at every step equals Alg. 2's alpha of
     x~ <- x~ - lr * mean, tracked here from the means DDP hands back."""
-    ddp, state = hooked(make_opt=opt_factory)
+    ddp, state = hooked(make_opt=opt_factory, alpha="paper")  # Adam's default is 'exponent'
     opt = state.optimizer
     params = list(ddp.parameters())
     x = [p.detach().double().clone().numpy() for p in params]
