@@ -44,6 +44,7 @@ def test_a_named_rule_or_alpha0_is_kept():
     assert state_of(optimizer("adam"), alpha="paper").engine.opts["alpha"] == "paper"
     assert state_of(optimizer("sgd"), alpha="exponent").engine.opts["alpha"] == "exponent"
     assert state_of(optimizer("adam"), alpha0=100.0).engine.opts["alpha"] == "paper"  # alpha0 is the paper rule's
+    assert state_of(optimizer("adam"), alpha=None).engine.opts["alpha"] == "exponent"  # None: the default
 
 
 def test_a_pickled_state_keeps_its_rule():

@@ -81,9 +81,9 @@ def default_alpha(optimizer: torch.optim.Optimizer) -> str:
 
 
 def with_default_alpha(options: Dict[str, Any], optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
-    """The int compressor's options with :func:`default_alpha` filled in, unless ``alpha`` is given or
-    ``alpha0`` is (the paper's rule's first alpha: that rule then)."""
-    if "alpha" in options or options.get("alpha0") is not None:
+    """The int compressor's options with :func:`default_alpha` filled in, unless ``alpha`` is given (not
+    None) or ``alpha0`` is (the paper's rule's first alpha: that rule then)."""
+    if options.get("alpha") is not None or options.get("alpha0") is not None:
         return options
     return {**options, "alpha": default_alpha(optimizer)}
 
