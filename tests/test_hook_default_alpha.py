@@ -51,3 +51,16 @@ def test_a_pickled_state_keeps_its_rule():
     """The rule is part of the state's options, so a state resumed under another optimizer keeps it."""
     state = pickle.loads(pickle.dumps(state_of(optimizer("adamw"))))
     assert state.options["alpha"] == "exponent"
+
+
+def test_a_state_saved_under_another_rule_is_refused():
+    """The rule is part of the saved state's identity: resuming an AdamW run's state under the paper's
+    rule (or the other way) would change every integer, so it is refused, naming the rule; a state saved
+    before the rule was recorded loads as before."""
+    saved = state_of(optimizer("adamw")).state_dict()
+    assert saved["alpha"] == "exponent"
+    with pytest.raises(ValueError, match="alpha saved 'exponent', here 'paper'"):
+        state_of(optimizer("adamw"), alpha="paper").load_state_dict(saved)
+    state_of(optimizer("adamw")).load_state_dict(saved)
+    older = {k: v for k, v in state_of(optimizer("sgd")).state_dict().items() if k != "alpha"}
+    state_of(optimizer("sgd")).load_state_dict(older)

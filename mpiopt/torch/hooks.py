@@ -185,18 +185,25 @@ class CompressorState:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _identity(self) -> Dict[str, Any]:
-        return {"compressor": self.cls.name, "n_ranks": self.comm.size, "rank": self.comm.rank, "seed": self.seed,
-                "block": self.block}
+        ident = {"compressor": self.cls.name, "n_ranks": self.comm.size, "rank": self.comm.rank, "seed": self.seed,
+                 "block": self.block}
+        if isinstance(self.engine, IntSGDEngine):
+            ident["alpha"] = self.engine.opts["alpha"]
+        return ident
 
     def state_dict(self) -> Dict[str, Any]:
         """This rank's hook state as tensors and plain values (IntSGD: per parameter, whatever the buckets)."""
         return {**self._identity(), **self.engine.record()}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Restore a state saved on the same rank of a same-size job with the same compressor, seed and
-        blocks (IntSGD: under any bucketing; other compressors: the same buckets)."""
-        check_identity(state_dict, self._identity(), "hook state does not match this hook (same world size, "
-                       "rank, compressor, seed and block needed)")
+        """Restore a state saved on the same rank of a same-size job with the same compressor, seed,
+        blocks and alpha rule (IntSGD: under any bucketing; other compressors: the same buckets). A
+        state saved before the rule was recorded (it followed no optimizer then) is taken as it is."""
+        mine = self._identity()
+        if "alpha" not in state_dict:
+            mine.pop("alpha", None)
+        check_identity(state_dict, mine, "hook state does not match this hook (same world size, rank, compressor, "
+                       "seed, block and alpha rule needed)")
         self.engine.restore(state_dict)
 
     def __getstate__(self) -> Dict[str, Any]:
