@@ -1,5 +1,6 @@
-"""The IntSGD hook's alpha rule when the caller names none follows the optimizer
-(:func:`mpiopt.torch.hooks.default_alpha`): the paper's under SGD, 'exponent' under Adam and the others."""
+"""The hook state's options: the IntSGD hook's alpha rule when the caller names none follows the optimizer
+(:func:`mpiopt.torch.hooks.default_alpha`): the paper's under SGD, 'exponent' under Adam and the others;
+options of the int compressor only are refused for the others."""
 
 import pickle
 
@@ -9,6 +10,7 @@ torch = pytest.importorskip("torch")
 MPI = pytest.importorskip("mpi4py.MPI")
 
 from mpiopt.comm import MPICommunicator  # noqa: E402
+from mpiopt.errors import InputError  # noqa: E402
 from mpiopt.torch.hooks import CompressorState, IntSGDState  # noqa: E402
 
 OPTIMIZERS = {
@@ -48,7 +50,8 @@ def test_a_named_rule_or_alpha0_is_kept():
 
 
 def test_a_pickled_state_keeps_its_rule():
-    """The rule is part of the state's options, so a state resumed under another optimizer keeps it."""
+    """The rule is part of the pickled options (which ``attach`` builds the engine from), so a state
+    unpickled for another optimizer keeps it."""
     state = pickle.loads(pickle.dumps(state_of(optimizer("adamw"))))
     assert state.options["alpha"] == "exponent"
 
@@ -64,3 +67,8 @@ def test_a_state_saved_under_another_rule_is_refused():
     state_of(optimizer("adamw")).load_state_dict(saved)
     older = {k: v for k, v in state_of(optimizer("sgd")).state_dict().items() if k != "alpha"}
     state_of(optimizer("sgd")).load_state_dict(older)
+
+
+def test_a_grad_scaler_is_refused_for_another_compressor():
+    with pytest.raises(InputError, match="grad_scaler is an option of the IntSGD hook, not of compressor 'nat'"):
+        CompressorState(None, optimizer("adamw"), "nat", comm=MPICommunicator(MPI.COMM_SELF), grad_scaler=object())

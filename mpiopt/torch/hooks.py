@@ -111,9 +111,9 @@ class CompressorState:
         self.cls = compressor_class(compressor)
         if issubclass(self.cls, IntCompressor):
             options = with_default_alpha(options, optimizer)
-        self.compressor, self.options = compressor, options
-        if grad_scaler is not None and not issubclass(self.cls, IntCompressor):
+        elif grad_scaler is not None:
             raise InputError(f"grad_scaler is an option of the IntSGD hook, not of compressor '{compressor}'")
+        self.compressor, self.options = compressor, options
         self._saved: Optional[Dict[str, Any]] = None
         self._build(optimizer, grad_scaler, comm)
 
