@@ -188,8 +188,11 @@ class Runner:
                 status = "diverged"
             elif self.converged(x, row):
                 status = "converged"
-            elif self.callback is not None and self.callback(done, x):
-                status = "callback"
+            elif self.callback is not None:
+                stop = self.callback(done, x)
+                self.method.iterate_changed()  # it may have written x
+                if stop:
+                    status = "callback"
             if status != "max_iter" and row is None:
                 row = self.evaluate(x, done)
             if bar is not None:

@@ -443,6 +443,58 @@ def test_exchange_update_is_exchange_then_the_numpy_update(monkeypatch, kernel, 
         assert fused.summary() == plain.summary() and fused.summary()["kernel"] == kernel
 
 
+@pytest.mark.parametrize("x_dtype", [np.float64, np.float32])
+def test_intsgd_update_sums_its_move_for_the_next_alpha(monkeypatch, x_dtype):
+    """With the paper's alpha and the numba kernel, IntSGD's update also sums the squared move, so the
+    next step's alpha makes no pass over x and x_prev of its own; a resumed state, a write to x from
+    outside (``iterate_changed``), another x array and a step with lr 0 each make the pass again. The
+    iterates and the state are the numpy kernel's (no such shortcut) at every step."""
+    pytest.importorskip("numba")
+    d = 5000
+    passes = []
+
+    def counted():
+        comp = make(IntCompressor, d)
+        squares = comp.quant.step_squares_sum
+        monkeypatch.setattr(comp.quant, "step_squares_sum", lambda x, prev: passes.append(1) or squares(x, prev))
+        return comp
+
+    monkeypatch.setenv(KERNEL_ENV, "numpy")
+    plain = make(IntCompressor, d)
+    monkeypatch.setenv(KERNEL_ENV, "numba")
+    fused = counted()
+    rng = np.random.default_rng(6)
+    x1 = rng.standard_normal(d).astype(x_dtype)
+    x2 = x1.copy()
+    mean = np.empty(d, dtype=x_dtype)
+    expected = []
+    for k in range(16):
+        v = rng.standard_normal(d) * (1.0 if k % 5 else 40.0)
+        lr = 0.0 if k == 9 else LR
+        if k == 6:
+            x1[3] += 1.0
+            x2[3] += 1.0
+            fused.iterate_changed()
+        if k == 12:
+            x1 = x1.copy()
+        if k == 14:
+            resumed = counted()
+            for key, value in fused.state.items():
+                resumed.state[key][...] = value
+            fused = resumed
+        before = len(passes)
+        fused.exchange_update(v, k, x1, lr, mean)
+        plain.exchange_update(v, k, x2, lr, mean)
+        np.testing.assert_array_equal(x1, x2)
+        for key in plain.state:
+            np.testing.assert_array_equal(fused.state[key], plain.state[key], err_msg=key)
+        expected.append(len(passes) - before)
+    assert fused.quant.tracks_move and not getattr(plain.quant, "tracks_move", False)
+    # step 0 sends floats; 1 makes the pass; 6 after the write; 9 (lr 0) none, 10 again; 12 another x;
+    # 14 the resumed compressor
+    assert expected == [0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0, 1, 0]
+
+
 class ManyRanks:
     """What ``resolve`` reads of a communicator (``size``, ``int_dtypes``), for 200 ranks: an option
     check is a pure function of them, and 200 real ranks would cost minutes for one raise."""

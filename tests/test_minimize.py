@@ -116,3 +116,20 @@ def test_adversarial_alpha_is_clipped_never_wrapped_and_warns_once(problem, caps
 def test_auto_wire_dtype_promotes_instead_of_clipping(problem):
     res = mpiopt.minimize(problem, "intsgd", iters=20, batch=4, wire_dtype="auto", alpha="constant", alpha0=1e9)
     assert res.trace["history"]["clipped"][-1] == 0 and res.trace["warnings"] == []
+
+
+def test_a_callback_may_write_the_iterate(problem):
+    """A callback that writes x (as the fault-injection tests do) is followed exactly: IntSGD's update
+    remembers how it moved x for the next alpha, and the runner makes it forget that after a callback
+    (the numba kernel keeps the move, the numpy kernel recomputes it: the same iterates)."""
+    pytest.importorskip("numba")
+
+    def nudge(k, x):
+        if k % 7 == 3:
+            x[k % problem.dim] += 0.25
+
+    runs = [mpiopt.minimize(problem, "intsgd", iters=40, batch=8, seed=2, kernel=kernel, callback=nudge)
+            for kernel in ("numba", "numpy")]
+    assert np.array_equal(runs[0].x, runs[1].x)
+    untouched = mpiopt.minimize(problem, "intsgd", iters=40, batch=8, seed=2, kernel="numba")
+    assert not np.array_equal(untouched.x, runs[0].x)

@@ -290,6 +290,34 @@ def test_step_squares_sum_has_numpys_pairwise_bits_at_every_length(x_dtype):
         np.testing.assert_array_equal(prev_nb, x)
 
 
+@pytest.mark.parametrize("x_dtype", [np.float32, np.float64])
+def test_decode_update_move_is_the_update_then_the_next_steps_squared_move(x_dtype):
+    """IntSGD's update that also sums its move gives decode_update's x, leaves x_prev = the old x, and
+    returns what step_squares_sum (numpy's pairwise sum) gives at the next step, at every length around
+    the sum's 8-unroll and 128-block edges, by product and by division."""
+    rng = np.random.default_rng(12)
+    sizes = list(range(1, 300)) + [1023, 4097, 100_003, (1 << 17) + 1]
+    for n in sizes:
+        for int_dtype, alpha in ((np.int8, 0.37), (np.int16, 0.37), (np.int8, 0.25)):  # by product and by division
+            s = rng.integers(-100, 100, n).astype(int_dtype)
+            x = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 3, n)).astype(x_dtype)
+            ref, got, prev = x.copy(), x.copy(), rng.standard_normal(n)
+            q = nbk.Quantizer(n, 0, 0, 4)
+            q.decode_update(s, alpha, 4, 0.123, ref)
+            moved = q.decode_update_move(s, alpha, 4, 0.123, got, prev)
+            np.testing.assert_array_equal(got, ref)
+            np.testing.assert_array_equal(prev, x)
+            assert moved == npk.Quantizer(n, 0, 0).step_squares_sum(ref, x.astype(np.float64)), (n, int_dtype)
+
+
+def test_decode_update_move_takes_one_block_in_the_plain_layout():
+    assert nbk.Quantizer(10, 0, 0).tracks_move
+    for q in (nbk.Quantizer(10, 0, 0, blocks=[0, 5]), nbk.Quantizer(10, 0, 0, layout=[(0, 5, 5), (5, 0, 5)])):
+        assert not q.tracks_move
+        with pytest.raises(ValueError, match="one alpha for one block"):
+            q.decode_update_move(np.zeros(10, np.int8), 1.0, 2, 0.1, np.zeros(10), np.zeros(10))
+
+
 @pytest.mark.parametrize("rounding", ["random", "deterministic"])
 @pytest.mark.parametrize("out_dtype", [np.float32, np.float64])
 def test_block_values_are_the_spread_alpha(rounding, out_dtype):

@@ -194,6 +194,10 @@ class Compressor:
         if self.opts.get("kernel"):
             warm_up(self.opts["kernel"])
 
+    def iterate_changed(self) -> None:
+        """x was written outside the method's steps (a callback): forget what was derived from it
+        between steps. Here: nothing is."""
+
     def exchange(self, v, k: int, x, lr: float, out_mean, out_local=None) -> None:
         """Communicate this rank's ``v`` and write mean_i C(v_i) into ``out_mean``; every rank calls it.
 

@@ -228,6 +228,12 @@ class IntCompressor(Compressor):
         """(integer sum, alpha) of a :meth:`shifted_exchange` until its :meth:`shift_update`."""
         self._decided: Optional[int] = None
         """This step's wire level when the fill rule decided it (see :meth:`_fill_level`), else None."""
+        self._tracks_move = (o["alpha"] == "paper" and nb == 1 and getattr(self.quant, "tracks_move", False))
+        """The paper's alpha on one block with a kernel whose update can sum the move (see
+        :meth:`exchange_update`)."""
+        self._moves = False
+        self._move: Optional[tuple] = None
+        """(x, the step it is for, ||x - x_prev||^2) from the last update, when it summed the move."""
         self.state = {
             "x_prev": xp.zeros(d),
             "have_prev": np.zeros((), dtype=np.int8),
@@ -321,12 +327,16 @@ class IntCompressor(Compressor):
             views = self._bufs[level] = (buf, buf[:self.dim], buf[self.dim:])
         return views
 
-    def _next_alpha(self, v: np.ndarray, x: np.ndarray, lr: float, peak: Optional[np.ndarray] = None):
+    def _next_alpha(self, v: np.ndarray, x: np.ndarray, lr: float, peak: Optional[np.ndarray] = None,
+                    move: Optional[float] = None):
         """This step's alpha (a float; with blocks, as :meth:`_spread` gives it; None: send floats),
         remembering x as x^{k-1} for the next step. ``peak``: v's max |v| per block when the caller
-        has it already (see :meth:`_max_exponents`)."""
+        has it already (see :meth:`_max_exponents`). ``move``: ||x - x_prev||^2 when the last step's
+        update computed it (:meth:`exchange_update`); x_prev <- x is then left to this step's update.
+        Sets ``_moves``: this step's update may be the one that computes the next step's ``move``."""
         st, o = self.state, self.opts
         self._decided = None
+        self._moves, self._move = False, None
         if o["alpha"] == "constant":
             return self._alpha0
         if o["alpha"] == "exponent":
@@ -351,7 +361,8 @@ class IntCompressor(Compressor):
             st["have_r"][...] = 1
             return self.alpha_blocks
         if len(self.starts) == 1:  # one block: Python floats, the same IEEE operations
-            sq = self.quant.step_squares_sum(x, st["x_prev"])  # ||x^k - x^{k-1}||^2; x_prev <- x
+            sq = self.quant.step_squares_sum(x, st["x_prev"]) if move is None else move  # ||x^k - x^{k-1}||^2; x_prev <- x
+            self._moves = self._tracks_move
             if st["have_r"]:
                 sq = o["beta"] * float(r[0]) + (1.0 - o["beta"]) * sq
             else:
@@ -522,13 +533,26 @@ class IntCompressor(Compressor):
         self._kept = None
         self.quant.shift_update(ints, alpha, self.n, h_local, h, x, lr)  # omega 0: a = 1
 
+    def iterate_changed(self) -> None:
+        self._move = None
+
     def exchange_update(self, v, k, x, lr, mean):
-        alpha = self._next_alpha(v, x, lr)
+        """IntSGD's step. With the paper's alpha on one block (numba kernel, plain layout) the update
+        also sums the squared move x^{k+1} - x^k and sets x_prev <- x^k, the pass the next step's alpha
+        would otherwise make over x and x_prev: that step takes the sum if it is step k + 1 on the same
+        x (else, as after a resume, it makes the pass). The same bits either way."""
+        known, self._move = self._move, None
+        move = known[2] if known is not None and known[0] is x and known[1] == k else None
+        alpha = self._next_alpha(v, x, lr, move=move)
         if alpha is None:
             self._float_step(v, k, mean, None)
             apply_step(x, lr, mean)
             return
-        self.quant.decode_update(self._sum_ints(v, k, alpha, round_into_wire=True), alpha, self.n, lr, x)
+        ints = self._sum_ints(v, k, alpha, round_into_wire=True)
+        if self._moves:
+            self._move = (x, k + 1, self.quant.decode_update_move(ints, alpha, self.n, lr, x, self.state["x_prev"]))
+        else:
+            self.quant.decode_update(ints, alpha, self.n, lr, x)
 
     def _sum_ints(self, v: np.ndarray, k: int, alpha, round_into_wire: bool) -> np.ndarray:
         """Int(alpha v) summed over ranks (exact with ``auto``: redone in a wider dtype if a rank

@@ -350,6 +350,38 @@ if AVAILABLE:
             depth += 1
 
     @_jit
+    def _decode_update_move(s, mul, c, r, lr, x, x_prev):
+        """_decode_update_run's x -= lr * m with one alpha over the whole of x (the plain layout), and
+        x_prev = x as it was; returns the sum of the squared moves (x_new - x_old)^2 in double, in numpy's
+        pairwise order: what ``step_squares_sum(x, x_prev)`` gives at the next step, without its pass.
+        Each block of the walk is moved, squared and summed while it is in L1."""
+        walk, sums, sq = pairwise_scratch()
+        top, depth = pairwise_start(walk, 0, x.shape[0])
+        while True:
+            top, depth, b, m = pairwise_next(walk, sums, top, depth)
+            if m < 0:
+                return 0.0 + sums[0]  # 0.0 +: numpy's sum of none is +0.0
+            base, count = np.uint64(b), np.uint64(m)
+            if mul:
+                for j in range(count):
+                    old = x[base + j]
+                    new = old - lr * x.dtype.type(np.float64(s[base + j]) * r)
+                    x_prev[base + j] = old
+                    x[base + j] = new
+                    t = np.float64(new) - np.float64(old)
+                    sq[j] = t * t
+            else:
+                for j in range(count):
+                    old = x[base + j]
+                    new = old - lr * x.dtype.type(np.float64(s[base + j]) / c)
+                    x_prev[base + j] = old
+                    x[base + j] = new
+                    t = np.float64(new) - np.float64(old)
+                    sq[j] = t * t
+            sums[depth] = leaf_sum(sq, m)
+            depth += 1
+
+    @_jit
     def _block_step_squares(x, x_prev, starts, ends, out):
         """out[b] = sum of (x_j - x_prev_j)^2 over block b = [starts[b], ends[b]) with the bits of
         numpy's ``add.reduceat`` of those squares (a segment's first square plus the pairwise sum of
@@ -741,6 +773,24 @@ class Quantizer:
         _decode_update(sum_int, *self.decoding(sum_int, alpha, n, x), x.dtype.type(lr), x)
         return x
 
+    @property
+    def tracks_move(self) -> bool:
+        """Whether :meth:`decode_update_move` applies: one alpha block in the plain layout."""
+        return self._segs.shape[0] == 1 and self.identity
+
+    def decode_update_move(self, sum_int: np.ndarray, alpha: float, n: int, lr: float, x: np.ndarray,
+                           x_prev: np.ndarray) -> float:
+        """:meth:`decode_update` with one alpha, x_prev <- x before the update, and the squared move
+        ||x_new - x_old||^2 returned with the bits of :meth:`step_squares_sum` (numpy's pairwise sum of
+        numpy's squares): adaptive alpha's next ||x^{k+1} - x^k||^2 from the pass that moves x, so the
+        next step needs no pass of its own over x and x_prev (one alpha block, the plain layout)."""
+        if x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
+            raise ValueError(f"x must be a contiguous float32 or float64 array, got {x.dtype}")
+        if not self.tracks_move or np.ndim(alpha) != 0:
+            raise ValueError("decode_update_move takes one alpha for one block in the plain layout")
+        _, _, _, _, c, r, mul, _ = self.decoding(sum_int, alpha, n, x)
+        return float(_decode_update_move(sum_int, mul, c, r, x.dtype.type(lr), x, x_prev))
+
 
 def warm_up() -> None:
     """Compile (or load from numba's cache) the common specializations, so a timed loop never pays it."""
@@ -757,6 +807,8 @@ def warm_up() -> None:
                     for alpha in (10.0, np.array([10.0, 3.0])):
                         q.decode(buf, alpha, 2, np.empty(16, dtype=ot))
                         q.decode_update(buf, alpha, 2, 0.1, np.zeros(16, dtype=ot))
+                    Quantizer(16, 0, 0, 2, rounding).decode_update_move(buf, 10.0, 2, 0.1, np.zeros(16, dtype=ot),
+                                                                        np.zeros(16))
         q.block_adaptive_alpha(v, np.zeros(16), np.zeros(2), False, 0.9, 0.1, 2, (np.ones(2), np.ones(2)),
                                np.empty(2), np.empty(2))
         q.block_max_abs(v, np.empty(2))

@@ -137,6 +137,10 @@ class Method:
         """Advance x (identical on every rank) by one iteration, in place."""
         raise NotImplementedError
 
+    def iterate_changed(self) -> None:
+        """x was written outside :meth:`step` (the runner calls this after a callback, which may):
+        forget whatever the method derived from x between steps."""
+
     def clip_advice(self) -> str:
         """What to do when coordinates were clipped to fit the wire (for the runner's warning)."""
         return "use --wire-dtype auto or a wider dtype"

@@ -141,6 +141,9 @@ class CompressedMethod(Method):
     def summary(self) -> Dict[str, Any]:
         return {"wire": {"compressor": self.comp_cls.name, **self.comp.summary()}}
 
+    def iterate_changed(self) -> None:
+        self.comp.iterate_changed()
+
     def clip_advice(self) -> str:
         advice = getattr(self.comp, "clip_advice", None)
         return advice() if advice is not None else super().clip_advice()
