@@ -541,7 +541,7 @@ class IntCompressor(Compressor):
         also sums the squared move x^{k+1} - x^k and sets x_prev <- x^k, the pass the next step's alpha
         would otherwise make over x and x_prev: that step takes the sum if it is step k + 1 on the same
         x (else, as after a resume, it makes the pass). The same bits either way."""
-        known, self._move = self._move, None
+        known = self._move  # _next_alpha forgets it
         move = known[2] if known is not None and known[0] is x and known[1] == k else None
         alpha = self._next_alpha(v, x, lr, move=move)
         if alpha is None:
