@@ -443,12 +443,20 @@ def test_exchange_update_is_exchange_then_the_numpy_update(monkeypatch, kernel, 
         assert fused.summary() == plain.summary() and fused.summary()["kernel"] == kernel
 
 
-@pytest.mark.parametrize("x_dtype", [np.float64, np.float32])
-def test_intsgd_update_sums_its_move_for_the_next_alpha(monkeypatch, x_dtype):
-    """With the paper's alpha and the numba kernel, IntSGD's update also sums the squared move, so the
-    next step's alpha makes no pass over x and x_prev of its own; a resumed state, a write to x from
-    outside (``iterate_changed``), another x array and a step with lr 0 each make the pass again. The
-    iterates and the state are the numpy kernel's (no such shortcut) at every step."""
+def _diana_step(comp, arrays, v, k, x, lr):
+    """One DIANA step around ``comp`` (IntDIANA's): the shifted exchange, then the shifts' and x's update."""
+    h_local, h, delta, mean, local, scratch = arrays
+    comp.shifted_exchange(v, h_local, k, x, lr, delta, mean, local)
+    comp.shift_update(h_local, h, x, lr, 1.0, mean, local, scratch)
+
+
+@pytest.mark.parametrize("step,x_dtype", [("intsgd", np.float64), ("intsgd", np.float32), ("intdiana", np.float64)])
+def test_the_update_sums_its_move_for_the_next_alpha(monkeypatch, step, x_dtype):
+    """With the paper's alpha and the numba kernel, IntSGD's update (and IntDIANA's shift update) also
+    sums x's squared move, so the next step's alpha makes no pass over x and x_prev of its own; a
+    resumed state, a write to x from outside (``iterate_changed``), another x array and a step with
+    lr 0 each make the pass again. The iterates and the state are the numpy kernel's (no such
+    shortcut) at every step."""
     pytest.importorskip("numba")
     d = 5000
     passes = []
@@ -466,7 +474,7 @@ def test_intsgd_update_sums_its_move_for_the_next_alpha(monkeypatch, x_dtype):
     rng = np.random.default_rng(6)
     x1 = rng.standard_normal(d).astype(x_dtype)
     x2 = x1.copy()
-    mean = np.empty(d, dtype=x_dtype)
+    arrays1, arrays2 = ([np.zeros(d, dtype=x_dtype) for _ in range(6)] for _ in range(2))
     expected = []
     for k in range(16):
         v = rng.standard_normal(d) * (1.0 if k % 5 else 40.0)
@@ -483,8 +491,14 @@ def test_intsgd_update_sums_its_move_for_the_next_alpha(monkeypatch, x_dtype):
                 resumed.state[key][...] = value
             fused = resumed
         before = len(passes)
-        fused.exchange_update(v, k, x1, lr, mean)
-        plain.exchange_update(v, k, x2, lr, mean)
+        if step == "intsgd":
+            fused.exchange_update(v, k, x1, lr, arrays1[3])
+            plain.exchange_update(v, k, x2, lr, arrays2[3])
+        else:
+            _diana_step(fused, arrays1, v, k, x1, lr)
+            _diana_step(plain, arrays2, v, k, x2, lr)
+            np.testing.assert_array_equal(arrays1[0], arrays2[0])  # h_i
+            np.testing.assert_array_equal(arrays1[1], arrays2[1])  # h
         np.testing.assert_array_equal(x1, x2)
         for key in plain.state:
             np.testing.assert_array_equal(fused.state[key], plain.state[key], err_msg=key)

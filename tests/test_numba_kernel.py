@@ -310,12 +310,38 @@ def test_decode_update_move_is_the_update_then_the_next_steps_squared_move(x_dty
             assert moved == npk.Quantizer(n, 0, 0).step_squares_sum(ref, x.astype(np.float64)), (n, int_dtype)
 
 
-def test_decode_update_move_takes_one_block_in_the_plain_layout():
+@pytest.mark.parametrize("h_dtype", [np.float32, np.float64])
+def test_shift_update_move_is_the_shift_update_then_the_next_steps_squared_move(h_dtype):
+    """IntDIANA's shift update that also sums x's move gives shift_update's h_i, h and x, leaves
+    x_prev = the old x and returns numpy's ||x_new - x_old||^2 (int8 and exact int32 integers, by
+    product and by division)."""
+    rng = np.random.default_rng(13)
+    for n in list(range(1, 140)) + [1023, 4097, 100_003]:
+        for int_dtype, alpha in ((np.int8, 0.37), (np.int16, 37.0), (np.int8, 0.25)):
+            v = rng.standard_normal(n)
+            qa, qb = nbk.Quantizer(n, 0, 0, 4), nbk.Quantizer(n, 0, 0, 4)
+            sa, sb = np.empty(n, int_dtype), np.empty(n, int_dtype)
+            qa.encode(v, alpha, sa, step=3)
+            qb.encode(v, alpha, sb, step=3)
+            start = [rng.standard_normal(n).astype(h_dtype) for _ in range(3)]
+            ref, got, prev = [a.copy() for a in start], [a.copy() for a in start], np.empty(n)
+            qa.shift_update(sa, alpha, 4, *ref, 0.1)
+            moved = qb.shift_update_move(sb, alpha, 4, *got, 0.1, prev)
+            for r, g in zip(ref, got):
+                np.testing.assert_array_equal(g, r)
+            np.testing.assert_array_equal(prev, start[2])
+            assert moved == npk.Quantizer(n, 0, 0).step_squares_sum(ref[2], start[2].astype(np.float64)), n
+
+
+def test_the_move_updates_take_one_block_in_the_plain_layout():
     assert nbk.Quantizer(10, 0, 0).tracks_move
     for q in (nbk.Quantizer(10, 0, 0, blocks=[0, 5]), nbk.Quantizer(10, 0, 0, layout=[(0, 5, 5), (5, 0, 5)])):
         assert not q.tracks_move
         with pytest.raises(ValueError, match="one alpha for one block"):
             q.decode_update_move(np.zeros(10, np.int8), 1.0, 2, 0.1, np.zeros(10), np.zeros(10))
+        with pytest.raises(ValueError, match="one alpha for one block"):
+            q.shift_update_move(np.zeros(10, np.int8), 1.0, 2, np.zeros(10), np.zeros(10), np.zeros(10), 0.1,
+                                np.zeros(10))
 
 
 @pytest.mark.parametrize("rounding", ["random", "deterministic"])

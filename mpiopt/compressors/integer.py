@@ -225,7 +225,7 @@ class IntCompressor(Compressor):
         self._max = np.empty(1)
         self._order: Optional[List[int]] = None
         self._kept = None
-        """(integer sum, alpha) of a :meth:`shifted_exchange` until its :meth:`shift_update`."""
+        """(integer sum, alpha, step) of a :meth:`shifted_exchange` until its :meth:`shift_update`."""
         self._decided: Optional[int] = None
         """This step's wire level when the fill rule decided it (see :meth:`_fill_level`), else None."""
         self._tracks_move = (o["alpha"] == "paper" and nb == 1 and getattr(self.quant, "tracks_move", False))
@@ -519,31 +519,38 @@ class IntCompressor(Compressor):
             super().shifted_exchange(g, h_local, k, x, lr, delta, out_mean, out_local)
             return
         peak = self.quant.shift_delta(g, h_local, delta, self._peak)
-        alpha = self._next_alpha(delta, x, lr, peak)
+        alpha = self._next_alpha(delta, x, lr, peak, move=self._known_move(x, k))
         if alpha is None:
             self._float_step(delta, k, out_mean, out_local)
             return
-        self._kept = (self._sum_ints(delta, k, alpha, round_into_wire=False), alpha)
+        self._kept = (self._sum_ints(delta, k, alpha, round_into_wire=False), alpha, k)
 
     def shift_update(self, h_local, h, x, lr, a, mean, local, scratch):
         if self._kept is None:
             super().shift_update(h_local, h, x, lr, a, mean, local, scratch)
             return
-        ints, alpha = self._kept
+        ints, alpha, k = self._kept
         self._kept = None
-        self.quant.shift_update(ints, alpha, self.n, h_local, h, x, lr)  # omega 0: a = 1
+        if self._moves:  # as exchange_update's: the update also sums x's move for the next alpha
+            self._move = (x, k + 1, self.quant.shift_update_move(ints, alpha, self.n, h_local, h, x, lr,
+                                                                 self.state["x_prev"]))
+        else:
+            self.quant.shift_update(ints, alpha, self.n, h_local, h, x, lr)  # omega 0: a = 1
 
     def iterate_changed(self) -> None:
         self._move = None
+
+    def _known_move(self, x, k: int) -> Optional[float]:
+        """||x - x_prev||^2 when the last update summed it for step k on this x (see exchange_update)."""
+        known = self._move
+        return known[2] if known is not None and known[0] is x and known[1] == k else None
 
     def exchange_update(self, v, k, x, lr, mean):
         """IntSGD's step. With the paper's alpha on one block (numba kernel, plain layout) the update
         also sums the squared move x^{k+1} - x^k and sets x_prev <- x^k, the pass the next step's alpha
         would otherwise make over x and x_prev: that step takes the sum if it is step k + 1 on the same
         x (else, as after a resume, it makes the pass). The same bits either way."""
-        known = self._move  # _next_alpha forgets it
-        move = known[2] if known is not None and known[0] is x and known[1] == k else None
-        alpha = self._next_alpha(v, x, lr, move=move)
+        alpha = self._next_alpha(v, x, lr, move=self._known_move(x, k))
         if alpha is None:
             self._float_step(v, k, mean, None)
             apply_step(x, lr, mean)

@@ -764,6 +764,22 @@ class Quantizer:
         shift_numba.shift_update(sum_int, *self.decoding(sum_int, alpha, n, h), self._exact(),
                                  min(self._sent_bound, 2.0 ** 1023), h_local, h, x, h.dtype.type(lr))
 
+    def shift_update_move(self, sum_int: np.ndarray, alpha: float, n: int, h_local: np.ndarray, h: np.ndarray,
+                          x: np.ndarray, lr: float, x_prev: np.ndarray) -> float:
+        """:meth:`shift_update` with one alpha, x_prev <- x before the update, and the squared move
+        ||x_new - x_old||^2 returned as :meth:`decode_update_move` returns it (one alpha block, the
+        plain layout)."""
+        from mpiopt.kernels import shift_numba
+
+        if not (h.dtype == h_local.dtype == x.dtype and h.dtype in (np.float32, np.float64)):
+            raise ValueError(f"h_i, h and x must share a float dtype, got {h_local.dtype}, {h.dtype}, {x.dtype}")
+        if not self.tracks_move or np.ndim(alpha) != 0:
+            raise ValueError("shift_update_move takes one alpha for one block in the plain layout")
+        _, alphas, _, _, c, r, mul, _ = self.decoding(sum_int, alpha, n, h)
+        return float(shift_numba.shift_update_move(sum_int, mul, c, r, float(alphas[0]), self._exact(),
+                                                   min(self._sent_bound, 2.0 ** 1023), h_local, h, x, x_prev,
+                                                   h.dtype.type(lr)))
+
     def decode_update(self, sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, lr: float,
                       x: np.ndarray) -> np.ndarray:
         """x -= lr * S / (n alpha), in place and in one pass: bit for bit what ``decode`` into a mean
@@ -831,3 +847,8 @@ def warm_up() -> None:
             buf = np.empty(16, dtype=dt)
             q.encode(g, alpha * scale, buf, step=0)
             q.shift_update(buf, alpha, 2, np.zeros(16), np.zeros(16), np.zeros(16), 0.1)
+    one = Quantizer(16, 0, 0, 2, "random")
+    for dt, scale in ((np.int8, 1.0), (np.int16, 100.0)):  # int16: the exact pass into int32
+        buf = np.empty(16, dtype=dt)
+        one.encode(g, 10.0 * scale, buf, step=0)
+        one.shift_update_move(buf, 10.0, 2, np.zeros(16), np.zeros(16), np.zeros(16), 0.1, np.zeros(16))

@@ -13,6 +13,8 @@ x -= eta g. Here it is two:
   quantizer's ``decode``), l = clip(Q) / alpha (its ``decode_local``), g = h + m, h_i += l, h += m,
   x -= eta g: the same IEEE operations in the same order as the numpy sequence, so the iterates are
   the same bits. (The int compressor's omega is 0, so DIANA's shift step 1 / (1 + omega) is 1.)
+  :func:`shift_update_move` does the same with one alpha block and also sums x's squared move for the
+  paper's alpha at the next step (IntDIANA's default).
 
 Any other compressor with the numba kernel (nat, qsgd, hint) takes :func:`shift_delta` (one block)
 before its exchange and :func:`shift_update_decoded` after it: g = h + m, h_i += a l, h += a m,
@@ -24,7 +26,8 @@ quantizer's other kernels take them (see :mod:`mpiopt.kernels.numba`).
 
 import numpy as np
 
-from mpiopt.kernels.numba import _ABS, _bits, _coord_view, _from_bits, _jit
+from mpiopt.kernels.numba import (_ABS, _bits, _coord_view, _from_bits, _jit, leaf_sum, pairwise_next,
+                                  pairwise_scratch, pairwise_start)
 
 
 @_jit
@@ -75,6 +78,38 @@ def shift_update(s, segs, alphas, avec, one, c, r, mul, inv_n, src, bound, h_loc
         p, ctr, n = segs[k, 0], segs[k, 1], segs[k, 2]
         _shift_update_run(s[p:p + n], alphas[segs[k, 3]], _coord_view(avec, ctr, n), one, c, r, mul, inv_n,
                           src[p:p + n], bound, h_local[p:p + n], h[p:p + n], x[p:p + n], lr)
+
+
+@_jit
+def shift_update_move(s, mul, c, r, a, src, bound, h_local, h, x, x_prev, lr):
+    """:func:`shift_update` with one alpha ``a`` over the whole of the arrays (the plain layout), and
+    x_prev = x as it was; returns the sum of the squared moves (x_new - x_old)^2 in double, in numpy's
+    pairwise order (the paper's alpha at the next step reads it instead of a pass of its own; see
+    the numba quantizer's ``decode_update_move``)."""
+    T = h.dtype.type
+    walk, sums, sq = pairwise_scratch()
+    top, depth = pairwise_start(walk, 0, x.shape[0])
+    while True:
+        top, depth, b, n = pairwise_next(walk, sums, top, depth)
+        if n < 0:
+            return 0.0 + sums[0]  # 0.0 +: numpy's sum of none is +0.0
+        base, count = np.uint64(b), np.uint64(n)
+        for j in range(count):
+            i = base + j
+            m = T(np.float64(s[i]) * r) if mul else T(np.float64(s[i]) / c)
+            loc = T(min(max(np.float64(src[i]), -bound), bound) / a)
+            g = h[i] + m
+            h_local[i] = h_local[i] + loc
+            h[i] = h[i] + m
+            g = g * lr
+            old = x[i]
+            new = old - g
+            x_prev[i] = old
+            x[i] = new
+            t = np.float64(new) - np.float64(old)
+            sq[j] = t * t
+        sums[depth] = leaf_sum(sq, n)
+        depth += 1
 
 
 @_jit
