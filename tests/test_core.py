@@ -180,7 +180,10 @@ def test_diana_steps_fused_by_numba_give_the_numpy_sequences_iterates(monkeypatc
 
     fused = []
     int_update, decoded_update = numba_kernel.Quantizer.shift_update, shift_numba.shift_update_decoded
+    move_update = numba_kernel.Quantizer.shift_update_move  # the paper's alpha: the update also sums x's move
     monkeypatch.setattr(numba_kernel.Quantizer, "shift_update", lambda self, *a: fused.append(1) or int_update(self, *a))
+    monkeypatch.setattr(numba_kernel.Quantizer, "shift_update_move",
+                        lambda self, *a: fused.append(1) or move_update(self, *a))
     monkeypatch.setattr(shift_numba, "shift_update_decoded", lambda *a: fused.append(1) or decoded_update(*a))
     res = mpiopt.minimize(problem, method, iters=60, batch=16, kernel="numba", **opts)
     calls = len(fused)
