@@ -5,7 +5,9 @@ the method assumes the step is, whatever optimizer actually moves the parameters
 AdamW). So the state lives per parameter, in the order of the optimizer's parameters, whatever DDP's
 buckets are: x~ (float64, set from the parameters at the first exchange, when DDP has broadcast them),
 per alpha block (one per non-empty parameter) the running average r of its ||x~^k - x~^{k-1}||^2, the
-auto wire dtype's level and streak; and one step counter k that keys the rounding noise. A bucket only
+auto wire dtype's level and streak; and one step counter k that keys the rounding noise. Only the
+paper's rule reads x~ and r: under ``alpha='exponent'`` (the default under Adam) and ``'constant'`` the
+engine keeps no x~ and, after the sum, only decodes the mean into the bucket. A bucket only
 selects slices of it: each coordinate's noise is keyed on its global number (its place in the
 optimizer's parameters), so its integer is the one :class:`mpiopt.torch.IntSGD` sends, whatever
 bucket carries it. DDP's bucket rebuild, another ``bucket_cap_mb`` and a resume are invisible to the
@@ -212,6 +214,11 @@ class IntSGDEngine:
         """Each block's alpha at its last exchange (as sent: divided by the scale under a GradScaler)."""
         self._x_next: Optional[np.ndarray] = None
         self._sq_next = np.zeros(nb)
+        self.tracks_moves = opts["alpha"] == "paper"
+        """Whether the exchange keeps x~ and r: only Alg. 1/2 (``alpha='paper'``) reads them. The exponent
+        and constant rules keep neither: no float64 copy of the parameters (8 bytes each, 16 with the
+        next step's), and after the sum only the decoding, not the pass that moves x~ and sums its
+        squares."""
         self._done = np.zeros(len(layout.params), dtype=bool)
         self._bad_step = False
         self._buckets: Dict[int, _Bucket] = {}
@@ -232,7 +239,7 @@ class IntSGDEngine:
         """Replace the bucket's gradient by the mean over ranks of Int(alpha g) / alpha (or NaN under a
         GradScaler when some rank's gradient is not finite); commit the step after its last bucket."""
         plan = b.plan
-        if self.state["x"] is None:
+        if self.tracks_moves and self.state["x"] is None:
             self._start()
         if plan.dim:
             if b.widened is not None:
@@ -424,7 +431,10 @@ class IntSGDEngine:
         dtype); x~_next = x~ - lr * mean (mean / s under a GradScaler) on the bucket's slices, and each
         block's ||x~_next - x~||^2, summed as :class:`mpiopt.torch.IntSGD` sums it (the same bits). The
         numba kernel makes it all one pass (:mod:`mpiopt.kernels.move_numba`); numpy's passes are the
-        reference."""
+        reference. Without ``tracks_moves``: the decoding and the write-back only."""
+        if not self.tracks_moves:
+            self._write_mean(b, buf)
+            return
         x = self.state["x"]
         if self._x_next is None:
             self._x_next = np.empty_like(x)
@@ -460,11 +470,31 @@ class IntSGDEngine:
                 b.row_sums[k] = sq[p:p + n].sum() if one_block else np.add.reduceat(sq[p:p + n], _AT_ZERO)[0]
         self._sq_next[plan.row_blocks] = b.row_sums
 
+    def _write_mean(self, b: _Bucket, buf: torch.Tensor) -> None:
+        """The mean into ``buf`` with one rounding to its dtype (decoded from ``b.summed`` after an integer
+        step in float64, as :meth:`_move` decodes it), nothing else: the rules that keep no x~. The numba
+        kernel decodes into a float32 / float64 bucket in one pass (:func:`mpiopt.kernels.move_numba.decode_rows`)."""
+        if b.summed is None:
+            buf.copy_(torch.from_numpy(b.mean))
+            return
+        sums, alpha = b.summed
+        if self.kernel == "numba" and b.widened is None:
+            from mpiopt.kernels.move_numba import decode_rows
+
+            _, alphas, _, one, c, _, _, inv_n = b.quant.decoding(sums, alpha, self.n, b.mean)
+            lo, hi = (-128, 127) if sums.dtype == np.int8 else (1, 0)  # the range checked for a product
+            decode_rows(b.plan.rows, sums, alphas, one, c, inv_n, lo, hi, buf.numpy())
+            return
+        b.quant.decode(sums, alpha, self.n, b.mean)
+        buf.copy_(torch.from_numpy(b.mean))
+
     def _commit(self) -> None:
         """The step's last bucket is done: x~ and r advance (unless some bucket was not finite)."""
         st = self.state
         if self._bad_step:
             self.counters["skipped_steps"] += 1
+        elif not self.tracks_moves:
+            self.k += 1
         else:
             st["x"], self._x_next = self._x_next, st["x"]
             r, have = st["r"], st["have_r"]
@@ -492,6 +522,7 @@ class IntSGDEngine:
         if self._done.any():
             raise ValueError("load_state_dict between the buckets of a step (call it between steps)")
         for name, value in saved["arrays"].items():
-            self.state[name] = value.numpy().copy()
+            if name != "x" or self.tracks_moves:  # an older record of a rule that keeps no x~ still holds one
+                self.state[name] = value.numpy().copy()
         self.k = int(saved["step"])
         self.counters.update(saved["counters"])
