@@ -367,7 +367,8 @@ class IntSGDEngine:
         def wire(lv: int):
             return b.wire(lv, self.dtypes[lv])
 
-        q.round(v, alpha, self.k)
+        ints = wire(level)[1]
+        q.round(v, alpha, self.k, into=ints if ints.dtype == np.int8 else None)  # int8: no copy into the wire
         if decided:  # no header, never redone
             ints, clipped = send_at(self.comm, q, wire, self.bounds, level)
             m = q.max_abs
