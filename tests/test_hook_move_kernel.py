@@ -134,6 +134,9 @@ for kernel, tracks in (("numba", None), ("numpy", None), ("numba", True), ("nump
         digest.update(engine.state["x"].tobytes() + engine.state["r"].tobytes())
     elif not tracks:
         assert engine.state["x"] is None and "x" not in engine.record()["arrays"]
+        older = engine.record()  # a record written when this rule still kept x~ holds one: not taken back
+        engine.restore({**older, "arrays": {**older["arrays"], "x": torch.zeros(engine.layout.dim, dtype=torch.float64)}})
+        assert engine.state["x"] is None and engine.k == 6
     digests.append(digest.hexdigest())
 print(" ".join(digests), flush=True)
 import os; os._exit(0)
@@ -144,9 +147,9 @@ import os; os._exit(0)
 def test_hook_trains_the_same_bits_with_either_kernel(alpha):
     """Several buckets, AdamW, 6 steps on one gloo rank: the parameters (and under the paper's rule x~ and
     r) are the same bits under kernel='numba' (fused passes) and kernel='numpy'. The exponent and constant
-    rules keep no x~ (none in the state or its record) and train the same bits as when the engine still
-    moved x~ (``tracks_moves`` forced on). (The script exits with os._exit once done: torch's C++
-    teardown can abort a finished process.)"""
+    rules keep no x~ (none in the state or its record, nor taken from an older record) and train the same
+    bits as when the engine still moved x~ (``tracks_moves`` forced on). (The script exits with os._exit
+    once done: torch's C++ teardown can abort a finished process.)"""
     pytest.importorskip("torch")
     out = subprocess.run([sys.executable, "-c", HOOK_RUN, alpha], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
