@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 move_numba = pytest.importorskip("mpiopt.kernels.move_numba")
+from mpiopt.kernels import numba as numba_kernel  # noqa: E402 (after the skip: numba is optional)
 
 
 def numpy_settle(rows, lrs, mean, scale, x, nxt, out, whole_sum):
@@ -95,12 +96,12 @@ def test_decode_rows_has_the_decodes_bits(dtype, sums, decoded):
 
 
 def test_the_product_check_refuses_a_product_that_rounds_otherwise():
-    """_product_is_decode finds an integer of the range whose product and quotient round apart (float64
+    """product_is_decode finds an integer of the range whose product and quotient round apart (float64
     output: they often do), and refuses an empty range."""
     out = np.empty(1)
-    assert not move_numba._product_is_decode(-128, 127, False, 37.3, 1.0, 1.0 / 3, (1.0 / 3) / 37.3, out)
-    assert not move_numba._product_is_decode(1, 0, True, 1.0, 2.0, 1.0, 0.5, out)
-    assert move_numba._product_is_decode(-128, 127, True, 1.0, 2.0, 1.0, 0.5, out)
+    assert not numba_kernel.product_is_decode(-128, 127, False, 37.3, 1.0, 1.0 / 3, (1.0 / 3) / 37.3, out)
+    assert not numba_kernel.product_is_decode(1, 0, True, 1.0, 2.0, 1.0, 0.5, out)
+    assert numba_kernel.product_is_decode(-128, 127, True, 1.0, 2.0, 1.0, 0.5, out)
 
 
 HOOK_RUN = """

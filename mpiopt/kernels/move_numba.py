@@ -16,7 +16,7 @@ Under the rules that read no x~ (exponent, constant) :func:`decode_rows` only de
 
 import numpy as np
 
-from mpiopt.kernels.numba import _jit, leaf_sum, pairwise_next, pairwise_scratch, pairwise_start
+from mpiopt.kernels.numba import _jit, leaf_sum, pairwise_next, pairwise_scratch, pairwise_start, product_is_decode
 
 
 @_jit
@@ -86,34 +86,20 @@ def settle_rows(rows, sums, mean, decoded, alphas, one, mul, c, r, inv_n, lrs, s
 
 
 @_jit
-def _product_is_decode(lo, hi, one, a, c, inv_n, r, sample):
-    """Whether, for every integer S in [lo, hi] (lo > hi: none checked, False), S * r rounded to sample's
-    dtype equals the decoded mean rounded to it (S / c with one alpha, else (S / a) * inv_n in double):
-    then the row may multiply, several times faster than dividing, and still write the decode's bits."""
-    if lo > hi:
-        return False
-    for v in range(lo, hi + 1):
-        t = np.float64(v)
-        exact = t / c if one else (t / a) * inv_n
-        if sample.dtype.type(t * r) != sample.dtype.type(exact):
-            return False
-    return True
-
-
-@_jit
 def decode_rows(rows, sums, alphas, one, c, inv_n, lo, hi, out):
     """out[p + i] = the mean of position p + i decoded from ``sums`` in double as :func:`settle_rows`
     decodes it (S / c with one alpha, else S / alphas[b] then * inv_n, b the row's block), with one
     rounding to out's dtype: the hook's pass after the sum when no rule reads x~'s move. A row whose
-    means a product gives exactly, checked over the sums' range [lo, hi] (:func:`_product_is_decode`),
-    multiplies. (The decoding's loops are :func:`_settle`'s, written out again: a shared jitted helper
-    stopped _settle's loops vectorizing, 1.5 -> 2.3 ns a parameter.)"""
+    means a product gives exactly, checked over the sums' range [lo, hi]
+    (:func:`mpiopt.kernels.numba.product_is_decode`), multiplies. (The decoding's loops are
+    :func:`_settle`'s, written out again: a shared jitted helper stopped _settle's loops vectorizing,
+    1.5 -> 2.3 ns a parameter.)"""
     for k in range(rows.shape[0]):
         p, n, b = rows[k, 0], rows[k, 2], rows[k, 3]
         a = alphas[0] if one else alphas[b]
         sv, ov = sums[p:p + n], out[p:p + n]
         r = 1.0 / c if one else inv_n / a
-        if _product_is_decode(lo, hi, one, a, c, inv_n, r, ov):
+        if product_is_decode(lo, hi, one, a, c, inv_n, r, ov):
             for j in range(n):
                 ov[j] = np.float64(sv[j]) * r
         elif one:

@@ -64,12 +64,16 @@ if AVAILABLE:
     _jit = _nb.njit(nogil=True, cache=True, error_model="numpy")
 
     @_jit
-    def _u(key, j):
-        z = key + np.uint64(j + 1) * _G
+    def _unit(z):
+        """u of the counter z = key + (j + 1) G: (mix64(z) >> 11) * 2**-53."""
         z = (z ^ (z >> _S30)) * _M1
         z = (z ^ (z >> _S27)) * _M2
         z = z ^ (z >> _S31)
         return np.float64(np.int64(z >> _S11)) * _UNIT
+
+    @_jit
+    def _u(key, j):
+        return _unit(key + np.uint64(j + 1) * _G)
 
     @_jit
     def _stream_key(worker_part, step):
@@ -81,8 +85,10 @@ if AVAILABLE:
 
     @_jit
     def _noise(key, out):
+        z = key
         for j in range(out.shape[0]):
-            out[j] = _u(key, j)
+            z += _G
+            out[j] = _unit(z)
 
     @_intrinsic
     def _bits(typingctx, x):
@@ -108,12 +114,14 @@ if AVAILABLE:
         return _types.float64(_types.int64), codegen
 
     @_jit
-    def _int_of(x, a, key, j, random):
-        """Int(a x) of coordinate j: floor(a x + u_j) or rint(a x), the product in double (no FMA);
-        ``key`` may be shifted by c * G to make coordinate c + j's counter j (see _shifted)."""
+    def _int_of(x, a, z, random):
+        """Int(a x) of the coordinate whose counter is z = key + (j + 1) G: floor(a x + u_j) or rint(a x),
+        the product in double (no FMA). The loops below step z by G (an induction variable: (j + 1) G
+        kept a 64-bit vector multiply per 16 coordinates beside the hash's eight, on the ports that bound
+        this loop); ``key`` may be shifted by c * G to make coordinate c + j's counter j (see _shifted)."""
         t = np.float64(x) * a
         if random:
-            return np.floor(t + _u(key, j))
+            return np.floor(t + _unit(z))
         return np.rint(t)
 
     # Every kernel below takes ``segs``, rows (position, coordinate, count, block): positions
@@ -133,8 +141,10 @@ if AVAILABLE:
     @_jit
     def _round_fast_run(v, a, avec, key, random, out, mx):
         coord = avec.shape[0] > 0
+        z = key
         for i in range(v.shape[0]):
-            t = _int_of(v[i], avec[i] if coord else a, key, i, random)
+            z += _G
+            t = _int_of(v[i], avec[i] if coord else a, z, random)
             mx = max(mx, _bits(t) & _ABS)
             out[i] = np.int64(min(max(t, -127.0), 127.0))
         return mx
@@ -153,8 +163,10 @@ if AVAILABLE:
     @_jit
     def _round_exact_run(v, a, avec, key, random, out, mx, bad, limit):
         coord = avec.shape[0] > 0
+        z = key
         for i in range(v.shape[0]):  # branch-free (selects, an integer max of the bits), so it vectorizes
-            t = _int_of(v[i], avec[i] if coord else a, key, i, random)
+            z += _G
+            t = _int_of(v[i], avec[i] if coord else a, z, random)
             ok = np.abs(t) < np.inf
             bad += not ok
             t = t if ok else 0.0
@@ -201,12 +213,17 @@ if AVAILABLE:
             _divide_clipped_run(src[p:p + n], b, alphas[segs[s, 3]], _coord_view(avec, c, n), out[p:p + n])
 
     @_jit
-    def _product_is_quotient(lo, hi, c, r, sample):
-        """True when, for every integer s in [lo, hi], S * r rounded to sample's dtype equals S / c
-        rounded to it: then a decode may multiply (several times faster than dividing) and still
-        write numpy's bits. Checked exhaustively, so only for the small ranges of int8/int16 sums."""
+    def product_is_decode(lo, hi, one, a, c, inv_n, r, sample):
+        """Whether, for every integer S in [lo, hi] (lo > hi: none checked, False), S * r rounded to
+        sample's dtype equals the decoded mean rounded to it (S / c with one alpha, else (S / a) * inv_n
+        in double): then a decode may multiply, several times faster than dividing, and still write the
+        decode's bits. Checked exhaustively, so only for the small ranges of int8/int16 sums."""
+        if lo > hi:
+            return False
         for s in range(lo, hi + 1):
-            if sample.dtype.type(np.float64(s) * r) != sample.dtype.type(np.float64(s) / c):
+            t = np.float64(s)
+            exact = t / c if one else (t / a) * inv_n
+            if sample.dtype.type(t * r) != sample.dtype.type(exact):
                 return False
         return True
 
@@ -446,7 +463,7 @@ def _may_multiply(sum_int: np.ndarray, c: float, out: np.ndarray) -> bool:
         if len(_MULTIPLY_OK) > 64:
             _MULTIPLY_OK.clear()
         sample = np.empty(1, out.dtype)
-        _MULTIPLY_OK[memo] = bool(_product_is_quotient(lo, hi, c, 1.0 / c, sample))
+        _MULTIPLY_OK[memo] = bool(product_is_decode(lo, hi, True, c, c, 1.0, 1.0 / c, sample))
     return _MULTIPLY_OK[memo]
 
 
