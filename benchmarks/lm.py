@@ -254,7 +254,8 @@ class LMRun:
                 "val_perplexity": self.curve[-1][1], "steps": self.steps, **self.tally.per_step(self.steps),
                 "seconds_per_step": self.curve[-1][0] / self.steps, "curve": self.curve,
                 "buckets": len(self.buckets), **replica_check(self.ddp),
-                "hook_stats": self.state.stats() if hasattr(self.state, "stats") else None}
+                "hook_stats": self.state.stats() if hasattr(self.state, "stats") else None,
+                "larger_sums": getattr(getattr(self.state, "comm", None), "larger_algorithms", None)}
 
 
 def probe(shard: np.ndarray, vocab: int, args) -> Dict[str, Any]:
@@ -443,8 +444,8 @@ def drive(args) -> None:
               "eval_windows": EVAL_WINDOWS, "probe": probed, "target_rule": f"allreduce's final val_perplexity x "
               f"{TARGET_FACTOR}", "identical_on_all_ranks": all(r["identical_on_all_ranks"] for r in records),
               "final_parameters_sha256": {f"{r['hook']}/seed{r['seed']}": r["parameters_sha256"] for r in records},
-              "intsgd_stats": [{"hook": r["hook"], **r["hook_stats"]} for r in records
-                               if r["hook"].startswith("intsgd")],
+              "intsgd_stats": [{"hook": r["hook"], **r["hook_stats"], "larger_sums": r["larger_sums"]}
+                               for r in records if r["hook"].startswith("intsgd")],
               "wall_seconds": round(time.perf_counter() - t0, 1), "results": results}
     out.write_text(json.dumps(report, indent=1))
     plot([report], out.with_suffix(".png"))

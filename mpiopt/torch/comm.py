@@ -15,9 +15,10 @@ NCCL, which takes device tensors only, host arrays (small control messages) are 
 device and back. Under gloo, exact reductions (integer sums, maxima) of CPU buffers of up to
 ``doubling_bytes`` go by recursive doubling over send/recv (:mod:`mpiopt.torch.doubling`: log2 n
 rounds instead of the ring's 2(n - 1), each rank sending log2 n times the buffer instead of
-2(n - 1) / n times it; the same bits); float sums and larger buffers go to the backend's
-all-reduce. ``bytes_sent`` counts what this rank hands to each collective (the buffer, whatever the
-algorithm), as :class:`mpiopt.comm.MPICommunicator` does. gloo and NCCL cannot SUM int16 (gloo
+2(n - 1) / n times it; the same bits); larger ones by whichever of the two their first calls timed
+the faster (:mod:`mpiopt.torch.ring_or_doubling`: it depends on the link); float sums go to the
+backend's all-reduce. ``bytes_sent`` counts what this rank hands to each collective (the buffer,
+whatever the algorithm), as :class:`mpiopt.comm.MPICommunicator` does. gloo and NCCL cannot SUM int16 (gloo
 answers "Invalid scalar type"), so ``int_dtypes`` is (int8, int32, int64): the int compressor's
 ``auto`` climbs int8 -> int32 -> int64 here, and a fixed ``wire_dtype='int16'`` is refused when the
 compressor is built. ``allgatherv`` pads every block to the largest count (torch.distributed has no
@@ -35,6 +36,7 @@ from torch.distributed import AllreduceOptions
 
 from mpiopt.errors import InputError
 from mpiopt.torch.doubling import DoublingAllreduce
+from mpiopt.torch.ring_or_doubling import RingOrDoubling
 
 INT_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.int32, np.int64))
 """The integer types gloo and NCCL can SUM, narrowest first (no int16)."""
@@ -86,13 +88,16 @@ class TorchCommunicator:
     The process group must be initialized first (``dist.init_process_group``); ranks are the
     group's ranks. ``doubling_bytes``: under gloo, integer sums and maxima of CPU buffers of up to
     this many bytes go by recursive doubling (module docstring); 0 sends every reduction to the
-    backend's all-reduce.
+    backend's all-reduce. ``measure_larger``: larger ones take whichever of the backend's all-reduce
+    and doubling their first calls timed the faster, per size class
+    (:mod:`mpiopt.torch.ring_or_doubling`); False: the backend's.
     """
 
     takes_device_arrays = True
     """CuPy buffers go to the collectives as device tensors (DLPack), with no host copy."""
 
-    def __init__(self, group: Optional[dist.ProcessGroup] = None, *, doubling_bytes: int = DOUBLING_BYTES):
+    def __init__(self, group: Optional[dist.ProcessGroup] = None, *, doubling_bytes: int = DOUBLING_BYTES,
+                 measure_larger: bool = True):
         if not dist.is_available() or not dist.is_initialized():
             raise InputError("TorchCommunicator needs an initialized torch.distributed process group: call "
                              "torch.distributed.init_process_group(...) first (torchrun sets its environment)")
@@ -111,8 +116,18 @@ class TorchCommunicator:
             raise InputError(f"TorchCommunicator: doubling_bytes must be an integer >= 0, got {doubling_bytes!r}")
         self.doubling_bytes = doubling_bytes if self.backend == "gloo" and self.size > 1 else 0
         self._doubling = DoublingAllreduce(self._pg, self.rank, self.size) if self.doubling_bytes else None
+        self._larger = (RingOrDoubling(self._agree, self._align) if self._doubling is not None and measure_larger
+                        else None)
+        self._token = torch.zeros(1, dtype=torch.int8)
         self.bytes_sent = 0
         self.int_dtypes = INT_DTYPES
+
+    @property
+    def larger_algorithms(self) -> Dict[str, str]:
+        """The all-reduce each size class above ``doubling_bytes`` keeps, as {"lo-hi bytes": "ring" or
+        "doubling"}, once its first calls have decided (empty before, or without ``measure_larger``)."""
+        kept = {} if self._larger is None else self._larger.kept
+        return {f"{1 << (b - 1)}-{(1 << b) - 1} bytes": "doubling" if d else "ring" for b, d in sorted(kept.items())}
 
     def _count(self, nbytes: int, count: bool) -> None:
         if count:
@@ -141,14 +156,29 @@ class TorchCommunicator:
 
     def _reduce(self, buf, op, count: bool):
         tensor = self._wire(buf)
-        if buf.nbytes <= self.doubling_bytes and tensor.device.type == "cpu" and DoublingAllreduce.takes(tensor, op):
+        exact = self._doubling is not None and tensor.device.type == "cpu" and DoublingAllreduce.takes(tensor, op)
+        if exact and buf.nbytes <= self.doubling_bytes:
             self._doubling(tensor, op)
+        elif exact and self._larger is not None:
+            self._larger.run(buf.nbytes, lambda: self._backend(tensor, op), lambda: self._doubling(tensor, op))
         else:
-            work = self._pg.allreduce([tensor], self._options[op])  # what dist.all_reduce calls, less its checks
-            if work is not None:
-                work.wait()
+            self._backend(tensor, op)
         self._count(buf.nbytes, count)
         return self._land(buf, tensor)
+
+    def _backend(self, tensor: torch.Tensor, op) -> None:
+        work = self._pg.allreduce([tensor], self._options[op])  # what dist.all_reduce calls, less its checks
+        if work is not None:
+            work.wait()
+
+    def _align(self) -> None:
+        """Return once every rank has entered (a doubling MAX of one byte; not counted: no payload)."""
+        self._doubling(self._token, dist.ReduceOp.MAX)
+
+    def _agree(self, seconds: np.ndarray) -> None:
+        """The largest of each value over the ranks, in place, by the backend (counted: a collective)."""
+        self._backend(torch.from_numpy(seconds), dist.ReduceOp.MAX)
+        self._count(seconds.nbytes, True)
 
     def allreduce_int(self, buf, count: bool = True):
         """Sum an int8/int32/int64 array over all ranks, in place (exact, order-independent)."""

@@ -141,6 +141,46 @@ def doubling(comm: TorchCommunicator) -> None:
         raise AssertionError("doubling_bytes=-1 was accepted")
 
 
+def measured(comm: TorchCommunicator) -> None:
+    """Integer sums above ``doubling_bytes`` go by the ring and by doubling in turn, exactly, until the
+    ranks agree (one more backend all-reduce: the timed maxima) and all keep the same algorithm."""
+    import torch.distributed as dist
+
+    from mpiopt.torch.ring_or_doubling import TRIALS
+
+    chooser = TorchCommunicator(doubling_bytes=1024)
+    calls = []
+    backend_allreduce = dist.ProcessGroup.allreduce
+    dist.ProcessGroup.allreduce = lambda group, *a, **kw: calls.append(1) or backend_allreduce(group, *a, **kw)
+    try:
+        turns = 2 * (TRIALS + 1)
+        rng = np.random.default_rng(comm.rank)
+        for k in range(turns + 4):
+            a = rng.integers(-2**20, 2**20, size=1000, dtype=np.int32)  # 4000 bytes: above 1024
+            exact = a.astype(np.int64)
+            comm.allreduce_int(exact)
+            before, sent = len(calls), chooser.bytes_sent
+            chooser.allreduce_int(a)
+            assert np.array_equal(a, exact), k
+            by_ring = len(calls) - before
+            if k < turns - 1:
+                assert by_ring == (k % 2 == 0), (k, by_ring)
+            elif k == turns - 1:
+                assert by_ring == 1 and chooser.bytes_sent - sent == 4000 + 16  # doubling's turn, then the agreement
+            else:
+                assert by_ring == (not chooser._larger.kept[12]), (k, by_ring)
+        kept = np.array([chooser._larger.kept[12]], dtype=np.int64)
+        lowest = -kept
+        comm.allreduce_max(kept)
+        comm.allreduce_max(lowest)
+        assert kept[0] == -lowest[0], "the ranks kept different algorithms"
+        assert chooser.larger_algorithms == {"2048-4095 bytes": "doubling" if kept[0] else "ring"}
+        assert comm.larger_algorithms == {}  # its sums above 64 KiB: none yet
+        print("kept:", "doubling" if kept[0] else "ring")
+    finally:
+        dist.ProcessGroup.allreduce = backend_allreduce
+
+
 def subgroup(comm: TorchCommunicator) -> None:
     """A communicator of a subgroup (ranks 1..n-1) sums over its members only, the same buffer
     again at the next call (its tensor view is kept; with 4 ranks, 3 members: recursive doubling
@@ -188,6 +228,7 @@ def abort(comm: TorchCommunicator) -> None:
 if __name__ == "__main__":
     init_gloo()
     comm = TorchCommunicator()
-    for check in ((collectives, int16_refused, auto_climbs, doubling, subgroup) if sys.argv[1] == "all" else (abort,)):
+    for check in ((collectives, int16_refused, auto_climbs, doubling, measured, subgroup) if sys.argv[1] == "all"
+                  else (abort,)):
         check(comm)
     finish()

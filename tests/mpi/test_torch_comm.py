@@ -39,12 +39,14 @@ def test_minimize_over_torch_gives_the_mpi_x_final_bit_for_bit(n, a5a_for, tmp_p
 def test_every_collective_int16_refusal_and_auto_ladder_on_4_ranks():
     """Results and byte counts of each collective; int16 refused with the dtypes gloo sums; ``auto``
     goes int8 -> int32 on an overflow with the mean exact to 1/alpha; small integer sums and maxima
-    by recursive doubling, with the ring's bits; a subgroup's communicator (3 ranks: doubling with a
-    fold) sums over its members and refuses a rank outside it (see _torch_comm_checks.py)."""
+    by recursive doubling, with the ring's bits; larger ones by both in turn until the ranks agree on
+    the faster; a subgroup's communicator (3 ranks: doubling with a fold) sums over its members and
+    refuses a rank outside it (see _torch_comm_checks.py)."""
     res = run_torch(4, HERE / "_torch_comm_checks.py", "all", timeout=90)
     assert res.returncode == 0, res.stdout
     assert res.stdout.count("cannot sum int16 (it sums int8, int32, int64)") == 4
     assert res.stdout.count("wires: {'int8': 2, 'int32': 2}") == 4
+    assert res.stdout.count("kept: ring") in (0, 4) and res.stdout.count("kept: ") == 4
 
 
 @pytest.mark.parametrize("algorithm", ["doubling", "ring"])
