@@ -6,7 +6,9 @@ in-place collectives on caller-owned arrays (``allreduce_int``, ``allreduce_floa
 messages, and ``bytes_sent``,
 the bytes this rank handed to the collectives, so that every trace reports bytes on the wire.
 ``int_dtypes`` lists the integer types the backend can SUM (gloo and NCCL have no int16), which is
-the ladder the int compressor's ``auto`` wire dtype climbs.
+the ladder the int compressor's ``auto`` wire dtype climbs. A backend may set ``sums_words`` (the
+MPI one does): it sums uint64 arrays exactly, so that the int compressor may pack its bounded narrow
+integers several to a 64-bit word (:mod:`mpiopt.compressors.lanes`).
 
 :class:`MPICommunicator` does every collective with an uppercase mpi4py buffer call, so nothing on
 the hot path is pickled or allocated. mpi4py is imported when the first MPICommunicator is built
@@ -29,7 +31,7 @@ def _mpi_tables() -> Tuple[Any, Dict[np.dtype, Any], Dict[np.dtype, Any]]:
     from mpi4py import MPI
 
     ints = {np.dtype(np.int8): MPI.INT8_T, np.dtype(np.int16): MPI.INT16_T, np.dtype(np.int32): MPI.INT32_T,
-            np.dtype(np.int64): MPI.INT64_T, np.dtype(np.uint8): MPI.UINT8_T}
+            np.dtype(np.int64): MPI.INT64_T, np.dtype(np.uint8): MPI.UINT8_T, np.dtype(np.uint64): MPI.UINT64_T}
     floats = {np.dtype(np.float16): MPI.Datatype.fromcode("e"), np.dtype(np.float32): MPI.FLOAT,
               np.dtype(np.float64): MPI.DOUBLE}
     return MPI, ints, floats
@@ -85,6 +87,9 @@ class MPICommunicator:
         self.size = self.comm.Get_size()
         self.bytes_sent = 0
         self.int_dtypes = INT_DTYPES
+        self.sums_words = True
+        """uint64 words sum exactly here, and MPI sums element by element: bounded narrow integers go
+        several to a word (:mod:`mpiopt.compressors.lanes`)."""
 
     def _count(self, nbytes: int, count: bool) -> None:
         if count:

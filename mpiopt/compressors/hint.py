@@ -12,6 +12,7 @@ import numpy as np
 
 from mpiopt.compressors.base import KERNEL, Compressor, Option, bad_option, info_bits_int, register
 from mpiopt.compressors.integer import ROUNDING
+from mpiopt.compressors.lanes import sum_bounded, wire_items
 from mpiopt.kernels import int_bound
 from mpiopt.kernels.numpy import float_below
 
@@ -37,7 +38,8 @@ class HintCompressor(Compressor):
         self.dtype = np.dtype(f"int{self.opts['bits']}")
         self.bound = int_bound(self.dtype, self.n)
         self.quant = self.quantizer(dim, self.opts["rounding"])
-        self._buf = self.xp.empty(dim, dtype=self.dtype)
+        self._buf = self.xp.empty(wire_items(comm, self.dtype.itemsize, dim), dtype=self.dtype)
+        self._ints = self._buf[:dim]
         self._abs = self.xp.empty(dim)
         self._max = np.empty(1)
         self.state = {"max_abs_q": np.zeros(())}
@@ -61,9 +63,9 @@ class HintCompressor(Compressor):
         alpha = self._alpha(v, k)
         q = self.quant
         q.round(v, alpha, k)
-        self.clipped = q.pack(self._buf, self.bound)
-        self.comm.allreduce_int(self._buf)
-        q.decode(self._buf, alpha, self.n, out_mean)
+        self.clipped = q.pack(self._ints, self.bound)
+        sum_bounded(self.comm, self._buf, self.dim, self.bound)
+        q.decode(self._ints, alpha, self.n, out_mean)
         if out_local is not None:
             q.decode_local(alpha, out_local)
         sent = min(q.max_abs, self.bound)

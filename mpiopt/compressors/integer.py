@@ -43,6 +43,7 @@ from mpiopt.comm import INT_DTYPES
 from mpiopt.compressors.alpha import adaptive_alpha, block_constants, block_layout
 from mpiopt.compressors.base import (KERNEL, Compressor, Option, all_finite, bad_option, info_bits_int, is_number,
                                      positive, positive_int, register, sum_rows, worker_order)
+from mpiopt.compressors.lanes import sum_bounded, wire_items
 from mpiopt.kernels import int_bound
 from mpiopt.kernels.numpy import apply_step, float_below
 
@@ -108,7 +109,7 @@ def send_speculative(comm, quant, wire, level: int, bounds: Sequence[int], first
     hdr[OVER] = m > bounds[level]
     hdr[FITS_SMALLER] = auto and level > first and m <= bounds[level - 1] // 2
     hdr[NON_FINITE] = not quant.finite
-    comm.allreduce_int(buf)
+    sum_bounded(comm, buf, ints.size + hdr.size, bounds[level])
     return hdr.tolist(), ints, clipped, m
 
 
@@ -120,9 +121,9 @@ def narrowest_level(bounds: Sequence[int], m: float) -> Optional[int]:
 def send_at(comm, quant, wire, bounds: Sequence[int], level: int):
     """The rounded integers (``quant.round`` done) packed into the wire of dtype ``level`` and summed
     by one Allreduce, without a header. Returns (the summed integers, clipped count)."""
-    ints = wire(level)[1]
+    buf, ints, _ = wire(level)
     clipped = quant.pack(ints, bounds[level])
-    comm.allreduce_int(ints)
+    sum_bounded(comm, buf, ints.size, bounds[level])
     return ints, clipped
 
 
@@ -319,12 +320,13 @@ class IntCompressor(Compressor):
         only its own level's buffer, so the levels may share the memory."""
         views = self._bufs[level]
         if views is None:
-            need = (self.dim + HEADER) * self.dtypes[level].itemsize
+            dtype, d = self.dtypes[level], self.dim
+            need = wire_items(self.comm, dtype.itemsize, d + HEADER) * dtype.itemsize  # whole words: lanes.py
             if self._wire is None or self._wire.nbytes < need:
                 self._wire = self.xp.zeros(need, dtype=np.uint8)
                 self._bufs = [None] * len(self.dtypes)
-            buf = self._wire[:need].view(self.dtypes[level])
-            views = self._bufs[level] = (buf, buf[:self.dim], buf[self.dim:])
+            buf = self._wire[:need].view(dtype)
+            views = self._bufs[level] = (buf, buf[:d], buf[d:d + HEADER])
         return views
 
     def _next_alpha(self, v: np.ndarray, x: np.ndarray, lr: float, peak: Optional[np.ndarray] = None,

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
+from _gathered import gather_rows, same_everywhere
 from mpiopt.comm import MPICommunicator
 from mpiopt.compressors.integer import IntCompressor
 from mpiopt.errors import RunError
@@ -34,17 +35,6 @@ def method_with(compressor: str, **opts):
     meth.start(np.zeros(D))
     meth.ctx.comm.bytes_sent = 0
     return meth
-
-
-def gather_rows(v: np.ndarray) -> np.ndarray:
-    rows = np.empty((size, v.size), dtype=v.dtype)
-    world.Allgather(np.ascontiguousarray(v), rows)
-    return rows
-
-
-def same_everywhere(v: np.ndarray) -> bool:
-    rows = gather_rows(np.asarray(v, dtype=np.float64))
-    return bool((rows == rows[0]).all())
 
 
 report = {}
