@@ -27,8 +27,8 @@ DEMO_MPIEXEC = env $(shell $(PY) -m mpiopt.launch --env 4) $(MPIEXEC) -n 4
 # their wire widths, the fp16/bf16 and new compressors, faults (a dying rank, interruption) and the
 # Python API's checks. (tests/mpi/test_mpi_libraries.py and test_slurm.py run every library's venv
 # from the MPICH pass already.)
-OPENMPI_TESTS := tests/mpi/test_run_cli.py tests/mpi/test_integer_methods.py tests/mpi/test_new_compressors_mpi.py \
-	tests/mpi/test_faults.py tests/mpi/test_api_safety.py
+OPENMPI_TESTS := tests/mpi/test_run_cli.py tests/mpi/test_integer_methods.py tests/mpi/test_word_sums.py \
+	tests/mpi/test_new_compressors_mpi.py tests/mpi/test_faults.py tests/mpi/test_api_safety.py
 
 .PHONY: demo test venv clean
 
