@@ -41,7 +41,8 @@ untimed, then all ranks meet at a barrier, untimed, and the step is timed on eve
 * ``bf16`` (dtype bfloat16): the package's bf16 compressor step (``BF16Compressor.exchange_update``:
   the same reduce-scatter / all-gather pair on bfloat16 words).
 * ``raw-allreduce`` (dtype int8 / float16 / float32 / float64): ``Communicator.allreduce_*`` of d values
-  alone -- the floor of any step that sends them.
+  alone -- the floor of any step that sends them; int8 as the int compressor sums them
+  (``mpiopt.compressors.lanes.sum_bounded``: as 64-bit words from 2^17 values on, on MPI).
 
 Model, gradient and mean are float32 for ``intsgd`` and float32 SGD, float64 for float64 SGD.
 Variants are interleaved step by step (each variant takes one step in turn, in a rotating order) so
@@ -122,7 +123,9 @@ def make_variants(d: int, comm, kernels: Sequence[str], seed: int,
     from mpiopt.compressors.bf16 import BF16Compressor
     from mpiopt.compressors.fp16 import FP16Compressor
     from mpiopt.compressors.integer import WIRE_NAMES, IntCompressor
+    from mpiopt.compressors.lanes import sum_bounded, wire_items
     from mpiopt.compressors.none import NoCompression
+    from mpiopt.kernels import int_bound
 
     n, rank = comm.size, comm.rank
     lr = 0.1
@@ -188,15 +191,17 @@ def make_variants(d: int, comm, kernels: Sequence[str], seed: int,
         name = np.dtype(dtype).name
         if f"raw-{name}" not in wanted:
             continue
-        buf = np.empty(d, dtype=dtype)
-        src = (np.clip(np.rint(src32), -1, 1).astype(np.int8) if dtype == np.int8 else src32.astype(dtype))
-        reduce = comm.allreduce_int if dtype == np.int8 else comm.allreduce_float
+        ints = dtype == np.int8
+        buf = np.zeros(wire_items(comm, 1, d) if ints else d, dtype=dtype)
+        src = (np.clip(np.rint(src32), -1, 1).astype(np.int8) if ints else src32.astype(dtype))
+        bound = int_bound(np.int8, n)
+        reduce = (lambda buf: sum_bounded(comm, buf, d, bound)) if ints else comm.allreduce_float
 
         def step_raw(k, buf=buf, reduce=reduce):
             reduce(buf)
 
         variants.append(Variant({**base, "method": "raw-allreduce", "dtype": name}, step_raw,
-                                lambda buf=buf, src=src: np.copyto(buf, src),
+                                lambda buf=buf, src=src: np.copyto(buf[:d], src),
                                 lambda dtype=dtype: {"bytes_per_rank": d * np.dtype(dtype).itemsize}))
     return variants
 
