@@ -26,7 +26,7 @@ _UNSIGNED = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint3
 def takes_words(comm, itemsize: int, count: int) -> bool:
     """Whether ``count`` integers of ``itemsize`` bytes go as words on ``comm`` (one that says it sums
     uint64 words exactly: ``sums_words``)."""
-    return itemsize in _UNSIGNED and count >= LANES_FROM and bool(getattr(comm, "sums_words", False))
+    return count >= LANES_FROM and itemsize in _UNSIGNED and bool(getattr(comm, "sums_words", False))
 
 
 def padded_bytes(nbytes: int) -> int:
@@ -48,7 +48,7 @@ def sum_bounded(comm, buf: np.ndarray, count: int, bound: int) -> np.ndarray:
     ``buf`` fills whole words (the items from ``count`` on, padding, are zeroed first so that no lane
     leaves the bound), else as ``comm.allreduce_int`` of ``buf[:count]``. Returns ``buf[:count]``."""
     if not (takes_words(comm, buf.itemsize, count) and buf.nbytes % WORD.itemsize == 0):
-        return comm.allreduce_int(buf[:count])
+        return comm.allreduce_int(buf if buf.size == count else buf[:count])
     buf[count:] = 0
     lanes = buf.view(_UNSIGNED[buf.itemsize])
     np.add(lanes, bound, out=lanes)
