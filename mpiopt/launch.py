@@ -65,7 +65,10 @@ def library_settings(library: str, ranks: int, n_cores: int, root: bool) -> Dict
     More ranks than cores: the library's yield (MPICH's ``MPIR_CVAR_ENABLE_HEAVY_YIELD``, Open MPI's
     ``mpi_yield_when_idle``, Intel MPI's ``I_MPI_THREAD_YIELD=3``:
     sched_yield in its spin loops, measured faster than its wait mode at 4 ranks on 2 cores) and Open MPI's permission to oversubscribe (its 4.x
-    and 5.x spellings). Open MPI as root: ``OMPI_ALLOW_RUN_AS_ROOT`` and its confirmation."""
+    and 5.x spellings). Open MPI as root: ``OMPI_ALLOW_RUN_AS_ROOT`` and its confirmation. Each yield
+    was timed against its library's off setting at 4 and 12 ranks on 2 cores, quiet and beside other
+    work (``benchmarks/launch_yield.py``, README "MPI settings that matter"): off, MPICH is faster on a
+    quiet machine at 4 ranks and far slower beside other work, Intel MPI is slower everywhere."""
     if library not in LIBRARIES:
         raise ValueError(f"unknown MPI library {library!r}: expected one of {', '.join(LIBRARIES)}")
     if ranks < 1:

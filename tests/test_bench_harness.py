@@ -12,6 +12,7 @@ from _bench import BENCH, mpiexec_or_skip, run_benchmark
 sys.path.insert(0, str(BENCH))
 
 import harness  # noqa: E402
+import launch_yield  # noqa: E402
 
 
 def test_a_failed_job_names_its_command_exit_code_and_standard_error():
@@ -67,6 +68,24 @@ def test_launch_yield_times_both_launch_settings(a5a_path, tmp_path):
                    "--json", out])
     res = json.loads(out.read_text())
     assert set(res["median_ms_per_iteration"]) == {"launcher", "forced_yield"} and res["forced_over_launcher"] > 0
+
+
+def test_launch_yield_times_the_yield_off_where_ranks_outnumber_cores(a5a_path, tmp_path):
+    """Beyond the cores the launchers set the yield, so the other choice timed is the same variable
+    turned off, with busy loops beside the ranks when asked."""
+    mpiexec_or_skip()
+    from mpiopt import launch
+
+    ranks = launch.cores() + 1
+    if ranks > 12:
+        pytest.skip(f"{ranks} ranks: more than the 12 the tests run")
+    out = tmp_path / "yield.json"
+    run_benchmark([BENCH / "launch_yield.py", "--ranks", ranks, "--pairs", "1", "--iters", "20", "--busy", "1",
+                   "--libsvm", a5a_path, "--json", out])
+    res = json.loads(out.read_text())
+    assert set(res["median_ms_per_iteration"]) == {"launcher", "no_yield"} and res["no_yield_over_launcher"] > 0
+    assert res["no_yield_settings"] == launch_yield.YIELD_OFF[res["library"]] and res["busy_loops"] == 1
+    assert set(res["launcher_settings"]) & set(res["no_yield_settings"])
 
 
 def test_interleaved_rotates_the_order_every_repetition():
