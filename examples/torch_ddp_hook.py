@@ -12,6 +12,7 @@ them, gathered) and the script exits 1 when they differ.
 """
 
 import argparse
+import gc
 import hashlib
 import sys
 
@@ -69,6 +70,11 @@ def main() -> int:
     if rank == 0:
         print(f"test accuracy {100 * accuracy:.2f} % after {args.epochs} epochs on {size} ranks")
         print(f"parameters identical on all ranks: {same}")
+    # DDP and the hook's state hold the process group: with them gone, destroying it joins gloo's
+    # threads here. Left to interpreter exit, a gloo thread still releasing the last collective's
+    # tensors there needs the GIL and aborts the process ("terminate called without an active exception").
+    del model, opt
+    gc.collect()
     dist.destroy_process_group()
     return 0 if same else 1
 
