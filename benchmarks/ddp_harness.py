@@ -129,15 +129,17 @@ def _tensors(arg) -> List[Any]:
     return [arg]
 
 
-def make_hook(name: str, opt, seed: int, powersgd_rank: int = 2):
-    """(state, hook) of one hook name (see HOOKS)."""
+def make_hook(name: str, opt, seed: int, powersgd_rank: int = 2, buckets_per_message: int = 1):
+    """(state, hook) of one hook name (see HOOKS); the IntSGD hooks exchange ``buckets_per_message``
+    DDP buckets as one message (:mod:`mpiopt.torch.messages`)."""
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 
     from mpiopt.torch.hooks import IntSGDState, intsgd_hook
 
     if name in INTSGD_ALPHA:
         rule = {} if INTSGD_ALPHA[name] is None else {"alpha": INTSGD_ALPHA[name]}
-        return IntSGDState(None, opt, wire_dtype="auto", seed=seed, **rule), intsgd_hook
+        return IntSGDState(None, opt, wire_dtype="auto", seed=seed, buckets_per_message=buckets_per_message,
+                           **rule), intsgd_hook
     if name == "powersgd":
         return powerSGD_hook.PowerSGDState(None, matrix_approximation_rank=powersgd_rank, start_powerSGD_iter=2,
                                            random_seed=seed), InOrder(powerSGD_hook.powerSGD_hook)

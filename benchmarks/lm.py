@@ -11,7 +11,8 @@ per step, the same windows for every hook. AdamW (lr ``--lr``, 5 % linear warm-u
 to a tenth), under DistributedDataParallel with ``bucket_cap_mb=BUCKET_CAP_MB`` so the gradient
 travels in ``buckets`` (>= 8) as a large model's does. The hooks: ``allreduce`` (fp32, what DDP does
 without a hook), torch's ``fp16`` and ``bf16``, torch's ``powersgd`` (rank 4, as the IntSGD paper's
-LSTM runs) and mpiopt's overlapped ``intsgd`` (the hook's default alpha, which under AdamW is
+LSTM runs) and mpiopt's overlapped ``intsgd`` (``--buckets-per-message`` DDP buckets a message, default 4: an int8
+message as large as one fp32 bucket; the hook's default alpha, which under AdamW is
 ``'exponent'``: the largest |g| over the ranks fills int8 in each layer at every step; when named,
 ``intsgd-paper``: the same hook with the IntSGD paper's Alg. 2, and ``intsgd-exponent``, the exponent
 rule named), each over its own model, side by side as
@@ -74,6 +75,9 @@ BATCH = 4
 """Windows of ``context`` characters per rank per step."""
 BUCKET_CAP_MB = 2.0
 """DDP's bucket size: the 22 MB of fp32 gradient travel in about 11 buckets."""
+INTSGD_BUCKETS_PER_MESSAGE = 4
+"""DDP buckets the intsgd hooks send as one message: 4 buckets of int8 are one fp32 bucket's bytes, the
+message size bucket_cap_mb sets for the float hooks (one bucket each), with a quarter of the round trips."""
 POWERSGD_RANK = 4
 WARMUP = 0.05
 EVAL_WINDOWS = 192
@@ -223,7 +227,8 @@ class LMRun:
         self.ddp = DistributedDataParallel(make_gpt(vocab), bucket_cap_mb=BUCKET_CAP_MB)
         self.opt = torch.optim.AdamW(self.ddp.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, warmup_cosine(args.steps))
-        self.state, hook = make_hook(hook_name, self.opt, seed, powersgd_rank=POWERSGD_RANK)
+        self.state, hook = make_hook(hook_name, self.opt, seed, powersgd_rank=POWERSGD_RANK,
+                                     buckets_per_message=args.buckets_per_message)
         self.buckets: Dict[int, int] = {}
         self.ddp.register_comm_hook(self.state, counting(hook, self.buckets))
         self.rng = np.random.default_rng([seed, dist.get_rank()])
@@ -423,7 +428,8 @@ def bed_options(args, rank: int, init_method: str) -> List[str]:
     """The options that make this script run rank ``rank`` of ``args``'s job (paths absolute)."""
     return ["--json", args.json, "--ranks", str(args.ranks), "--net", args.net, "--hooks", *args.hooks,
             "--seeds", str(args.seeds), "--steps", str(args.steps), "--evals", str(args.evals), "--lr", str(args.lr),
-            "--text", str(Path(args.text).resolve()), *worker_options(args, rank, init_method)]
+            "--buckets-per-message", str(args.buckets_per_message), "--text", str(Path(args.text).resolve()),
+            *worker_options(args, rank, init_method)]
 
 
 def drive(args) -> None:
@@ -437,7 +443,8 @@ def drive(args) -> None:
     results = aggregate(records, args.net, probed["compute_seconds_per_step"])
     hook_bytes = sum(r["sent_bytes"] for r in records)
     report = {"ranks": args.ranks, "net": args.net, **net, "hook_bytes": hook_bytes, "model": MODEL,
-              "batch_per_rank": BATCH, "bucket_cap_mb": BUCKET_CAP_MB, "optimizer": f"AdamW lr {args.lr}, betas "
+              "batch_per_rank": BATCH, "bucket_cap_mb": BUCKET_CAP_MB,
+              "intsgd_buckets_per_message": args.buckets_per_message, "optimizer": f"AdamW lr {args.lr}, betas "
               f"(0.9, 0.95), weight decay 0.1, {WARMUP:.0%} warm-up, cosine to 0.1", "powersgd_rank": POWERSGD_RANK,
               "text": str(args.text), "text_sha256": hashlib.sha256(Path(args.text).read_bytes()).hexdigest(),
               "split": f"first {TRAIN_SHARE:.0%} of the characters train, the rest validate",
@@ -464,6 +471,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--steps", type=positive, default=400, help="training steps per hook")
     p.add_argument("--evals", type=positive, default=10, help="turns per hook, each ending with a validation")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW's peak learning rate")
+    p.add_argument("--buckets-per-message", type=positive, default=INTSGD_BUCKETS_PER_MESSAGE,
+                   help="DDP buckets the intsgd hooks exchange as one message (default: an int8 message holds "
+                        "one fp32 bucket's bytes)")
     p.add_argument("--timeout", type=float, default=None,
                    help="on the bed: seconds the workers may take before all are ended (default: no limit)")
     p.add_argument("--figure", nargs="+", metavar=("PNG", "JSON"),

@@ -22,6 +22,12 @@ ones. The thread runs every bucket's whole exchange (quantize, the collectives i
 decode) first in, first out: every rank runs the same collectives in the same order. ``overlap=False``
 runs the exchange on the autograd thread instead (a completed Future; the synchronous hook).
 
+**Messages** (``buckets_per_message=k``, :mod:`mpiopt.torch.messages`): k consecutive DDP buckets go
+as one exchange (one integer sum, one exponent MAX), started when the last of them is ready; the
+iterates are those of k = 1 bit for bit. An int8 message of k = 4 float32 buckets is as large as one
+float bucket: the message size ``bucket_cap_mb`` sets for the float hooks, with a quarter of the round
+trips, which is what a link or busy cores charge per message (``benchmarks/lm.py``). Default 1.
+
 **IntSGD** (``IntSGDState``, the ``int`` compressor): the state is per parameter, in the optimizer's
 order (:mod:`mpiopt.torch.intsgd_engine`): IntSGD's own iterate x~ <- x~ - lr * mean, r per alpha
 block (``block='layer'``: one per parameter tensor, Alg. 2, the default; ``block='bucket'``: one per
@@ -51,7 +57,7 @@ state is given its optimizer (and scaler) again with :meth:`CompressorState.atta
 CPU tensors (gloo); CUDA buckets are refused for now.
 """
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -65,6 +71,7 @@ from mpiopt.torch.bucket_engine import BucketEngine
 from mpiopt.torch.comm import TorchCommunicator
 from mpiopt.torch.common import check_identity, with_integer_first_step
 from mpiopt.torch.intsgd_engine import IntSGDEngine
+from mpiopt.torch.messages import Member, MessageGroups
 from mpiopt.torch.worker import OrderedWorker
 
 BLOCKS = ("layer", "bucket")
@@ -95,19 +102,21 @@ class CompressorState:
     ``block``: 'layer' (one alpha per parameter tensor) or 'bucket' (one per bucket), for the int
     compressor. ``comm``: a Communicator to use instead of ``TorchCommunicator(process_group)``.
     ``grad_scaler``: the GradScaler of a mixed-precision run (int compressor). ``overlap``: exchange on
-    the worker thread (True) or on the autograd thread. Bad options raise
+    the worker thread (True) or on the autograd thread. ``buckets_per_message``: consecutive DDP buckets
+    exchanged as one message (:mod:`mpiopt.torch.messages`; 1: each bucket alone). Bad options raise
     :class:`mpiopt.errors.InputError` here, on every rank (e.g. ``wire_dtype='int16'`` on gloo).
     """
 
     def __init__(self, process_group: Optional[dist.ProcessGroup] = None,
                  optimizer: Optional[torch.optim.Optimizer] = None, compressor: str = "int", *, seed: int = 0,
                  block: str = "layer", comm: Optional[Communicator] = None, grad_scaler: Any = None,
-                 overlap: bool = True, **options: Any):
+                 overlap: bool = True, buckets_per_message: int = 1, **options: Any):
         if optimizer is None:
             raise ValueError("the hook state needs the optimizer: alpha reads its step size at every step")
         if block not in BLOCKS:
             raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
         self.process_group, self.seed, self.block, self.overlap = process_group, int(seed), block, bool(overlap)
+        self.buckets_per_message = MessageGroups(buckets_per_message).per_message
         self.cls = compressor_class(compressor)
         if issubclass(self.cls, IntCompressor):
             options = with_default_alpha(options, optimizer)
@@ -127,6 +136,7 @@ class CompressorState:
         else:
             self.engine = BucketEngine(self.comm, optimizer, self.cls, self.options, self.seed)
         self.worker = OrderedWorker()
+        self.messages = MessageGroups(self.buckets_per_message)
 
     def attach(self, optimizer: torch.optim.Optimizer, grad_scaler: Any = None,
                process_group: Optional[dist.ProcessGroup] = None) -> None:
@@ -138,10 +148,14 @@ class CompressorState:
             self._saved = None
 
     def run(self, bucket: dist.GradBucket) -> torch.futures.Future:
-        """The Future of ``bucket``'s exchange (pending on the worker thread, or done with ``overlap=False``)."""
+        """The Future of ``bucket``'s exchange, pending until its message's exchange is done (on the
+        worker thread, or on this one with ``overlap=False`` when the bucket ends its message)."""
         if self.optimizer is None:
             raise InputError("this hook state was unpickled: give it its optimizer first (state.attach(optimizer))")
-        job = (self._exchange, bucket.index(), bucket.parameters(), bucket.buffer())
+        return self.messages.add(bucket.index(), bucket.parameters(), bucket.buffer(), bucket.is_last(), self._start)
+
+    def _start(self, members: List[Member]) -> torch.futures.Future:
+        job = (self.messages.exchange, members, self._exchange)
         return self.worker.submit(*job) if self.overlap else self.worker.run_inline(*job)
 
     def _exchange(self, index: int, params, buf: torch.Tensor) -> torch.Tensor:
@@ -209,11 +223,11 @@ class CompressorState:
     def __getstate__(self) -> Dict[str, Any]:
         """The configuration and the state_dict, without the process group, the communicator, the worker
         thread, the optimizer or the scaler (as torch's PowerSGDState leaves out its process group)."""
-        keep = ("seed", "block", "overlap", "compressor", "options")
+        keep = ("seed", "block", "overlap", "buckets_per_message", "compressor", "options")
         return {**{k: self.__dict__[k] for k in keep}, "_saved": self.state_dict()}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"buckets_per_message": 1, **state})  # pickled before the option: one bucket each
         self.cls = compressor_class(self.compressor)
         self.process_group = self.optimizer = self.grad_scaler = None
 

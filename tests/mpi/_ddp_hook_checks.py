@@ -16,6 +16,9 @@ mean fails, not only ranks that disagree.
   the last bit, and the gradients, hence the integers, would follow.)
 * ``buckets``: the same run in several buckets (bucket_cap_mb tiny), overlapped or synchronous, gives
   the one-bucket run's parameters bit for bit: the hook's state does not depend on DDP's bucketing.
+* ``messages``: ``buckets_per_message`` 2 and 3 (overlapped or not; the exponent rule under Adam too)
+  give the one-bucket-a-message run's parameters bit for bit with fewer collectives; a non-finite
+  gradient fails every bucket of its message on every rank; 0 is refused.
 * ``one-parameter-bucket``: a layer alone in its bucket (no bias) takes Alg. 2's alpha of that layer
   (it used to raise TypeError at the second step: one block went down the one-block model's path);
   the run ends on :class:`mpiopt.torch.IntSGD`'s parameters bit for bit.
@@ -238,6 +241,55 @@ def same_as_intsgd(X, y):
     assert state.bytes_sent == rec_b.bytes_sent and state.info_bits == opt.info_bits
     print("ok same-as-IntSGD identical", state.stats())
     return flat(ddp.module)
+
+
+def messages(X, y, final_a):
+    """``buckets_per_message``: 2 and 3 buckets a message (the digits MLP makes 2 buckets: a message of
+    3 closes at the step's last bucket), overlapped or not, train the one-bucket run's parameters bit
+    for bit with fewer collectives; so does the exponent rule under Adam (against its
+    run of one bucket a message); a non-finite gradient in a message of several buckets fails every
+    bucket's future on every rank (DDP raises it from backward) and the next step fails the same way,
+    no rank left waiting; a count below 1 is refused."""
+    calls = {}
+    for per in (1, 2, 3):
+        for overlapped in (True, False):
+            ddp, state = hooked(RecordingCommunicator(), cap=TINY_BUCKETS, overlap=overlapped, buckets_per_message=per)
+            ddp_steps(ddp, state, X, y, range(STEPS))
+            assert torch.equal(flat(ddp.module), final_a), f"{per} buckets a message (overlap={overlapped}) " \
+                                                           "trained other parameters than one bucket"
+            calls[per] = len(state.comm.sent)
+    assert len(state.engine._buckets) == 1 and calls[1] > calls[2] == calls[3], (calls, state.engine._buckets.keys())
+    adam = {}
+    for per in (1, 4):
+        ddp, state = hooked(cap=TINY_BUCKETS, alpha="exponent", buckets_per_message=per,
+                            make_opt=lambda ps: torch.optim.Adam(ps, lr=1e-3))
+        for k in range(STEPS):
+            state.optimizer.zero_grad()
+            xb, yb = batch(X, y, k)
+            F.cross_entropy(ddp(xb), yb).backward()
+            state.optimizer.step()
+            same_on_all_ranks(ddp.module, k)
+        adam[per] = flat(ddp.module)
+    assert torch.equal(adam[1], adam[4]), "the exponent rule trained other parameters in messages of 4 buckets"
+    ddp, state = hooked(cap=TINY_BUCKETS, buckets_per_message=4)
+    for k in range(2):
+        xb, yb = batch(X, y, k)
+        loss = F.cross_entropy(ddp(xb), yb)
+        if dist.get_rank() == 0:
+            loss = loss * float("inf")
+        try:
+            loss.backward()
+        except Exception as exc:  # DDP re-raises the hook's error from backward
+            assert "non-finite gradient" in str(exc), exc
+        else:
+            raise AssertionError(f"a non-finite gradient in a message of 4 buckets did not fail step {k}")
+    try:
+        hooked(buckets_per_message=0)
+    except ValueError as exc:
+        assert "buckets_per_message" in str(exc), exc
+    else:
+        raise AssertionError("buckets_per_message=0 was taken")
+    print("ok messages", calls)
 
 
 def one_parameter_bucket(X, y):
@@ -619,6 +671,7 @@ if __name__ == "__main__":
     X, y = shard()
     final = same_as_intsgd(X, y)
     buckets(X, y, final)
+    messages(X, y, final)
     one_parameter_bucket(X, y)
     resume(X, y, final)
     ddp_options(X, y, final)

@@ -16,7 +16,8 @@ from torchlaunch import run_torch
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 HERE = Path(__file__).resolve().parent
-CHECKS = ("ok same-as-IntSGD identical", "ok buckets", "ok one-parameter-bucket", "ok resume", "ok ddp-options", "ok optimizers momentum",
+CHECKS = ("ok same-as-IntSGD identical", "ok buckets", "ok messages", "ok one-parameter-bucket", "ok resume",
+          "ok ddp-options", "ok optimizers momentum",
           "ok optimizers adam", "ok lr-zero", "ok exponent", "ok low-precision", "ok grad-scaler", "ok accumulation",
           "ok overflow", "ok overlap", "ok int16", "ok nat", "ok empty-layer", "ok group-lr")
 
