@@ -54,6 +54,13 @@ def test_a_bucket_waits_for_its_message():
     assert not fut.done()
 
 
+def test_a_new_step_drops_the_buckets_a_failed_backward_left_waiting():
+    groups = MessageGroups(3)
+    groups.add(*bucket(0, 2), False, lambda members: pytest.fail("no message should close"))
+    _, started = feed(groups, [bucket(i, 2) for i in range(3)], last_index=2)
+    assert started == [[0, 1, 2]]
+
+
 def test_a_message_of_two_dtypes_goes_as_one_exchange_per_run():
     groups = MessageGroups(4)
     buckets = [bucket(0, 2), bucket(1, 2), bucket(2, 2, torch.float16), bucket(3, 2)]

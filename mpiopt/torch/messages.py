@@ -40,6 +40,8 @@ class MessageGroups:
         ``per_message``, or it is the step's ``last``), ``start`` is called with the message's members
         and returns the Future of the message's exchange, which settles theirs."""
         fut: torch.futures.Future = torch.futures.Future()
+        if self._pending and index <= self._pending[-1][0]:  # a new step after one whose backward failed midway
+            self._pending = []
         self._pending.append((index, params, buf, fut))
         if (index + 1) % self.per_message and not last:
             return fut
