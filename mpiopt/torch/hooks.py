@@ -23,8 +23,9 @@ decode) first in, first out: every rank runs the same collectives in the same or
 runs the exchange on the autograd thread instead (a completed Future; the synchronous hook).
 
 **Messages** (``buckets_per_message=k``, :mod:`mpiopt.torch.messages`): k consecutive DDP buckets go
-as one exchange (one integer sum, one exponent MAX), started when the last of them is ready; the
-iterates are those of k = 1 bit for bit. An int8 message of k = 4 float32 buckets is as large as one
+as one exchange (one integer sum, one exponent MAX), started when the last of them is ready; with
+one alpha per layer (the default ``block``) the iterates are those of k = 1 bit for bit (with
+``block='bucket'`` the message is the alpha block). An int8 message of k = 4 float32 buckets is as large as one
 float bucket: the message size ``bucket_cap_mb`` sets for the float hooks, with a quarter of the round
 trips, which is what a link or busy cores charge per message (``benchmarks/lm.py``). Default 1.
 

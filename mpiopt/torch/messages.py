@@ -7,9 +7,11 @@ turns on busy cores) the rounds cost more than the bytes. ``buckets_per_message 
 ``0..k-1``, ``k..2k-1``, ... (and the step's last ones) to the engine as one bucket: their parameters
 in their order, their gradients copied into one buffer, one exchange (one exponent MAX, one integer
 sum), the mean copied back into each bucket. With k = 4 an int8 message holds as many bytes as one
-float32 bucket, the size DDP was tuned for. The integers do not depend on the buckets (the engine
-keys noise and alpha on parameters), so the iterates are those of k = 1, bit for bit; the exchange
-of a group starts when its last bucket is ready, so backward overlaps with ``1/k`` as many exchanges.
+float32 bucket, the size DDP was tuned for. With one alpha per layer (``block='layer'``, the
+default) the integers do not depend on the buckets (the engine keys noise and alpha on parameters),
+so the iterates are those of k = 1, bit for bit; with ``block='bucket'`` the message is the alpha
+block. The exchange of a group starts when its last bucket is ready, so backward overlaps with
+``1/k`` as many exchanges.
 
 Which buckets travel together depends only on their indices and dtypes (a group that holds two
 dtypes goes as one message per run of equal dtype), the same on every rank.
