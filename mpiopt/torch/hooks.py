@@ -117,7 +117,7 @@ class CompressorState:
         if block not in BLOCKS:
             raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
         self.process_group, self.seed, self.block, self.overlap = process_group, int(seed), block, bool(overlap)
-        self.buckets_per_message = MessageGroups(buckets_per_message).per_message
+        self.buckets_per_message = buckets_per_message
         self.cls = compressor_class(compressor)
         if issubclass(self.cls, IntCompressor):
             options = with_default_alpha(options, optimizer)
@@ -128,6 +128,7 @@ class CompressorState:
         self._build(optimizer, grad_scaler, comm)
 
     def _build(self, optimizer: torch.optim.Optimizer, grad_scaler: Any, comm: Optional[Communicator]) -> None:
+        self.messages = MessageGroups(self.buckets_per_message)  # refuses a bad count before any collective
         self.optimizer, self.grad_scaler = optimizer, grad_scaler
         self.comm = TorchCommunicator(self.process_group) if comm is None else comm
         opts = self.cls.resolve(dict(self.options), self.comm)  # refuse bad options now, not inside backward
@@ -137,7 +138,6 @@ class CompressorState:
         else:
             self.engine = BucketEngine(self.comm, optimizer, self.cls, self.options, self.seed)
         self.worker = OrderedWorker()
-        self.messages = MessageGroups(self.buckets_per_message)
 
     def attach(self, optimizer: torch.optim.Optimizer, grad_scaler: Any = None,
                process_group: Optional[dist.ProcessGroup] = None) -> None:

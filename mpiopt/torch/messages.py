@@ -66,15 +66,10 @@ class MessageGroups:
         fused = self._fused.get((key, dtype))
         if fused is None or fused.numel() != sum(dims):
             fused = self._fused[(key, dtype)] = torch.empty(sum(dims), dtype=dtype)
-        offset = 0
-        for (_, _, buf, _), n in zip(members, dims):
-            fused[offset:offset + n].copy_(buf.view(-1)[:n])
-            offset += n
+        torch.cat([buf.view(-1)[:n] for (_, _, buf, _), n in zip(members, dims)], out=fused)
         exchange(key, params, fused)
-        offset = 0
-        for (_, _, buf, _), n in zip(members, dims):
-            buf.view(-1)[:n].copy_(fused[offset:offset + n])
-            offset += n
+        for (_, _, buf, _), n, part in zip(members, dims, fused.split(dims)):
+            buf.view(-1)[:n].copy_(part)
 
 
 def _dtype_runs(members: List[Member]) -> List[List[Member]]:
