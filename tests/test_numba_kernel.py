@@ -494,3 +494,12 @@ def test_a_layout_must_tile_both_ranges(runs, why):
         nbk.Quantizer(6, 0, 0, layout=runs)
     with pytest.raises(ValueError, match="ascend"):
         nbk.Quantizer(6, 0, 0, blocks=[0, 4, 4])
+
+
+def test_short_sums_decode_by_division_without_the_check():
+    """Below _MULTIPLY_FROM values the decode divides (numpy's bits by construction) without checking
+    the product over the int8 range, whose cost a short vector's divisions do not repay; from there
+    an alpha whose product is exact (a power of two) multiplies."""
+    x = np.empty(nbk._MULTIPLY_FROM)
+    assert not nbk._may_multiply(np.zeros(nbk._MULTIPLY_FROM - 1, np.int8), 4.0, x)
+    assert nbk._may_multiply(np.zeros(nbk._MULTIPLY_FROM, np.int8), 4.0, x)

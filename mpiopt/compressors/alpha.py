@@ -32,7 +32,7 @@ def adaptive_alpha(lr: float, r: np.ndarray, sizes: np.ndarray, n: int, eps: flo
     was computed with.
     """
     if len(sizes) == 1 and constants is None:
-        return lr * math.sqrt(float(sizes[0])) / math.sqrt(2.0 * n * float(r[0]) + (lr * eps) ** 2)
+        return one_block_alpha(lr, math.sqrt(float(sizes[0])), float(r[0]), n, eps)
     sqrt_sizes, eps_share = block_constants(sizes, eps) if constants is None else constants
     a = np.empty(len(sizes)) if out is None else out
     np.multiply(r, 2.0 * n, out=a)
@@ -41,6 +41,12 @@ def adaptive_alpha(lr: float, r: np.ndarray, sizes: np.ndarray, n: int, eps: flo
     np.divide(sqrt_sizes, a, out=a)
     a *= lr
     return a
+
+
+def one_block_alpha(lr: float, sqrt_d: float, r: float, n: int, eps: float) -> float:
+    """Alg. 1's alpha (one block of d coordinates, ``sqrt_d`` = sqrt(d)) in Python floats, in the
+    evaluation order of :func:`adaptive_alpha`'s one block."""
+    return lr * sqrt_d / math.sqrt(2.0 * n * r + (lr * eps) ** 2)
 
 
 def block_layout(d: int, block_size: Optional[int], starts: Optional[Sequence[int]]) -> np.ndarray:

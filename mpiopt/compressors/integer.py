@@ -40,7 +40,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from mpiopt.comm import INT_DTYPES
-from mpiopt.compressors.alpha import adaptive_alpha, block_constants, block_layout
+from mpiopt.compressors.alpha import adaptive_alpha, block_constants, block_layout, one_block_alpha
 from mpiopt.compressors.base import (KERNEL, Compressor, Option, all_finite, bad_option, info_bits_int, is_number,
                                      positive, positive_int, register, sum_rows, worker_order)
 from mpiopt.compressors.lanes import sum_bounded, wire_items
@@ -213,6 +213,10 @@ class IntCompressor(Compressor):
                           if spreads and self._fill is None else None)
         """The block of each coordinate, for spreading alpha by a gather (only when not by fills)."""
         self._blocksq = np.empty(nb)
+        self._sqrt_d = math.sqrt(float(self.sizes[0])) if nb else 0.0
+        """sqrt(d) of one block's alpha (Alg. 1)."""
+        self._bits_of = (-1.0, 0)
+        """(max |Q| sent, its ``info_bits_int``) of the last step: most steps send the same max."""
         self._diff = xp.empty(d) if spreads else None
         self._peak = np.empty(nb)
         self._exponent_dtype = exponent_dtype(self.dtypes)
@@ -370,7 +374,7 @@ class IntCompressor(Compressor):
             else:
                 st["have_r"][...] = 1
             r[0] = sq
-            alpha = adaptive_alpha(lr, r, self.sizes, self.n, o["eps"])
+            alpha = one_block_alpha(lr, self._sqrt_d, sq, self.n, o["eps"])
             self.alpha_blocks[0] = alpha
             return alpha
         sq = self._per_block(np.add, self.quant.step_squares(x, st["x_prev"], self._diff), out=self._blocksq)
@@ -570,7 +574,7 @@ class IntCompressor(Compressor):
         afterwards, which would cost a second pass)."""
         st, q = self.state, self.quant
         level = int(st["level"]) if self._decided is None else self._decided
-        ints = self._buffer(level)[1]
+        ints = (self._bufs[level] or self._buffer(level))[1]
         q.round(v, alpha, k, into=ints if round_into_wire and ints.dtype == np.int8 else None)
         if self._decided is not None:  # the fill rule's level: every rank's integers fit it
             m = q.max_abs
@@ -579,11 +583,13 @@ class IntCompressor(Compressor):
         else:
             level, ints, clipped, m = self._speculate(level, k)
         sent_max = min(m, self.bounds[level])
-        self.bits = info_bits_int(self.dim, sent_max)
+        if self._bits_of[0] != sent_max:
+            self._bits_of = (sent_max, info_bits_int(self.dim, sent_max))
+        self.bits = self._bits_of[1]
         self.clipped = clipped
         st["steps_by_wire"][self._wire_slot[level]] += 1
         seen = st["max_abs_q"]
-        if sent_max > seen:
+        if sent_max > float(seen):
             seen[...] = sent_max
         return ints
 

@@ -21,10 +21,11 @@ KERNEL_ENV = "MPIOPT_KERNEL"
 CPU_KERNELS = ("numba", "numpy")
 NUMBA_FROM = 4096
 """Unless a kernel is asked for, vectors of fewer coordinates than this take the numpy kernel: there a
-step costs about the same either way (VR-IntDIANA on a5a, 2 ranks, batch 160: 0.36 ms per iteration
-with numpy, 0.40 with numba; IntSGD at d = 16: 29.6 and 25.9 us), while importing numba and loading
-its compiled kernels costs each process about 110 MB (a rank on a5a: 85 MB peak resident with the
-numpy kernel, 197 MB with numba's; benchmarks/results/rss.json)."""
+step costs a few microseconds more with it (VR-IntDIANA on a5a, 2 ranks, batch 160: 0.36 ms per
+iteration with numpy, 0.40 with numba; IntSGD at d = 16: 17.1 and 12.8 us, sgd 9.5;
+benchmarks/python_overhead.py), while importing numba and loading its compiled kernels costs each
+process about 110 MB (a rank on a5a: 85 MB peak resident with the numpy kernel, 197 MB with numba's;
+benchmarks/results/rss.json)."""
 
 
 def cpu_kernel(name: Optional[str] = None, size: Optional[int] = None) -> str:

@@ -161,6 +161,12 @@ if AVAILABLE:
         return _from_bits(mx)
 
     @_jit
+    def _round_fast_at(v, segs, alphas, avec, worker_part, step, random, out):
+        """``_round_fast`` with the noise key of ``step``, computed here (in Python it costs more
+        than the rounding of a short vector)."""
+        return _round_fast(v, segs, alphas, avec, _stream_key(worker_part, np.uint64(step)), random, out)
+
+    @_jit
     def _round_exact_run(v, a, avec, key, random, out, mx, bad, limit):
         coord = avec.shape[0] > 0
         z = key
@@ -444,12 +450,18 @@ if AVAILABLE:
             out[j] = min(max(np.float64(src[j]), -b), b)
 
 _EMPTY = np.empty(0)
+_INF = float("inf")
+_MULTIPLY_FROM = 4096
+"""Values from which a decode checks whether it may multiply: the check of the 256 int8 values at each
+new alpha (about 1.2 us) costs what a shorter vector's divisions do."""
 
 
 def _may_multiply(sum_int: np.ndarray, c: float, out: np.ndarray) -> bool:
     """Whether decoding ``sum_int`` / c into ``out``'s dtype may use the product with 1 / c (checked
-    over every value of an int8 sum, or of an int16 sum when the vector is long enough to pay the
-    65536 checks); the bits are numpy's either way."""
+    over every value of an int8 sum of at least _MULTIPLY_FROM values, or of an int16 sum when the
+    vector is long enough to pay the 65536 checks); the bits are numpy's either way."""
+    if sum_int.size < _MULTIPLY_FROM:
+        return False
     if sum_int.dtype == np.int8:
         lo, hi = -128, 127
     elif sum_int.dtype == np.int16 and sum_int.size >= 1 << 20:
@@ -541,8 +553,10 @@ class Quantizer:
         self.n_blocks = len(self._starts)
         self.set_layout(layout)
         self._one = np.empty(1)
+        self._pending_one = np.empty(1)
         self._inverses: dict = {}
         self._checked_into: Optional[np.ndarray] = None
+        self._checked_x: Optional[np.ndarray] = None
         self._squares: Optional[np.ndarray] = None
         self._spec = np.zeros(size, dtype=np.int8)
         self._wide: Optional[np.ndarray] = None
@@ -555,7 +569,7 @@ class Quantizer:
         self._rounded: Optional[np.ndarray] = None
         self._sent: Optional[np.ndarray] = None
         self._rounded_ok = self._sent_ok = False
-        self._sent_bound: float = float("inf")
+        self._sent_bound: float = _INF
         self.max_abs = 0.0
         self.finite = True
 
@@ -564,17 +578,22 @@ class Quantizer:
         self._segs = segments(self.size, self._starts, layout)
         self._segs_one = self._segs.copy()
         self._segs_one[:, 3] = 0
+        self._identity = bool((self._segs[:, 0] == self._segs[:, 1]).all())
+        self._tracks_move = self._segs.shape[0] == 1 and self._identity
 
     @property
     def identity(self) -> bool:
         """Whether every coordinate sits at its own position (the plain layout)."""
-        return bool((self._segs[:, 0] == self._segs[:, 1]).all())
+        return self._identity
 
     def _alpha(self, alpha):
         """(segments, per-block alphas, per-coordinate alphas, whether one alpha) for the kernels."""
+        if alpha.__class__ is float:
+            self._one[0] = alpha
+            return self._segs_one, self._one, _EMPTY, True
         if alpha.__class__ is np.ndarray and alpha.ndim == 1 and alpha.dtype == np.float64 and alpha.flags.c_contiguous:
-            a = alpha  # the common case first: block alphas as the int compressor hands them
-        elif alpha.__class__ is float or np.ndim(alpha) == 0:
+            a = alpha  # block alphas as the int compressor hands them
+        elif np.ndim(alpha) == 0:
             self._one[0] = alpha
             return self._segs_one, self._one, _EMPTY, True
         else:
@@ -616,20 +635,23 @@ class Quantizer:
                                  f"{into.dtype} {into.shape}")
             self._checked_into = into
         segs, alphas, avec, one = self._alpha(alpha)
-        key = self.stream_key(step)
         random = self.rounding == "random"
         self._rounded_ok = self._sent_ok = False
-        self._sent_bound = float("inf")
+        self._sent_bound = _INF
         self._pending = None
         if into is not None or not self._went_wide:
             target = self._spec if into is None else into
-            mx = float(_round_fast(v, segs, alphas, avec, key, random, target))
+            mx = float(_round_fast_at(v, segs, alphas, avec, self._worker_key, step, random, target))
             if mx <= _SPEC_MAX:
                 self._src, self.max_abs, self.finite, self._went_wide = target, mx, True, False
                 if into is not None:
-                    self._pending = (v, segs, alphas.copy() if one else alphas, avec, key, random)
+                    if one:
+                        self._pending_one[0] = alphas[0]
+                        alphas = self._pending_one
+                    self._pending = (v, segs, alphas, avec, self._worker_key, step, random)
                     self._into_fresh = True
                 return self
+        key = self.stream_key(step)
         # Values beyond int8 (the last round's were too: then the int8 pass is skipped), or non-finite
         # inputs: stored exactly, in int32 unless some exceed it.
         for wide_dtype, limit in ((np.int32, _INT32_MAX), (np.float64, np.inf)):
@@ -645,7 +667,7 @@ class Quantizer:
     def _exact(self) -> np.ndarray:
         """The exact rounded values (recomputed into the scratch when they were written to ``into``)."""
         if self._pending is not None:
-            _round_fast(*self._pending, self._spec)
+            _round_fast_at(*self._pending, self._spec)
             self._src, self._pending = self._spec, None
         return self._src
 
@@ -658,7 +680,7 @@ class Quantizer:
             raise ValueError(f"out must have shape ({self.size},), got {out.shape}")
         self._sent_ok = False
         if self.max_abs <= bound:
-            self._sent_bound = float("inf")
+            self._sent_bound = _INF
             if self._pending is not None and self._into_fresh and out is self._src:
                 self._into_fresh = False
                 return 0  # round(into=out) has just written exactly these values there
@@ -790,10 +812,12 @@ class Quantizer:
 
         if not (h.dtype == h_local.dtype == x.dtype and h.dtype in (np.float32, np.float64)):
             raise ValueError(f"h_i, h and x must share a float dtype, got {h_local.dtype}, {h.dtype}, {x.dtype}")
-        if not self.tracks_move or np.ndim(alpha) != 0:
+        if not self._tracks_move or (alpha.__class__ is not float and np.ndim(alpha) != 0):
             raise ValueError("shift_update_move takes one alpha for one block in the plain layout")
-        _, alphas, _, _, c, r, mul, _ = self.decoding(sum_int, alpha, n, h)
-        return float(shift_numba.shift_update_move(sum_int, mul, c, r, float(alphas[0]), self._exact(),
+        alpha = float(alpha)
+        c = n * alpha  # decoding's c and r of one alpha, as in decode_update_move
+        mul = _may_multiply(sum_int, c, h)
+        return float(shift_numba.shift_update_move(sum_int, mul, c, 1.0 / c if mul else 0.0, alpha, self._exact(),
                                                    min(self._sent_bound, 2.0 ** 1023), h_local, h, x, x_prev,
                                                    h.dtype.type(lr)))
 
@@ -809,7 +833,7 @@ class Quantizer:
     @property
     def tracks_move(self) -> bool:
         """Whether :meth:`decode_update_move` applies: one alpha block in the plain layout."""
-        return self._segs.shape[0] == 1 and self.identity
+        return self._tracks_move
 
     def decode_update_move(self, sum_int: np.ndarray, alpha: float, n: int, lr: float, x: np.ndarray,
                            x_prev: np.ndarray) -> float:
@@ -817,12 +841,15 @@ class Quantizer:
         ||x_new - x_old||^2 returned with the bits of :meth:`step_squares_sum` (numpy's pairwise sum of
         numpy's squares): adaptive alpha's next ||x^{k+1} - x^k||^2 from the pass that moves x, so the
         next step needs no pass of its own over x and x_prev (one alpha block, the plain layout)."""
-        if x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
-            raise ValueError(f"x must be a contiguous float32 or float64 array, got {x.dtype}")
-        if not self.tracks_move or np.ndim(alpha) != 0:
+        if x is not self._checked_x:
+            if x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
+                raise ValueError(f"x must be a contiguous float32 or float64 array, got {x.dtype}")
+            self._checked_x = x
+        if not self._tracks_move or (alpha.__class__ is not float and np.ndim(alpha) != 0):
             raise ValueError("decode_update_move takes one alpha for one block in the plain layout")
-        _, _, _, _, c, r, mul, _ = self.decoding(sum_int, alpha, n, x)
-        return float(_decode_update_move(sum_int, mul, c, r, x.dtype.type(lr), x, x_prev))
+        c = n * float(alpha)  # decoding's c and r of one alpha, without its other arguments
+        mul = _may_multiply(sum_int, c, x)
+        return float(_decode_update_move(sum_int, mul, c, 1.0 / c if mul else 0.0, x.dtype.type(lr), x, x_prev))
 
 
 def warm_up() -> None:

@@ -143,6 +143,12 @@ class Quantizer:
         self.noise_buf = np.empty(self._z.shape)
         """u for ``steps`` consecutive steps at once when vectors are small (one row per step)."""
         self._first = -1  # the step of noise_buf's first row; -1: nothing drawn yet
+        self._noise_rows = list(self.noise_buf) if self.noise_buf.ndim == 2 else None
+        """noise_buf's rows, as views made once (a view costs more than adding a short row)."""
+        self._alpha_0d = np.zeros(())
+        self._lr_0d: Dict[np.dtype, np.ndarray] = {}
+        """A scalar factor as a 0-d array of the vector's dtype: numpy converts a Python float
+        argument on every call, which costs more than multiplying a short vector (the same bits)."""
         self.rounded = np.empty(size)
         """Int(alpha v) as doubles, before clipping."""
         self._clipped_buf = np.empty(size)
@@ -169,7 +175,7 @@ class Quantizer:
             keys = np.add(self._offsets, np.uint64((self._worker_key + (step & MASK) + GOLDEN) & MASK), out=self._keys)
             uniform(mix64_array(keys, self._key_scratch), self._ctr, buf, self._scratch, self._z)
             self._first, row = step, 0
-        return buf[row]
+        return self._noise_rows[row]
 
     def round(self, v: np.ndarray, alpha: Union[float, np.ndarray], step: int,
               into: Optional[np.ndarray] = None) -> np.ndarray:
@@ -177,6 +183,9 @@ class Quantizer:
 
         ``into`` (the int8 wire buffer the next ``pack`` fills) lets the numba kernel write the
         integers there in the same pass; here ``pack`` copies them, so it is accepted and not needed."""
+        if alpha.__class__ is float:
+            self._alpha_0d[...] = alpha
+            alpha = self._alpha_0d
         t = np.multiply(v, alpha, out=self.rounded, dtype=np.float64)  # in double even for float32 v
         if self.rounding == "random":
             t += self.noise(step)
@@ -232,7 +241,7 @@ class Quantizer:
         adaptive alpha's ||x^k - x^{k-1}||^2, and the iterate remembered for the next step."""
         np.subtract(x, x_prev, out=out)
         np.multiply(out, out, out=out)
-        np.copyto(x_prev, x)
+        x_prev[...] = x
         return out
 
     def step_squares_sum(self, x: np.ndarray, x_prev: np.ndarray) -> float:
@@ -248,6 +257,14 @@ class Quantizer:
         mean = self._means.get(x.dtype)
         if mean is None:
             mean = self._means[x.dtype] = np.empty(x.shape, dtype=x.dtype)
-        self.decode(sum_int, alpha, n, mean)
-        apply_step(x, lr, mean)
+            self._lr_0d[x.dtype] = np.zeros((), dtype=x.dtype)
+        if alpha.__class__ is float:
+            self._alpha_0d[...] = n * alpha
+            np.divide(sum_int, self._alpha_0d, out=mean)
+        else:
+            self.decode(sum_int, alpha, n, mean)
+        factor = self._lr_0d[x.dtype]
+        factor[...] = lr
+        mean *= factor
+        x -= mean
         return x
