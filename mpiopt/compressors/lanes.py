@@ -47,7 +47,7 @@ def sum_bounded(comm, buf: np.ndarray, count: int, bound: int) -> np.ndarray:
     with 2 bound n below 2^bits: as words (see the module docstring) where :func:`takes_words` and
     ``buf`` fills whole words (the items from ``count`` on, padding, are zeroed first so that no lane
     leaves the bound), else as ``comm.allreduce_int`` of ``buf[:count]``. Returns ``buf[:count]``."""
-    if not (takes_words(comm, buf.itemsize, count) and buf.nbytes % WORD.itemsize == 0):
+    if count < LANES_FROM or not (takes_words(comm, buf.itemsize, count) and buf.nbytes % WORD.itemsize == 0):
         return comm.allreduce_int(buf if buf.size == count else buf[:count])
     buf[count:] = 0
     lanes = buf.view(_UNSIGNED[buf.itemsize])
