@@ -3,6 +3,7 @@ time out or succeed, variants timed in turns, and the scripts whose only test th
 launch_yield.py, python_overhead.py) run tiny."""
 
 import json
+import os
 import sys
 import time
 
@@ -126,7 +127,17 @@ def test_mean_seconds_is_the_mean_of_its_calls():
 def test_python_overhead_times_every_method(tmp_path):
     out = tmp_path / "overhead.json"
     run_benchmark([BENCH / "python_overhead.py", "--steps", "50", "--repeats", "2", "--json", out])
-    us = json.loads(out.read_text())["us_per_step"]
+    result = json.loads(out.read_text())
+    us = result["us_per_step"]
     assert set(us) == {"sgd", "intsgd", "intdiana", "vr-intdiana", "l-svrg", "int exchange_update",
                        "none float32 exchange_update"}
     assert all(v > 0 for v in us.values())
+    assert result["kernel"] == (os.environ.get("MPIOPT_KERNEL") or "numpy")  # d = 16: below numba's threshold
+    assert result["over_sgd"]["sgd"] == 1.0 and result["over_sgd"]["intsgd"] == us["intsgd"] / us["sgd"]
+
+
+def test_python_overhead_takes_the_kernel_asked_for(tmp_path):
+    pytest.importorskip("numba")
+    out = tmp_path / "overhead.json"
+    run_benchmark([BENCH / "python_overhead.py", "--steps", "50", "--repeats", "2", "--kernel", "numba", "--json", out])
+    assert json.loads(out.read_text())["kernel"] == "numba"
