@@ -45,16 +45,20 @@ TRIED = [
     "wire_dtype=auto speculates on last step's dtype with 3 header slots summed with the integers: one "
     "collective per step; the cost of the alternative (a separate 1-element MAX Allreduce per step) is "
     "measured here as cost_of_a_separate_max_allreduce",
-    "vr-intdiana's default alpha is fill (issue 24): its exponents need that separate MAX Allreduce every "
-    "step, which took the ratio from 1.18 (2026-11-30, the paper's rule) to 1.51-1.56 (2026-12-06; the code "
-    "before fill's exponents decided the wire dtype: 1.52 in the same hour); --alpha paper keeps one "
-    "collective a step",
+    "vr-intdiana's default alpha is exponent with the feedback (issue 24; fill before 2026-12-08, with the "
+    "same exponents): its exponents need that separate MAX Allreduce every step, which took the ratio from "
+    "1.18 (2026-11-30, the paper's rule) to 1.51-1.56 (2026-12-06; the code before fill's exponents decided "
+    "the wire dtype: 1.52 in the same hour); --alpha paper keeps one collective a step; the feedback adds "
+    "two subtractions over d a step (numpy kernel)",
     "one-block alpha with Python floats instead of 1-element numpy arrays: 6.8 -> 1.8 us per step "
     "(single-rank micro-benchmark, d = 123)",
     "cached views of the wire buffers and the (seed, worker) part of the noise key: about 1.5 us per step",
     "noise of 16 consecutive steps drawn in one set of the 11 uint64 numpy passes when d is small (same "
     "bits, u is a pure function of the step): ~6 -> ~1 us per step at d = 123; since 2026-12-06 up to 256 "
     "steps (16384 values) at once, their keys computed as an array too (IntSGD at d = 16: 38 -> 34 us a step)",
+    "2026-12-08: the kernels' per-call Python trimmed (numba: layout facts cached, the noise key computed "
+    "in the compiled round, the product check only from 4096 values; numpy: float factors as 0-d arrays): "
+    "python_overhead.py at d = 16, vr-intdiana 25.8 -> 24.0 us a step with numpy, 25.1 -> 22.2 with numba",
     "remaining per-step overhead over the floor, single rank: about 25 us (ratio ~1.2-1.25; ~30 numpy "
     "calls on 123-vectors at ~0.4 us each plus Python) against ~100 us of floor (two minibatch "
     "gradients ~46 us each + sampling)",

@@ -8,9 +8,10 @@ d = 1e6, power-law feature frequencies) it preprocesses the shards once into ``-
 (git-ignored ``data/``), then runs every method with ``mpiopt run --tol 1e-6 ||x*||^2``: on ``shm``
 as a plain ``mpiexec -n R`` on this machine, on ``1gbit`` / ``10gbit`` across the namespace test
 bed of ``netbed.py`` (one emulated host per rank, built once for all the runs of that network; root
-needed). Methods: L-SVRG with a float64 and a float32 wire, VR-IntDIANA (``auto`` integers; its default
-``--alpha fill``, and ``--alpha exponent``, the same scaling without fill's int16 floor), VR-DIANA
-with the nat and with the qsgd compressor. Every rank computes on one thread.
+needed). Methods: L-SVRG with a float64 and a float32 wire, VR-IntDIANA (``auto`` integers; its default,
+``--alpha exponent`` with ``--feedback on``, and the default before the feedback, ``--alpha fill
+--feedback off``: the same scaling with an int16 floor), VR-DIANA with the nat and with the qsgd
+compressor. Every rank computes on one thread.
 
 Time is the traces' ``seconds`` column (the optimizer's step time, summed; the kernels' compile
 time is reported apart, the evaluations of f and ||x - x*|| for the trace are not counted), bytes
@@ -50,7 +51,8 @@ METHODS = (
     ("l-svrg", "float64", ["--method", "l-svrg", "--float-dtype", "float64"]),
     ("l-svrg", "float32", ["--method", "l-svrg", "--float-dtype", "float32"]),
     ("vr-intdiana", "auto", ["--method", "vr-intdiana", "--wire-dtype", "auto"]),
-    ("vr-intdiana-exponent", "auto", ["--method", "vr-intdiana", "--wire-dtype", "auto", "--alpha", "exponent"]),
+    ("vr-intdiana-fill", "auto", ["--method", "vr-intdiana", "--wire-dtype", "auto", "--alpha", "fill",
+                                  "--feedback", "off"]),
     ("vr-diana-nat", "auto", ["--method", "vr-diana", "--compressor", "nat"]),
     ("vr-diana-qsgd", "auto", ["--method", "vr-diana", "--compressor", "qsgd"]),
 )

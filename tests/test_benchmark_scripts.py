@@ -64,10 +64,9 @@ def test_step_overhead_writes_its_json(a5a_path, tmp_path):
     assert res["method"] == "vr-intdiana" and res["ranks"] == 2 and res["steps_per_block"] == 5
     assert 0 < res["reset_probability"] <= 1 and res["ratio"] > 0
     assert set(res["ms_per_iteration"]) == {"method", "floor", "floor_with_resets", "floor_plus_max_allreduce"}
-    # the float64 first step, then fill alpha's int16 steps, int8 once DIANA's shifts have learnt
+    # the default's exponent rule: int8 at every step
     steps = res["wire"]["steps_by_wire"]
-    assert res["wire"]["compressor"] == "int" and set(steps) <= {"float64", "int16", "int8"}
-    assert steps.get("int8", 0) + steps.get("int16", 0) >= 20
+    assert res["wire"]["compressor"] == "int" and set(steps) == {"int8"} and steps["int8"] >= 20
     assert res["wire"]["kernel"] == cpu_kernel(size=123)  # the default for a5a's 123 coordinates
 
 
@@ -83,8 +82,7 @@ def test_convex_benchmark_writes_traces_summary_and_figures_and_rebuilds_them(li
     trace = json.loads((out / "a5a" / "vr-intdiana-seed1.json").read_text())
     assert summary["iters"] == 60 and summary["seeds"] == 2 and summary["batch"] == trace["config"]["batch"] == 160
     assert trace["label"] == "vr-intdiana" and trace["n_ranks"] == 2 and trace["config"]["iters"] == 60
-    steps = trace["wire"]["steps_by_wire"]  # the first step sends floats; then int16 (fill's floor) or int8
-    assert steps.pop("float64") == 1 and sum(steps.values()) == 59 and set(steps) <= {"int8", "int16"}
+    assert trace["wire"]["steps_by_wire"] == {"int8": 60}  # the default: int8 at every step, the first too
     for suffix in ("png", "pdf"):
         (out / f"a5a.{suffix}").unlink()
     md = (out / "a5a" / "summary.md").read_text()
@@ -221,17 +219,18 @@ def test_convex_panel_runs_each_problem_with_each_alpha_rule_and_writes_its_tabl
     record = json.loads(out.read_text())
     (case,) = record["cases"]
     assert case["problem"] == "synthetic" and case["ranks"] == 2 and case["batch"] == 50  # 1000 rows a worker / 20
-    assert set(case["runs"]) == {"l-svrg", "vr-intdiana", "vr-intdiana paper", "vr-intdiana exponent"}
+    assert set(case["runs"]) == {"l-svrg", "vr-intdiana", "vr-intdiana paper", "vr-intdiana paper feedback",
+                                 "vr-intdiana fill"}
     lsvrg = case["runs"]["l-svrg"]
     assert lsvrg["status"] == "converged" and lsvrg["iterations"] == lsvrg["to"]["0.0001"]
     assert lsvrg["bytes_per_rank"] == 8 * 50 * lsvrg["iterations"]  # float64, d = 50
-    for label in ("vr-intdiana", "vr-intdiana paper", "vr-intdiana exponent"):
+    for label in ("vr-intdiana", "vr-intdiana paper", "vr-intdiana paper feedback", "vr-intdiana fill"):
         run, ratio = case["runs"][label], case["ratios"][label]
         assert ratio["iterations_x"] == run["to"]["0.0001"] / lsvrg["to"]["0.0001"]
         assert ratio["bytes_fewer_x"] == lsvrg["bytes_to"]["0.0001"] / run["bytes_to"]["0.0001"] > 1
     assert case["ratios"]["level"] == 1e-4
     row = next(line for line in convex_panel.table([record]).splitlines() if line.startswith("| synthetic"))
-    assert row.split(" | ")[3:5] == ["0.0001", f"{lsvrg['iterations']:,}"] and len(row.split(" | ")) == 18
+    assert row.split(" | ")[3:5] == ["0.0001", f"{lsvrg['iterations']:,}"] and len(row.split(" | ")) == 16
     # --only reruns one column into the same JSON and keeps the others (a different l-svrg would show)
     case["runs"]["l-svrg"]["iterations_run"] = -1
     out.write_text(json.dumps(record))
@@ -246,7 +245,7 @@ def test_convex_panel_runs_each_problem_with_each_alpha_rule_and_writes_its_tabl
                    "--tol", 1e-4, "--work", tmp_path / "work", "--json", out, "--only", "vr-intdiana paper"],
                   timeout=600)
     assert json.loads(out.read_text())["cases"][0]["rerun"] == ["vr-intdiana", "vr-intdiana paper"]  # both kept
-    with pytest.raises(SystemExit, match="no run of l-svrg, vr-intdiana paper, vr-intdiana exponent for synthetic"):
+    with pytest.raises(SystemExit, match="no run of l-svrg, vr-intdiana paper, vr-intdiana paper feedback, vr-intdiana fill for synthetic"):
         convex_panel.main(["--problems", "synthetic", "--l2", "1e-4", "--ranks", "2", "--work", str(tmp_path / "work"),
                            "--json", str(out), "--only", "vr-intdiana"])
 

@@ -318,8 +318,14 @@ def test_exponent_alpha_scales_every_step_by_the_largest_value_without_a_floor()
         comp.exchange(np.r_[v[:-1], np.nan], 3, np.ones(d), LR, mean)
     self_comm = MPICommunicator(MPI.COMM_SELF)
     assert "every step" in IntCompressor.describe(IntCompressor.resolve({"alpha": "exponent"}, self_comm))["first_step"]
-    with pytest.raises(InputError, match="takes no --alpha0"):
-        IntCompressor.resolve({"alpha": "exponent", "alpha0": 1.0}, self_comm)
+    given = IntCompressor.resolve({"alpha": "exponent", "alpha0": 1.0}, self_comm)  # alpha0: the first step's
+    assert IntCompressor.describe(given)["first_step"] == "int (alpha0)"
+    comp = make(IntCompressor, d, alpha="exponent", alpha0=3.0, rounding="deterministic")
+    x = np.zeros(d)
+    comp.exchange(v, 0, x, LR, mean)
+    assert comp.alpha_blocks[0] == 3.0
+    comp.exchange(v, 1, x, LR, mean)
+    assert comp.alpha_blocks[0] == 127 / 2.0 ** np.ceil(np.log2(np.abs(v).max()))  # then the largest |v| fills int8
 
 
 def test_alpha_rule_names_and_the_methods_defaults(problem):
@@ -330,7 +336,7 @@ def test_alpha_rule_names_and_the_methods_defaults(problem):
         IntCompressor.resolve({"alpha": "largest"}, self_comm)
     rule = {m: mpiopt.minimize(problem, m, iters=0, batch=16, **o).trace["config"]["alpha"]
             for m, o in (("intsgd", {}), ("intdiana", {}), ("vr-intdiana", {}), ("vr-diana", {"compressor": "int"}))}
-    assert rule == {"intsgd": "paper", "intdiana": "paper", "vr-intdiana": "fill", "vr-diana": "fill"}
+    assert rule == {"intsgd": "paper", "intdiana": "paper", "vr-intdiana": "exponent", "vr-diana": "exponent"}
     assert mpiopt.minimize(problem, "vr-intdiana", iters=0, batch=16, alpha="paper").trace["config"]["alpha"] == "paper"
 
 
@@ -576,13 +582,16 @@ def test_trace_counts_bytes_and_wire_dtypes(problem):
     assert wire["steps_by_wire"] == {"float64": 1, "int8": iters - 1} and 0 < wire["max_abs_q"] <= 127
     res = mpiopt.minimize(problem, "l-svrg", iters=iters, batch=16, log_every=10)
     assert res.trace["history"]["wire_bytes"][-1] == iters * 8 * d
-    fill = mpiopt.minimize(problem, "vr-intdiana", iters=iters, batch=16, log_every=10)
+    fill = mpiopt.minimize(problem, "vr-intdiana", iters=iters, batch=16, log_every=10, alpha="fill")
     steps = fill.trace["wire"]["steps_by_wire"]  # its floor: int16 first, then int8 once the shift has learnt
     assert fill.trace["config"]["alpha"] == "fill" and steps["float64"] == 1 and sum(steps.values()) == iters
     sizes = {"int8": 1, "int16": 2, "int32": 4, "int64": 8}
     assert steps["int16"] >= 1 and steps["int8"] >= 1 and fill.trace["wire"]["redone_steps"] == 0
     sent = sum(c * d * sizes[w] for w, c in steps.items() if w != "float64")  # no header, nothing redone
     assert fill.trace["history"]["wire_bytes"][-1] == 8 * d + sent + 2 * (iters - 1)  # + an int16 exponent a step
+    default = mpiopt.minimize(problem, "vr-intdiana", iters=iters, batch=16, log_every=10).trace
+    assert default["config"]["alpha"] == "exponent" and default["wire"]["steps_by_wire"] == {"int8": iters}
+    assert default["history"]["wire_bytes"][-1] == iters * (d + 2)  # every step int8 and an int16 exponent
 
 
 def test_diana_shift_h_is_the_mean_of_the_h_i(problem):

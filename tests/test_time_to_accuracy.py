@@ -54,8 +54,8 @@ def test_shm_run_writes_the_contracted_json_and_figure(tmp_path, a5a_path):
         assert r["reached"] == (i is not None)  # 400 iterations are too few for 1e-6 on a5a: not reached
         assert r["seconds_to_tol"] is None if i is None else r["seconds_to_tol"] == h["seconds"][i]
         assert len(run["loadavg_start"]) == 3 and run["iterations"] == 400
-    # float32 sends half the bytes of float64 per iteration; the integers fewer still (fill alpha: int16
-    # for the first few hundred steps, int8 once DIANA's shifts have learnt)
+    # float32 sends half the bytes of float64 per iteration; the integers fewer still (the default: int8
+    # and a 2-byte exponent a step)
     sent = {run["wire"]: run["history"]["wire_bytes"][-1] for run in res["runs"]}
     assert sent["float32"] * 2 == sent["float64"]
     assert sent["auto"] < sent["float32"]

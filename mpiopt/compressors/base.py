@@ -218,27 +218,35 @@ class Compressor:
         """
         raise NotImplementedError
 
-    def shifted_exchange(self, g, h_local, k: int, x, lr: float, delta, out_mean, out_local) -> None:
+    def shifted_exchange(self, g, h_local, k: int, x, lr: float, delta, out_mean, out_local, error=None) -> None:
         """DIANA's exchange: ``exchange`` of Delta_i = g - h_local (written into ``delta``, x's shape and
         dtype) with ``out_mean`` and ``out_local``. ``g`` is an array, or the L-SVRG estimator's terms
-        (a, b, c) for g = (a - b) + c, whose ``a`` may be overwritten. :meth:`shift_update` follows.
-        With the numba kernel Delta_i is one compiled pass (:mod:`mpiopt.kernels.shift_numba`)."""
+        (a, b, c) for g = (a - b) + c, whose ``a`` may be overwritten. With ``error`` (DIANA's feedback,
+        this rank's carried compression error e_i, x's shape and dtype) Delta_i = g - (h_local - e_i),
+        and e_i <- Delta_i - C(Delta_i) (here, or in :meth:`shift_update` where a fused pass decodes
+        C(Delta_i) there). :meth:`shift_update` follows, with the same ``error``. With the numba
+        kernel Delta_i is one compiled pass (:mod:`mpiopt.kernels.shift_numba`)."""
         kernels = self._shift_kernels()
         if kernels is not None:
             ga, gb, gc = g if isinstance(g, tuple) else (g, g, g)
-            kernels.shift_delta(ga, gb, gc, h_local, self._one_segment, delta, self._one_peak, isinstance(g, tuple))
+            kernels.shift_delta(ga, gb, gc, h_local, self._one_segment, delta, self._one_peak, isinstance(g, tuple),
+                                h_local if error is None else error, error is not None)
         else:
             if isinstance(g, tuple):
                 g, b, c = g
                 g -= b
                 g += c
-            self.xp.subtract(g, h_local, out=delta)
+            shift = h_local if error is None else self.xp.subtract(h_local, error, out=delta)
+            self.xp.subtract(g, shift, out=delta)
         self.exchange(delta, k, x, lr, out_mean, out_local)
+        if error is not None:
+            self.xp.subtract(delta, out_local, out=error)
 
-    def shift_update(self, h_local, h, x, lr: float, a: float, mean, local, scratch) -> None:
+    def shift_update(self, h_local, h, x, lr: float, a: float, mean, local, scratch, error=None) -> None:
         """DIANA's update after :meth:`shifted_exchange`: g = h + mean, h_local += a local, h += a mean,
         x -= lr g (``scratch``: x's shape and dtype; ``mean`` and ``local`` may be overwritten), the
-        numpy operations or, with the numba kernel, one compiled pass with their bits."""
+        numpy operations or, with the numba kernel, one compiled pass with their bits. ``error``: the
+        feedback's e_i of :meth:`shifted_exchange`, which has updated it already here."""
         kernels = self._shift_kernels()
         if kernels is not None:
             t = h.dtype.type

@@ -157,7 +157,8 @@ class IntCompressor(Compressor):
                "the ranks fills the dtype at every step, without fill's floor: SwitchML's scaling per alpha "
                "block, one int MAX Allreduce of an exponent per block a step), constant (alpha0)",
                choices=ALPHA_RULES),
-        Option("alpha0", None, float, "alpha of the first step (else it sends floats) and of --alpha constant",
+        Option("alpha0", None, float, "alpha of the first step (else it sends floats, or with --alpha exponent "
+               "scales by the largest |v|) and of --alpha constant",
                valid=positive, rule="a positive number"),
         Option("first_step", "float", str, "first step (no x^{k-1} yet): float64 Allgather, or integers "
                "scaled by the largest |v| over the ranks (an int MAX Allreduce of one exponent per block)",
@@ -230,7 +231,7 @@ class IntCompressor(Compressor):
         self._max = np.empty(1)
         self._order: Optional[List[int]] = None
         self._kept = None
-        """(integer sum, alpha, step) of a :meth:`shifted_exchange` until its :meth:`shift_update`."""
+        """(integer sum, alpha, step, Delta) of a :meth:`shifted_exchange` until its :meth:`shift_update`."""
         self._decided: Optional[int] = None
         """This step's wire level when the fill rule decided it (see :meth:`_fill_level`), else None."""
         self._tracks_move = (o["alpha"] == "paper" and nb == 1 and getattr(self.quant, "tracks_move", False))
@@ -274,9 +275,6 @@ class IntCompressor(Compressor):
             raise bad_option("--alpha constant needs --alpha0 (the scaling factor to use at every step)")
         if o["first_step"] == "exponent" and o["alpha0"] is not None:
             raise bad_option("give alpha0 (the first step's alpha) or --first-step exponent, not both")
-        if o["alpha"] == "exponent" and o["alpha0"] is not None:
-            raise bad_option("--alpha exponent scales every step by the largest |v|, the first too: it takes no "
-                             "--alpha0")
         if o["block_size"] is not None and o["block_starts"] is not None:
             raise bad_option("give block_size (equal chunks) or block_starts (e.g. one block per layer), not both")
 
@@ -284,7 +282,7 @@ class IntCompressor(Compressor):
     def describe(cls, o):
         if o["alpha"] == "constant":
             first = "int (constant alpha0)"
-        elif o["alpha"] == "exponent":
+        elif o["alpha"] == "exponent" and o["alpha0"] is None:
             first = "int (alpha from the largest |v|, as every step: int MAX Allreduce of an exponent per block)"
         elif o["alpha0"] is not None:
             first = "int (alpha0)"
@@ -345,7 +343,7 @@ class IntCompressor(Compressor):
         self._moves, self._move = False, None
         if o["alpha"] == "constant":
             return self._alpha0
-        if o["alpha"] == "exponent":
+        if o["alpha"] == "exponent" and (o["alpha0"] is None or st["have_prev"]):
             return self._spread(self._exponent_alpha(v, peak))
         if not st["have_prev"]:
             st["x_prev"][...] = x
@@ -516,32 +514,35 @@ class IntCompressor(Compressor):
         if out_local is not None:
             self.quant.decode_local(alpha, out_local)
 
-    def shifted_exchange(self, g, h_local, k, x, lr, delta, out_mean, out_local):
+    def shifted_exchange(self, g, h_local, k, x, lr, delta, out_mean, out_local, error=None):
         """With a quantizer that ``fuses_shift`` (numba) and one step size: Delta and its blocks'
         max |Delta| in one pass, the integer sum kept for :meth:`shift_update`, which decodes, updates
-        the shifts and x in one more pass (the float first step takes the plain path)."""
+        the shifts and x (and the feedback's error) in one more pass (the float first step takes the
+        plain path)."""
         self._kept = None
         if not (getattr(self.quant, "fuses_shift", False) and isinstance(lr, float)):
-            super().shifted_exchange(g, h_local, k, x, lr, delta, out_mean, out_local)
+            super().shifted_exchange(g, h_local, k, x, lr, delta, out_mean, out_local, error)
             return
-        peak = self.quant.shift_delta(g, h_local, delta, self._peak)
+        peak = self.quant.shift_delta(g, h_local, delta, self._peak, error)
         alpha = self._next_alpha(delta, x, lr, peak, move=self._known_move(x, k))
         if alpha is None:
             self._float_step(delta, k, out_mean, out_local)
+            if error is not None:
+                np.subtract(delta, out_local, out=error)
             return
-        self._kept = (self._sum_ints(delta, k, alpha, round_into_wire=False), alpha, k)
+        self._kept = (self._sum_ints(delta, k, alpha, round_into_wire=False), alpha, k, delta)
 
-    def shift_update(self, h_local, h, x, lr, a, mean, local, scratch):
+    def shift_update(self, h_local, h, x, lr, a, mean, local, scratch, error=None):
         if self._kept is None:
-            super().shift_update(h_local, h, x, lr, a, mean, local, scratch)
+            super().shift_update(h_local, h, x, lr, a, mean, local, scratch, error)
             return
-        ints, alpha, k = self._kept
+        ints, alpha, k, delta = self._kept
         self._kept = None
         if self._moves:  # as exchange_update's: the update also sums x's move for the next alpha
             self._move = (x, k + 1, self.quant.shift_update_move(ints, alpha, self.n, h_local, h, x, lr,
-                                                                 self.state["x_prev"]))
+                                                                 self.state["x_prev"], delta, error))
         else:
-            self.quant.shift_update(ints, alpha, self.n, h_local, h, x, lr)  # omega 0: a = 1
+            self.quant.shift_update(ints, alpha, self.n, h_local, h, x, lr, delta, error)  # omega 0: a = 1
 
     def iterate_changed(self) -> None:
         self._move = None

@@ -450,6 +450,15 @@ if AVAILABLE:
             out[j] = min(max(np.float64(src[j]), -b), b)
 
 _EMPTY = np.empty(0)
+_EMPTIES = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): _EMPTY}
+
+
+def _empty_like(a: np.ndarray) -> np.ndarray:
+    """An empty array of ``a``'s dtype: what a kernel takes for a vector it does not read (one
+    specialization for both cases)."""
+    return _EMPTIES[a.dtype]
+
+
 _INF = float("inf")
 _MULTIPLY_FROM = 4096
 """Values from which a decode checks whether it may multiply: the check of the 256 int8 values at each
@@ -781,30 +790,38 @@ class Quantizer:
         _block_max_abs(v, self._segs, out)
         return out
 
-    def shift_delta(self, g, h_local: np.ndarray, out: np.ndarray, peak: np.ndarray) -> np.ndarray:
+    def shift_delta(self, g, h_local: np.ndarray, out: np.ndarray, peak: np.ndarray,
+                    error: Optional[np.ndarray] = None) -> np.ndarray:
         """DIANA's Delta = g - h_i into ``out`` and each block's max |Delta| into ``peak``, in one pass
-        (:mod:`mpiopt.kernels.shift_numba`); ``g`` an array or L-SVRG's terms (a, b, c), g = (a - b) + c.
+        (:mod:`mpiopt.kernels.shift_numba`); ``g`` an array or L-SVRG's terms (a, b, c), g = (a - b) + c;
+        with ``error`` (DIANA's feedback: this rank's carried error e_i) Delta = g - (h_i - e_i).
         Returns ``peak``."""
         from mpiopt.kernels import shift_numba
 
         ga, gb, gc = g if isinstance(g, tuple) else (g, g, g)
-        shift_numba.shift_delta(ga, gb, gc, h_local, self._segs, out, peak, isinstance(g, tuple))
+        shift_numba.shift_delta(ga, gb, gc, h_local, self._segs, out, peak, isinstance(g, tuple),
+                                _empty_like(h_local) if error is None else error, error is not None)
         return peak
 
     def shift_update(self, sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, h_local: np.ndarray,
-                     h: np.ndarray, x: np.ndarray, lr: float) -> None:
+                     h: np.ndarray, x: np.ndarray, lr: float, delta: Optional[np.ndarray] = None,
+                     error: Optional[np.ndarray] = None) -> None:
         """DIANA's update (shift step 1) after the sum of the last ``round``: h_i += C(Delta_i),
         h += mean, x -= lr (h + mean) with h before its update, in one pass, bit for bit the numpy
-        sequence with ``decode`` and ``decode_local`` (:mod:`mpiopt.kernels.shift_numba`)."""
+        sequence with ``decode`` and ``decode_local`` (:mod:`mpiopt.kernels.shift_numba`); with
+        ``error`` (the feedback) also error = ``delta`` - C(delta), as numpy's subtraction gives it."""
         from mpiopt.kernels import shift_numba
 
         if not (h.dtype == h_local.dtype == x.dtype and h.dtype in (np.float32, np.float64)):
             raise ValueError(f"h_i, h and x must share a float dtype, got {h_local.dtype}, {h.dtype}, {x.dtype}")
+        fed = error is not None
         shift_numba.shift_update(sum_int, *self.decoding(sum_int, alpha, n, h), self._exact(),
-                                 min(self._sent_bound, 2.0 ** 1023), h_local, h, x, h.dtype.type(lr))
+                                 min(self._sent_bound, 2.0 ** 1023), h_local, h, x, h.dtype.type(lr),
+                                 delta if fed else _empty_like(h), error if fed else _empty_like(h), fed)
 
     def shift_update_move(self, sum_int: np.ndarray, alpha: float, n: int, h_local: np.ndarray, h: np.ndarray,
-                          x: np.ndarray, lr: float, x_prev: np.ndarray) -> float:
+                          x: np.ndarray, lr: float, x_prev: np.ndarray, delta: Optional[np.ndarray] = None,
+                          error: Optional[np.ndarray] = None) -> float:
         """:meth:`shift_update` with one alpha, x_prev <- x before the update, and the squared move
         ||x_new - x_old||^2 returned as :meth:`decode_update_move` returns it (one alpha block, the
         plain layout)."""
@@ -817,9 +834,11 @@ class Quantizer:
         alpha = float(alpha)
         c = n * alpha  # decoding's c and r of one alpha, as in decode_update_move
         mul = _may_multiply(sum_int, c, h)
+        fed = error is not None
         return float(shift_numba.shift_update_move(sum_int, mul, c, 1.0 / c if mul else 0.0, alpha, self._exact(),
                                                    min(self._sent_bound, 2.0 ** 1023), h_local, h, x, x_prev,
-                                                   h.dtype.type(lr)))
+                                                   h.dtype.type(lr), delta if fed else _empty_like(h),
+                                                   error if fed else _empty_like(h), fed))
 
     def decode_update(self, sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, lr: float,
                       x: np.ndarray) -> np.ndarray:

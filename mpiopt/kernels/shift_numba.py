@@ -8,11 +8,13 @@ x -= eta g. Here it is two:
 
 * :func:`shift_delta`: Delta = g - h_i and each block's max |Delta| (what the fill rule and the
   exponent first step read) in one pass, g given as an array or as L-SVRG's three terms
-  g = (a - b) + c (VR-IntDIANA), so the estimator's two additions join that pass;
+  g = (a - b) + c (VR-IntDIANA), so the estimator's two additions join that pass; with DIANA's
+  feedback, Delta = g - (h_i - e_i), e_i the rank's carried compression error;
 * :func:`shift_update`: after the integer sum S, per coordinate m = S / (n alpha) (the numba
   quantizer's ``decode``), l = clip(Q) / alpha (its ``decode_local``), g = h + m, h_i += l, h += m,
   x -= eta g: the same IEEE operations in the same order as the numpy sequence, so the iterates are
-  the same bits. (The int compressor's omega is 0, so DIANA's shift step 1 / (1 + omega) is 1.)
+  the same bits (and, with the feedback, e_i = Delta - l, numpy's subtraction). (The int compressor's
+  omega is 0, so DIANA's shift step 1 / (1 + omega) is 1.)
   :func:`shift_update_move` does the same with one alpha block and also sums x's squared move for the
   paper's alpha at the next step (IntDIANA's default).
 
@@ -31,27 +33,29 @@ from mpiopt.kernels.numba import (_ABS, _bits, _coord_view, _from_bits, _jit, le
 
 
 @_jit
-def _shift_delta_run(ga, gb, gc, h, out, m, terms):
+def _shift_delta_run(ga, gb, gc, h, e, out, m, terms, fed):
     for i in range(ga.shape[0]):  # branch-free (an integer max of the bits), so it vectorizes
-        d = (((ga[i] - gb[i]) + gc[i]) if terms else ga[i]) - h[i]
+        d = (((ga[i] - gb[i]) + gc[i]) if terms else ga[i]) - ((h[i] - e[i]) if fed else h[i])
         out[i] = d
         m = max(m, _bits(np.float64(d)) & _ABS)
     return m
 
 
 @_jit
-def shift_delta(ga, gb, gc, h, segs, out, peak, terms):
+def shift_delta(ga, gb, gc, h, segs, out, peak, terms, e, fed):
     """out = g - h with g = ``ga`` or, when ``terms``, L-SVRG's g = (ga - gb) + gc (added in the
-    estimator's order); peak[block] = max |out| over each block (NaN or inf when a value is not finite)."""
+    estimator's order), and with the feedback (``fed``) out = g - (h - e); peak[block] = max |out| over
+    each block (NaN or inf when a value is not finite). ``e`` is read only when ``fed``."""
     peak[:] = 0.0
     for k in range(segs.shape[0]):
         p, n, b = segs[k, 0], segs[k, 2], segs[k, 3]
-        peak[b] = _from_bits(_shift_delta_run(ga[p:p + n], gb[p:p + n], gc[p:p + n], h[p:p + n], out[p:p + n],
-                                              _bits(peak[b]), terms))
+        ev = e[p:p + n] if fed else h[p:p + n]
+        peak[b] = _from_bits(_shift_delta_run(ga[p:p + n], gb[p:p + n], gc[p:p + n], h[p:p + n], ev, out[p:p + n],
+                                              _bits(peak[b]), terms, fed))
 
 
 @_jit
-def _shift_update_run(s, a, avec, one, c, r, mul, inv_n, src, bound, h_local, h, x, lr):
+def _shift_update_run(s, a, avec, one, c, r, mul, inv_n, src, bound, h_local, h, x, lr, delta, e, fed):
     coord = avec.shape[0] > 0
     T = h.dtype.type
     for i in range(s.shape[0]):
@@ -63,6 +67,8 @@ def _shift_update_run(s, a, avec, one, c, r, mul, inv_n, src, bound, h_local, h,
             m = T(np.float64(s[i]) / (avec[i] if coord else a))
             m = m * inv_n
         loc = T(min(max(np.float64(src[i]), -bound), bound) / (avec[i] if coord else a))
+        if fed:
+            e[i] = delta[i] - loc
         g = h[i] + m
         h_local[i] = h_local[i] + loc
         h[i] = h[i] + m
@@ -71,17 +77,20 @@ def _shift_update_run(s, a, avec, one, c, r, mul, inv_n, src, bound, h_local, h,
 
 
 @_jit
-def shift_update(s, segs, alphas, avec, one, c, r, mul, inv_n, src, bound, h_local, h, x, lr):
+def shift_update(s, segs, alphas, avec, one, c, r, mul, inv_n, src, bound, h_local, h, x, lr, delta, e, fed):
     """The DIANA update after the integer sum ``s`` (see the module docstring); ``src`` this rank's
-    exact integers, ``bound`` what they were clipped to, ``lr`` in h's dtype."""
+    exact integers, ``bound`` what they were clipped to, ``lr`` in h's dtype; with the feedback
+    (``fed``) also e = ``delta`` - C(delta), this rank's error carried into its next Delta (``delta``
+    and ``e`` are read and written only when ``fed``)."""
     for k in range(segs.shape[0]):
         p, ctr, n = segs[k, 0], segs[k, 1], segs[k, 2]
+        dv, ev = (delta[p:p + n], e[p:p + n]) if fed else (h[p:p + n], h[p:p + n])
         _shift_update_run(s[p:p + n], alphas[segs[k, 3]], _coord_view(avec, ctr, n), one, c, r, mul, inv_n,
-                          src[p:p + n], bound, h_local[p:p + n], h[p:p + n], x[p:p + n], lr)
+                          src[p:p + n], bound, h_local[p:p + n], h[p:p + n], x[p:p + n], lr, dv, ev, fed)
 
 
 @_jit
-def shift_update_move(s, mul, c, r, a, src, bound, h_local, h, x, x_prev, lr):
+def shift_update_move(s, mul, c, r, a, src, bound, h_local, h, x, x_prev, lr, delta, e, fed):
     """:func:`shift_update` with one alpha ``a`` over the whole of the arrays (the plain layout), and
     x_prev = x as it was; returns the sum of the squared moves (x_new - x_old)^2 in double, in numpy's
     pairwise order (the paper's alpha at the next step reads it instead of a pass of its own; see
@@ -98,6 +107,8 @@ def shift_update_move(s, mul, c, r, a, src, bound, h_local, h, x, x_prev, lr):
             i = base + j
             m = T(np.float64(s[i]) * r) if mul else T(np.float64(s[i]) / c)
             loc = T(min(max(np.float64(src[i]), -bound), bound) / a)
+            if fed:
+                e[i] = delta[i] - loc
             g = h[i] + m
             h_local[i] = h_local[i] + loc
             h[i] = h[i] + m

@@ -15,7 +15,7 @@ from mpiopt.naming import arg, did_you_mean
 SGD = Recipe("minibatch")
 EF_SGD = Recipe("minibatch", memory="residual", default_compressor="sign")
 DIANA = Recipe("minibatch", shift="diana")
-VR_DIANA = Recipe("l-svrg", shift="diana", compressor_defaults=(("alpha", "fill"),))
+VR_DIANA = Recipe("l-svrg", shift="diana", compressor_defaults=(("alpha", "exponent"),), feedback_for=("int",))
 
 METHODS: Dict[str, Tuple[Recipe, Dict[str, Any]]] = {
     "gd": (Recipe("full", compressor="none"), {}),

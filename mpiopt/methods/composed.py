@@ -7,7 +7,10 @@ Each rank computes g_i with the estimator (``full``, ``minibatch`` or ``l-svrg``
 * DIANA shift (Mishchenko et al., 2019; IntDIANA is Alg. 3 of the IntSGD paper): each rank keeps h_i,
   all keep h = mean_i h_i; Delta_i = g_i - h_i; g = h + mean_i C(Delta_i); h_i += a C(Delta_i);
   h += a mean_i C(Delta_i); x -= eta g, with a = 1 / (1 + omega) (1 for omega = 0). DIANA needs an
-  unbiased compressor; biased ones go with error feedback (``ef-sgd``);
+  unbiased compressor; biased ones go with error feedback (``ef-sgd``). With ``feedback='on'`` (the
+  default of vr-intdiana and of vr-diana with the int compressor) each rank also keeps e_i:
+  Delta_i = g_i - (h_i - e_i) and, after the exchange, e_i = Delta_i - C(Delta_i), so that x does not
+  keep every step's compression error (docs/design.md, "Feedback");
 * a memory (:mod:`mpiopt.methods.memory`: EF-SGD's residual, DGC's momentum correction): the
   compressor gets the memory's vector p_i and the memory keeps what C left out;
 * ``momentum`` (heavy ball after decoding, on every rank): m = mu m + u, x -= m, for the update u.
@@ -46,7 +49,9 @@ class Recipe:
     default_compressor: str = "none"
     compressor_defaults: Tuple[Tuple[str, Any], ...] = ()
     """(option, value) pairs that replace the compressor's own defaults where it takes the option
-    (vr-diana's int compressor fills its wire dtype: ``alpha='fill'``)."""
+    (vr-diana's int compressor scales by the largest value: ``alpha='exponent'``)."""
+    feedback_for: Tuple[str, ...] = ()
+    """Compressors with which a DIANA recipe's ``feedback`` is on unless the user says otherwise."""
 
 
 def _compressor_option(default: str) -> Option:
@@ -56,6 +61,9 @@ def _compressor_option(default: str) -> Option:
 
 P_OPTION = Option("p", None, float, "l-svrg / vr-diana: probability of resetting the reference point "
                   "(default batch / shard size)", valid=lambda p: is_number(p) and 0 < p <= 1, rule="in (0, 1]")
+FEEDBACK = Option("feedback", None, str, "diana / vr-diana: carry each rank's compression error into its next "
+                  "Delta_i, so that rounding noise does not pile up in x (default on for vr-intdiana, off "
+                  "otherwise)", choices=("on", "off"))
 MOMENTUM = Option("momentum", 0.0, float, "momentum factor (sgd-type methods: heavy ball after decoding; dgc: "
                   "momentum correction, default 0.9)", valid=lambda m: is_number(m) and 0 <= m < 1, rule="in [0, 1)")
 
@@ -68,6 +76,8 @@ def own_options(recipe: Recipe, fixed: Tuple[str, ...] = ()) -> Tuple[Option, ..
         opts.append(_compressor_option(recipe.default_compressor))
     if recipe.estimator == "l-svrg":
         opts.append(P_OPTION)
+    if recipe.shift == "diana":
+        opts.append(FEEDBACK)
     memory_opts = {o.name for o in MEMORIES[recipe.memory].options}
     if recipe.shift == "none" and recipe.estimator != "l-svrg" and "momentum" not in memory_opts:
         opts.append(MOMENTUM)
@@ -89,6 +99,8 @@ class CompressedMethod(Method):
         self.comp_cls = comp_cls = compressor_class(comp_name)
         self._refuse_foreign(options, own, mem_cls.options, comp_cls)
         self.opts = resolve_options(f"method '{name}'", own, {o.name: options[o.name] for o in own if o.name in options})
+        if recipe.shift == "diana" and self.opts.get("feedback") is None:
+            self.opts["feedback"] = "on" if comp_cls.name in recipe.feedback_for else "off"
         if recipe.shift == "diana" and not comp_cls.unbiased:
             ef_sgd = ("ef-sgd " if on_command_line() else "method='ef-sgd', ") + arg("compressor", comp_name)
             raise bad_option(f"method '{name}' needs an unbiased compressor and '{comp_name}' is biased; "
@@ -176,6 +188,9 @@ class CompressedMethod(Method):
             self.state["h_local"] = np.zeros_like(x)
             self.state["h"] = np.zeros_like(x)
             self._delta = np.empty_like(x)
+            self._feedback = self.opts["feedback"] == "on"
+            if self._feedback:
+                self.state["feedback"] = np.zeros_like(x)
             self.step = self._diana_step
         elif recipe.memory != "none" or self.mu:
             self.step = self._feedback_step
@@ -222,11 +237,12 @@ class CompressedMethod(Method):
         passes with the numpy operations' bits)."""
         h_i, h = self.state["h_local"], self.state["h"]
         g_i = self.vr.terms(x) if self.vr is not None else self.gradient(x)
-        self.comp.shifted_exchange(g_i, h_i, k, x, self.lr, self._delta, self._mean, self._local)
+        error = self.state["feedback"] if self._feedback else None  # Delta_i = g_i - (h_i - e_i); e_i = Delta_i - C(Delta_i)
+        self.comp.shifted_exchange(g_i, h_i, k, x, self.lr, self._delta, self._mean, self._local, error)
         self.count()
         if self.vr is not None:
             self.vr.maybe_reset(x)
-        self.comp.shift_update(h_i, h, x, self.lr, self.shift_step, self._mean, self._local, self._delta)
+        self.comp.shift_update(h_i, h, x, self.lr, self.shift_step, self._mean, self._local, self._delta, error)
 
     def _feedback_step(self, x: np.ndarray, k: int) -> None:
         """With a memory and/or heavy-ball momentum: p = memory(g), exchange, memory update, step."""

@@ -181,6 +181,9 @@ class IntSGDEngine:
         if any(opts.get(k) is not None for k in ("block_size", "block_starts", "layout")):
             raise InputError("the hook makes its own alpha blocks (block='layer' or 'bucket'): block_size, "
                              "block_starts and layout are not hook options")
+        if opts["alpha"] == "exponent" and opts["alpha0"] is not None:
+            raise InputError("alpha='exponent' scales every step of the hook by the largest |g|, the first too: it "
+                             "takes no alpha0")
         if opts["alpha"] == "fill":
             raise InputError("alpha='fill' is not a hook option (its int16 floor is for convex problems' flat "
                              "directions, and a deep model's gradients do not shrink past it): use 'exponent', "

@@ -47,7 +47,7 @@ mean fails, not only ranks that disagree.
   exchange of the first bucket (the last layers') has completed; with ``overlap=False`` only after it.
 * ``exponent``: ``alpha='exponent'`` under Adam in several buckets: at every step each layer's alpha
   puts the largest |g| over the ranks in (bound / 2, bound], the wire stays int8 (never redone), every
-  mean is within 1/alpha of the exact one; ``alpha='fill'`` is refused with the reason.
+  mean is within 1/alpha of the exact one; ``alpha='fill'`` is refused with the reason, and so is ``alpha0`` beside 'exponent'.
 * ``int16``, ``nat``, ``empty-layer``, ``group-lr`` as before: int16 refused on gloo; the nat
   compressor through compressor_hook; a zero-size parameter gets no alpha block; param groups with
   different lr give each layer its own lr, and ``block='bucket'`` refuses them.
@@ -581,6 +581,12 @@ def exponent(X, y):
         assert "use 'exponent'" in str(exc), exc
     else:
         raise AssertionError("alpha='fill' was taken by the hook")
+    try:
+        hooked(alpha="exponent", alpha0=1.0)
+    except InputError as exc:
+        assert "takes no alpha0" in str(exc), exc
+    else:
+        raise AssertionError("alpha0 was taken beside alpha='exponent' by the hook")
     print("ok exponent", min(tops), max(worst))
 
 

@@ -24,6 +24,7 @@ CONFIGS = (
     ("intsgd", {}),
     ("intdiana", {}),
     ("vr-intdiana", {}),
+    ("vr-intdiana", {"alpha": "fill", "feedback": "off"}),
     ("vr-intdiana", {"alpha": "paper"}),
     ("vr-intdiana", {"wire_dtype": "int16", "block_size": 40, "beta": 0.0, "alpha": "paper"}),
     ("intsgd", {"alpha": "constant", "alpha0": 3000.0}),  # auto promotes and shrinks

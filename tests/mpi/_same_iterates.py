@@ -62,9 +62,10 @@ CONFIGS = (
     ("dgc", {}),
 )
 
-PINNED = {"vr-intdiana": {"alpha": "paper"}}
+PINNED = {"vr-intdiana": {"alpha": "paper", "feedback": "off"}}
 """Options given beside each config's own, outside its label: the stored iterates were made with
-these (vr-intdiana's default alpha became 'fill' after they were stored)."""
+these, the IntSGD paper's VR-IntDIANA (its default became alpha 'fill', then 'exponent' with the
+feedback, after they were stored)."""
 
 STEP = {
     "sgd": "0x1.16992ab172135p+2",
