@@ -9,9 +9,10 @@ block, e = ceil(log2 max_i max_j |v_ij|) from a MAX Allreduce of each rank's int
 float crosses the wire), and alpha = floor(M / n) / 2^e, so that no rank's |alpha v| exceeds the
 speculative dtype's bound (SwitchML's scaling, for this one step; the exponents go in int16 where the
 communicator sums it, and the integers, known to fit, without the header). ``alpha='constant'`` uses
-``alpha0`` throughout. ``alpha='exponent'`` takes the first step's scaling at every step (the first
-included; the speculative dtype's bound / 2^e, no floor). ``alpha='fill'`` (vr-intdiana's default)
-takes that scaling at every step, from an int16 MAX Allreduce of the exponents, for the narrowest
+``alpha0`` throughout. ``alpha='exponent'`` (vr-intdiana's default, with the method's feedback) takes
+the first step's scaling at every step (the first included, unless ``alpha0`` is given; the
+speculative dtype's bound / 2^e, no floor). ``alpha='fill'`` (vr-intdiana's default before the
+feedback) takes that scaling at every step, from an int16 MAX Allreduce of the exponents, for the narrowest
 dtype's bound, and never goes below the first such step's alpha for half the next wider dtype's bound
 (see :meth:`IntCompressor._fill_alpha`); with ``auto`` the exponents also tell every rank the
 narrowest dtype that holds this step's integers, so they go out without a header and are never
@@ -153,9 +154,9 @@ class IntCompressor(Compressor):
         Option("alpha", "paper", str, "scaling rule of the integers: paper (Alg. 1/2: noise about the step's "
                "size; 'adaptive' is its earlier name), fill (the largest power-of-two alpha that keeps every "
                "rank's |alpha v| within the narrowest dtype's bound, never below the first integer step's "
-               "alpha for half the next wider dtype's; vr-intdiana's default), exponent (the largest |v| over "
-               "the ranks fills the dtype at every step, without fill's floor: SwitchML's scaling per alpha "
-               "block, one int MAX Allreduce of an exponent per block a step), constant (alpha0)",
+               "alpha for half the next wider dtype's), exponent (the largest |v| over the ranks fills the dtype "
+               "at every step, without fill's floor: SwitchML's scaling per alpha block, one int MAX Allreduce "
+               "of an exponent per block a step; vr-intdiana's default, with --feedback on), constant (alpha0)",
                choices=ALPHA_RULES),
         Option("alpha0", None, float, "alpha of the first step (else it sends floats, or with --alpha exponent "
                "scales by the largest |v|) and of --alpha constant",

@@ -62,8 +62,8 @@ def _compressor_option(default: str) -> Option:
 P_OPTION = Option("p", None, float, "l-svrg / vr-diana: probability of resetting the reference point "
                   "(default batch / shard size)", valid=lambda p: is_number(p) and 0 < p <= 1, rule="in (0, 1]")
 FEEDBACK = Option("feedback", None, str, "diana / vr-diana: carry each rank's compression error into its next "
-                  "Delta_i, so that rounding noise does not pile up in x (default on for vr-intdiana, off "
-                  "otherwise)", choices=("on", "off"))
+                  "Delta_i, so that rounding noise does not pile up in x (default on for vr-intdiana and vr-diana with "
+                  "the int compressor, off otherwise)", choices=("on", "off"))
 MOMENTUM = Option("momentum", 0.0, float, "momentum factor (sgd-type methods: heavy ball after decoding; dgc: "
                   "momentum correction, default 0.9)", valid=lambda m: is_number(m) and 0 <= m < 1, rule="in [0, 1)")
 
