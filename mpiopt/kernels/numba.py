@@ -489,6 +489,21 @@ def _may_multiply(sum_int: np.ndarray, c: float, out: np.ndarray) -> bool:
 
 
 _MULTIPLY_OK: dict = {}
+
+
+def _one_alpha_decoding(sum_int: np.ndarray, alpha: float, n: int, out: np.ndarray) -> Tuple[float, float, bool]:
+    """(c, r, mul) of ``Quantizer.decoding`` for one alpha: c = n alpha, r = 1 / c where the product
+    may replace the division (``mul``), else 0."""
+    c = n * float(alpha)
+    mul = _may_multiply(sum_int, c, out)
+    return c, 1.0 / c if mul else 0.0, mul
+
+
+def _feedback_args(h: np.ndarray, delta: Optional[np.ndarray], error: Optional[np.ndarray]):
+    """(delta, error, fed) as the shift kernels take them: empty arrays of h's dtype without the feedback."""
+    if error is None:
+        return _empty_like(h), _empty_like(h), False
+    return delta, error, True
 """(c, range, dtype) -> whether the product gives the quotient's bits (a constant alpha repeats c)."""
 
 
@@ -735,12 +750,11 @@ class Quantizer:
         per-coordinate alphas, one alpha, c, r, mul, inv_n), see _decode_run; a fused pass that decodes
         takes them too (:mod:`mpiopt.kernels.move_numba`)."""
         segs, alphas, avec, one = self._alpha(alpha)
-        c = n * float(alphas[0]) if one else 1.0
-        mul = one and _may_multiply(sum_int, c, out)
+        c, r, mul = _one_alpha_decoding(sum_int, alphas[0], n, out) if one else (1.0, 0.0, False)
         inv_n = self._inverses.get((n, out.dtype))
         if inv_n is None:
             inv_n = self._inverses[(n, out.dtype)] = out.dtype.type(1.0 / n)
-        return segs, alphas, avec, one, c, 1.0 / c if mul else 0.0, mul, inv_n
+        return segs, alphas, avec, one, c, r, mul, inv_n
 
     def decode(self, sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, out: np.ndarray) -> np.ndarray:
         """S / (n alpha) into ``out``, bit for bit what the numpy kernel writes."""
@@ -814,10 +828,9 @@ class Quantizer:
 
         if not (h.dtype == h_local.dtype == x.dtype and h.dtype in (np.float32, np.float64)):
             raise ValueError(f"h_i, h and x must share a float dtype, got {h_local.dtype}, {h.dtype}, {x.dtype}")
-        fed = error is not None
         shift_numba.shift_update(sum_int, *self.decoding(sum_int, alpha, n, h), self._exact(),
                                  min(self._sent_bound, 2.0 ** 1023), h_local, h, x, h.dtype.type(lr),
-                                 delta if fed else _empty_like(h), error if fed else _empty_like(h), fed)
+                                 *_feedback_args(h, delta, error))
 
     def shift_update_move(self, sum_int: np.ndarray, alpha: float, n: int, h_local: np.ndarray, h: np.ndarray,
                           x: np.ndarray, lr: float, x_prev: np.ndarray, delta: Optional[np.ndarray] = None,
@@ -831,14 +844,10 @@ class Quantizer:
             raise ValueError(f"h_i, h and x must share a float dtype, got {h_local.dtype}, {h.dtype}, {x.dtype}")
         if not self._tracks_move or (alpha.__class__ is not float and np.ndim(alpha) != 0):
             raise ValueError("shift_update_move takes one alpha for one block in the plain layout")
-        alpha = float(alpha)
-        c = n * alpha  # decoding's c and r of one alpha, as in decode_update_move
-        mul = _may_multiply(sum_int, c, h)
-        fed = error is not None
-        return float(shift_numba.shift_update_move(sum_int, mul, c, 1.0 / c if mul else 0.0, alpha, self._exact(),
+        c, r, mul = _one_alpha_decoding(sum_int, alpha, n, h)
+        return float(shift_numba.shift_update_move(sum_int, mul, c, r, float(alpha), self._exact(),
                                                    min(self._sent_bound, 2.0 ** 1023), h_local, h, x, x_prev,
-                                                   h.dtype.type(lr), delta if fed else _empty_like(h),
-                                                   error if fed else _empty_like(h), fed))
+                                                   h.dtype.type(lr), *_feedback_args(h, delta, error)))
 
     def decode_update(self, sum_int: np.ndarray, alpha: Union[float, np.ndarray], n: int, lr: float,
                       x: np.ndarray) -> np.ndarray:
@@ -866,9 +875,8 @@ class Quantizer:
             self._checked_x = x
         if not self._tracks_move or (alpha.__class__ is not float and np.ndim(alpha) != 0):
             raise ValueError("decode_update_move takes one alpha for one block in the plain layout")
-        c = n * float(alpha)  # decoding's c and r of one alpha, without its other arguments
-        mul = _may_multiply(sum_int, c, x)
-        return float(_decode_update_move(sum_int, mul, c, 1.0 / c if mul else 0.0, x.dtype.type(lr), x, x_prev))
+        c, r, mul = _one_alpha_decoding(sum_int, alpha, n, x)
+        return float(_decode_update_move(sum_int, mul, c, r, x.dtype.type(lr), x, x_prev))
 
 
 def warm_up() -> None:
